@@ -1,0 +1,14 @@
+//! son1k-models: the math and checkpoint layouts of Son1k's models. MusicGen (T5 text
+//! encoder, decoder with KV cache, delay pattern, EnCodec) loads from unmodified Hugging Face
+//! checkpoints; sampling and random presets live here too. No I/O but reading weight files.
+
+pub mod encodec;
+pub mod error;
+pub mod musicgen;
+pub mod random;
+pub mod rng;
+pub mod sampling;
+pub mod t5;
+pub mod weights;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,349 @@
+//! The MusicGen decoder: summed codebook embeddings, exact sinusoidal positions, pre-norm
+//! layers with causal self-attention (KV cache) and cross-attention to the text (K/V computed
+//! once per job), a final norm and one head per codebook.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear};
+
+use super::config::DecoderConfig;
+use crate::error::Result;
+use crate::weights::Vb;
+
+/// LayerNorm epsilon of every decoder norm (PyTorch's default).
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// The sinusoidal position table `[positions, hidden]`: cos then sin, frequencies
+/// `exp(-i * ln(10000) / (half - 1))`, all in f32 as transformers computes it.
+pub fn sinusoidal_table(positions: usize, hidden: usize, device: &Device) -> Result<Tensor> {
+    let half = hidden / 2;
+    let step = -((10000f64).ln() / (half as f64 - 1.0)) as f32;
+    let inv_freq: Vec<f32> = (0..half).map(|i| (i as f32 * step).exp()).collect();
+    let mut table = Vec::with_capacity(positions * hidden);
+    for p in 0..positions {
+        let angles = inv_freq.iter().map(|f| p as f32 * f);
+        table.extend(angles.clone().map(f32::cos));
+        table.extend(angles.map(f32::sin));
+    }
+    Ok(Tensor::from_vec(table, (positions, hidden), device)?)
+}
+
+fn linear_no_bias(in_dim: usize, out_dim: usize, vb: Vb) -> Result<Linear> {
+    Ok(Linear::new(vb.get(&[out_dim, in_dim], "weight")?, None))
+}
+
+fn layer_norm(size: usize, vb: Vb) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        vb.get(&[size], "weight")?,
+        vb.get(&[size], "bias")?,
+        LAYER_NORM_EPS,
+    ))
+}
+
+/// Multi-head attention without biases; `q` is scaled by `head_dim^-0.5` before the product.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(hidden: usize, kv_in: usize, heads: usize, vb: Vb) -> Result<Self> {
+        Ok(Self {
+            q: linear_no_bias(hidden, hidden, vb.pp("q_proj"))?,
+            k: linear_no_bias(kv_in, hidden, vb.pp("k_proj"))?,
+            v: linear_no_bias(kv_in, hidden, vb.pp("v_proj"))?,
+            out: linear_no_bias(hidden, hidden, vb.pp("out_proj"))?,
+            heads,
+            head_dim: hidden / heads,
+        })
+    }
+
+    /// `[B, T, hidden]` -> `[B, heads, T, head_dim]`, contiguous.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        Ok(xs
+            .reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    fn keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.k.forward(xs)?)?,
+            self.split_heads(&self.v.forward(xs)?)?,
+        ))
+    }
+
+    /// Attends `xs` `[B, T, hidden]` to `k`, `v` `[B, heads, L, head_dim]` with an optional
+    /// additive mask broadcastable to `[B, heads, T, L]`.
+    fn attend(&self, xs: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = self.split_heads(&(self.q.forward(xs)? * scale)?)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, ()))?;
+        Ok(self.out.forward(&out)?)
+    }
+}
+
+struct Layer {
+    self_attn_norm: LayerNorm,
+    self_attn: Attention,
+    cross_attn_norm: LayerNorm,
+    cross_attn: Attention,
+    final_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// One layer's cache: self-attention K/V preallocated to the job's length, and the
+/// cross-attention K/V of the job's text.
+struct LayerCache {
+    self_k: Tensor,
+    self_v: Tensor,
+    cross_k: Tensor,
+    cross_v: Tensor,
+}
+
+/// Per-job decoder state: the KV caches and how many positions they hold. Each job owns
+/// its own, so jobs can be batched, cancelled and resumed independently.
+pub struct DecoderCache {
+    layers: Vec<LayerCache>,
+    /// Additive cross-attention mask `[B, 1, 1, T_text]` (most negative finite value on
+    /// padding, so a fully masked row stays finite).
+    cross_mask: Tensor,
+    len: usize,
+    capacity: usize,
+}
+
+impl DecoderCache {
+    /// Positions already decoded (the next position's index).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been decoded yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most positions this cache can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The MusicGen decoder (transformers' `MusicgenForCausalLM` weights under `decoder.`).
+pub struct Decoder {
+    embed_tokens: Vec<Embedding>,
+    positions: Tensor,
+    layers: Vec<Layer>,
+    final_norm: LayerNorm,
+    lm_heads: Vec<Linear>,
+    cfg: DecoderConfig,
+    dtype: DType,
+}
+
+impl Decoder {
+    /// Loads the decoder from the `decoder` prefix; `cross_in` is the hidden size of the
+    /// (projected) text states.
+    pub fn new(cfg: &DecoderConfig, cross_in: usize, vb: Vb) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let model = vb.pp("model").pp("decoder");
+        let embed_tokens = (0..cfg.num_codebooks)
+            .map(|k| {
+                let table = model
+                    .pp("embed_tokens")
+                    .pp(k)
+                    .get(&[cfg.vocab_size + 1, h], "weight")?;
+                Ok(Embedding::new(table, h))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = model.pp("layers").pp(i);
+                Ok(Layer {
+                    self_attn_norm: layer_norm(h, l.pp("self_attn_layer_norm"))?,
+                    self_attn: Attention::new(h, h, cfg.num_attention_heads, l.pp("self_attn"))?,
+                    cross_attn_norm: layer_norm(h, l.pp("encoder_attn_layer_norm"))?,
+                    cross_attn: Attention::new(
+                        h,
+                        cross_in,
+                        cfg.num_attention_heads,
+                        l.pp("encoder_attn"),
+                    )?,
+                    final_norm: layer_norm(h, l.pp("final_layer_norm"))?,
+                    fc1: linear_no_bias(h, cfg.ffn_dim, l.pp("fc1"))?,
+                    fc2: linear_no_bias(cfg.ffn_dim, h, l.pp("fc2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lm_heads = (0..cfg.num_codebooks)
+            .map(|k| linear_no_bias(h, cfg.vocab_size, vb.pp("lm_heads").pp(k)))
+            .collect::<Result<Vec<_>>>()?;
+        // Positions are recomputed, not read: the table is deterministic and some exports
+        // omit it.
+        let positions =
+            sinusoidal_table(cfg.max_position_embeddings, h, vb.device())?.to_dtype(vb.dtype())?;
+        Ok(Self {
+            embed_tokens,
+            positions,
+            layers,
+            final_norm: layer_norm(h, model.pp("layer_norm"))?,
+            lm_heads,
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// The decoder's config.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// A fresh cache for one job: computes every layer's cross-attention K/V from the text
+    /// states `[B, T, cross_in]` once, and preallocates `capacity` self-attention positions.
+    pub fn new_cache(
+        &self,
+        text_states: &Tensor,
+        text_mask_bt: &Tensor,
+        capacity: usize,
+    ) -> Result<DecoderCache> {
+        let (b, _, _) = text_states.dims3()?;
+        let text_states = text_states.to_dtype(self.dtype)?;
+        let heads = self.cfg.num_attention_heads;
+        let head_dim = self.cfg.head_dim();
+        let device = text_states.device();
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let (cross_k, cross_v) = layer.cross_attn.keys_values(&text_states)?;
+                Ok(LayerCache {
+                    self_k: Tensor::zeros((b, heads, capacity, head_dim), self.dtype, device)?,
+                    self_v: Tensor::zeros((b, heads, capacity, head_dim), self.dtype, device)?,
+                    cross_k,
+                    cross_v,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mask = text_mask_bt.to_dtype(DType::F32)?;
+        let cross_mask = ((1.0 - mask)? * f32::MIN as f64)?
+            .unsqueeze(1)?
+            .unsqueeze(1)?
+            .to_dtype(self.dtype)?;
+        Ok(DecoderCache {
+            layers,
+            cross_mask,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Runs `ids_bkt` (u32 `[B, K, T]`) at the cache's next positions and returns the
+    /// logits of the last position, `[B, K, vocab]` in f32.
+    pub fn forward(&self, ids_bkt: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
+        let (b, k, t) = ids_bkt.dims3()?;
+        let offset = cache.len;
+        if offset + t > cache.capacity || offset + t > self.cfg.max_position_embeddings {
+            return Err(crate::ModelError::UnsupportedConfig {
+                field: "decoder.max_position_embeddings".into(),
+                message: format!(
+                    "position {} is past the cache capacity {} or the model's {} positions",
+                    offset + t,
+                    cache.capacity,
+                    self.cfg.max_position_embeddings
+                ),
+            });
+        }
+        let mut xs =
+            self.embed_tokens[0].forward(&ids_bkt.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?;
+        for (codebook, embed) in self.embed_tokens.iter().enumerate().take(k).skip(1) {
+            xs = (xs
+                + embed.forward(&ids_bkt.narrow(1, codebook, 1)?.squeeze(1)?.contiguous()?)?)?;
+        }
+        xs = xs.broadcast_add(&self.positions.narrow(0, offset, t)?)?;
+        let causal = if t > 1 {
+            Some(causal_mask(t, offset, self.dtype, xs.device())?)
+        } else {
+            None
+        };
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            // Self-attention over the cache plus the new positions.
+            let normed = layer.self_attn_norm.forward(&xs)?;
+            let (k_new, v_new) = layer.self_attn.keys_values(&normed)?;
+            lc.self_k.slice_set(&k_new, 2, offset)?;
+            lc.self_v.slice_set(&v_new, 2, offset)?;
+            let keys = lc.self_k.narrow(2, 0, offset + t)?;
+            let values = lc.self_v.narrow(2, 0, offset + t)?;
+            xs = (&xs
+                + layer
+                    .self_attn
+                    .attend(&normed, &keys, &values, causal.as_ref())?)?;
+            // Cross-attention to the text.
+            let normed = layer.cross_attn_norm.forward(&xs)?;
+            let cross = layer.cross_attn.attend(
+                &normed,
+                &lc.cross_k,
+                &lc.cross_v,
+                Some(&cache.cross_mask),
+            )?;
+            xs = (xs + cross)?;
+            // Feed-forward with exact (erf) GELU.
+            let normed = layer.final_norm.forward(&xs)?;
+            let ff = layer
+                .fc2
+                .forward(&layer.fc1.forward(&normed)?.gelu_erf()?)?;
+            xs = (xs + ff)?;
+        }
+        cache.len += t;
+        let last = self
+            .final_norm
+            .forward(&xs.narrow(1, t - 1, 1)?)?
+            .squeeze(1)?; // [B, H]
+        let logits = self
+            .lm_heads
+            .iter()
+            .map(|head| head.forward(&last))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&logits, 1)?
+            .to_dtype(DType::F32)?
+            .reshape((b, k, self.cfg.vocab_size))?)
+    }
+}
+
+/// Additive causal mask `[T, offset + T]`: query i sees keys up to `offset + i`.
+fn causal_mask(t: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let total = offset + t;
+    let values: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::MIN } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(values, (t, total), device)?.to_dtype(dtype)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoid_is_cos_then_sin_with_half_minus_one_denominator() -> Result<()> {
+        let table = sinusoidal_table(3, 8, &Device::Cpu)?;
+        let rows: Vec<Vec<f32>> = table.to_vec2()?;
+        // position 0: cos(0) = 1 then sin(0) = 0
+        assert_eq!(rows[0], vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+        // position 2, frequency i = 1: exp(-ln(10000) / 3) = 0.046415888
+        let angle = 2.0 * (-(10000f64.ln()) / 3.0).exp();
+        assert!((rows[2][1] as f64 - angle.cos()).abs() < 1e-6);
+        assert!((rows[2][5] as f64 - angle.sin()).abs() < 1e-6);
+        // the last frequency is exactly 1/10000
+        assert!((rows[1][7] as f64 - (1e-4f64).sin()).abs() < 1e-9);
+        Ok(())
+    }
+}

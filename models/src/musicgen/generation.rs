@@ -1,0 +1,107 @@
+//! One MusicGen job's state and its step: feed the last column, combine guidance rows,
+//! sample every codebook, apply the delay pattern.
+
+use super::decoder::DecoderCache;
+use super::delay::DelayPattern;
+use super::model::MusicGen;
+use crate::error::Result;
+use crate::sampling::{apply_guidance, Sampler, SamplingParams};
+
+/// The settings of one generation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerationParams {
+    /// Audio frames to generate (the frame rate is 50 per second at 32 kHz).
+    pub frames: usize,
+    /// Classifier-free guidance scale; 1 runs the conditional row alone.
+    pub guidance_scale: f32,
+    /// Token sampling.
+    pub sampling: SamplingParams,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+/// A job in progress: its cache, sampler and the columns decoded so far.
+pub struct Generation {
+    pattern: DelayPattern,
+    cache: DecoderCache,
+    sampler: Sampler,
+    guidance: Option<f32>,
+    /// `columns[s][k]`; column 0 is the start column.
+    columns: Vec<Vec<u32>>,
+    guided: Vec<f32>,
+}
+
+impl Generation {
+    /// Encodes the prompt ids and prepares the job; no decoder step runs yet.
+    pub fn new(model: &MusicGen, prompt_ids: &[u32], params: &GenerationParams) -> Result<Self> {
+        let d = &model.config().decoder;
+        let pattern = DelayPattern::new(
+            d.num_codebooks,
+            d.audio_channels,
+            params.frames,
+            d.pad_token_id,
+        );
+        let guidance = (params.guidance_scale != 1.0).then_some(params.guidance_scale);
+        let text = model.encode_text(prompt_ids, guidance.is_some())?;
+        let cache = model.new_cache(&text, pattern.steps())?;
+        Ok(Self {
+            pattern,
+            cache,
+            sampler: Sampler::new(params.sampling, params.seed),
+            guidance,
+            columns: vec![vec![d.bos_token_id; d.num_codebooks]],
+            guided: Vec::new(),
+        })
+    }
+
+    /// The job's delay pattern.
+    pub fn pattern(&self) -> &DelayPattern {
+        &self.pattern
+    }
+
+    /// Decoder passes done.
+    pub fn steps_done(&self) -> usize {
+        self.columns.len() - 1
+    }
+
+    /// Decoder passes in total.
+    pub fn total_steps(&self) -> usize {
+        self.pattern.steps()
+    }
+
+    /// Whether every frame has been sampled.
+    pub fn is_done(&self) -> bool {
+        self.steps_done() >= self.total_steps()
+    }
+
+    /// Runs one decoder pass and appends the sampled column. Does nothing once done.
+    pub fn step(&mut self, model: &MusicGen) -> Result<()> {
+        if self.is_done() {
+            return Ok(());
+        }
+        let rows = if self.guidance.is_some() { 2 } else { 1 };
+        let last = self.columns.last().cloned().unwrap_or_default();
+        let logits = model.step(&last, &mut self.cache, rows)?.to_vec3::<f32>()?;
+        let next_column = self.columns.len();
+        let column = (0..last.len())
+            .map(|k| {
+                let row = match self.guidance {
+                    Some(scale) => {
+                        apply_guidance(&logits[0][k], &logits[1][k], scale, &mut self.guided);
+                        &self.guided
+                    }
+                    None => &logits[0][k],
+                };
+                let token = self.sampler.sample(row);
+                self.pattern.mask(next_column, k, token)
+            })
+            .collect();
+        self.columns.push(column);
+        Ok(())
+    }
+
+    /// The frames sampled so far, `[K][frames]` (pad tokens where not yet sampled).
+    pub fn frames(&self) -> Vec<Vec<u32>> {
+        self.pattern.revert(&self.columns)
+    }
+}

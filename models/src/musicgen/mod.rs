@@ -1,0 +1,15 @@
+//! MusicGen (text-to-music) from Hugging Face checkpoints: config, decoder, delay pattern,
+//! the model's step API and the per-job generation state.
+
+pub mod config;
+pub mod decoder;
+pub mod delay;
+pub mod generation;
+pub mod model;
+pub mod presets;
+pub mod tokenizer;
+
+pub use config::{Config, DecoderConfig, GenerationConfig};
+pub use delay::DelayPattern;
+pub use generation::{Generation, GenerationParams};
+pub use model::MusicGen;

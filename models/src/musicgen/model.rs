@@ -1,0 +1,225 @@
+//! The MusicGen model and its step API: encode the text once, step the decoder one column
+//! at a time against a per-job cache, decode frames to audio with EnCodec.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::Linear;
+
+use super::config::{Config, GenerationConfig};
+use super::decoder::{Decoder, DecoderCache};
+use super::tokenizer::PromptTokenizer;
+use crate::encodec::EncodecDecoder;
+use crate::error::{ModelError, Result};
+use crate::t5::T5Encoder;
+use crate::weights::Weights;
+
+/// File names of a Hugging Face MusicGen checkpoint directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// Default sampling settings.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// The T5 prompt tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Projected text states and their mask, for the rows of one job (conditional first, then
+/// the unconditional row when guidance is on).
+pub struct TextConditioning {
+    /// `[rows, T, decoder hidden]`, zero on padding and on the unconditional row.
+    pub states: Tensor,
+    /// `[rows, T]`, 1 for tokens, 0 for padding and for the unconditional row.
+    pub mask: Tensor,
+}
+
+/// A loaded MusicGen model. Immutable once loaded: per-job state lives in
+/// [`super::Generation`] and [`DecoderCache`].
+pub struct MusicGen {
+    config: Config,
+    generation: GenerationConfig,
+    tokenizer: Option<PromptTokenizer>,
+    text_encoder: T5Encoder,
+    enc_to_dec_proj: Option<Linear>,
+    decoder: Decoder,
+    audio: EncodecDecoder,
+    device: Device,
+}
+
+impl MusicGen {
+    /// Loads a checkpoint directory in the Hugging Face layout. The decoder runs in `dtype`;
+    /// the text encoder and EnCodec always run in f32.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "the model checkpoint directory",
+            });
+        }
+        let config = Config::from_file(&dir.join(CONFIG_FILE))?;
+        let generation_path = dir.join(GENERATION_CONFIG_FILE);
+        let generation = if generation_path.is_file() {
+            GenerationConfig::from_file(&generation_path)?
+        } else {
+            GenerationConfig::default()
+        };
+        let tokenizer = PromptTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
+        let weights = Weights::from_dir(dir, device)?;
+        Self::from_weights(config, generation, Some(tokenizer), &weights, dtype)
+    }
+
+    /// Builds the model from weights already opened (files, in-memory or random).
+    pub fn from_weights(
+        config: Config,
+        generation: GenerationConfig,
+        tokenizer: Option<PromptTokenizer>,
+        weights: &Weights,
+        dtype: DType,
+    ) -> Result<Self> {
+        config.validate()?;
+        let root = weights.root(dtype);
+        let f32_root = weights.root(DType::F32);
+        let text_encoder = T5Encoder::new(&config.text_encoder, f32_root.pp("text_encoder"))?;
+        let h = config.decoder.hidden_size;
+        let d_text = config.text_encoder.d_model;
+        let enc_to_dec_proj = if config.has_enc_to_dec_proj() {
+            let vb = f32_root.pp("enc_to_dec_proj");
+            Some(Linear::new(
+                vb.get(&[h, d_text], "weight")?,
+                Some(vb.get(&[h], "bias")?),
+            ))
+        } else {
+            None
+        };
+        let cross_in = if config.has_enc_to_dec_proj() {
+            h
+        } else {
+            config.decoder.cross_attention_hidden_size.unwrap_or(d_text)
+        };
+        let decoder = Decoder::new(&config.decoder, cross_in, root.pp("decoder"))?;
+        let audio = EncodecDecoder::new(&config.audio_encoder, f32_root.pp("audio_encoder"))?;
+        Ok(Self {
+            device: weights.device().clone(),
+            config,
+            generation,
+            tokenizer,
+            text_encoder,
+            enc_to_dec_proj,
+            decoder,
+            audio,
+        })
+    }
+
+    /// The checkpoint's config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The checkpoint's default sampling settings.
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Output sample rate in Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.config.audio_encoder.sampling_rate
+    }
+
+    /// Output channels (1, or 2 for stereo checkpoints).
+    pub fn channels(&self) -> usize {
+        self.config.decoder.audio_channels
+    }
+
+    /// Tokenizes a prompt; every id is checked against the text encoder's vocabulary.
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::UnsupportedConfig {
+                field: "tokenizer".into(),
+                message: "this model was built without a tokenizer; pass token ids".into(),
+            })?;
+        let ids = tokenizer.encode(prompt)?;
+        self.check_token_ids(&ids)?;
+        Ok(ids)
+    }
+
+    fn check_token_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.config.text_encoder.vocab_size;
+        match ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(id) => Err(ModelError::UnsupportedConfig {
+                field: "text_encoder.vocab_size".into(),
+                message: format!(
+                    "the tokenizer produced id {id}, outside the vocabulary of {vocab}"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the text encoder once for a job: T5, `enc_to_dec_proj`, times the mask. With
+    /// `guidance`, a second, all-zero row (zero states, zero mask) is the unconditional
+    /// branch of classifier-free guidance.
+    pub fn encode_text(&self, ids: &[u32], guidance: bool) -> Result<TextConditioning> {
+        self.check_token_ids(ids)?;
+        let t = ids.len();
+        let ids_bt = Tensor::from_vec(ids.to_vec(), (1, t), &self.device)?;
+        let mask_bt = Tensor::ones((1, t), DType::F32, &self.device)?;
+        let mut states = self.text_encoder.forward(&ids_bt, &mask_bt)?;
+        if let Some(proj) = &self.enc_to_dec_proj {
+            states = proj.forward(&states)?;
+        }
+        // Zeroing padded positions after the projection removes its bias there, as the
+        // reference does.
+        states = states.broadcast_mul(&mask_bt.unsqueeze(2)?)?;
+        if guidance {
+            Ok(TextConditioning {
+                states: Tensor::cat(&[&states, &states.zeros_like()?], 0)?,
+                mask: Tensor::cat(&[&mask_bt, &mask_bt.zeros_like()?], 0)?,
+            })
+        } else {
+            Ok(TextConditioning {
+                states,
+                mask: mask_bt,
+            })
+        }
+    }
+
+    /// A decoder cache for a job of `columns` decoder positions.
+    pub fn new_cache(&self, text: &TextConditioning, columns: usize) -> Result<DecoderCache> {
+        self.decoder.new_cache(&text.states, &text.mask, columns)
+    }
+
+    /// One decoder pass: feeds `column` (one token per codebook) to every row of the cache
+    /// and returns the logits of the next column, `[rows, K, vocab]`.
+    pub fn step(&self, column: &[u32], cache: &mut DecoderCache, rows: usize) -> Result<Tensor> {
+        let k = column.len();
+        let ids: Vec<u32> = (0..rows).flat_map(|_| column.iter().copied()).collect();
+        let ids = Tensor::from_vec(ids, (rows, k, 1), &self.device)?;
+        self.decoder.forward(&ids, cache)
+    }
+
+    /// Decodes frames (`[K][N]`, codebooks interleaved L/R for stereo) to audio
+    /// `[channels, N * hop]`: stereo is two mono decodes of the even and odd codebooks.
+    pub fn decode_audio(&self, frames: &[Vec<u32>]) -> Result<Tensor> {
+        let channels = self.channels();
+        let per_channel: Vec<Tensor> = (0..channels)
+            .map(|c| {
+                let rows: Vec<u32> = frames
+                    .iter()
+                    .skip(c)
+                    .step_by(channels)
+                    .flat_map(|row| row.iter().copied())
+                    .collect();
+                let k = frames.len() / channels;
+                let n = frames.first().map_or(0, Vec::len);
+                let codes = Tensor::from_vec(rows, (1, k, n), &self.device)?;
+                // [1, 1, samples] -> [1, samples]
+                Ok(self.audio.decode(&codes)?.squeeze(0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&per_channel, 0)?)
+    }
+}
