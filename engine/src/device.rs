@@ -1,0 +1,157 @@
+//! The one place that turns a device and precision choice into a candle device and dtype.
+//! CUDA and Metal are compiled in by the `cuda` and `metal` features.
+
+use candle_core::{DType, Device};
+
+use crate::error::EngineError;
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU by ordinal (build with `--features cuda`).
+    Cuda(usize),
+    /// An Apple GPU by ordinal (build with `--features metal`).
+    Metal(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, ordinal) = match s.split_once(':') {
+            Some((kind, n)) => {
+                let n = n.parse().map_err(|_| {
+                    EngineError::invalid(
+                        "device",
+                        format!("`{s}`: the ordinal after `:` must be a number"),
+                    )
+                })?;
+                (kind, n)
+            }
+            None => (s, 0),
+        };
+        match kind {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(ordinal)),
+            "metal" => Ok(Self::Metal(ordinal)),
+            _ => Err(EngineError::invalid(
+                "device",
+                format!("`{s}` is not one of cpu, cuda[:N], metal[:N]"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Metal(n) => write!(f, "metal:{n}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device, or explains which build feature it needs.
+    pub fn open(self) -> Result<Device, EngineError> {
+        let unavailable = |feature: &str, e: candle_core::Error| {
+            EngineError::Unsupported(format!(
+                "device {self} is unavailable ({e}); it needs a build with `--features {feature}` \
+                 and a working driver"
+            ))
+        };
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => Device::new_cuda(n).map_err(|e| unavailable("cuda", e)),
+            Self::Metal(n) => Device::new_metal(n).map_err(|e| unavailable("metal", e)),
+        }
+    }
+}
+
+/// The dtype a model's decoder computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit float (default; exact against the reference).
+    #[default]
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16 (GPU only: candle has no bf16 matmul on CPU).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(EngineError::invalid(
+                "dtype",
+                format!("`{other}` is not one of f32, f16, bf16"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// The candle dtype on `device`, refusing combinations candle cannot run.
+    pub fn dtype_on(self, device: &Device) -> Result<DType, EngineError> {
+        match self {
+            Self::F32 => Ok(DType::F32),
+            Self::F16 => Ok(DType::F16),
+            Self::Bf16 if device.is_cpu() => Err(EngineError::invalid(
+                "dtype",
+                "bf16 is not supported on cpu (candle has no bf16 matmul there); use f32 or f16",
+            )),
+            Self::Bf16 => Ok(DType::BF16),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_and_bad_ones_name_the_field() {
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
+        assert_eq!(
+            "metal".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Metal(0)
+        );
+        let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
+        assert!(err.contains("device") && err.contains("tpu"), "{err}");
+        assert!(DeviceChoice::Cpu.open().unwrap().is_cpu());
+    }
+
+    #[test]
+    fn bf16_is_refused_on_cpu_with_a_reason() {
+        let err = Precision::Bf16
+            .dtype_on(&Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dtype") && err.contains("cpu"), "{err}");
+        assert_eq!(Precision::F16.dtype_on(&Device::Cpu).unwrap(), DType::F16);
+    }
+}

@@ -1,0 +1,19 @@
+//! son1k-engine: validated requests, the generation loop with progress and cancellation,
+//! device selection, the model trait and its adapters, and audio formats.
+
+pub mod audio;
+pub mod device;
+pub mod error;
+pub mod limits;
+pub mod model;
+pub mod musicgen;
+pub mod request;
+pub mod run;
+
+pub use audio::{Audio, SampleFormat};
+pub use device::{DeviceChoice, Precision};
+pub use error::EngineError;
+pub use limits::Limits;
+pub use model::{ModelInfo, MusicModel, Session};
+pub use request::{GenerateRequest, Length, ValidatedRequest};
+pub use run::{generate, GenerationOutput, Progress, Stage};

@@ -1,0 +1,69 @@
+//! The model interface of the engine: what a model tells about itself, and the step API a
+//! job runs through (start, one step at a time, finish), never a closed loop.
+
+use crate::audio::Audio;
+use crate::error::EngineError;
+use crate::request::ValidatedRequest;
+
+/// What a loaded model can do, for validation and for clients.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// Stable identifier (the checkpoint directory name, or a built-in name).
+    pub id: String,
+    /// Output sample rate in Hz.
+    pub sample_rate: u32,
+    /// Output channels.
+    pub channels: usize,
+    /// Audio frames per second of generated audio.
+    pub frame_rate: usize,
+    /// The most frames one generation can hold.
+    pub max_frames: usize,
+    /// Decoder passes beyond the frame count (MusicGen's delay columns minus one), so a
+    /// step count maps to frames: `frames = steps - extra_steps`.
+    pub extra_steps: usize,
+    /// Size of the token vocabulary (the upper bound of `top_k`).
+    pub vocab_size: usize,
+    /// Default sampling when the request leaves it unset.
+    pub defaults: SamplingDefaults,
+}
+
+/// A model's default sampling settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingDefaults {
+    /// Top-k (0 = off).
+    pub top_k: usize,
+    /// Top-p (0 = off).
+    pub top_p: f32,
+    /// Temperature (0 = greedy).
+    pub temperature: f32,
+    /// Classifier-free guidance scale.
+    pub guidance_scale: f32,
+}
+
+/// A model the engine can run. Implementations are immutable and shared; each job's state
+/// lives in its [`Session`].
+pub trait MusicModel: Send + Sync {
+    /// What the model is and its limits.
+    fn info(&self) -> &ModelInfo;
+
+    /// Prepares a job (tokenising and encoding the prompt); no decoder step runs yet.
+    fn start<'a>(
+        &'a self,
+        request: &ValidatedRequest,
+    ) -> Result<Box<dyn Session + 'a>, EngineError>;
+}
+
+/// One job on one model, advanced a step at a time.
+pub trait Session {
+    /// Steps in total.
+    fn total_steps(&self) -> usize;
+
+    /// Steps done so far.
+    fn steps_done(&self) -> usize;
+
+    /// Runs one step.
+    fn step(&mut self) -> Result<(), EngineError>;
+
+    /// Turns the finished job into audio.
+    fn finish(self: Box<Self>) -> Result<Audio, EngineError>;
+}

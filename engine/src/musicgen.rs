@@ -1,0 +1,130 @@
+//! MusicGen as an engine model: validates the prompt's token count, runs the generation
+//! one decoder pass per step, decodes with EnCodec at the end.
+
+use std::path::Path;
+
+use son1k_models::musicgen::{Generation, GenerationParams, MusicGen};
+
+use crate::audio::Audio;
+use crate::device::{DeviceChoice, Precision};
+use crate::error::EngineError;
+use crate::model::{ModelInfo, MusicModel, SamplingDefaults, Session};
+use crate::request::ValidatedRequest;
+
+/// A loaded MusicGen checkpoint.
+pub struct MusicGenModel {
+    model: MusicGen,
+    info: ModelInfo,
+}
+
+impl MusicGenModel {
+    /// Loads a Hugging Face checkpoint directory onto a device in a precision.
+    pub fn load(
+        dir: &Path,
+        device: DeviceChoice,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
+        let device = device.open()?;
+        let dtype = precision.dtype_on(&device)?;
+        let model = MusicGen::load(dir, &device, dtype)?;
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self::new(model, id))
+    }
+
+    /// Wraps a model already built.
+    pub fn new(model: MusicGen, id: String) -> Self {
+        let config = model.config();
+        let generation = model.generation_config();
+        let defaults = SamplingDefaults {
+            // `do_sample: false` in the checkpoint means greedy by default.
+            top_k: if generation.do_sample {
+                generation.top_k
+            } else {
+                1
+            },
+            top_p: generation.top_p,
+            temperature: generation.temperature,
+            guidance_scale: generation.guidance_scale,
+        };
+        let info = ModelInfo {
+            id,
+            sample_rate: model.sample_rate(),
+            channels: model.channels(),
+            frame_rate: config.frame_rate(),
+            max_frames: config.max_frames(),
+            extra_steps: config.decoder.channel_codebooks() - 1,
+            vocab_size: config.decoder.vocab_size,
+            defaults,
+        };
+        Self { model, info }
+    }
+
+    /// The underlying model.
+    pub fn model(&self) -> &MusicGen {
+        &self.model
+    }
+}
+
+impl MusicModel for MusicGenModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn start<'a>(
+        &'a self,
+        request: &ValidatedRequest,
+    ) -> Result<Box<dyn Session + 'a>, EngineError> {
+        let ids = self.model.tokenize(&request.prompt)?;
+        if ids.len() > request.max_prompt_tokens {
+            return Err(EngineError::invalid(
+                "prompt",
+                format!(
+                    "{} tokens is over the limit of {}",
+                    ids.len(),
+                    request.max_prompt_tokens
+                ),
+            ));
+        }
+        let params = GenerationParams {
+            frames: request.frames,
+            guidance_scale: request.guidance_scale,
+            sampling: request.sampling,
+            seed: request.seed,
+        };
+        let generation = Generation::new(&self.model, &ids, &params)?;
+        Ok(Box::new(MusicGenSession {
+            model: &self.model,
+            generation,
+        }))
+    }
+}
+
+struct MusicGenSession<'a> {
+    model: &'a MusicGen,
+    generation: Generation,
+}
+
+impl Session for MusicGenSession<'_> {
+    fn total_steps(&self) -> usize {
+        self.generation.total_steps()
+    }
+
+    fn steps_done(&self) -> usize {
+        self.generation.steps_done()
+    }
+
+    fn step(&mut self) -> Result<(), EngineError> {
+        Ok(self.generation.step(self.model)?)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Audio, EngineError> {
+        let audio = self.model.decode_audio(&self.generation.frames())?;
+        Ok(Audio {
+            sample_rate: self.model.sample_rate(),
+            channels: audio.to_vec2::<f32>()?,
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! The generation loop: start the model's session, step it with a progress report after
+//! every step and a cancel check before each, then decode.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::audio::Audio;
+use crate::error::EngineError;
+use crate::model::MusicModel;
+use crate::request::ValidatedRequest;
+
+/// What the job is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Tokenising and encoding the prompt.
+    Encoding,
+    /// Running decoder steps.
+    Generating,
+    /// Turning tokens into audio.
+    Decoding,
+}
+
+/// A progress report; `steps_done` never decreases within a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Current stage.
+    pub stage: Stage,
+    /// Steps finished.
+    pub steps_done: usize,
+    /// Steps in total.
+    pub steps_total: usize,
+}
+
+/// A finished generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationOutput {
+    /// The audio.
+    pub audio: Audio,
+    /// The request as run (defaults filled, seed chosen).
+    pub request: ValidatedRequest,
+}
+
+/// Runs one job to the end. `on_progress` is called after every step; `cancel` is checked
+/// before every step, so a set flag stops the job within one step with
+/// [`EngineError::Cancelled`].
+pub fn generate(
+    model: &dyn MusicModel,
+    request: &ValidatedRequest,
+    cancel: &AtomicBool,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<GenerationOutput, EngineError> {
+    let mut session = model.start(request)?;
+    let total = session.total_steps();
+    on_progress(Progress {
+        stage: Stage::Encoding,
+        steps_done: 0,
+        steps_total: total,
+    });
+    while session.steps_done() < total {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        session.step()?;
+        on_progress(Progress {
+            stage: Stage::Generating,
+            steps_done: session.steps_done(),
+            steps_total: total,
+        });
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(EngineError::Cancelled);
+    }
+    on_progress(Progress {
+        stage: Stage::Decoding,
+        steps_done: total,
+        steps_total: total,
+    });
+    let audio = session.finish()?;
+    Ok(GenerationOutput {
+        audio,
+        request: request.clone(),
+    })
+}
