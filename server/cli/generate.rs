@@ -1,0 +1,111 @@
+//! `son1k generate`: one text-to-music job in this process, written to a WAV file.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::Args;
+use son1k_engine::audio::encode_wav;
+use son1k_engine::musicgen::MusicGenModel;
+use son1k_engine::{
+    generate, DeviceChoice, GenerateRequest, Length, Limits, MusicModel, Precision, SampleFormat,
+};
+
+use super::progress::Bar;
+
+/// Arguments of `son1k generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// What to generate, e.g. "lofi hip hop with a mellow piano".
+    pub prompt: String,
+    /// A MusicGen checkpoint directory in the Hugging Face layout.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Output WAV file.
+    #[arg(long, value_name = "FILE.wav")]
+    pub out: PathBuf,
+    /// Seconds of audio (default 10).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        conflicts_with = "max_new_tokens",
+        allow_negative_numbers = true
+    )]
+    pub duration: Option<f64>,
+    /// Decoder steps, delay columns included, as transformers' `max_new_tokens` counts them.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Sample among the K most likely tokens (0 = no limit, 1 = greedy; default from the
+    /// checkpoint, else 250).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens reaching probability P (0 = off).
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Classifier-free guidance scale (1 = off; default from the checkpoint, else 3).
+    #[arg(long, value_name = "G", allow_negative_numbers = true)]
+    pub guidance_scale: Option<f32>,
+    /// Sampler seed (random when unset; printed either way).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Output samples: s16 (16-bit PCM) or f32 (32-bit float).
+    #[arg(long, default_value = "s16", value_name = "s16|f32")]
+    pub sample_format: SampleFormat,
+    /// cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Decoder precision: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
+    /// Longest prompt in tokens.
+    #[arg(long, default_value_t = Limits::default().max_prompt_tokens)]
+    pub max_prompt_tokens: usize,
+    /// Longest output in seconds.
+    #[arg(long, default_value_t = Limits::default().max_duration_s)]
+    pub max_duration: f64,
+}
+
+/// Runs the command.
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let limits = Limits {
+        max_prompt_tokens: args.max_prompt_tokens,
+        max_duration_s: args.max_duration,
+        ..Limits::default()
+    };
+    let length = match (args.duration, args.max_new_tokens) {
+        (_, Some(steps)) => Length::Steps(steps),
+        (Some(seconds), None) => Length::Seconds(seconds),
+        (None, None) => Length::Seconds(10.0),
+    };
+    let request = GenerateRequest {
+        top_k: args.top_k,
+        top_p: args.top_p,
+        temperature: args.temperature,
+        guidance_scale: args.guidance_scale,
+        seed: args.seed,
+        sample_format: args.sample_format,
+        ..GenerateRequest::new(args.prompt, length)
+    };
+    let model = MusicGenModel::load(&args.model, args.device, args.dtype)?;
+    let request = request.validate(&limits, model.info())?;
+    let bar = Bar::new();
+    let cancel = AtomicBool::new(false);
+    let output = generate(&model, &request, &cancel, &mut |p| bar.update(p));
+    bar.finish();
+    let output = output?;
+    let bytes = encode_wav(&output.audio, request.sample_format)?;
+    std::fs::write(&args.out, bytes)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
+        args.out.display(),
+        output.audio.duration_s(),
+        output.audio.sample_rate,
+        output.audio.channels.len(),
+        output.request.seed
+    );
+    Ok(())
+}

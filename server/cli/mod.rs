@@ -1,0 +1,37 @@
+//! The `son1k` command line: argument definitions and dispatch to each subcommand.
+
+mod generate;
+mod progress;
+mod tiny_model;
+
+use clap::{Parser, Subcommand};
+
+pub use generate::GenerateArgs;
+pub use tiny_model::TinyModelArgs;
+
+/// Son1k: music generation on your own hardware.
+#[derive(Debug, Parser)]
+#[command(name = "son1k", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate music from a text prompt into a WAV file.
+    Generate(GenerateArgs),
+    /// Write a tiny random MusicGen checkpoint in the Hugging Face layout (for tests and
+    /// for trying the engine without downloading weights).
+    TinyModel(TinyModelArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::TinyModel(args) => tiny_model::run(args),
+    }
+}

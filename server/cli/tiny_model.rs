@@ -1,0 +1,34 @@
+//! `son1k tiny-model`: writes a tiny random MusicGen checkpoint in the published layout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use son1k_models::musicgen::presets::{preset, write_random_checkpoint};
+
+/// Arguments of `son1k tiny-model`.
+#[derive(Debug, Args)]
+pub struct TinyModelArgs {
+    /// Directory to write (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A stereo model (8 interleaved codebooks).
+    #[arg(long)]
+    pub stereo: bool,
+}
+
+/// Runs the command.
+pub fn run(args: TinyModelArgs) -> anyhow::Result<()> {
+    let name = if args.stereo { "tiny-stereo" } else { "tiny" };
+    let config = preset(name).with_context(|| format!("preset {name} is missing"))?;
+    write_random_checkpoint(&args.out, &config, args.seed)?;
+    println!(
+        "wrote a tiny {} MusicGen checkpoint to {}",
+        if args.stereo { "stereo" } else { "mono" },
+        args.out.display()
+    );
+    Ok(())
+}
