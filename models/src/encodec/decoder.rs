@@ -1,0 +1,246 @@
+//! [`EncodecDecoder`]: the residual vector quantizer's codebook lookup followed by the SEANet
+//! decoder, loaded from a checkpoint's `audio_encoder` weights.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::conv::{Conv1d, ConvTranspose1d};
+use super::lstm::Lstm;
+use super::seanet::{decoder_plan, Layer, LayerSpec, ResnetBlock};
+use super::Config;
+use crate::error::{ModelError, Result};
+use crate::weights::Vb;
+
+/// EnCodec's decoding path: codebook lookup and sum (the residual vector quantizer's decode),
+/// then the SEANet decoder, always in f32.
+pub struct EncodecDecoder {
+    config: Config,
+    /// `quantizer.layers.{i}.codebook.embed`, `[codebook_size, codebook_dim]` each.
+    codebooks: Vec<Tensor>,
+    layers: Vec<Layer>,
+    device: Device,
+}
+
+impl EncodecDecoder {
+    /// Loads the decoder from `vb` at the `audio_encoder` prefix: the codebooks of all
+    /// `cfg.num_quantizers()` quantizers and `decoder.layers.*`. Validates `cfg` first.
+    pub fn new(cfg: &Config, vb: Vb<'_>) -> Result<Self> {
+        cfg.validate()?;
+        // EnCodec is small next to the LM and sensitive to rounding: keep it in f32 whatever
+        // dtype the rest of the model uses.
+        let vb = vb.with_dtype(DType::F32);
+        let codebooks = (0..cfg.num_quantizers())
+            .map(|q| {
+                vb.pp("quantizer")
+                    .pp("layers")
+                    .pp(q)
+                    .pp("codebook")
+                    .get(&[cfg.codebook_size, cfg.codebook_dim()], "embed")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let layers_vb = vb.pp("decoder").pp("layers");
+        let mut layers = Vec::new();
+        for (n, spec) in decoder_plan(cfg).into_iter().enumerate() {
+            let lvb = layers_vb.pp(n);
+            layers.push(match spec {
+                LayerSpec::Conv(c) => Layer::Conv(Conv1d::new(&c, cfg, &lvb)?),
+                LayerSpec::Lstm { dim } => Layer::Lstm(Lstm::new(dim, cfg, &lvb)?),
+                LayerSpec::Elu => Layer::Elu,
+                LayerSpec::ConvTranspose { cin, cout, ratio } => {
+                    Layer::ConvTranspose(ConvTranspose1d::new(cin, cout, ratio, cfg, &lvb)?)
+                }
+                LayerSpec::Resnet { dim, dilation } => {
+                    Layer::Resnet(ResnetBlock::new(dim, dilation, cfg, &lvb)?)
+                }
+            });
+        }
+        Ok(Self {
+            config: cfg.clone(),
+            codebooks,
+            layers,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The codec config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Codebooks available to [`decode`](Self::decode).
+    pub fn num_quantizers(&self) -> usize {
+        self.codebooks.len()
+    }
+
+    /// Audio samples per code frame.
+    pub fn hop_length(&self) -> usize {
+        self.config.hop_length()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Decodes codes `[B, Kq, N]` (u32, `1 <= Kq <= num_quantizers`, each below
+    /// `codebook_size`) to audio `[B, audio_channels, N * hop_length]` in f32. No loudness
+    /// rescaling: MusicGen decodes with `audio_scales = None`.
+    pub fn decode(&self, codes: &Tensor) -> Result<Tensor> {
+        let (batch, _, frames) = codes.dims3()?;
+        if frames == 0 {
+            return Ok(Tensor::zeros(
+                (batch, self.config.audio_channels, 0),
+                DType::F32,
+                &self.device,
+            )?);
+        }
+        let embeddings = self.embed_codes(codes)?;
+        self.decode_embeddings(&embeddings)
+    }
+
+    /// The quantizer's decode (transformers' `EncodecResidualVectorQuantizer.decode`): the
+    /// sum over codebooks of `embed[codes]`, `[B, Kq, N]` -> `[B, codebook_dim, N]`.
+    pub fn embed_codes(&self, codes: &Tensor) -> Result<Tensor> {
+        let (batch, books, frames) = codes.dims3()?;
+        if codes.dtype() != DType::U32 {
+            return Err(bad_codes(format!(
+                "codes are {:?}, u32 expected",
+                codes.dtype()
+            )));
+        }
+        if books == 0 || books > self.codebooks.len() {
+            return Err(bad_codes(format!(
+                "{books} codebooks given, the codec has {}",
+                self.codebooks.len()
+            )));
+        }
+        let codes = codes.to_device(&self.device)?;
+        if frames > 0 {
+            let max = codes.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+            if max as usize >= self.config.codebook_size {
+                return Err(bad_codes(format!(
+                    "code {max} is out of range (codebook_size {})",
+                    self.config.codebook_size
+                )));
+            }
+        }
+        let dim = self.config.codebook_dim();
+        // Summed in codebook order, as transformers does (0 + q0 + q1 + ...).
+        let mut sum: Option<Tensor> = None;
+        for (k, embed) in self.codebooks.iter().enumerate().take(books) {
+            let ids = codes.narrow(1, k, 1)?.flatten_all()?;
+            let quantized = embed.embedding(&ids)?;
+            sum = Some(match sum {
+                Some(acc) => (acc + quantized)?,
+                None => quantized,
+            });
+        }
+        let sum = match sum {
+            Some(sum) => sum,
+            None => Tensor::zeros((batch * frames, dim), DType::F32, &self.device)?,
+        };
+        Ok(sum
+            .reshape((batch, frames, dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// The SEANet decoder alone: latents `[B, hidden_size, N]` -> audio
+    /// `[B, audio_channels, N * hop_length]`.
+    pub fn decode_embeddings(&self, embeddings: &Tensor) -> Result<Tensor> {
+        let mut xs = embeddings.to_dtype(DType::F32)?.to_device(&self.device)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        Ok(xs)
+    }
+}
+
+pub(super) fn bad_codes(message: String) -> ModelError {
+    ModelError::Candle(candle_core::Error::Msg(format!(
+        "EnCodec decode: {message}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::encodec::decoder_weight_shapes;
+    use crate::encodec::test_util::{max_diff, random, row};
+    use crate::weights::Weights;
+
+    fn tiny_config(use_conv_shortcut: bool) -> Config {
+        Config {
+            // hop 6 at 600 Hz: 100 frames/s, and 2 kbps // (100 * 10) gives 2 quantizers.
+            target_bandwidths: vec![2.0],
+            sampling_rate: 600,
+            hidden_size: 4,
+            num_filters: 2,
+            num_residual_layers: 2,
+            upsampling_ratios: vec![3, 2],
+            use_causal_conv: false,
+            codebook_size: 8,
+            codebook_dim: Some(4),
+            use_conv_shortcut,
+            ..Config::default()
+        }
+    }
+
+    fn tiny_weights(cfg: &Config) -> Result<Weights> {
+        let mut map = HashMap::new();
+        for (i, (name, shape)) in decoder_weight_shapes(cfg).into_iter().enumerate() {
+            map.insert(name, random(&shape, 1000 + i as u64, 0.4)?);
+        }
+        Ok(Weights::from_tensors(map, &Device::Cpu))
+    }
+
+    #[test]
+    fn tiny_decoder_outputs_hop_samples_per_frame_and_batches_independently() -> Result<()> {
+        for shortcut in [false, true] {
+            let cfg = tiny_config(shortcut);
+            assert_eq!((cfg.hop_length(), cfg.num_quantizers()), (6, 2));
+            let weights = tiny_weights(&cfg)?;
+            let decoder = EncodecDecoder::new(&cfg, weights.root(DType::F32))?;
+            let frames = 5;
+            let ids: Vec<u32> = (0..2 * 2 * frames as u32)
+                .map(|i| (i * 5 + 3) % 8)
+                .collect();
+            let codes = Tensor::from_vec(ids, (2, 2, frames), &Device::Cpu)?;
+            let audio = decoder.decode(&codes)?;
+            assert_eq!(audio.dims(), [2, 1, frames * 6]);
+            assert_eq!(audio.dtype(), DType::F32);
+            assert!(row(&audio).iter().all(|v| v.is_finite()));
+            // Each batch row decodes as if alone (no state leaks across the batch).
+            for b in 0..2 {
+                let alone = decoder.decode(&codes.narrow(0, b, 1)?)?;
+                assert!(max_diff(&alone, &audio.narrow(0, b, 1)?) < 1e-6);
+            }
+            // One codebook decodes too; a code out of range is an error, not a panic.
+            assert_eq!(
+                decoder.decode(&codes.narrow(1, 0, 1)?)?.dims(),
+                [2, 1, frames * 6]
+            );
+            let bad = Tensor::from_vec(vec![8u32; frames], (1, 1, frames), &Device::Cpu)?;
+            assert!(decoder.decode(&bad).is_err());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn quantizer_decode_sums_codebook_rows() -> Result<()> {
+        let cfg = tiny_config(false);
+        let weights = tiny_weights(&cfg)?;
+        let decoder = EncodecDecoder::new(&cfg, weights.root(DType::F32))?;
+        let codes = Tensor::from_vec(vec![1u32, 2, 7, 0], (1, 2, 2), &Device::Cpu)?;
+        let emb = decoder.embed_codes(&codes)?;
+        assert_eq!(emb.dims(), [1, 4, 2]);
+        let (e0, e1) = (row(&decoder.codebooks[0]), row(&decoder.codebooks[1]));
+        let got = row(&emb);
+        for d in 0..4 {
+            assert_eq!(got[d * 2], e0[4 + d] + e1[7 * 4 + d]);
+            assert_eq!(got[d * 2 + 1], e0[2 * 4 + d] + e1[d]);
+        }
+        Ok(())
+    }
+}

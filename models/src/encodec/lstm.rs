@@ -1,0 +1,170 @@
+//! transformers' `EncodecLSTM`: a stacked `torch.nn.LSTM` over time, plus its input.
+
+use candle_core::Tensor;
+
+use super::Config;
+use crate::error::Result;
+use crate::weights::Vb;
+
+/// One layer of `torch.nn.LSTM` (gate order i, f, g, o), with the input projection of all
+/// frames done as one matmul before the recurrence.
+struct LstmLayer {
+    /// `W_ih^T`, `[in, 4H]`.
+    w_ih_t: Tensor,
+    /// `W_hh^T`, `[H, 4H]`, contiguous so each step is a plain row-times-matrix product.
+    w_hh_t: Tensor,
+    /// `b_ih + b_hh`, `[4H]`.
+    bias: Tensor,
+    hidden: usize,
+}
+
+impl LstmLayer {
+    fn new(dim: usize, layer: usize, vb: &Vb<'_>) -> Result<Self> {
+        let w_ih = vb.get(&[4 * dim, dim], &format!("weight_ih_l{layer}"))?;
+        let w_hh = vb.get(&[4 * dim, dim], &format!("weight_hh_l{layer}"))?;
+        let b_ih = vb.get(&[4 * dim], &format!("bias_ih_l{layer}"))?;
+        let b_hh = vb.get(&[4 * dim], &format!("bias_hh_l{layer}"))?;
+        Self::from_tensors(&w_ih, &w_hh, &b_ih, &b_hh)
+    }
+
+    fn from_tensors(w_ih: &Tensor, w_hh: &Tensor, b_ih: &Tensor, b_hh: &Tensor) -> Result<Self> {
+        let hidden = w_hh.dim(1)?;
+        Ok(Self {
+            w_ih_t: w_ih.t()?.contiguous()?,
+            w_hh_t: w_hh.t()?.contiguous()?,
+            bias: (b_ih + b_hh)?,
+            hidden,
+        })
+    }
+
+    /// `[T, B, in]` -> `[T, B, H]`, from zero initial state.
+    fn forward(&self, xs_tbc: &Tensor) -> Result<Tensor> {
+        let (steps, batch, c_in) = xs_tbc.dims3()?;
+        let h = self.hidden;
+        // Hoisted: W_ih·x + b_ih + b_hh for every frame at once; the loop only adds W_hh·h.
+        let projected = xs_tbc
+            .reshape((steps * batch, c_in))?
+            .matmul(&self.w_ih_t)?
+            .broadcast_add(&self.bias)?
+            .reshape((steps, batch, 4 * h))?;
+        let mut hx = Tensor::zeros((batch, h), xs_tbc.dtype(), xs_tbc.device())?;
+        let mut cx = hx.clone();
+        let mut outputs = Vec::with_capacity(steps);
+        for t in 0..steps {
+            let gates = (projected.get(t)? + hx.matmul(&self.w_hh_t)?)?;
+            // Sigmoid over all four gates is one kernel; the g slice is simply not used.
+            let sig = candle_nn::ops::sigmoid(&gates)?;
+            let in_gate = sig.narrow(1, 0, h)?;
+            let forget_gate = sig.narrow(1, h, h)?;
+            let cell_gate = gates.narrow(1, 2 * h, h)?.tanh()?;
+            let out_gate = sig.narrow(1, 3 * h, h)?;
+            cx = ((forget_gate * &cx)? + (in_gate * cell_gate)?)?;
+            hx = (out_gate * cx.tanh()?)?;
+            outputs.push(hx.clone());
+        }
+        Ok(Tensor::stack(&outputs, 0)?)
+    }
+}
+
+/// transformers' `EncodecLSTM`: a stacked LSTM over the time axis plus its input.
+pub(super) struct Lstm {
+    layers: Vec<LstmLayer>,
+}
+
+impl Lstm {
+    /// Loads `lstm.{weight,bias}_{ih,hh}_l*` under `vb`.
+    pub(super) fn new(dim: usize, cfg: &Config, vb: &Vb<'_>) -> Result<Self> {
+        let vb = vb.pp("lstm");
+        let layers = (0..cfg.num_lstm_layers)
+            .map(|l| LstmLayer::new(dim, l, &vb))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// `[B, C, T]` -> `[B, C, T]`.
+    pub(super) fn forward(&self, xs_bct: &Tensor) -> Result<Tensor> {
+        let xs_tbc = xs_bct.permute((2, 0, 1))?.contiguous()?;
+        let mut ys = xs_tbc.clone();
+        for layer in &self.layers {
+            ys = layer.forward(&ys)?;
+        }
+        let ys = (ys + xs_tbc)?;
+        Ok(ys.permute((1, 2, 0))?.contiguous()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encodec::test_util::{random, row};
+
+    fn sigmoid(x: f32) -> f32 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    #[test]
+    fn hoisted_lstm_matches_step_by_step_reference() -> Result<()> {
+        let (dim, steps, batch, num_layers) = (4, 6, 2, 2);
+        let mut layers = Vec::new();
+        let mut raw = Vec::new();
+        for l in 0..num_layers {
+            let seed = 10 + 4 * l as u64;
+            let w_ih = random(&[4 * dim, dim], seed, 0.5)?;
+            let w_hh = random(&[4 * dim, dim], seed + 1, 0.5)?;
+            let b_ih = random(&[4 * dim], seed + 2, 0.5)?;
+            let b_hh = random(&[4 * dim], seed + 3, 0.5)?;
+            layers.push(LstmLayer::from_tensors(&w_ih, &w_hh, &b_ih, &b_hh)?);
+            raw.push([row(&w_ih), row(&w_hh), row(&b_ih), row(&b_hh)]);
+        }
+        let lstm = Lstm { layers };
+        let x = random(&[batch, dim, steps], 99, 1.0)?;
+        let got = row(&lstm.forward(&x)?);
+
+        // Reference: nn.LSTM's equations one frame at a time, input layout [B, C, T].
+        let xv = row(&x);
+        let mut seq: Vec<Vec<Vec<f32>>> = (0..batch)
+            .map(|b| {
+                (0..steps)
+                    .map(|t| (0..dim).map(|c| xv[(b * dim + c) * steps + t]).collect())
+                    .collect()
+            })
+            .collect();
+        let input = seq.clone();
+        for [w_ih, w_hh, b_ih, b_hh] in &raw {
+            for sample in seq.iter_mut() {
+                let (mut h, mut c) = (vec![0f32; dim], vec![0f32; dim]);
+                for frame in sample.iter_mut() {
+                    let gate = |g: usize, j: usize| {
+                        let r = g * dim + j;
+                        let mut acc = b_ih[r] + b_hh[r];
+                        for k in 0..dim {
+                            acc += w_ih[r * dim + k] * frame[k] + w_hh[r * dim + k] * h[k];
+                        }
+                        acc
+                    };
+                    let gates: Vec<[f32; 4]> = (0..dim)
+                        .map(|j| [gate(0, j), gate(1, j), gate(2, j), gate(3, j)])
+                        .collect();
+                    for (j, [i, f, g, o]) in gates.into_iter().enumerate() {
+                        c[j] = sigmoid(f) * c[j] + sigmoid(i) * g.tanh();
+                        h[j] = sigmoid(o) * c[j].tanh();
+                    }
+                    frame.clone_from(&h);
+                }
+            }
+        }
+        for b in 0..batch {
+            for c in 0..dim {
+                for t in 0..steps {
+                    let expected = seq[b][t][c] + input[b][t][c];
+                    let g = got[(b * dim + c) * steps + t];
+                    assert!(
+                        (g - expected).abs() < 1e-5,
+                        "({b}, {c}, {t}): {g} vs {expected}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! The SEANet decoder's structure: residual blocks, the layer plan of transformers'
+//! `EncodecDecoder.__init__`, the checkpoint tensors it reads, and the layers it runs.
+
+use candle_core::Tensor;
+
+use super::conv::{Conv1d, ConvSpec, ConvTranspose1d};
+use super::lstm::Lstm;
+use super::Config;
+use crate::error::Result;
+use crate::weights::Vb;
+
+/// SEANet residual block (transformers' `EncodecResnetBlock`): ELU, conv(k, dilation), ELU,
+/// conv(1), plus the input (or its 1x1 convolution).
+pub(super) struct ResnetBlock {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    shortcut: Option<Conv1d>,
+}
+
+impl ResnetBlock {
+    /// Loads `block.1`, `block.3` (and `shortcut`) under `vb`.
+    pub(super) fn new(dim: usize, dilation: usize, cfg: &Config, vb: &Vb<'_>) -> Result<Self> {
+        let hidden = dim / cfg.compress;
+        let block = vb.pp("block");
+        let conv1 = Conv1d::new(
+            &ConvSpec::new(dim, hidden, cfg.residual_kernel_size, dilation),
+            cfg,
+            &block.pp(1),
+        )?;
+        let conv2 = Conv1d::new(&ConvSpec::new(hidden, dim, 1, 1), cfg, &block.pp(3))?;
+        let shortcut = if cfg.use_conv_shortcut {
+            Some(Conv1d::new(
+                &ConvSpec::new(dim, dim, 1, 1),
+                cfg,
+                &vb.pp("shortcut"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1,
+            conv2,
+            shortcut,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = self.conv1.forward(&xs.elu(1.0)?)?;
+        let ys = self.conv2.forward(&ys.elu(1.0)?)?;
+        let residual = match &self.shortcut {
+            Some(conv) => conv.forward(xs)?,
+            None => xs.clone(),
+        };
+        Ok((residual + ys)?)
+    }
+}
+
+/// One entry of `decoder.layers`, in transformers' order; the index is its key.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum LayerSpec {
+    Conv(ConvSpec),
+    Lstm {
+        dim: usize,
+    },
+    Elu,
+    ConvTranspose {
+        cin: usize,
+        cout: usize,
+        ratio: usize,
+    },
+    Resnet {
+        dim: usize,
+        dilation: usize,
+    },
+}
+
+/// transformers' `EncodecDecoder.__init__`, as a list of layers.
+pub(super) fn decoder_plan(cfg: &Config) -> Vec<LayerSpec> {
+    let mut scaling = 1usize << cfg.upsampling_ratios.len();
+    let mut plan = vec![
+        LayerSpec::Conv(ConvSpec::new(
+            cfg.hidden_size,
+            scaling * cfg.num_filters,
+            cfg.kernel_size,
+            1,
+        )),
+        LayerSpec::Lstm {
+            dim: scaling * cfg.num_filters,
+        },
+    ];
+    for &ratio in &cfg.upsampling_ratios {
+        let current = scaling * cfg.num_filters;
+        plan.push(LayerSpec::Elu);
+        plan.push(LayerSpec::ConvTranspose {
+            cin: current,
+            cout: current / 2,
+            ratio,
+        });
+        for j in 0..cfg.num_residual_layers {
+            plan.push(LayerSpec::Resnet {
+                dim: current / 2,
+                dilation: growth_pow(cfg.dilation_growth_rate, j),
+            });
+        }
+        scaling /= 2;
+    }
+    plan.push(LayerSpec::Elu);
+    plan.push(LayerSpec::Conv(ConvSpec::new(
+        cfg.num_filters,
+        cfg.audio_channels,
+        cfg.last_kernel_size,
+        1,
+    )));
+    plan
+}
+
+fn growth_pow(rate: usize, j: usize) -> usize {
+    u32::try_from(j)
+        .ok()
+        .and_then(|j| rate.checked_pow(j))
+        .unwrap_or(usize::MAX)
+}
+
+/// The checkpoint tensors the decoder reads, relative to the `audio_encoder` prefix, with
+/// their shapes, under the legacy weight-norm names (`weight_g`/`weight_v`): what a random or
+/// tiny checkpoint must hold for [`EncodecDecoder::new`](super::EncodecDecoder::new) to load.
+pub fn decoder_weight_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let mut shapes = Vec::new();
+    for q in 0..cfg.num_quantizers() {
+        shapes.push((
+            format!("quantizer.layers.{q}.codebook.embed"),
+            vec![cfg.codebook_size, cfg.codebook_dim()],
+        ));
+    }
+    let mut conv = |prefix: String, cout: usize, cin: usize, k: usize| {
+        shapes.push((format!("{prefix}.conv.weight_g"), vec![cout, 1, 1]));
+        shapes.push((format!("{prefix}.conv.weight_v"), vec![cout, cin, k]));
+        shapes.push((format!("{prefix}.conv.bias"), vec![cout]));
+    };
+    let mut lstm = Vec::new();
+    let mut convtr = Vec::new();
+    for (n, spec) in decoder_plan(cfg).into_iter().enumerate() {
+        let prefix = format!("decoder.layers.{n}");
+        match spec {
+            LayerSpec::Conv(c) => conv(prefix, c.cout, c.cin, c.kernel),
+            LayerSpec::Lstm { dim } => {
+                for l in 0..cfg.num_lstm_layers {
+                    for kind in ["ih", "hh"] {
+                        lstm.push((
+                            format!("{prefix}.lstm.weight_{kind}_l{l}"),
+                            vec![4 * dim, dim],
+                        ));
+                        lstm.push((format!("{prefix}.lstm.bias_{kind}_l{l}"), vec![4 * dim]));
+                    }
+                }
+            }
+            LayerSpec::Elu => {}
+            LayerSpec::ConvTranspose { cin, cout, ratio } => {
+                // ConvTranspose1d weights are `[in, out, k]`; weight norm keeps dim 0.
+                convtr.push((format!("{prefix}.conv.weight_g"), vec![cin, 1, 1]));
+                convtr.push((
+                    format!("{prefix}.conv.weight_v"),
+                    vec![cin, cout, 2 * ratio],
+                ));
+                convtr.push((format!("{prefix}.conv.bias"), vec![cout]));
+            }
+            LayerSpec::Resnet { dim, .. } => {
+                let hidden = dim / cfg.compress;
+                conv(
+                    format!("{prefix}.block.1"),
+                    hidden,
+                    dim,
+                    cfg.residual_kernel_size,
+                );
+                conv(format!("{prefix}.block.3"), dim, hidden, 1);
+                if cfg.use_conv_shortcut {
+                    conv(format!("{prefix}.shortcut"), dim, dim, 1);
+                }
+            }
+        }
+    }
+    shapes.extend(lstm);
+    shapes.extend(convtr);
+    shapes
+}
+
+/// A built decoder layer.
+pub(super) enum Layer {
+    Conv(Conv1d),
+    Lstm(Lstm),
+    Elu,
+    ConvTranspose(ConvTranspose1d),
+    Resnet(ResnetBlock),
+}
+
+impl Layer {
+    /// Runs the layer on `[B, C, T]`.
+    pub(super) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Conv(conv) => conv.forward(xs),
+            Self::Lstm(lstm) => lstm.forward(xs),
+            Self::Elu => Ok(xs.elu(1.0)?),
+            Self::ConvTranspose(conv) => conv.forward(xs),
+            Self::Resnet(block) => block.forward(xs),
+        }
+    }
+}
