@@ -2,3 +2,4 @@
 //! engine.
 
 pub mod cli;
+pub mod proto;
