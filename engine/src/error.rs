@@ -17,6 +17,9 @@ pub enum EngineError {
     /// The request is valid but this build or device cannot run it.
     #[error("{0}")]
     Unsupported(String),
+    /// The model failed while running (not the request's fault).
+    #[error("the model failed: {0}")]
+    Internal(String),
     /// The job was cancelled before it finished.
     #[error("generation cancelled")]
     Cancelled,

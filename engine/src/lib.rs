@@ -9,6 +9,7 @@ pub mod model;
 pub mod musicgen;
 pub mod request;
 pub mod run;
+pub mod synth;
 
 pub use audio::{Audio, SampleFormat};
 pub use device::{DeviceChoice, Precision};

@@ -64,6 +64,12 @@ pub trait Session {
     /// Runs one step.
     fn step(&mut self) -> Result<(), EngineError>;
 
+    /// What the model read from the request (genre, tempo, key, ...), for the result
+    /// metadata; empty for models that do not interpret the prompt.
+    fn understood(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Turns the finished job into audio.
     fn finish(self: Box<Self>) -> Result<Audio, EngineError>;
 }

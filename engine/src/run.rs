@@ -37,6 +37,8 @@ pub struct GenerationOutput {
     pub audio: Audio,
     /// The request as run (defaults filled, seed chosen).
     pub request: ValidatedRequest,
+    /// What the model understood of the prompt.
+    pub understood: Vec<(String, String)>,
 }
 
 /// Runs one job to the end. `on_progress` is called after every step; `cancel` is checked
@@ -74,9 +76,11 @@ pub fn generate(
         steps_done: total,
         steps_total: total,
     });
+    let understood = session.understood();
     let audio = session.finish()?;
     Ok(GenerationOutput {
         audio,
         request: request.clone(),
+        understood,
     })
 }

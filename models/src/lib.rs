@@ -8,6 +8,7 @@ pub mod musicgen;
 pub mod random;
 pub mod rng;
 pub mod sampling;
+pub mod synth;
 pub mod t5;
 pub mod weights;
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use son1k_engine::audio::encode_wav;
 use son1k_engine::musicgen::MusicGenModel;
+use son1k_engine::synth::SynthModel;
 use son1k_engine::{
     generate, DeviceChoice, GenerateRequest, Length, Limits, MusicModel, Precision, SampleFormat,
 };
@@ -18,9 +19,10 @@ use super::progress::Bar;
 pub struct GenerateArgs {
     /// What to generate, e.g. "lofi hip hop with a mellow piano".
     pub prompt: String,
-    /// A MusicGen checkpoint directory in the Hugging Face layout.
+    /// A MusicGen checkpoint directory in the Hugging Face layout; without it the
+    /// built-in synth plays (no weights needed).
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Output WAV file.
     #[arg(long, value_name = "FILE.wav")]
     pub out: PathBuf,
@@ -89,11 +91,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         sample_format: args.sample_format,
         ..GenerateRequest::new(args.prompt, length)
     };
-    let model = MusicGenModel::load(&args.model, args.device, args.dtype)?;
+    let model: Box<dyn MusicModel> = match &args.model {
+        Some(dir) => Box::new(MusicGenModel::load(dir, args.device, args.dtype)?),
+        None => Box::new(SynthModel::default()),
+    };
     let request = request.validate(&limits, model.info())?;
     let bar = Bar::new();
     let cancel = AtomicBool::new(false);
-    let output = generate(&model, &request, &cancel, &mut |p| bar.update(p));
+    let output = generate(model.as_ref(), &request, &cancel, &mut |p| bar.update(p));
     bar.finish();
     let output = output?;
     let bytes = encode_wav(&output.audio, request.sample_format)?;
@@ -107,5 +112,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         output.audio.channels.len(),
         output.request.seed
     );
+    for (what, value) in &output.understood {
+        println!("  {what}: {value}");
+    }
     Ok(())
 }

@@ -1,0 +1,62 @@
+//! Benchmark of the built-in synth: time to compose, render and master 30 s of audio for
+//! several styles, on one core (the synth is single-threaded), and the real-time factor.
+//!
+//! `cargo bench --bench synth_render -- [--duration SECONDS] [--repeat N]`
+
+use std::time::Instant;
+
+use son1k_models::synth::SynthJob;
+
+const PROMPTS: &[&str] = &[
+    "lofi hip hop with piano at 84 bpm",
+    "energetic rock with guitars in E minor",
+    "happy pop with synth lead",
+    "house at 124 bpm",
+    "reggaeton triste con piano",
+    "trap dark 140 bpm",
+    "jazz trio",
+    "cinematic epic strings",
+    "calm ambient pad",
+    "classical piano in D major",
+    "funk with organ",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut duration = 30.0;
+    let mut repeat = 3;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => duration = args.next().ok_or("--duration needs a value")?.parse()?,
+            "--repeat" => repeat = args.next().ok_or("--repeat needs a value")?.parse()?,
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    println!(
+        "{:<45} {:>10} {:>10} {:>8} {:>9}",
+        "prompt", "best s", "median s", "RTF", "LUFS"
+    );
+    for prompt in PROMPTS {
+        let mut times = Vec::new();
+        let mut lufs = 0.0;
+        for _ in 0..repeat {
+            let start = Instant::now();
+            let mut job = SynthJob::from_prompt(prompt, duration, 1);
+            while job.steps_done() < job.total_steps() {
+                job.step();
+            }
+            let (_, loudness) = job.finish()?;
+            times.push(start.elapsed().as_secs_f64());
+            lufs = loudness.integrated_lufs;
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{prompt:<45} {:>10.3} {median:>10.3} {:>8.1} {lufs:>9.2}",
+            times[0],
+            duration / median
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The built-in synth as an engine model: no weights, text prompts, a bar per step,
+//! mastered stereo at the end, and a report of what it understood.
+
+use son1k_models::synth::{SynthJob, SAMPLE_RATE};
+
+use crate::audio::Audio;
+use crate::error::EngineError;
+use crate::model::{ModelInfo, MusicModel, SamplingDefaults, Session};
+use crate::request::ValidatedRequest;
+
+/// Identifier of the built-in synth.
+pub const SYNTH_ID: &str = "son1k-synth";
+
+/// Frames per second in which the synth counts durations (the same 20 ms frames as
+/// MusicGen, so requests mean the same on every model).
+const FRAME_RATE: usize = 50;
+
+/// The longest piece the synth itself allows (the engine limits usually cut earlier).
+const MAX_SECONDS: usize = 600;
+
+/// The built-in synth model.
+pub struct SynthModel {
+    info: ModelInfo,
+}
+
+impl Default for SynthModel {
+    fn default() -> Self {
+        Self {
+            info: ModelInfo {
+                id: SYNTH_ID.to_string(),
+                sample_rate: SAMPLE_RATE,
+                channels: 2,
+                frame_rate: FRAME_RATE,
+                max_frames: MAX_SECONDS * FRAME_RATE,
+                extra_steps: 0,
+                vocab_size: 0,
+                // The synth does not sample tokens; these are reported, not used.
+                defaults: SamplingDefaults {
+                    top_k: 0,
+                    top_p: 0.0,
+                    temperature: 1.0,
+                    guidance_scale: 1.0,
+                },
+            },
+        }
+    }
+}
+
+impl MusicModel for SynthModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn start<'a>(
+        &'a self,
+        request: &ValidatedRequest,
+    ) -> Result<Box<dyn Session + 'a>, EngineError> {
+        let duration_s = request.frames as f64 / FRAME_RATE as f64;
+        Ok(Box::new(SynthSession {
+            job: SynthJob::from_prompt(&request.prompt, duration_s, request.seed),
+        }))
+    }
+}
+
+struct SynthSession {
+    job: SynthJob,
+}
+
+impl Session for SynthSession {
+    fn total_steps(&self) -> usize {
+        self.job.total_steps()
+    }
+
+    fn steps_done(&self) -> usize {
+        self.job.steps_done()
+    }
+
+    fn step(&mut self) -> Result<(), EngineError> {
+        self.job.step();
+        Ok(())
+    }
+
+    fn understood(&self) -> Vec<(String, String)> {
+        self.job.understood()
+    }
+
+    fn finish(self: Box<Self>) -> Result<Audio, EngineError> {
+        let (channels, _) = self
+            .job
+            .finish()
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(Audio {
+            sample_rate: SAMPLE_RATE,
+            channels,
+        })
+    }
+}
