@@ -85,6 +85,14 @@ pub enum ModelError {
         /// The tokenizer library's explanation.
         message: String,
     },
+    /// The model produced NaN or infinite logits (usually a precision too low for it).
+    #[error("the decoder produced non-finite logits at step {step} in {dtype:?}; f32 is the exact precision")]
+    NonFiniteLogits {
+        /// The decoder step.
+        step: usize,
+        /// The decoder's dtype.
+        dtype: candle_core::DType,
+    },
     /// A tensor operation failed (an internal error: shapes are validated at load).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

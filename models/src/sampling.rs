@@ -91,7 +91,7 @@ impl Sampler {
             // transformers keeps every token whose logit reaches the k-th largest.
             let kth = candidates[k - 1].1;
             let keep = candidates.iter().take_while(|c| c.1 >= kth).count();
-            candidates.truncate(keep);
+            candidates.truncate(keep.max(1));
         }
         let max = candidates[0].1;
         let mut total = 0.0f64;
@@ -181,6 +181,19 @@ mod tests {
         let zeros = draws.iter().filter(|&&t| t == 0).count() as f64 / 2000.0;
         // renormalised: 0.64 / 0.88 = 0.727
         assert!((zeros - 0.727).abs() < 0.04, "{zeros}");
+    }
+
+    #[test]
+    fn non_finite_logits_never_panic() {
+        let params = SamplingParams {
+            top_k: 5,
+            top_p: 0.9,
+            temperature: 1.0,
+        };
+        let mut s = Sampler::new(params, 1);
+        let token = s.sample(&[f32::NAN, 1.0, f32::NEG_INFINITY, 0.5]);
+        assert!(token < 4);
+        assert!(s.sample(&[f32::NAN; 8]) < 8);
     }
 
     #[test]

@@ -83,11 +83,16 @@ impl Attention {
         let (b, t, _) = xs.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let q = self.split_heads(&(self.q.forward(xs)? * scale)?)?;
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scores = q.matmul(&k.t()?)?;
+        // Masked softmax runs in f32: the mask's most negative f32 would be -inf in half
+        // precision, and a fully masked row (the unconditional guidance row) would be NaN.
+        let probs = match mask {
+            Some(mask) => {
+                let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?
+            }
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
+        };
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, ()))?;
         Ok(self.out.forward(&out)?)
     }
@@ -116,8 +121,8 @@ struct LayerCache {
 /// its own, so jobs can be batched, cancelled and resumed independently.
 pub struct DecoderCache {
     layers: Vec<LayerCache>,
-    /// Additive cross-attention mask `[B, 1, 1, T_text]` (most negative finite value on
-    /// padding, so a fully masked row stays finite).
+    /// Additive cross-attention mask `[B, 1, 1, T_text]` in f32 (most negative finite
+    /// value on padding, so a fully masked row stays finite).
     cross_mask: Tensor,
     len: usize,
     capacity: usize,
@@ -208,6 +213,11 @@ impl Decoder {
         &self.cfg
     }
 
+    /// The dtype it computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// A fresh cache for one job: computes every layer's cross-attention K/V from the text
     /// states `[B, T, cross_in]` once, and preallocates `capacity` self-attention positions.
     pub fn new_cache(
@@ -237,8 +247,7 @@ impl Decoder {
         let mask = text_mask_bt.to_dtype(DType::F32)?;
         let cross_mask = ((1.0 - mask)? * f32::MIN as f64)?
             .unsqueeze(1)?
-            .unsqueeze(1)?
-            .to_dtype(self.dtype)?;
+            .unsqueeze(1)?;
         Ok(DecoderCache {
             layers,
             cross_mask,
@@ -271,7 +280,7 @@ impl Decoder {
         }
         xs = xs.broadcast_add(&self.positions.narrow(0, offset, t)?)?;
         let causal = if t > 1 {
-            Some(causal_mask(t, offset, self.dtype, xs.device())?)
+            Some(causal_mask(t, offset, xs.device())?)
         } else {
             None
         };
@@ -319,13 +328,13 @@ impl Decoder {
     }
 }
 
-/// Additive causal mask `[T, offset + T]`: query i sees keys up to `offset + i`.
-fn causal_mask(t: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+/// Additive causal mask `[T, offset + T]` in f32: query i sees keys up to `offset + i`.
+fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let total = offset + t;
     let values: Vec<f32> = (0..t)
         .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::MIN } else { 0.0 }))
         .collect();
-    Ok(Tensor::from_vec(values, (t, total), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(values, (t, total), device)?)
 }
 
 #[cfg(test)]

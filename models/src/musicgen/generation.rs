@@ -4,7 +4,7 @@
 use super::decoder::DecoderCache;
 use super::delay::DelayPattern;
 use super::model::MusicGen;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::sampling::{apply_guidance, Sampler, SamplingParams};
 
 /// The settings of one generation.
@@ -82,6 +82,12 @@ impl Generation {
         let rows = if self.guidance.is_some() { 2 } else { 1 };
         let last = self.columns.last().cloned().unwrap_or_default();
         let logits = model.step(&last, &mut self.cache, rows)?.to_vec3::<f32>()?;
+        if !logits.iter().flatten().flatten().all(|x| x.is_finite()) {
+            return Err(ModelError::NonFiniteLogits {
+                step: self.steps_done(),
+                dtype: model.decoder_dtype(),
+            });
+        }
         let next_column = self.columns.len();
         let column = (0..last.len())
             .map(|k| {

@@ -117,6 +117,11 @@ impl MusicGen {
         &self.generation
     }
 
+    /// The dtype the decoder computes in.
+    pub fn decoder_dtype(&self) -> DType {
+        self.decoder.dtype()
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device
