@@ -1,5 +1,6 @@
 //! The `son1k` command line: argument definitions and dispatch to each subcommand.
 
+pub mod bench;
 mod generate;
 mod progress;
 mod tiny_model;
@@ -23,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate music from a text prompt into a WAV file.
     Generate(GenerateArgs),
+    /// Measure MusicGen's speed on this machine (a checkpoint or a preset shape).
+    Bench(bench::BenchArgs),
     /// Write a tiny random MusicGen checkpoint in the Hugging Face layout (for tests and
     /// for trying the engine without downloading weights).
     TinyModel(TinyModelArgs),
@@ -33,5 +36,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::TinyModel(args) => tiny_model::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
