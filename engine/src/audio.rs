@@ -1,5 +1,7 @@
 //! Audio buffers and their file formats: WAV as 16-bit PCM (default) or 32-bit float.
 
+pub mod decode;
+
 use std::io::Cursor;
 
 use crate::error::EngineError;
