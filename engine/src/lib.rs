@@ -2,6 +2,7 @@
 //! device selection, the model trait and its adapters, and audio formats.
 
 pub mod audio;
+pub mod cover;
 pub mod device;
 pub mod error;
 pub mod limits;

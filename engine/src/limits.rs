@@ -15,6 +15,10 @@ pub struct Limits {
     pub max_temperature: f32,
     /// Highest classifier-free guidance scale (default 20).
     pub max_guidance_scale: f32,
+    /// Largest song upload for a cover, in bytes (default 50 MiB).
+    pub max_song_bytes: usize,
+    /// Longest song to cover, in seconds (default 600).
+    pub max_song_seconds: f64,
 }
 
 impl Default for Limits {
@@ -25,6 +29,8 @@ impl Default for Limits {
             max_duration_s: 30.0,
             max_temperature: 5.0,
             max_guidance_scale: 20.0,
+            max_song_bytes: 50 * 1024 * 1024,
+            max_song_seconds: 600.0,
         }
     }
 }

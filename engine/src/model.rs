@@ -25,6 +25,8 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// Default sampling when the request leaves it unset.
     pub defaults: SamplingDefaults,
+    /// Whether the model makes covers of an input song.
+    pub covers: bool,
 }
 
 /// A model's default sampling settings.

@@ -58,6 +58,8 @@ impl MusicGenModel {
             extra_steps: config.decoder.channel_codebooks() - 1,
             vocab_size: config.decoder.vocab_size,
             defaults,
+            // Covers with MusicGen need the melody variant (chroma conditioning).
+            covers: false,
         };
         Self { model, info }
     }

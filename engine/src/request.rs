@@ -3,7 +3,10 @@
 
 use son1k_models::sampling::SamplingParams;
 
+use std::sync::Arc;
+
 use crate::audio::SampleFormat;
+use crate::cover::Song;
 use crate::error::EngineError;
 use crate::limits::Limits;
 use crate::model::ModelInfo;
@@ -36,6 +39,8 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     /// Output sample format.
     pub sample_format: SampleFormat,
+    /// The song to cover, for a cover request.
+    pub song: Option<Arc<Song>>,
 }
 
 impl GenerateRequest {
@@ -50,6 +55,7 @@ impl GenerateRequest {
             guidance_scale: None,
             seed: None,
             sample_format: SampleFormat::default(),
+            song: None,
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct ValidatedRequest {
     pub sample_format: SampleFormat,
     /// The prompt's token limit, checked by the model when it tokenises.
     pub max_prompt_tokens: usize,
+    /// The song to cover, for a cover request.
+    pub song: Option<Arc<Song>>,
 }
 
 impl GenerateRequest {
@@ -80,6 +88,12 @@ impl GenerateRequest {
         limits: &Limits,
         model: &ModelInfo,
     ) -> Result<ValidatedRequest, EngineError> {
+        if self.song.is_some() && !model.covers {
+            return Err(EngineError::Unsupported(format!(
+                "model {} cannot make covers; use the built-in synth",
+                model.id
+            )));
+        }
         let prompt = self.prompt.trim();
         if prompt.is_empty() {
             return Err(EngineError::invalid("prompt", "must not be empty"));
@@ -181,6 +195,7 @@ impl GenerateRequest {
             seed: self.seed.unwrap_or_else(random_seed),
             sample_format: self.sample_format,
             max_prompt_tokens: limits.max_prompt_tokens,
+            song: self.song.clone(),
         })
     }
 }
@@ -212,6 +227,7 @@ mod tests {
             max_frames: 2044,
             extra_steps: 3,
             vocab_size: 2048,
+            covers: false,
             defaults: SamplingDefaults {
                 top_k: 250,
                 top_p: 0.0,

@@ -1,6 +1,7 @@
 //! The built-in synth as an engine model: no weights, text prompts, a bar per step,
 //! mastered stereo at the end, and a report of what it understood.
 
+use son1k_models::analysis::analyse;
 use son1k_models::synth::{SynthJob, SAMPLE_RATE};
 
 use crate::audio::Audio;
@@ -34,6 +35,7 @@ impl Default for SynthModel {
                 max_frames: MAX_SECONDS * FRAME_RATE,
                 extra_steps: 0,
                 vocab_size: 0,
+                covers: true,
                 // The synth does not sample tokens; these are reported, not used.
                 defaults: SamplingDefaults {
                     top_k: 0,
@@ -56,9 +58,15 @@ impl MusicModel for SynthModel {
         request: &ValidatedRequest,
     ) -> Result<Box<dyn Session + 'a>, EngineError> {
         let duration_s = request.frames as f64 / FRAME_RATE as f64;
-        Ok(Box::new(SynthSession {
-            job: SynthJob::from_prompt(&request.prompt, duration_s, request.seed),
-        }))
+        let job = match &request.song {
+            Some(song) => {
+                let analysis = analyse(&song.mono, song.sample_rate)
+                    .map_err(|e| EngineError::invalid("song", e.to_string()))?;
+                SynthJob::cover(&request.prompt, &analysis, duration_s, request.seed)
+            }
+            None => SynthJob::from_prompt(&request.prompt, duration_s, request.seed),
+        };
+        Ok(Box::new(SynthSession { job }))
     }
 }
 

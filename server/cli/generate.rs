@@ -1,6 +1,6 @@
 //! `son1k generate`: one text-to-music job in this process, written to a WAV file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
@@ -95,18 +95,28 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(dir) => Box::new(MusicGenModel::load(dir, args.device, args.dtype)?),
         None => Box::new(SynthModel::default()),
     };
-    let request = request.validate(&limits, model.info())?;
+    run_job(model.as_ref(), &request, &limits, &args.out)
+}
+
+/// Validates `request` for `model`, runs it with a progress bar, writes the WAV file and
+/// prints what was made and what the model understood.
+pub(super) fn run_job(
+    model: &dyn MusicModel,
+    request: &GenerateRequest,
+    limits: &Limits,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let request = request.validate(limits, model.info())?;
     let bar = Bar::new();
     let cancel = AtomicBool::new(false);
-    let output = generate(model.as_ref(), &request, &cancel, &mut |p| bar.update(p));
+    let output = generate(model, &request, &cancel, &mut |p| bar.update(p));
     bar.finish();
     let output = output?;
     let bytes = encode_wav(&output.audio, request.sample_format)?;
-    std::fs::write(&args.out, bytes)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
     println!(
         "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
-        args.out.display(),
+        out.display(),
         output.audio.duration_s(),
         output.audio.sample_rate,
         output.audio.channels.len(),

@@ -1,6 +1,7 @@
 //! The `son1k` command line: argument definitions and dispatch to each subcommand.
 
 pub mod bench;
+mod cover;
 mod generate;
 mod progress;
 mod tiny_model;
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate music from a text prompt into a WAV file.
     Generate(GenerateArgs),
+    /// Cover a song in the style the prompt asks for (built-in synth).
+    Cover(cover::CoverArgs),
     /// Measure MusicGen's speed on this machine (a checkpoint or a preset shape).
     Bench(bench::BenchArgs),
     /// Write a tiny random MusicGen checkpoint in the Hugging Face layout (for tests and
@@ -37,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::TinyModel(args) => tiny_model::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Cover(args) => cover::run(args),
     }
 }

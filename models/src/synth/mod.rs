@@ -4,6 +4,7 @@
 
 pub mod arrange;
 pub mod compose;
+pub mod cover;
 pub mod drums;
 pub mod dsp;
 pub mod master;
@@ -40,6 +41,19 @@ impl SynthJob {
         Self::from_lead_sheet(plan, &sheet, duration_s, seed)
     }
 
+    /// A cover of an analysed song in the style `prompt` asks for: the song's tempo, key,
+    /// chords and melody, re-rendered.
+    pub fn cover(
+        prompt: &str,
+        song: &crate::analysis::SongAnalysis,
+        duration_s: f64,
+        seed: u64,
+    ) -> Self {
+        let plan = cover::cover_plan(prompt, song, seed);
+        let sheet = cover::lead_sheet(song, duration_s);
+        Self::from_lead_sheet(plan, &sheet, duration_s, seed)
+    }
+
     /// Arranges an existing lead sheet (a cover's) in the plan's style.
     pub fn from_lead_sheet(plan: Plan, sheet: &LeadSheet, duration_s: f64, seed: u64) -> Self {
         let score = arrange::arrange(sheet, &plan, duration_s, seed);
@@ -54,7 +68,7 @@ impl SynthJob {
         let p = &self.plan;
         let mut out = vec![
             ("genre".to_string(), p.genre.name().to_string()),
-            ("tempo_bpm".to_string(), format!("{}", p.tempo_bpm)),
+            ("tempo_bpm".to_string(), format!("{:.1}", p.tempo_bpm)),
             ("key".to_string(), p.key.name()),
             (
                 "instruments".to_string(),

@@ -1,0 +1,271 @@
+//! Covers with the built-in synth, of test songs made here with known tempo, key and
+//! chords: the cover keeps the tempo within 2 %, the key, and at least 80 % of the beat
+//! chords; unusable uploads are refused with a clear error.
+
+mod common;
+
+use std::io::Cursor;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use common::{assert_clean_failure, son1k};
+use son1k_engine::cover::load_song;
+use son1k_engine::synth::SynthModel;
+use son1k_engine::{generate, GenerateRequest, Length, Limits, MusicModel};
+use son1k_models::analysis::analyse;
+use son1k_models::synth::theory::{midi_to_hz, Chord, ChordQuality, Key, Mode};
+
+/// A test song: one chord per bar as sustained harmonic tones, a bass root, a kick on every
+/// beat and a simple melody of chord tones, at `bpm`.
+struct TestSong {
+    bpm: f64,
+    key: Key,
+    chords: Vec<Chord>,
+}
+
+impl TestSong {
+    const RATE: u32 = 32_000;
+
+    fn chord_at(&self, t: f64) -> Chord {
+        let bar = (t / (4.0 * 60.0 / self.bpm)).floor().max(0.0) as usize;
+        self.chords[bar % self.chords.len()]
+    }
+
+    fn render(&self, seconds: f64) -> Vec<f32> {
+        let n = (seconds * Self::RATE as f64) as usize;
+        let beat_s = 60.0 / self.bpm;
+        let mut out = vec![0.0f32; n];
+        for (i, sample) in out.iter_mut().enumerate() {
+            let t = i as f64 / Self::RATE as f64;
+            let chord = self.chord_at(t);
+            let beat_phase = (t / beat_s).fract() * beat_s;
+            let mut x = 0.0f64;
+            for (k, &interval) in chord.intervals().iter().enumerate() {
+                let f = midi_to_hz(60.0 + ((chord.root + interval) % 12) as f32) as f64;
+                for h in 1..=4 {
+                    x += 0.12 / h as f64
+                        * (std::f64::consts::TAU * f * h as f64 * t + k as f64).sin();
+                }
+            }
+            let bass = midi_to_hz(36.0 + chord.root as f32) as f64;
+            x += 0.25 * (std::f64::consts::TAU * bass * t).sin();
+            // Melody: the chord's tones in turn, one per beat, an octave up.
+            let beat = (t / beat_s).floor() as usize;
+            let tones = chord.intervals();
+            let tone = (chord.root + tones[beat % tones.len()]) % 12;
+            let f = midi_to_hz(72.0 + tone as f32) as f64;
+            x += 0.2 * (-3.0 * beat_phase).exp() * (std::f64::consts::TAU * f * t).sin();
+            // Kick: a decaying low thump on every beat.
+            x += 0.8
+                * (-40.0 * beat_phase).exp()
+                * (std::f64::consts::TAU * 55.0 * beat_phase).sin();
+            *sample = (0.35 * x) as f32;
+        }
+        out
+    }
+
+    fn wav(&self, seconds: f64) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: Self::RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut bytes = Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
+        for x in self.render(seconds) {
+            writer
+                .write_sample((x.clamp(-1.0, 1.0) * 32767.0) as i16)
+                .unwrap();
+        }
+        writer.finalize().unwrap();
+        bytes.into_inner()
+    }
+}
+
+fn triad(root: u8, minor: bool) -> Chord {
+    Chord::triad(
+        root,
+        if minor {
+            ChordQuality::Minor
+        } else {
+            ChordQuality::Major
+        },
+    )
+}
+
+fn test_songs() -> Vec<TestSong> {
+    vec![
+        // G major: G D Em C
+        TestSong {
+            bpm: 100.0,
+            key: Key {
+                tonic: 7,
+                mode: Mode::Major,
+            },
+            chords: vec![
+                triad(7, false),
+                triad(2, false),
+                triad(4, true),
+                triad(0, false),
+            ],
+        },
+        // A minor: Am F C G
+        TestSong {
+            bpm: 92.0,
+            key: Key {
+                tonic: 9,
+                mode: Mode::Minor,
+            },
+            chords: vec![
+                triad(9, true),
+                triad(5, false),
+                triad(0, false),
+                triad(7, false),
+            ],
+        },
+        // D major: D G A D
+        TestSong {
+            bpm: 120.0,
+            key: Key {
+                tonic: 2,
+                mode: Mode::Major,
+            },
+            chords: vec![
+                triad(2, false),
+                triad(7, false),
+                triad(9, false),
+                triad(2, false),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn covers_keep_tempo_key_and_beat_chords() {
+    let limits = Limits::default();
+    let model = SynthModel::default();
+    for (song, style) in test_songs()
+        .iter()
+        .zip(["rock with guitars", "lofi with piano", "house"])
+    {
+        let bytes = song.wav(24.0);
+        let decoded = load_song(&bytes, Some("song.wav"), &limits).unwrap();
+        let request = GenerateRequest {
+            seed: Some(5),
+            song: Some(Arc::new(decoded)),
+            ..GenerateRequest::new(style, Length::Seconds(24.0))
+        }
+        .validate(&limits, model.info())
+        .unwrap();
+        let output = generate(&model, &request, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        let audio = &output.audio;
+        let mono: Vec<f32> = audio.channels[0]
+            .iter()
+            .zip(&audio.channels[1])
+            .map(|(l, r)| 0.5 * (l + r))
+            .collect();
+        let cover = analyse(&mono, audio.sample_rate).unwrap();
+        let tempo_error = (cover.tempo_bpm - song.bpm).abs() / song.bpm;
+        assert!(
+            tempo_error <= 0.02,
+            "{style}: cover at {:.2} bpm, song at {}",
+            cover.tempo_bpm,
+            song.bpm
+        );
+        assert_eq!(cover.key, song.key, "{style}: cover key");
+        // Chords of the cover's beats against the song's chord at the same time (the beat's
+        // middle), skipping the final fade.
+        let beat_s = 60.0 / cover.tempo_bpm;
+        let judged: Vec<bool> = cover
+            .beat_times_s
+            .iter()
+            .zip(&cover.beat_chords)
+            .filter(|(t, _)| **t + beat_s < 22.0)
+            .map(|(t, c)| c.as_triad() == song.chord_at(t + beat_s / 2.0))
+            .collect();
+        let kept = judged.iter().filter(|&&ok| ok).count() as f64 / judged.len() as f64;
+        assert!(
+            kept >= 0.8,
+            "{style}: only {:.0} % of beat chords kept",
+            kept * 100.0
+        );
+    }
+}
+
+#[test]
+fn cover_cli_makes_a_file_and_unusable_songs_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let song = dir.path().join("song.wav");
+    std::fs::write(&song, test_songs()[0].wav(10.0)).unwrap();
+    let out = dir.path().join("cover.wav");
+    let run = son1k(&[
+        "cover",
+        "--input",
+        song.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "2",
+        "jazz",
+    ]);
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    let (spec, samples) = common::read_wav(&out);
+    assert_eq!((spec.channels, spec.sample_rate), (2, 44_100));
+    assert_eq!(samples.len(), 2 * 10 * 44_100);
+
+    let write_wav = |name: &str, channels: u16, rate: u32, seconds: f64, amplitude: f32| {
+        let path = dir.path().join(name);
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..(seconds * rate as f64) as usize * channels as usize {
+            w.write_sample((amplitude * 32767.0 * ((i as f32) * 0.05).sin()) as i16)
+                .unwrap();
+        }
+        w.finalize().unwrap();
+        path
+    };
+    let garbage = dir.path().join("garbage.mp3");
+    std::fs::write(&garbage, b"this is not audio at all, just text pretending").unwrap();
+    let empty = dir.path().join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let cases = vec![
+        (garbage, vec!["song", "not audio"]),
+        (empty, vec!["song"]),
+        (
+            write_wav("silent.wav", 1, 32000, 5.0, 0.0),
+            vec!["song", "silent"],
+        ),
+        (
+            write_wav("long.wav", 1, 8000, 12.0, 0.5),
+            vec!["song", "too long", "10"],
+        ),
+        (
+            write_wav("rate.wav", 1, 4000, 5.0, 0.5),
+            vec!["song", "sample rate", "4000"],
+        ),
+        (
+            write_wav("channels.wav", 10, 32000, 1.0, 0.5),
+            vec!["song", "channels", "10"],
+        ),
+    ];
+    for (path, needles) in cases {
+        let output = son1k(&[
+            "cover",
+            "--input",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-song-seconds",
+            "10",
+            "rock",
+        ]);
+        assert_clean_failure(&output, &needles);
+        assert_eq!(output.status.code(), Some(2), "{}", path.display());
+    }
+}
