@@ -27,6 +27,15 @@ impl Audio {
     }
 }
 
+/// A piece of audio while a job runs, placed in the output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AudioChunk {
+    /// Index of its first frame in the output.
+    pub start_frame: usize,
+    /// The samples.
+    pub audio: Audio,
+}
+
 /// How samples are stored in the output file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SampleFormat {

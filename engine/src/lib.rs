@@ -12,10 +12,10 @@ pub mod request;
 pub mod run;
 pub mod synth;
 
-pub use audio::{Audio, SampleFormat};
+pub use audio::{Audio, AudioChunk, SampleFormat};
 pub use device::{DeviceChoice, Precision};
 pub use error::EngineError;
 pub use limits::Limits;
 pub use model::{ModelInfo, MusicModel, Session};
 pub use request::{GenerateRequest, Length, ValidatedRequest};
-pub use run::{generate, GenerationOutput, Progress, Stage};
+pub use run::{generate, GenerationOutput, Progress, Stage, Update};

@@ -1,7 +1,7 @@
 //! The model interface of the engine: what a model tells about itself, and the step API a
 //! job runs through (start, one step at a time, finish), never a closed loop.
 
-use crate::audio::Audio;
+use crate::audio::{Audio, AudioChunk};
 use crate::error::EngineError;
 use crate::request::ValidatedRequest;
 
@@ -70,6 +70,12 @@ pub trait Session {
     /// metadata; empty for models that do not interpret the prompt.
     fn understood(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// Audio playable while the job runs, ready since the last call (where the model can
+    /// stream; the final audio may differ, e.g. by mastering).
+    fn take_preview(&mut self) -> Option<AudioChunk> {
+        None
     }
 
     /// Turns the finished job into audio.

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::audio::Audio;
+use crate::audio::{Audio, AudioChunk};
 use crate::error::EngineError;
 use crate::model::MusicModel;
 use crate::request::ValidatedRequest;
@@ -30,6 +30,15 @@ pub struct Progress {
     pub steps_total: usize,
 }
 
+/// What a running job reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    /// Progress, after every step.
+    Progress(Progress),
+    /// Audio playable before the job ends, where the model streams.
+    Chunk(AudioChunk),
+}
+
 /// A finished generation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationOutput {
@@ -41,41 +50,44 @@ pub struct GenerationOutput {
     pub understood: Vec<(String, String)>,
 }
 
-/// Runs one job to the end. `on_progress` is called after every step; `cancel` is checked
-/// before every step, so a set flag stops the job within one step with
-/// [`EngineError::Cancelled`].
+/// Runs one job to the end. `on_update` gets progress after every step and audio chunks as
+/// they become ready; `cancel` is checked before every step, so a set flag stops the job
+/// within one step with [`EngineError::Cancelled`].
 pub fn generate(
     model: &dyn MusicModel,
     request: &ValidatedRequest,
     cancel: &AtomicBool,
-    on_progress: &mut dyn FnMut(Progress),
+    on_update: &mut dyn FnMut(Update),
 ) -> Result<GenerationOutput, EngineError> {
     let mut session = model.start(request)?;
     let total = session.total_steps();
-    on_progress(Progress {
+    on_update(Update::Progress(Progress {
         stage: Stage::Encoding,
         steps_done: 0,
         steps_total: total,
-    });
+    }));
     while session.steps_done() < total {
         if cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
         session.step()?;
-        on_progress(Progress {
+        on_update(Update::Progress(Progress {
             stage: Stage::Generating,
             steps_done: session.steps_done(),
             steps_total: total,
-        });
+        }));
+        if let Some(chunk) = session.take_preview() {
+            on_update(Update::Chunk(chunk));
+        }
     }
     if cancel.load(Ordering::Relaxed) {
         return Err(EngineError::Cancelled);
     }
-    on_progress(Progress {
+    on_update(Update::Progress(Progress {
         stage: Stage::Decoding,
         steps_done: total,
         steps_total: total,
-    });
+    }));
     let understood = session.understood();
     let audio = session.finish()?;
     Ok(GenerationOutput {

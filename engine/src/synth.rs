@@ -4,7 +4,7 @@
 use son1k_models::analysis::analyse;
 use son1k_models::synth::{SynthJob, SAMPLE_RATE};
 
-use crate::audio::Audio;
+use crate::audio::{Audio, AudioChunk};
 use crate::error::EngineError;
 use crate::model::{ModelInfo, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
@@ -86,6 +86,18 @@ impl Session for SynthSession {
     fn step(&mut self) -> Result<(), EngineError> {
         self.job.step();
         Ok(())
+    }
+
+    fn take_preview(&mut self) -> Option<AudioChunk> {
+        self.job
+            .take_preview()
+            .map(|(start_frame, channels)| AudioChunk {
+                start_frame,
+                audio: Audio {
+                    sample_rate: SAMPLE_RATE,
+                    channels,
+                },
+            })
     }
 
     fn understood(&self) -> Vec<(String, String)> {

@@ -10,6 +10,7 @@ use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{
     generate, DeviceChoice, GenerateRequest, Length, Limits, MusicModel, Precision, SampleFormat,
+    Update,
 };
 
 use super::progress::Bar;
@@ -109,7 +110,11 @@ pub(super) fn run_job(
     let request = request.validate(limits, model.info())?;
     let bar = Bar::new();
     let cancel = AtomicBool::new(false);
-    let output = generate(model, &request, &cancel, &mut |p| bar.update(p));
+    let output = generate(model, &request, &cancel, &mut |update| {
+        if let Update::Progress(p) = update {
+            bar.update(p);
+        }
+    });
     bar.finish();
     let output = output?;
     let bytes = encode_wav(&output.audio, request.sample_format)?;

@@ -115,6 +115,12 @@ impl SynthJob {
         self.renderer.step();
     }
 
+    /// Audio ready since the last call, for listening while it renders: see
+    /// [`Renderer::take_preview`].
+    pub fn take_preview(&mut self) -> Option<(usize, Vec<Vec<f32>>)> {
+        self.renderer.take_preview()
+    }
+
     /// Finishes and masters to -14 LUFS, true peak at most -1 dBTP: stereo channels.
     pub fn finish(self) -> Result<(Vec<Vec<f32>>, Loudness), MasterError> {
         self.renderer.finish(MasterTarget::default())

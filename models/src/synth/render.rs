@@ -55,7 +55,17 @@ pub struct Renderer {
     next_event: usize,
     bars_done: usize,
     total_bars: usize,
+    /// Frames already handed out as previews.
+    previewed: usize,
 }
+
+/// How far before a bar line preview audio stops: humanised notes of the next bar may
+/// start up to a few standard deviations early.
+const PREVIEW_MARGIN_S: f64 = 0.05;
+
+/// Level of previews (the dry mix before reverb and mastering), chosen to sit near the
+/// mastered loudness for typical arrangements.
+const PREVIEW_GAIN: f32 = 0.6;
 
 impl Renderer {
     /// Prepares to render `score` at `sample_rate`; the seed varies noisy sounds.
@@ -74,6 +84,7 @@ impl Renderer {
             next_event: 0,
             bars_done: 0,
             total_bars,
+            previewed: 0,
         }
     }
 
@@ -148,6 +159,37 @@ impl Renderer {
                 }
             }
         }
+    }
+
+    /// Audio that no later step will change, since the last call: `(first frame, [left,
+    /// right])`. It is the dry mix before reverb and mastering, so a listener hears the
+    /// piece while it renders; the finished file is mastered.
+    pub fn take_preview(&mut self) -> Option<(usize, Vec<Vec<f32>>)> {
+        let frames = self.dry[0].len();
+        let ready = if self.bars_done >= self.total_bars {
+            frames
+        } else {
+            let bar_s = self.score.beat_s() * self.score.beats_per_bar as f64;
+            let until_s =
+                self.score.first_beat_s + self.bars_done as f64 * bar_s - PREVIEW_MARGIN_S;
+            ((until_s.max(0.0) * self.sample_rate as f64) as usize).min(frames)
+        };
+        if ready <= self.previewed {
+            return None;
+        }
+        let start = self.previewed;
+        self.previewed = ready;
+        let channels = self
+            .dry
+            .iter()
+            .map(|c| {
+                c[start..ready]
+                    .iter()
+                    .map(|x| (x * PREVIEW_GAIN).clamp(-1.0, 1.0))
+                    .collect()
+            })
+            .collect();
+        Some((start, channels))
     }
 
     /// Renders what is left, adds the reverb, fades the ending and masters the mix.
