@@ -110,6 +110,24 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The fixtures' setting: greedy with guidance 3.0, `frames` frames, as transformers'
+/// `generate(do_sample=False, guidance_scale=3.0)` runs it; checks the step count.
+fn greedy_guided(model: &MusicGen, ids: &[u32], frames: usize) -> Vec<Vec<u32>> {
+    let params = GenerationParams {
+        frames,
+        guidance_scale: 3.0,
+        sampling: SamplingParams::GREEDY,
+        seed: 0,
+    };
+    let mut job = Generation::new(model, ids, &params).unwrap();
+    let delays = model.config().decoder.channel_codebooks();
+    assert_eq!(job.total_steps(), frames + delays - 1);
+    while !job.is_done() {
+        job.step(model).unwrap();
+    }
+    job.frames()
+}
+
 /// Runs every prompt of the fixture through `model` and compares with transformers.
 fn assert_matches_reference(model: &MusicGen, fixture_dir: &Path, label: &str) {
     let expected = expected(fixture_dir);
@@ -153,18 +171,7 @@ fn assert_matches_reference(model: &MusicGen, fixture_dir: &Path, label: &str) {
         }
 
         let delays = model.config().decoder.channel_codebooks();
-        let params = GenerationParams {
-            frames: max_new_tokens + 1 - delays,
-            guidance_scale: 3.0,
-            sampling: SamplingParams::GREEDY,
-            seed: 0,
-        };
-        let mut job = Generation::new(model, &ids, &params).unwrap();
-        assert_eq!(job.total_steps(), max_new_tokens);
-        while !job.is_done() {
-            job.step(model).unwrap();
-        }
-        let frames = job.frames();
+        let frames = greedy_guided(model, &ids, max_new_tokens + 1 - delays);
         assert_eq!(
             frames,
             to_u32_rows(&expected[&format!("prompt{i}.codes")]),
@@ -233,17 +240,7 @@ fn half_precision_storage_loads_and_generates_the_right_length() {
         candle_core::safetensors::save(&converted, tmp.path().join("model.safetensors")).unwrap();
         let model = MusicGen::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
         let ids = model.tokenize("lofi piano").unwrap();
-        let params = GenerationParams {
-            frames: 5,
-            guidance_scale: 3.0,
-            sampling: SamplingParams::GREEDY,
-            seed: 0,
-        };
-        let mut job = Generation::new(&model, &ids, &params).unwrap();
-        while !job.is_done() {
-            job.step(&model).unwrap();
-        }
-        let audio = model.decode_audio(&job.frames()).unwrap();
+        let audio = model.decode_audio(&greedy_guided(&model, &ids, 5)).unwrap();
         assert_eq!(audio.dims(), &[1, 5 * 640], "{dtype:?}");
     }
 }
@@ -297,18 +294,8 @@ fn half_precision_compute_with_guidance_stays_finite_and_close() {
     let model = MusicGen::load(&dir, &Device::Cpu, DType::F16).unwrap();
     let (prompt, max_new_tokens) = prompts(&dir).remove(0);
     let ids = model.tokenize(&prompt).unwrap();
-    let params = GenerationParams {
-        frames: max_new_tokens - 3,
-        guidance_scale: 3.0,
-        sampling: SamplingParams::GREEDY,
-        seed: 0,
-    };
-    let mut job = Generation::new(&model, &ids, &params).unwrap();
-    while !job.is_done() {
-        job.step(&model).unwrap();
-    }
+    let frames = greedy_guided(&model, &ids, max_new_tokens - 3);
     let want = to_u32_rows(&expected["prompt0.codes"]);
-    let frames = job.frames();
     let same = frames
         .iter()
         .flatten()

@@ -4,6 +4,8 @@
 
 use std::io::Cursor;
 
+use super::Audio;
+
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
@@ -43,27 +45,6 @@ impl Default for DecodeLimits {
             max_sample_rate: 192_000,
             max_channels: 8,
         }
-    }
-}
-
-/// Decoded audio: one `f32` vector per channel, all the same length, nominally in [-1, 1].
-#[derive(Clone, Debug, PartialEq)]
-pub struct DecodedAudio {
-    /// Samples per second.
-    pub sample_rate: u32,
-    /// `channels[c][i]`.
-    pub channels: Vec<Vec<f32>>,
-}
-
-impl DecodedAudio {
-    /// Samples per channel.
-    pub fn frames(&self) -> usize {
-        self.channels.first().map_or(0, Vec::len)
-    }
-
-    /// Length in seconds.
-    pub fn duration_s(&self) -> f64 {
-        self.frames() as f64 / f64::from(self.sample_rate.max(1))
     }
 }
 
@@ -191,7 +172,7 @@ pub fn decode_audio(
     bytes: &[u8],
     name_hint: Option<&str>,
     limits: &DecodeLimits,
-) -> Result<DecodedAudio, DecodeError> {
+) -> Result<Audio, DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
             bytes: bytes.len(),
@@ -209,7 +190,7 @@ fn decode_within_limits(
     bytes: &[u8],
     name_hint: Option<&str>,
     limits: &DecodeLimits,
-) -> Result<DecodedAudio, DecodeError> {
+) -> Result<Audio, DecodeError> {
     let (mut format, mut decoder, track_id) = open(bytes, name_hint)?;
     if let Some(track) = format.tracks().iter().find(|t| t.id == track_id) {
         let params = track.codec_params.as_ref().and_then(|p| p.audio());
@@ -280,14 +261,14 @@ fn decode_within_limits(
     if peak < SILENCE_PEAK {
         return Err(DecodeError::Silent);
     }
-    Ok(DecodedAudio {
+    Ok(Audio {
         sample_rate: rate,
         channels: out,
     })
 }
 
 /// The average of all channels.
-pub fn to_mono(audio: &DecodedAudio) -> Vec<f32> {
+pub fn to_mono(audio: &Audio) -> Vec<f32> {
     let n = audio.channels.len();
     match n {
         0 => Vec::new(),
