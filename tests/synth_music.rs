@@ -100,9 +100,9 @@ const CASES: &[(&str, f64, Key)] = &[
 
 #[test]
 fn tempo_key_and_loudness_match_the_request() {
-    for &(prompt, bpm, key) in CASES {
-        let (audio, understood) = render(prompt, 20.0, 7);
-        assert_eq!(audio.frames(), 20 * 44_100, "{prompt}");
+    for (&(prompt, bpm, key), seed) in CASES.iter().flat_map(|c| [(c, 7), (c, 8)]) {
+        let (audio, understood) = render(prompt, 24.0, seed);
+        assert_eq!(audio.frames(), 24 * 44_100, "{prompt}");
         let signal = mono(&audio);
         let tempo = estimate_tempo(&signal, audio.sample_rate)
             .unwrap_or_else(|| panic!("{prompt}: no tempo"));

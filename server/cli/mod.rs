@@ -1,5 +1,6 @@
 //! The `son1k` command line: argument definitions and dispatch to each subcommand.
 
+mod analyse;
 pub mod bench;
 mod cover;
 mod generate;
@@ -25,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate music from a text prompt into a WAV file.
     Generate(GenerateArgs),
+    /// Show the tempo, key, chords, melody and loudness the analysis hears in a song.
+    Analyse(analyse::AnalyseArgs),
     /// Cover a song in the style the prompt asks for (built-in synth).
     Cover(cover::CoverArgs),
     /// Measure MusicGen's speed on this machine (a checkpoint or a preset shape).
@@ -41,5 +44,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TinyModel(args) => tiny_model::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Cover(args) => cover::run(args),
+        Command::Analyse(args) => analyse::run(args),
     }
 }

@@ -118,9 +118,27 @@ fn harmony(plan: &Plan, sections: &[Section], rng: &mut Rng) -> Vec<Chord> {
             SectionKind::Bridge => bridge,
             _ => verse,
         };
-        for beat in 0..section.bars * BEATS_PER_BAR {
+        let section_beats = section.bars * BEATS_PER_BAR;
+        // A half cadence closes every body section: its last two beats are the dominant,
+        // which names the key (in minor, with the leading tone).
+        let cadence = matches!(
+            section.kind,
+            SectionKind::Verse | SectionKind::Chorus | SectionKind::Bridge
+        ) && section.bars >= 2;
+        for beat in 0..section_beats {
             let step = (beat / t.beats_per_chord) % progression.len();
-            chords.push(plan.key.diatonic_chord(progression[step], t.sevenths));
+            let degree = if cadence && beat + 2 >= section_beats {
+                4
+            } else {
+                progression[step]
+            };
+            // Minor keys take the major V of harmonic minor: its leading tone is what tells
+            // a minor key from its relative major.
+            chords.push(if plan.key.mode == Mode::Minor && degree == 4 {
+                dominant(plan.key, t.sevenths)
+            } else {
+                plan.key.diatonic_chord(degree, t.sevenths)
+            });
         }
     }
     // Cadence: the last bar is the tonic, the one before it the dominant.
