@@ -38,24 +38,27 @@ pub fn run(args: AnalyseArgs) -> anyhow::Result<()> {
         .take(16)
         .map(|c| c.name())
         .collect();
-    println!(
+    super::output::line(format_args!(
         "{}: {:.2} s, {} Hz, {} channel(s)",
         args.input.display(),
         decoded.duration_s(),
         decoded.sample_rate,
         decoded.channels.len()
-    );
-    println!(
+    ));
+    super::output::line(format_args!(
         "  tempo: {:.2} bpm ({} beats)",
         a.tempo_bpm,
         a.beat_times_s.len()
-    );
-    println!("  key: {}", a.key.name());
-    println!("  chords (every 4th beat): {}", chords.join(" "));
-    println!("  melody: {} notes", a.melody.len());
-    println!(
+    ));
+    super::output::line(format_args!("  key: {}", a.key.name()));
+    super::output::line(format_args!(
+        "  chords (every 4th beat): {}",
+        chords.join(" ")
+    ));
+    super::output::line(format_args!("  melody: {} notes", a.melody.len()));
+    super::output::line(format_args!(
         "  loudness: {:.2} LUFS integrated, true peak {:.2} dBTP, sample peak {:.3}",
         loudness.integrated_lufs, loudness.true_peak_dbtp, loudness.sample_peak
-    );
+    ));
     Ok(())
 }

@@ -142,22 +142,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .model
         .as_ref()
         .map_or(args.preset.clone(), |d| d.display().to_string());
-    println!(
+    super::output::line(format_args!(
         "model {what}, device {}, dtype {}, RAYON_NUM_THREADS={threads}",
         args.device, args.dtype
-    );
+    ));
     let r = measure(&args)?;
-    println!(
+    super::output::line(format_args!(
         "load {:.1} s; decoder step median {:.2} ms, p95 {:.2} ms",
         r.load_s, r.step_ms.0, r.step_ms.1
-    );
+    ));
     if let Some((text, steps, loop_s, encodec, total, audio)) = r.end_to_end {
-        println!(
+        super::output::line(format_args!(
             "{audio:.2} s of audio: text {text:.2} s, {steps} steps in {loop_s:.2} s ({:.2} ms/step), \
              EnCodec {encodec:.2} s, total {total:.2} s, real-time factor {:.3}",
             loop_s * 1e3 / steps as f64,
             audio / total
-        );
+        ));
     }
     Ok(())
 }

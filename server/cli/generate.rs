@@ -119,16 +119,16 @@ pub(super) fn run_job(
     let output = output?;
     let bytes = encode_wav(&output.audio, request.sample_format)?;
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    println!(
+    super::output::line(format_args!(
         "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
         out.display(),
         output.audio.duration_s(),
         output.audio.sample_rate,
         output.audio.channels.len(),
         output.request.seed
-    );
+    ));
     for (what, value) in &output.understood {
-        println!("  {what}: {value}");
+        super::output::line(format_args!("  {what}: {value}"));
     }
     Ok(())
 }

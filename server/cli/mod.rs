@@ -4,6 +4,7 @@ mod analyse;
 pub mod bench;
 mod cover;
 mod generate;
+mod output;
 mod progress;
 mod tiny_model;
 

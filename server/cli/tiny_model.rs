@@ -25,10 +25,10 @@ pub fn run(args: TinyModelArgs) -> anyhow::Result<()> {
     let name = if args.stereo { "tiny-stereo" } else { "tiny" };
     let config = preset(name).with_context(|| format!("preset {name} is missing"))?;
     write_random_checkpoint(&args.out, &config, args.seed)?;
-    println!(
+    super::output::line(format_args!(
         "wrote a tiny {} MusicGen checkpoint to {}",
         if args.stereo { "stereo" } else { "mono" },
         args.out.display()
-    );
+    ));
     Ok(())
 }
