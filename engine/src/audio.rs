@@ -1,6 +1,9 @@
 //! Audio buffers and their file formats: WAV as 16-bit PCM (default) or 32-bit float.
 
 pub mod decode;
+pub mod flac;
+
+pub use flac::encode_flac;
 
 use std::io::Cursor;
 
