@@ -1,5 +1,10 @@
-//! The `son1k` package: the command-line interface (and, later, the gRPC server) over the
-//! engine.
+//! The `son1k` package: the gRPC / grpc-web server (service, auth, the error -> status
+//! mapping, the page) and the command-line interface over the engine.
 
+pub mod auth;
 pub mod cli;
 pub mod proto;
+pub mod serve;
+pub mod service;
+pub mod status;
+mod web;

@@ -1,4 +1,5 @@
-//! Audio buffers and their file formats: WAV as 16-bit PCM (default) or 32-bit float.
+//! Audio buffers and their file formats: WAV as 16-bit PCM (default) or 32-bit float, and
+//! FLAC (16-bit).
 
 pub mod decode;
 pub mod flac;
@@ -64,6 +65,56 @@ impl std::str::FromStr for SampleFormat {
     }
 }
 
+/// The container of a final audio file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AudioFormat {
+    /// RIFF WAVE (default).
+    #[default]
+    Wav,
+    /// FLAC, lossless and about half the size; 16-bit samples only.
+    Flac,
+}
+
+impl AudioFormat {
+    /// The file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::Flac => "flac",
+        }
+    }
+
+    /// The MIME type.
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            Self::Wav => "audio/wav",
+            Self::Flac => "audio/flac",
+        }
+    }
+}
+
+/// Encodes audio as a file in `format`; FLAC stores 16-bit samples, so `F32` is refused
+/// for it.
+pub fn encode_audio(
+    audio: &Audio,
+    format: AudioFormat,
+    sample_format: SampleFormat,
+) -> Result<Vec<u8>, EngineError> {
+    match (format, sample_format) {
+        (AudioFormat::Wav, _) => encode_wav(audio, sample_format),
+        (AudioFormat::Flac, SampleFormat::S16) => flac::encode_flac(audio),
+        (AudioFormat::Flac, SampleFormat::F32) => Err(EngineError::invalid(
+            "sample_format",
+            "32-bit float is available in WAV only; FLAC stores 16-bit",
+        )),
+    }
+}
+
+/// A sample as 16-bit PCM: clipped to [-1, 1], scaled by `i16::MAX`, rounded.
+pub fn to_i16(x: f32) -> i16 {
+    (x.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16
+}
+
 /// Encodes audio as a WAV file in memory.
 pub fn encode_wav(audio: &Audio, format: SampleFormat) -> Result<Vec<u8>, EngineError> {
     let spec = hound::WavSpec {
@@ -88,10 +139,7 @@ pub fn encode_wav(audio: &Audio, format: SampleFormat) -> Result<Vec<u8>, Engine
         for channel in &audio.channels {
             let x = channel[i];
             match format {
-                SampleFormat::S16 => {
-                    let s = (x.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16;
-                    writer.write_sample(s).map_err(wav_error)?;
-                }
+                SampleFormat::S16 => writer.write_sample(to_i16(x)).map_err(wav_error)?,
                 SampleFormat::F32 => writer.write_sample(x).map_err(wav_error)?,
             }
         }

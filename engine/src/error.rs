@@ -23,6 +23,26 @@ pub enum EngineError {
     /// The job was cancelled before it finished.
     #[error("generation cancelled")]
     Cancelled,
+    /// No job with that id belongs to the caller.
+    #[error("{0}")]
+    NotFound(String),
+    /// An idempotency key was reused for a different request.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A limit on queued or concurrent work is reached; retrying later may succeed.
+    #[error("{message}; retry in {} s", retry_after.as_secs_f64().ceil())]
+    ResourceExhausted {
+        /// Which limit, and its value.
+        message: String,
+        /// When a retry is likely to be admitted.
+        retry_after: std::time::Duration,
+    },
+    /// The job is not in a state that allows the call (e.g. audio of an unfinished job).
+    #[error("{0}")]
+    NotReady(String),
+    /// The engine is loading, draining or stopped.
+    #[error("{0}")]
+    Unavailable(String),
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] ModelError),

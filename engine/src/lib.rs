@@ -1,10 +1,12 @@
 //! son1k-engine: validated requests, the generation loop with progress and cancellation,
-//! device selection, the model trait and its adapters, and audio formats.
+//! the job system (registry, queue, workers, result store), device selection, the model
+//! trait and its adapters, and audio formats.
 
 pub mod audio;
 pub mod cover;
 pub mod device;
 pub mod error;
+pub mod jobs;
 pub mod limits;
 pub mod model;
 pub mod musicgen;
@@ -12,10 +14,10 @@ pub mod request;
 pub mod run;
 pub mod synth;
 
-pub use audio::{Audio, AudioChunk, SampleFormat};
+pub use audio::{Audio, AudioChunk, AudioFormat, SampleFormat};
 pub use device::{DeviceChoice, Precision};
 pub use error::EngineError;
 pub use limits::Limits;
-pub use model::{ModelInfo, MusicModel, Session};
+pub use model::{ModelInfo, ModelKind, MusicModel, Session};
 pub use request::{GenerateRequest, Length, ValidatedRequest};
 pub use run::{generate, GenerationOutput, Progress, Stage, Update};

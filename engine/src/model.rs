@@ -10,6 +10,12 @@ use crate::request::ValidatedRequest;
 pub struct ModelInfo {
     /// Stable identifier (the checkpoint directory name, or a built-in name).
     pub id: String,
+    /// Which family the model belongs to.
+    pub kind: ModelKind,
+    /// Where it runs (`cpu`, `cuda:0`, ...).
+    pub device: String,
+    /// Whether jobs stream playable audio while they run ([`Session::take_preview`]).
+    pub streams_audio: bool,
     /// Output sample rate in Hz.
     pub sample_rate: u32,
     /// Output channels.
@@ -27,6 +33,15 @@ pub struct ModelInfo {
     pub defaults: SamplingDefaults,
     /// Whether the model makes covers of an input song.
     pub covers: bool,
+}
+
+/// The model families the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// The built-in synth (no weights).
+    Synth,
+    /// A MusicGen checkpoint.
+    MusicGen,
 }
 
 /// A model's default sampling settings.

@@ -8,7 +8,7 @@ use son1k_models::musicgen::{Generation, GenerationParams, MusicGen};
 use crate::audio::Audio;
 use crate::device::{DeviceChoice, Precision};
 use crate::error::EngineError;
-use crate::model::{ModelInfo, MusicModel, SamplingDefaults, Session};
+use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
 
 /// A loaded MusicGen checkpoint.
@@ -24,18 +24,18 @@ impl MusicGenModel {
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Self, EngineError> {
-        let device = device.open()?;
-        let dtype = precision.dtype_on(&device)?;
-        let model = MusicGen::load(dir, &device, dtype)?;
+        let candle_device = device.open()?;
+        let dtype = precision.dtype_on(&candle_device)?;
+        let model = MusicGen::load(dir, &candle_device, dtype)?;
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
-        Ok(Self::new(model, id))
+        Ok(Self::new(model, id, format!("{device} {precision}")))
     }
 
-    /// Wraps a model already built.
-    pub fn new(model: MusicGen, id: String) -> Self {
+    /// Wraps a model already built; `device` says where it runs, for clients.
+    pub fn new(model: MusicGen, id: String, device: String) -> Self {
         let config = model.config();
         let generation = model.generation_config();
         let defaults = SamplingDefaults {
@@ -51,6 +51,9 @@ impl MusicGenModel {
         };
         let info = ModelInfo {
             id,
+            kind: ModelKind::MusicGen,
+            device,
+            streams_audio: false,
             sample_rate: model.sample_rate(),
             channels: model.channels(),
             frame_rate: config.frame_rate(),

@@ -221,6 +221,9 @@ mod tests {
     fn info() -> ModelInfo {
         ModelInfo {
             id: "m".into(),
+            kind: crate::model::ModelKind::MusicGen,
+            device: "cpu".into(),
+            streams_audio: false,
             sample_rate: 32000,
             channels: 1,
             frame_rate: 50,

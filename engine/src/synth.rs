@@ -6,7 +6,7 @@ use son1k_models::synth::{SynthJob, SAMPLE_RATE};
 
 use crate::audio::{Audio, AudioChunk};
 use crate::error::EngineError;
-use crate::model::{ModelInfo, MusicModel, SamplingDefaults, Session};
+use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
 
 /// Identifier of the built-in synth.
@@ -29,6 +29,9 @@ impl Default for SynthModel {
         Self {
             info: ModelInfo {
                 id: SYNTH_ID.to_string(),
+                kind: ModelKind::Synth,
+                device: "cpu".to_string(),
+                streams_audio: true,
                 sample_rate: SAMPLE_RATE,
                 channels: 2,
                 frame_rate: FRAME_RATE,

@@ -4,8 +4,9 @@ mod analyse;
 pub mod bench;
 mod cover;
 mod generate;
-mod output;
+pub(crate) mod output;
 mod progress;
+mod serve;
 mod tiny_model;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve generations over gRPC and grpc-web, with a page for browsers.
+    Serve(serve::ServeArgs),
     /// Generate music from a text prompt into a WAV file.
     Generate(GenerateArgs),
     /// Show the tempo, key, chords, melody and loudness the analysis hears in a song.
@@ -41,6 +44,7 @@ pub enum Command {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::TinyModel(args) => tiny_model::run(args),
         Command::Bench(args) => bench::run(args),

@@ -81,7 +81,7 @@ pub fn encode_flac(audio: &Audio) -> Result<Vec<u8>, EngineError> {
     let pcm: Vec<Vec<i16>> = audio
         .channels
         .iter()
-        .map(|c| c.iter().map(|&x| to_s16(x)).collect())
+        .map(|c| c.iter().map(|&x| super::to_i16(x)).collect())
         .collect();
 
     // STREAMINFO needs the frame sizes and the MD5, so its place is kept and filled at the end.
@@ -119,11 +119,6 @@ pub fn encode_flac(audio: &Audio) -> Result<Vec<u8>, EngineError> {
     let info = stream_info(rate, channels, len as u64, frame_sizes, md5.md5());
     out[4..HEADER_LEN].copy_from_slice(&info);
     Ok(out)
-}
-
-/// One sample as 16-bit PCM: the same expression as `encode_wav`'s S16 path (NaN becomes 0).
-fn to_s16(x: f32) -> i16 {
-    (x.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16
 }
 
 /// The STREAMINFO block with its metadata block header (flagged as the last block).

@@ -1,0 +1,50 @@
+//! The job system's configuration: admission limits, workers, where results live and how
+//! long they are kept. Every value is documented with its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::limits::Limits;
+
+/// How the engine admits, runs and keeps jobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Request limits (prompt, duration, sampling, uploads).
+    pub limits: Limits,
+    /// Jobs that run at once, each on its own worker thread (default 2). More jobs than
+    /// cores only share the cores.
+    pub max_running: usize,
+    /// Jobs that may wait for a worker (default 64); beyond it a submit is refused with
+    /// `ResourceExhausted` and a retry hint.
+    pub max_queued: usize,
+    /// Unfinished (queued or running) jobs one tenant may have (default 16).
+    pub max_jobs_per_tenant: usize,
+    /// The retry hint given with a refusal when no job has finished yet to estimate from
+    /// (default 5 s).
+    pub retry_after: Duration,
+    /// Where job records and finished audio are stored (`<data_dir>/jobs/<id>/`).
+    pub data_dir: PathBuf,
+    /// How long a finished job and its audio are kept (default 24 h).
+    pub retention: Duration,
+    /// Audio pieces of the final file are at most this many bytes (default 1 MiB).
+    pub audio_piece_bytes: usize,
+    /// The model used when a request names none (default: the first model given).
+    pub default_model: Option<String>,
+}
+
+impl EngineConfig {
+    /// The defaults, storing under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            limits: Limits::default(),
+            max_running: 2,
+            max_queued: 64,
+            max_jobs_per_tenant: 16,
+            retry_after: Duration::from_secs(5),
+            data_dir: data_dir.into(),
+            retention: Duration::from_secs(24 * 3600),
+            audio_piece_bytes: 1024 * 1024,
+            default_model: None,
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The engine's handle: what the server calls. Each call is a message to the registry
+//! task; event streams re-subscribe by themselves when they fall behind, so a client sees
+//! every event exactly once however slow it reads.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::EngineConfig;
+use super::event::{EventBody, FailureCode, JobEvent, JobKind, JobState};
+use super::job::{now_unix_ms, Job, JobInfo};
+use super::registry::{Admitted, Command, Feed, Registry, Submission};
+use super::store::{kept_after_end, Store, StoreOp};
+use super::worker::spawn_workers;
+use crate::audio::AudioFormat;
+use crate::cover::{load_song, Song};
+use crate::error::EngineError;
+use crate::limits::Limits;
+use crate::model::{ModelInfo, MusicModel};
+
+/// Commands the registry's inbox holds before senders wait.
+const INBOX: usize = 1024;
+
+/// A handle to the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    commands: mpsc::Sender<Command>,
+    store: Store,
+    models: Arc<Vec<ModelInfo>>,
+    limits: Arc<Limits>,
+    audio_piece_bytes: usize,
+}
+
+/// A finished job's stored audio.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredAudio {
+    /// The file's container.
+    pub format: AudioFormat,
+    /// Its size.
+    pub total_bytes: u64,
+    id: String,
+}
+
+impl Engine {
+    /// Starts the engine: restores stored jobs (a job that was running when the process
+    /// stopped is marked failed, interrupted), starts the store thread, the workers and
+    /// the registry task. Call inside a Tokio runtime. `models` must not be empty; the
+    /// first is the default unless the configuration names another.
+    pub fn start(
+        config: EngineConfig,
+        models: Vec<Arc<dyn MusicModel>>,
+    ) -> Result<Self, EngineError> {
+        if models.is_empty() {
+            return Err(EngineError::Unsupported("the engine needs a model".into()));
+        }
+        let io_error = |e: std::io::Error| EngineError::Output {
+            path: config.data_dir.display().to_string(),
+            message: e.to_string(),
+        };
+        let store = Store::open(&config.data_dir).map_err(io_error)?;
+        let restored = restore(&store).map_err(io_error)?;
+        let store_tx = store.spawn_writer().map_err(io_error)?;
+        let (commands, inbox) = mpsc::channel(INBOX);
+        let work = spawn_workers(config.max_running.max(1), store.clone(), commands.clone())
+            .map_err(io_error)?;
+        let infos = models.iter().map(|m| m.info().clone()).collect();
+        let limits = Arc::new(config.limits.clone());
+        let audio_piece_bytes = config.audio_piece_bytes.max(1);
+        let registry = Registry::new(config, models, restored, work, store_tx);
+        tokio::spawn(registry.run(inbox));
+        Ok(Self {
+            commands,
+            store,
+            models: Arc::new(infos),
+            limits,
+            audio_piece_bytes,
+        })
+    }
+
+    /// The models this engine runs, the default first.
+    pub fn models(&self) -> &[ModelInfo] {
+        &self.models
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The largest piece of a final file in one event or message.
+    pub fn audio_piece_bytes(&self) -> usize {
+        self.audio_piece_bytes
+    }
+
+    /// Decodes an uploaded song off the async runtime, within the upload limits.
+    pub async fn load_song(&self, bytes: Vec<u8>) -> Result<Arc<Song>, EngineError> {
+        let limits = Arc::clone(&self.limits);
+        tokio::task::spawn_blocking(move || load_song(&bytes, None, &limits).map(Arc::new))
+            .await
+            .map_err(|e| EngineError::Internal(format!("song decoding stopped: {e}")))?
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || EngineError::Unavailable("the engine has stopped".into());
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
+    /// Admits a job (or finds the one its idempotency key already made).
+    pub async fn submit(&self, submission: Submission) -> Result<Admitted, EngineError> {
+        self.ask(|reply| Command::Submit {
+            submission: Box::new(submission),
+            reply,
+        })
+        .await?
+    }
+
+    /// The job's events after `after` (0 = all), then live ones until it ends.
+    pub async fn watch(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+    ) -> Result<EventStream, EngineError> {
+        let feed = self.subscribe(tenant, id, after).await?;
+        Ok(EventStream {
+            engine: self.clone(),
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            feed,
+            cursor: after,
+            ended: false,
+        })
+    }
+
+    async fn subscribe(&self, tenant: &str, id: &str, after: u64) -> Result<Feed, EngineError> {
+        self.ask(|reply| Command::Subscribe {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            after,
+            reply,
+        })
+        .await?
+    }
+
+    /// A job's current state.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<JobInfo, EngineError> {
+        self.ask(|reply| Command::Get {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            reply,
+        })
+        .await?
+    }
+
+    /// The tenant's jobs, newest first.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<JobInfo>, EngineError> {
+        self.ask(|reply| Command::List {
+            tenant: tenant.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a job; answers once it has stopped (within one model step), with the state
+    /// it ended in (a job that finished first stays completed).
+    pub async fn cancel(
+        &self,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<JobState, EngineError> {
+        self.ask(|reply| Command::Cancel {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            reason: reason.to_string(),
+            reply,
+        })
+        .await?
+    }
+
+    /// Stops admitting jobs, cancels queued ones and waits for running ones to end.
+    pub async fn drain(&self) {
+        let _ = self.ask(|reply| Command::Drain { reply }).await;
+    }
+
+    /// A completed job's stored audio.
+    pub async fn audio(&self, tenant: &str, id: &str) -> Result<StoredAudio, EngineError> {
+        let info = self.get(tenant, id).await?;
+        match (info.state, info.result) {
+            (JobState::Completed, Some(result)) => Ok(StoredAudio {
+                format: result.format,
+                total_bytes: result.audio_bytes,
+                id: info.id,
+            }),
+            (state, _) => Err(EngineError::NotReady(format!(
+                "generation `{id}` is {state:?}, not completed; its audio exists once it \
+                 completes"
+            ))),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a job's stored audio, off the async runtime.
+    pub async fn read_audio(
+        &self,
+        audio: &StoredAudio,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, EngineError> {
+        let store = self.store.clone();
+        let (id, format) = (audio.id.clone(), audio.format);
+        tokio::task::spawn_blocking(move || {
+            store
+                .read_audio(&id, format, offset, len)
+                .map_err(|e| EngineError::Output {
+                    path: store.audio_path(&id, format).display().to_string(),
+                    message: e.to_string(),
+                })
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("reading audio stopped: {e}")))?
+    }
+}
+
+/// A job's events in order, each exactly once, ending after the terminal event.
+pub struct EventStream {
+    engine: Engine,
+    tenant: String,
+    id: String,
+    feed: Feed,
+    cursor: u64,
+    ended: bool,
+}
+
+impl EventStream {
+    /// The job this stream follows.
+    pub fn job_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the job is a generation or a cover.
+    pub fn kind(&self) -> JobKind {
+        self.feed.kind
+    }
+
+    /// The next event; `None` after the terminal event. Audio pieces come with their
+    /// bytes.
+    pub async fn next(&mut self) -> Option<Result<JobEvent, EngineError>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            match self.feed.events.recv().await {
+                Some(event) if event.sequence <= self.cursor => continue,
+                Some(event) => {
+                    self.cursor = event.sequence;
+                    self.ended = event.body.is_terminal();
+                    return Some(self.fill(&event).await);
+                }
+                None if self.feed.to_the_end => {
+                    self.ended = true;
+                    return None;
+                }
+                // Fell behind (or the log was longer than one channel): catch up from
+                // the last event delivered.
+                None => match self
+                    .engine
+                    .subscribe(&self.tenant, &self.id, self.cursor)
+                    .await
+                {
+                    Ok(feed) => self.feed = feed,
+                    Err(e) => {
+                        self.ended = true;
+                        return Some(Err(e));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn fill(&self, event: &JobEvent) -> Result<JobEvent, EngineError> {
+        let mut event = event.clone();
+        if let EventBody::AudioPiece(piece) = &mut event.body {
+            let audio = StoredAudio {
+                format: piece.format,
+                total_bytes: piece.total_bytes,
+                id: self.id.clone(),
+            };
+            piece.data = self
+                .engine
+                .read_audio(&audio, piece.offset, piece.len as usize)
+                .await?;
+        }
+        Ok(event)
+    }
+}
+
+/// Loads the stored jobs; one that had not ended was interrupted by the process stopping
+/// and is marked failed with a final event numbered after everything it had logged.
+fn restore(store: &Store) -> std::io::Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for (mut info, mut log) in store.load_all()? {
+        let last = log
+            .iter()
+            .map(|e| e.sequence)
+            .max()
+            .unwrap_or(0)
+            .max(info.last_sequence);
+        log.retain(kept_after_end);
+        if !info.state.is_terminal() {
+            let message = "the server stopped while this generation ran; submit it again";
+            let event = JobEvent {
+                sequence: last + 1,
+                time_unix_ms: now_unix_ms(),
+                body: EventBody::Failed {
+                    code: FailureCode::Interrupted,
+                    message: message.into(),
+                },
+            };
+            info.state = JobState::Failed;
+            info.failure = Some((FailureCode::Interrupted, message.into()));
+            info.finished_unix_ms = Some(event.time_unix_ms);
+            info.last_sequence = event.sequence;
+            store.write_now(StoreOp::Event(info.id.clone(), Arc::new(event.clone())));
+            store.write_now(StoreOp::Record(Box::new(info.clone())));
+            log.push(event);
+            tracing::info!(job = %info.id, tenant = %info.tenant, "interrupted by a restart");
+        }
+        jobs.push(Job::restored(info, log));
+    }
+    Ok(jobs)
+}

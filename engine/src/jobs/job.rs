@@ -1,0 +1,194 @@
+//! One job as the registry keeps it: its public record, its event log, its subscribers and
+//! its cancel flag; and how a model's step counts become monotonic percentages and ETAs.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::{
+    EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, ProgressReport,
+};
+use crate::error::EngineError;
+use crate::run::{Progress, Stage};
+
+/// A job's state as clients poll it, and as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The job's id.
+    pub id: String,
+    /// The tenant that submitted it (only that tenant sees it).
+    pub tenant: String,
+    /// Generation or cover.
+    pub kind: JobKind,
+    /// The model that runs it.
+    pub model: String,
+    /// The prompt as submitted (trimmed).
+    pub prompt: String,
+    /// The client's idempotency key, if it gave one.
+    pub request_id: Option<String>,
+    /// A digest of the request's parameters: the same key with other parameters is refused.
+    pub fingerprint: u64,
+    /// Where the job is in its life.
+    pub state: JobState,
+    /// The newest progress report.
+    pub progress: ProgressReport,
+    /// The result, once completed.
+    pub result: Option<JobResult>,
+    /// Why it failed, once failed.
+    pub failure: Option<(FailureCode, String)>,
+    /// When it was submitted, in milliseconds since the Unix epoch.
+    pub created_unix_ms: i64,
+    /// When it ended; `None` while it runs.
+    pub finished_unix_ms: Option<i64>,
+    /// The newest event's sequence.
+    pub last_sequence: u64,
+}
+
+/// The registry's view of a job. Only the registry task touches it.
+pub(crate) struct Job {
+    /// The public record.
+    pub info: JobInfo,
+    /// Every event so far (previews are dropped once the job ends).
+    pub log: Vec<Arc<JobEvent>>,
+    /// Live subscribers; a full or closed one is dropped and re-subscribes from its cursor.
+    pub subscribers: Vec<mpsc::Sender<Arc<JobEvent>>>,
+    /// Set to stop the job at its next step.
+    pub cancel: Arc<AtomicBool>,
+    /// Why it is being cancelled, once a cancel was asked for.
+    pub cancel_reason: Option<String>,
+    /// Cancel calls waiting for the job to stop.
+    pub cancel_waiters: Vec<oneshot::Sender<Result<JobState, EngineError>>>,
+    /// When a worker started it.
+    pub started: Option<Instant>,
+    /// Audio frames the job makes, for progress reports.
+    pub frames: u32,
+}
+
+impl Job {
+    /// A job just admitted.
+    pub fn new(info: JobInfo) -> Self {
+        Self {
+            info,
+            log: Vec::new(),
+            subscribers: Vec::new(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            cancel_reason: None,
+            cancel_waiters: Vec::new(),
+            started: None,
+            frames: 0,
+        }
+    }
+
+    /// A job restored from the store (already ended).
+    pub fn restored(info: JobInfo, log: Vec<JobEvent>) -> Self {
+        let mut job = Self::new(info);
+        job.log = log.into_iter().map(Arc::new).collect();
+        job
+    }
+
+    /// The index in the log of the first event after `sequence`.
+    pub fn first_after(&self, sequence: u64) -> usize {
+        self.log.partition_point(|e| e.sequence <= sequence)
+    }
+
+    /// The progress report for a model's report, never below the previous percent.
+    pub fn progress_for(&self, progress: Progress) -> ProgressReport {
+        let frames = self.frames;
+        let steps_total = progress.steps_total.max(1);
+        let done = progress.steps_done.min(steps_total);
+        let (stage, percent) = match progress.stage {
+            Stage::Encoding => (JobStage::Encoding, ENCODING_PERCENT),
+            Stage::Generating => (
+                JobStage::Generating,
+                ENCODING_PERCENT
+                    + (GENERATED_PERCENT - ENCODING_PERCENT) * done as f32 / steps_total as f32,
+            ),
+            Stage::Decoding => (JobStage::Decoding, DECODING_PERCENT),
+        };
+        let eta_s = match (progress.stage, self.started) {
+            (Stage::Generating, Some(started)) if done > 0 => {
+                let per_step = started.elapsed().as_secs_f64() / done as f64;
+                Some(per_step * (steps_total - done) as f64)
+            }
+            _ => None,
+        };
+        ProgressReport {
+            percent: percent.max(self.info.progress.percent),
+            stage,
+            frames_done: (done as u64 * frames as u64 / steps_total as u64) as u32,
+            frames_total: frames,
+            eta_s,
+            queue_position: 0,
+        }
+    }
+
+    /// The report for a stage without step counts (writing, completion).
+    pub fn progress_at(&self, stage: JobStage, percent: f32) -> ProgressReport {
+        ProgressReport {
+            percent: percent.max(self.info.progress.percent),
+            stage,
+            frames_done: self.info.progress.frames_total,
+            frames_total: self.info.progress.frames_total,
+            eta_s: None,
+            queue_position: 0,
+        }
+    }
+}
+
+/// Percent reached once the prompt is encoded.
+const ENCODING_PERCENT: f32 = 1.0;
+/// Percent reached when the last model step is done.
+const GENERATED_PERCENT: f32 = 95.0;
+/// Percent while tokens become audio.
+const DECODING_PERCENT: f32 = 96.0;
+/// Percent while the file is encoded and stored.
+pub(crate) const WRITING_PERCENT: f32 = 98.0;
+
+/// The report of a job waiting in line.
+pub(crate) fn queued_progress(queue_position: u32) -> ProgressReport {
+    ProgressReport {
+        percent: 0.0,
+        stage: JobStage::Queued,
+        frames_done: 0,
+        frames_total: 0,
+        eta_s: None,
+        queue_position,
+    }
+}
+
+/// The state a terminal event leaves a job in.
+pub(crate) fn state_after(body: &EventBody) -> Option<JobState> {
+    match body {
+        EventBody::Completed(_) => Some(JobState::Completed),
+        EventBody::Failed { .. } => Some(JobState::Failed),
+        EventBody::Cancelled { .. } => Some(JobState::Cancelled),
+        _ => None,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A fresh job id: 128 random bits as 32 hex digits, from the process's hash randomness
+/// (unguessable enough that ids leak nothing; tenants are checked on every call anyway).
+pub(crate) fn new_job_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let half = |salt: u64| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(count);
+        hasher.write_u64(salt);
+        hasher.write_i64(now_unix_ms());
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", half(1), half(2))
+}

@@ -1,0 +1,20 @@
+//! Jobs: a registry task that owns every job (admission-controlled queue, event logs with
+//! sequence numbers, subscribers, cancel flags), worker threads that run the models, and a
+//! store on disk where results and records survive restarts.
+
+mod config;
+mod engine;
+mod event;
+mod job;
+mod registry;
+mod store;
+mod worker;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, EventStream, StoredAudio};
+pub use event::{
+    AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, PcmChunk,
+    ProgressReport, ResolvedParams,
+};
+pub use job::JobInfo;
+pub use registry::{Admitted, Submission};

@@ -1,0 +1,644 @@
+//! The job registry: one task owns every job (admission, the queue, event logs,
+//! subscribers, cancel flags, expiry). Clients and workers talk to it by message, so no
+//! lock guards job state and no client can stall a worker.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::EngineConfig;
+use super::event::{AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobStage, JobState};
+use super::job::{
+    new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
+};
+use super::store::{kept_after_end, StoreOp};
+use super::worker::{WorkItem, WorkerReport};
+use crate::audio::{AudioFormat, SampleFormat};
+use crate::error::EngineError;
+use crate::model::MusicModel;
+use crate::request::GenerateRequest;
+
+/// Events a subscriber's channel holds; a subscriber further behind is dropped and
+/// re-subscribes from its last sequence, so nobody waits for a slow client.
+pub(crate) const SUBSCRIBER_CAPACITY: usize = 256;
+/// How often finished jobs are checked for expiry.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Finished jobs whose run times inform the retry hint.
+const RECENT_RUNS: usize = 16;
+
+/// A job to admit.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// Who submits it.
+    pub tenant: String,
+    /// Generation or cover.
+    pub kind: JobKind,
+    /// A model id; `None` for the default model.
+    pub model: Option<String>,
+    /// The request.
+    pub request: GenerateRequest,
+    /// The final file's container.
+    pub format: AudioFormat,
+    /// The client's idempotency key.
+    pub request_id: Option<String>,
+    /// A digest of the parameters, to tell a retry from a different request under the
+    /// same key.
+    pub fingerprint: u64,
+}
+
+/// An admitted job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The job's id.
+    pub id: String,
+    /// Whether an earlier submission with the same key made it.
+    pub existing: bool,
+}
+
+/// A subscription's channel, and whether the channel alone carries the job to its end.
+pub(crate) struct Feed {
+    pub events: mpsc::Receiver<Arc<JobEvent>>,
+    pub to_the_end: bool,
+    pub kind: JobKind,
+}
+
+/// Messages to the registry.
+pub(crate) enum Command {
+    Submit {
+        submission: Box<Submission>,
+        reply: oneshot::Sender<Result<Admitted, EngineError>>,
+    },
+    Subscribe {
+        tenant: String,
+        id: String,
+        after: u64,
+        reply: oneshot::Sender<Result<Feed, EngineError>>,
+    },
+    Get {
+        tenant: String,
+        id: String,
+        reply: oneshot::Sender<Result<JobInfo, EngineError>>,
+    },
+    List {
+        tenant: String,
+        reply: oneshot::Sender<Vec<JobInfo>>,
+    },
+    Cancel {
+        tenant: String,
+        id: String,
+        reason: String,
+        reply: oneshot::Sender<Result<JobState, EngineError>>,
+    },
+    Drain {
+        reply: oneshot::Sender<()>,
+    },
+    Worker {
+        id: String,
+        report: WorkerReport,
+    },
+}
+
+/// The registry's state; lives inside its task.
+pub(crate) struct Registry {
+    config: EngineConfig,
+    models: Vec<Arc<dyn MusicModel>>,
+    jobs: HashMap<String, Job>,
+    /// (tenant, request id) -> job id.
+    keys: HashMap<(String, String), String>,
+    queue: VecDeque<String>,
+    running: usize,
+    work: std_mpsc::Sender<WorkItem>,
+    store: std_mpsc::Sender<StoreOp>,
+    /// Work items of queued jobs, taken when they start.
+    pending: HashMap<String, WorkItem>,
+    recent_runs: VecDeque<Duration>,
+    draining: bool,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Registry {
+    pub fn new(
+        config: EngineConfig,
+        models: Vec<Arc<dyn MusicModel>>,
+        restored: Vec<Job>,
+        work: std_mpsc::Sender<WorkItem>,
+        store: std_mpsc::Sender<StoreOp>,
+    ) -> Self {
+        let mut registry = Self {
+            config,
+            models,
+            jobs: HashMap::new(),
+            keys: HashMap::new(),
+            queue: VecDeque::new(),
+            running: 0,
+            work,
+            store,
+            pending: HashMap::new(),
+            recent_runs: VecDeque::new(),
+            draining: false,
+            drain_waiters: Vec::new(),
+        };
+        for job in restored {
+            if let Some(key) = &job.info.request_id {
+                registry
+                    .keys
+                    .insert((job.info.tenant.clone(), key.clone()), job.info.id.clone());
+            }
+            registry.jobs.insert(job.info.id.clone(), job);
+        }
+        registry
+    }
+
+    /// Serves commands until every sender is gone.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                _ = sweep.tick() => self.expire(),
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit { submission, reply } => {
+                let _ = reply.send(self.submit(*submission));
+            }
+            Command::Subscribe {
+                tenant,
+                id,
+                after,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe(&tenant, &id, after));
+            }
+            Command::Get { tenant, id, reply } => {
+                let _ = reply.send(self.job(&tenant, &id).map(|job| job.info.clone()));
+            }
+            Command::List { tenant, reply } => {
+                let mut jobs: Vec<JobInfo> = self
+                    .jobs
+                    .values()
+                    .filter(|job| job.info.tenant == tenant)
+                    .map(|job| job.info.clone())
+                    .collect();
+                jobs.sort_by(|a, b| (b.created_unix_ms, &b.id).cmp(&(a.created_unix_ms, &a.id)));
+                let _ = reply.send(jobs);
+            }
+            Command::Cancel {
+                tenant,
+                id,
+                reason,
+                reply,
+            } => self.cancel(&tenant, &id, reason, reply),
+            Command::Drain { reply } => {
+                self.draining = true;
+                for id in std::mem::take(&mut self.queue) {
+                    self.pending.remove(&id);
+                    self.end(
+                        &id,
+                        EventBody::Cancelled {
+                            reason: "the server is shutting down".into(),
+                        },
+                    );
+                }
+                if self.running == 0 {
+                    let _ = reply.send(());
+                } else {
+                    self.drain_waiters.push(reply);
+                }
+            }
+            Command::Worker { id, report } => self.on_report(&id, report),
+        }
+    }
+
+    /// A tenant's job; another tenant's id is as unknown as a made-up one.
+    fn job(&self, tenant: &str, id: &str) -> Result<&Job, EngineError> {
+        self.jobs
+            .get(id)
+            .filter(|job| job.info.tenant == tenant)
+            .ok_or_else(|| EngineError::NotFound(format!("no generation with id `{id}`")))
+    }
+
+    fn submit(&mut self, submission: Submission) -> Result<Admitted, EngineError> {
+        if self.draining {
+            return Err(EngineError::Unavailable(
+                "the server is shutting down; submit to another instance or retry later".into(),
+            ));
+        }
+        if let Some(key) = &submission.request_id {
+            let key = (submission.tenant.clone(), key.clone());
+            if let Some(id) = self.keys.get(&key) {
+                let existing = &self.jobs[id].info;
+                if existing.fingerprint != submission.fingerprint {
+                    return Err(EngineError::AlreadyExists(format!(
+                        "request_id `{}` was used for a request with other parameters \
+                         (generation {id})",
+                        key.1
+                    )));
+                }
+                return Ok(Admitted {
+                    id: id.clone(),
+                    existing: true,
+                });
+            }
+        }
+        let model = self.model(submission.model.as_deref())?;
+        let request = submission
+            .request
+            .validate(&self.config.limits, model.info())?;
+        if submission.format == AudioFormat::Flac && request.sample_format == SampleFormat::F32 {
+            return Err(EngineError::invalid(
+                "sample_format",
+                "32-bit float is available in WAV only; FLAC stores 16-bit",
+            ));
+        }
+        let unfinished = self
+            .jobs
+            .values()
+            .filter(|j| j.info.tenant == submission.tenant && !j.info.state.is_terminal())
+            .count();
+        if unfinished >= self.config.max_jobs_per_tenant {
+            return Err(EngineError::ResourceExhausted {
+                message: format!(
+                    "this token has {unfinished} unfinished generations, the limit \
+                     (max_jobs_per_tenant)"
+                ),
+                retry_after: self.retry_hint(),
+            });
+        }
+        let starts_now = self.running < self.config.max_running && self.queue.is_empty();
+        if !starts_now && self.queue.len() >= self.config.max_queued {
+            return Err(EngineError::ResourceExhausted {
+                message: format!(
+                    "the queue is full ({} waiting, the limit max_queued)",
+                    self.queue.len()
+                ),
+                retry_after: self.retry_hint(),
+            });
+        }
+        let id = new_job_id();
+        let queue_position = if starts_now {
+            0
+        } else {
+            self.queue.len() as u32 + 1
+        };
+        let info = JobInfo {
+            id: id.clone(),
+            tenant: submission.tenant.clone(),
+            kind: submission.kind,
+            model: model.info().id.clone(),
+            prompt: request.prompt.clone(),
+            request_id: submission.request_id.clone(),
+            fingerprint: submission.fingerprint,
+            state: JobState::Queued,
+            progress: queued_progress(queue_position),
+            result: None,
+            failure: None,
+            created_unix_ms: now_unix_ms(),
+            finished_unix_ms: None,
+            last_sequence: 0,
+        };
+        tracing::info!(job = %id, tenant = %info.tenant, model = %info.model, queue_position, "admitted");
+        let item = WorkItem {
+            id: id.clone(),
+            model: Arc::clone(model),
+            request,
+            format: submission.format,
+            cancel: Arc::default(),
+        };
+        let mut job = Job::new(info);
+        job.cancel = Arc::clone(&item.cancel);
+        job.frames = item.request.frames as u32;
+        let model_id = job.info.model.clone();
+        self.jobs.insert(id.clone(), job);
+        if let Some(key) = submission.request_id {
+            self.keys.insert((submission.tenant, key), id.clone());
+        }
+        self.save(&id);
+        self.append(
+            &id,
+            EventBody::Accepted {
+                queue_position,
+                model: model_id,
+            },
+        );
+        if starts_now {
+            self.start(item);
+        } else {
+            self.append(&id, EventBody::Progress(queued_progress(queue_position)));
+            self.pending.insert(id.clone(), item);
+            self.queue.push_back(id.clone());
+        }
+        Ok(Admitted {
+            id,
+            existing: false,
+        })
+    }
+
+    fn model(&self, id: Option<&str>) -> Result<&Arc<dyn MusicModel>, EngineError> {
+        let id = id
+            .filter(|id| !id.is_empty())
+            .or(self.config.default_model.as_deref());
+        match id {
+            None => self.models.first(),
+            Some(id) => self.models.iter().find(|m| m.info().id == id),
+        }
+        .ok_or_else(|| {
+            let known: Vec<&str> = self.models.iter().map(|m| m.info().id.as_str()).collect();
+            EngineError::invalid(
+                "model",
+                format!(
+                    "`{}` is not a model of this server (it runs: {})",
+                    id.unwrap_or(""),
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// A guess at when a slot frees: the recent mean run time per running slot.
+    fn retry_hint(&self) -> Duration {
+        if self.recent_runs.is_empty() {
+            return self.config.retry_after;
+        }
+        let mean = self.recent_runs.iter().sum::<Duration>() / self.recent_runs.len() as u32;
+        let waiting = self.queue.len() as u32 / self.config.max_running.max(1) as u32;
+        (mean * (waiting + 1)).clamp(Duration::from_secs(1), Duration::from_secs(600))
+    }
+
+    fn start(&mut self, item: WorkItem) {
+        let Some(job) = self.jobs.get_mut(&item.id) else {
+            return;
+        };
+        job.info.state = JobState::Running;
+        job.started = Some(Instant::now());
+        tracing::info!(job = %item.id, tenant = %job.info.tenant, model = %job.info.model, "running");
+        self.running += 1;
+        let id = item.id.clone();
+        self.save(&id);
+        if self.work.send(item).is_err() {
+            self.on_report(
+                &id,
+                WorkerReport::Finished(Err(EngineError::Internal(
+                    "no worker thread is running".into(),
+                ))),
+            );
+        }
+    }
+
+    /// Starts queued jobs while slots are free, and tells the rest their new place.
+    fn dispatch(&mut self) {
+        let mut moved = false;
+        while self.running < self.config.max_running {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some(item) = self.pending.remove(&id) {
+                self.start(item);
+            }
+            moved = true;
+        }
+        if moved {
+            let waiting: Vec<String> = self.queue.iter().cloned().collect();
+            for (i, id) in waiting.iter().enumerate() {
+                self.append(id, EventBody::Progress(queued_progress(i as u32 + 1)));
+            }
+        }
+    }
+
+    fn subscribe(&mut self, tenant: &str, id: &str, after: u64) -> Result<Feed, EngineError> {
+        self.job(tenant, id)?;
+        let Some(job) = self.jobs.get_mut(id) else {
+            return Err(EngineError::NotFound(format!(
+                "no generation with id `{id}`"
+            )));
+        };
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
+        let start = job.first_after(after);
+        let backlog = &job.log[start..];
+        let fits = backlog.len() <= SUBSCRIBER_CAPACITY;
+        for event in backlog.iter().take(SUBSCRIBER_CAPACITY) {
+            // Cannot fail: the channel is new and holds SUBSCRIBER_CAPACITY events.
+            let _ = tx.try_send(Arc::clone(event));
+        }
+        let ended = job.info.state.is_terminal();
+        if fits && !ended {
+            job.subscribers.push(tx);
+        }
+        Ok(Feed {
+            events: rx,
+            to_the_end: fits && ended,
+            kind: job.info.kind,
+        })
+    }
+
+    fn cancel(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        reason: String,
+        reply: oneshot::Sender<Result<JobState, EngineError>>,
+    ) {
+        let state = match self.job(tenant, id) {
+            Ok(job) => job.info.state,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match state {
+            JobState::Queued => {
+                self.queue.retain(|queued| queued != id);
+                self.pending.remove(id);
+                self.end(id, EventBody::Cancelled { reason });
+                let _ = reply.send(Ok(JobState::Cancelled));
+                self.dispatch_positions();
+            }
+            JobState::Running => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.cancel.store(true, Ordering::Relaxed);
+                    job.cancel_reason.get_or_insert(reason);
+                    job.cancel_waiters.push(reply);
+                }
+            }
+            done => {
+                let _ = reply.send(Ok(done));
+            }
+        }
+    }
+
+    /// Re-announces the places in line after a queued job left.
+    fn dispatch_positions(&mut self) {
+        let waiting: Vec<String> = self.queue.iter().cloned().collect();
+        for (i, id) in waiting.iter().enumerate() {
+            let position = i as u32 + 1;
+            if self.jobs.get(id).map(|j| j.info.progress.queue_position) != Some(position) {
+                self.append(id, EventBody::Progress(queued_progress(position)));
+            }
+        }
+    }
+
+    fn on_report(&mut self, id: &str, report: WorkerReport) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        match report {
+            WorkerReport::Progress(progress) => {
+                let report = job.progress_for(progress);
+                self.append(id, EventBody::Progress(report));
+            }
+            WorkerReport::Chunk(chunk) => self.append(id, EventBody::AudioChunk(chunk)),
+            WorkerReport::Writing => {
+                let report = job.progress_at(JobStage::Writing, WRITING_PERCENT);
+                self.append(id, EventBody::Progress(report));
+            }
+            WorkerReport::Finished(outcome) => {
+                self.running = self.running.saturating_sub(1);
+                if let Some(started) = job.started {
+                    if self.recent_runs.len() == RECENT_RUNS {
+                        self.recent_runs.pop_front();
+                    }
+                    self.recent_runs.push_back(started.elapsed());
+                }
+                let reason = job.cancel_reason.clone();
+                match outcome {
+                    Ok(result) => {
+                        let piece = self.config.audio_piece_bytes.max(1) as u64;
+                        let total = result.audio_bytes;
+                        let mut offset = 0;
+                        while offset < total {
+                            let len = piece.min(total - offset);
+                            self.append(
+                                id,
+                                EventBody::AudioPiece(AudioPiece {
+                                    offset,
+                                    data: Vec::new(),
+                                    len,
+                                    total_bytes: total,
+                                    format: result.format,
+                                    last: offset + len == total,
+                                }),
+                            );
+                            offset += len;
+                        }
+                        if let Some(job) = self.jobs.get(id) {
+                            let done = job.progress_at(JobStage::Writing, 100.0);
+                            self.append(id, EventBody::Progress(done));
+                        }
+                        self.end(id, EventBody::Completed(result));
+                    }
+                    Err(EngineError::Cancelled) => self.end(
+                        id,
+                        EventBody::Cancelled {
+                            reason: reason.unwrap_or_else(|| "cancelled".into()),
+                        },
+                    ),
+                    Err(e) => {
+                        let code = match e {
+                            EngineError::InvalidArgument { .. } => FailureCode::InvalidArgument,
+                            _ => FailureCode::Internal,
+                        };
+                        self.end(
+                            id,
+                            EventBody::Failed {
+                                code,
+                                message: e.to_string(),
+                            },
+                        );
+                    }
+                }
+                if self.draining && self.running == 0 {
+                    for waiter in self.drain_waiters.drain(..) {
+                        let _ = waiter.send(());
+                    }
+                }
+                self.dispatch();
+            }
+        }
+    }
+
+    /// Appends an event to a job's log, persists it and hands it to every subscriber.
+    fn append(&mut self, id: &str, body: EventBody) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        job.info.last_sequence += 1;
+        if let EventBody::Progress(report) = &body {
+            job.info.progress = report.clone();
+        }
+        let event = Arc::new(JobEvent {
+            sequence: job.info.last_sequence,
+            time_unix_ms: now_unix_ms(),
+            body,
+        });
+        let _ = self
+            .store
+            .send(StoreOp::Event(id.to_string(), Arc::clone(&event)));
+        job.subscribers
+            .retain(|tx| tx.try_send(Arc::clone(&event)).is_ok());
+        job.log.push(event);
+    }
+
+    /// Appends a terminal event and closes the job: subscribers end, previews are dropped,
+    /// cancel calls are answered and the record is stored.
+    fn end(&mut self, id: &str, body: EventBody) {
+        let Some(state) = state_after(&body) else {
+            return;
+        };
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.info.state = state;
+            job.info.finished_unix_ms = Some(now_unix_ms());
+            match &body {
+                EventBody::Completed(result) => job.info.result = Some(result.clone()),
+                EventBody::Failed { code, message } => {
+                    job.info.failure = Some((*code, message.clone()))
+                }
+                _ => {}
+            }
+            tracing::info!(job = %id, tenant = %job.info.tenant, model = %job.info.model, ?state, "ended");
+        }
+        self.append(id, body);
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.subscribers.clear();
+            job.log.retain(|e| kept_after_end(e));
+            for waiter in job.cancel_waiters.drain(..) {
+                let _ = waiter.send(Ok(state));
+            }
+        }
+        let _ = self.store.send(StoreOp::Close(id.to_string()));
+        self.save(id);
+    }
+
+    fn save(&self, id: &str) {
+        if let Some(job) = self.jobs.get(id) {
+            let _ = self.store.send(StoreOp::Record(Box::new(job.info.clone())));
+        }
+    }
+
+    /// Forgets finished jobs older than the retention, on disk too.
+    fn expire(&mut self) {
+        let cutoff = now_unix_ms() - self.config.retention.as_millis() as i64;
+        let expired: Vec<String> = self
+            .jobs
+            .values()
+            .filter(|job| job.info.finished_unix_ms.is_some_and(|t| t < cutoff))
+            .map(|job| job.info.id.clone())
+            .collect();
+        for id in expired {
+            if let Some(job) = self.jobs.remove(&id) {
+                if let Some(key) = job.info.request_id {
+                    self.keys.remove(&(job.info.tenant, key));
+                }
+            }
+            let _ = self.store.send(StoreOp::Delete(id));
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! `son1k serve`'s server: one port speaking gRPC over HTTP/2 and grpc-web over HTTP/1.1
+//! (with CORS), the page at `/`, `grpc.health.v1`, server reflection (v1 and v1alpha), and
+//! a graceful drain on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::routing::get;
+use son1k_engine::jobs::{Engine, EngineConfig};
+use son1k_engine::MusicModel;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::Tokens;
+use crate::proto::v1::generation_service_server::GenerationServiceServer;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::service::GenerationApi;
+
+/// The name health checks ask about.
+const SERVICE_NAME: &str = "son1k.v1.GenerationService";
+
+/// Everything `son1k serve` needs.
+pub struct ServeConfig {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Who may call.
+    pub tokens: Tokens,
+    /// The engine's configuration.
+    pub engine: EngineConfig,
+    /// How long running jobs may take to finish after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C. `load_models` runs on a blocking thread while
+/// the server already answers (health NOT_SERVING, calls UNAVAILABLE); a load error stops
+/// the server.
+pub async fn serve(
+    config: ServeConfig,
+    load_models: impl FnOnce() -> anyhow::Result<Vec<Arc<dyn MusicModel>>> + Send + 'static,
+) -> anyhow::Result<()> {
+    if !config.tokens.required() && !config.addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without --tokens-file: an open server may only listen \
+             on loopback (127.0.0.1 or ::1)",
+            config.addr
+        );
+    }
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let addr = listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+
+    let ready = Arc::new(OnceLock::new());
+    let api = GenerationApi::new(Arc::clone(&ready));
+    let max_message = config.engine.limits.max_song_bytes + 1024 * 1024;
+    let generation = GenerationServiceServer::new(api)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let generation = tonic::service::interceptor::InterceptedService::new(
+        generation,
+        config.tokens.interceptor(),
+    );
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let grpc = Routes::new(generation)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+    let router = grpc.route("/", get(crate::web::index)).layer(cors());
+
+    // Load the models while the server already answers health checks.
+    let engine_config = config.engine;
+    let loading = tokio::task::spawn_blocking(load_models);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = Server::builder()
+        .accept_http1(true)
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+        );
+    let mut server = tokio::spawn(server);
+    crate::cli::output::line(format_args!(
+        "son1k listening on http://{addr}/ (gRPC and grpc-web; open it in a browser for the page)"
+    ));
+
+    let models = tokio::select! {
+        loaded = loading => loaded.context("model loading stopped")??,
+        result = &mut server => {
+            result??;
+            bail!("the server stopped while models were loading");
+        }
+        () = shutdown_signal() => return Ok(()),
+    };
+    let engine = Engine::start(engine_config, models)?;
+    let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
+    tracing::info!(models = ?names, %addr, "serving");
+    let _ = ready.set(engine.clone());
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    tokio::select! {
+        result = &mut server => return Ok(result??),
+        () = shutdown_signal() => {}
+    }
+    tracing::info!("draining: no new jobs, waiting for running ones");
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    if tokio::time::timeout(config.drain_timeout, engine.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "jobs still running after the drain timeout; they will be reported interrupted"
+        );
+    }
+    let _ = stop_tx.send(true);
+    // Streams of finished jobs end by themselves; give the rest a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}
+
+/// CORS for browsers on other origins: bearer tokens (not cookies) authenticate, so any
+/// origin may call; the gRPC status headers must be readable by the page.
+fn cors() -> CorsLayer {
+    use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+    let allow = [
+        AUTHORIZATION,
+        CONTENT_TYPE,
+        HeaderName::from_static("x-grpc-web"),
+        HeaderName::from_static("x-user-agent"),
+        HeaderName::from_static("grpc-timeout"),
+    ];
+    let expose = [
+        HeaderName::from_static("grpc-status"),
+        HeaderName::from_static("grpc-message"),
+        HeaderName::from_static("grpc-status-details-bin"),
+        HeaderName::from_static("retry-after"),
+    ];
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([http::Method::POST, http::Method::GET, http::Method::OPTIONS])
+        .allow_headers(allow)
+        .expose_headers(expose)
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
