@@ -56,3 +56,4 @@ pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<f32>) {
     };
     (spec, samples)
 }
+pub mod server;

@@ -18,3 +18,6 @@ pub use event::{
 };
 pub use job::JobInfo;
 pub use registry::{Admitted, Submission};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+//! The job system with a model whose steps wait for the test's permission, so queueing,
+//! admission and "cancel stops within one step" are checked exactly, without timing.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::*;
+use crate::audio::{Audio, AudioFormat};
+use crate::error::EngineError;
+use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
+use crate::request::{GenerateRequest, Length, ValidatedRequest};
+
+/// Steps granted to the model; each step takes one.
+#[derive(Default)]
+struct Gate {
+    permits: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn grant(&self, n: usize) {
+        if let Ok(mut permits) = self.permits.lock() {
+            *permits += n;
+        }
+        self.changed.notify_all();
+    }
+
+    fn take(&self) {
+        let Ok(mut permits) = self.permits.lock() else {
+            return;
+        };
+        while *permits == 0 {
+            permits = match self.changed.wait(permits) {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+        }
+        *permits -= 1;
+    }
+}
+
+struct GatedModel {
+    info: ModelInfo,
+    gate: Arc<Gate>,
+}
+
+impl GatedModel {
+    fn new(gate: Arc<Gate>) -> Self {
+        Self {
+            info: ModelInfo {
+                id: "gated".into(),
+                kind: ModelKind::Synth,
+                device: "cpu".into(),
+                streams_audio: false,
+                sample_rate: 1000,
+                channels: 1,
+                frame_rate: 10,
+                max_frames: 1000,
+                extra_steps: 0,
+                vocab_size: 0,
+                covers: false,
+                defaults: SamplingDefaults {
+                    top_k: 0,
+                    top_p: 0.0,
+                    temperature: 1.0,
+                    guidance_scale: 1.0,
+                },
+            },
+            gate,
+        }
+    }
+}
+
+impl MusicModel for GatedModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn start<'a>(
+        &'a self,
+        request: &ValidatedRequest,
+    ) -> Result<Box<dyn Session + 'a>, EngineError> {
+        Ok(Box::new(GatedSession {
+            gate: Arc::clone(&self.gate),
+            total: request.frames,
+            done: 0,
+        }))
+    }
+}
+
+struct GatedSession {
+    gate: Arc<Gate>,
+    total: usize,
+    done: usize,
+}
+
+impl Session for GatedSession {
+    fn total_steps(&self) -> usize {
+        self.total
+    }
+
+    fn steps_done(&self) -> usize {
+        self.done
+    }
+
+    fn step(&mut self) -> Result<(), EngineError> {
+        self.gate.take();
+        self.done += 1;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<Audio, EngineError> {
+        Ok(Audio {
+            sample_rate: 1000,
+            channels: vec![vec![0.25; self.done * 100]],
+        })
+    }
+}
+
+fn engine(
+    dir: &std::path::Path,
+    gate: &Arc<Gate>,
+    max_running: usize,
+    max_queued: usize,
+) -> Engine {
+    let config = EngineConfig {
+        max_running,
+        max_queued,
+        ..EngineConfig::new(dir)
+    };
+    Engine::start(config, vec![Arc::new(GatedModel::new(Arc::clone(gate)))]).unwrap()
+}
+
+/// A 10-step job.
+fn submission(tenant: &str) -> Submission {
+    Submission {
+        tenant: tenant.into(),
+        kind: JobKind::Generation,
+        model: None,
+        request: GenerateRequest::new("test", Length::Seconds(1.0)),
+        format: AudioFormat::Wav,
+        request_id: None,
+        fingerprint: 0,
+    }
+}
+
+/// Polls a call once, so its message is in the registry's inbox, without waiting for the
+/// answer.
+async fn send_only<F: std::future::Future>(call: std::pin::Pin<&mut F>) {
+    tokio::select! {
+        biased;
+        _ = call => panic!("answered before the job stopped"),
+        () = std::future::ready(()) => {}
+    }
+}
+
+async fn next(stream: &mut EventStream) -> EventBody {
+    stream.next().await.unwrap().unwrap().body
+}
+
+fn steps_of(body: &EventBody) -> Option<u32> {
+    match body {
+        EventBody::Progress(p) if p.stage == JobStage::Generating => Some(p.frames_done),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_the_job_after_the_step_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = engine(dir.path(), &gate, 1, 4);
+    let job = engine.submit(submission("t")).await.unwrap();
+    let mut events = engine.watch("t", &job.id, 0).await.unwrap();
+    assert!(matches!(
+        next(&mut events).await,
+        EventBody::Accepted {
+            queue_position: 0,
+            ..
+        }
+    ));
+    assert!(
+        matches!(next(&mut events).await, EventBody::Progress(p) if p.stage == JobStage::Encoding)
+    );
+
+    gate.grant(2);
+    assert_eq!(steps_of(&next(&mut events).await), Some(1));
+    assert_eq!(steps_of(&next(&mut events).await), Some(2));
+
+    // The worker now waits inside step 3. Send the cancel; the registry handles calls in
+    // order, so once `get` answers, the cancel flag is set.
+    let cancelling = engine.cancel("t", &job.id, "test");
+    tokio::pin!(cancelling);
+    send_only(cancelling.as_mut()).await;
+    engine.get("t", &job.id).await.unwrap();
+    gate.grant(100);
+    // Step 3 finishes; no step 4 starts.
+    assert_eq!(steps_of(&next(&mut events).await), Some(3));
+    assert!(matches!(next(&mut events).await, EventBody::Cancelled { reason } if reason == "test"));
+    assert!(events.next().await.is_none());
+    assert_eq!(cancelling.await.unwrap(), JobState::Cancelled);
+    let info = engine.get("t", &job.id).await.unwrap();
+    assert_eq!(info.state, JobState::Cancelled);
+    assert_eq!(info.progress.frames_done, 3);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_with_a_retry_hint_and_a_freed_slot_starts_the_next_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = engine(dir.path(), &gate, 1, 1);
+    let running = engine.submit(submission("a")).await.unwrap();
+    let waiting = engine.submit(submission("b")).await.unwrap();
+    match engine.submit(submission("c")).await {
+        Err(EngineError::ResourceExhausted {
+            message,
+            retry_after,
+        }) => {
+            assert!(message.contains("max_queued"), "{message}");
+            assert!(!retry_after.is_zero());
+        }
+        other => panic!("expected ResourceExhausted, got {other:?}"),
+    }
+    let mut queued = engine.watch("b", &waiting.id, 0).await.unwrap();
+    assert!(matches!(
+        next(&mut queued).await,
+        EventBody::Accepted {
+            queue_position: 1,
+            ..
+        }
+    ));
+    assert!(matches!(
+        next(&mut queued).await,
+        EventBody::Progress(p) if p.stage == JobStage::Queued && p.queue_position == 1
+    ));
+
+    // Another tenant cannot see or cancel the job.
+    assert!(matches!(
+        engine.cancel("b", &running.id, "x").await,
+        Err(EngineError::NotFound(_))
+    ));
+    let cancel = engine.cancel("a", &running.id, "make room");
+    tokio::pin!(cancel);
+    send_only(cancel.as_mut()).await;
+    engine.get("a", &running.id).await.unwrap();
+    gate.grant(1);
+    assert_eq!(cancel.await.unwrap(), JobState::Cancelled);
+    // The waiting job starts at once.
+    assert!(
+        matches!(next(&mut queued).await, EventBody::Progress(p) if p.stage == JobStage::Encoding)
+    );
+    gate.grant(100);
+    let mut last = None;
+    while let Some(event) = queued.next().await {
+        last = Some(event.unwrap().body);
+    }
+    assert!(matches!(last, Some(EventBody::Completed(_))), "{last:?}");
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_fill_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let config = EngineConfig {
+        max_jobs_per_tenant: 2,
+        ..EngineConfig::new(dir.path())
+    };
+    let engine = Engine::start(config, vec![Arc::new(GatedModel::new(Arc::clone(&gate)))]).unwrap();
+    engine.submit(submission("greedy")).await.unwrap();
+    engine.submit(submission("greedy")).await.unwrap();
+    assert!(matches!(
+        engine.submit(submission("greedy")).await,
+        Err(EngineError::ResourceExhausted { message, .. }) if message.contains("max_jobs_per_tenant")
+    ));
+    engine.submit(submission("polite")).await.unwrap();
+    gate.grant(1000);
+}

@@ -1,0 +1,215 @@
+//! A `son1k serve` child process on a loopback port for the service tests, and client
+//! helpers: authenticated requests, event collection, audio reassembly.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use son1k::proto::v1 as pb;
+use son1k::proto::v1::generation_event::Event;
+use son1k::proto::v1::generation_service_client::GenerationServiceClient;
+use tonic::transport::Channel;
+use tonic::{Request, Status, Streaming};
+
+/// A gRPC client of the generation service.
+pub type Client = GenerationServiceClient<Channel>;
+
+/// A running server; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `son1k serve` on a free loopback port with `data_dir` and `extra` flags, and
+    /// waits until its health check says SERVING.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let log = File::create(data_dir.with_extension("log")).expect("a log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_son1k"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("son1k serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server prints its address");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        let addr = url.trim_start_matches("http://").to_string();
+        let server = Server {
+            child,
+            url,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        };
+        server.wait_serving().await;
+        server
+    }
+
+    async fn wait_serving(&self) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(channel) = Channel::from_shared(self.url.clone())
+                .expect("url")
+                .connect()
+                .await
+            {
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: "son1k.v1.GenerationService".into(),
+                    })
+                    .await;
+                if matches!(status, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the server never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("the server accepts connections")
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::new(self.channel().await).max_decoding_message_size(8 << 20)
+    }
+
+    /// Kills the server at once (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `message` with `authorization: Bearer <token>` when a token is given.
+pub fn authed<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().expect("ascii token");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// A Generate request for the synth.
+pub fn generate(prompt: &str, seconds: f64, seed: u64) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt: prompt.into(),
+        duration_seconds: seconds,
+        sampling: Some(pb::Sampling {
+            seed: Some(seed),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every event of a stream until it ends.
+pub async fn collect(
+    mut stream: Streaming<pb::GenerationEvent>,
+) -> Result<Vec<pb::GenerationEvent>, Status> {
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await? {
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Reads events until `stop` holds for one (returned last).
+pub async fn read_until(
+    stream: &mut Streaming<pb::GenerationEvent>,
+    stop: impl Fn(&pb::GenerationEvent) -> bool,
+) -> Vec<pb::GenerationEvent> {
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.expect("a healthy stream") {
+        let done = stop(&event);
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+    panic!("the stream ended first: {:?}", names(&events));
+}
+
+/// The event's kind, for readable assertions.
+pub fn name(event: &pb::GenerationEvent) -> &'static str {
+    match &event.event {
+        Some(Event::Accepted(_)) => "accepted",
+        Some(Event::Progress(_)) => "progress",
+        Some(Event::AudioChunk(_)) => "chunk",
+        Some(Event::Audio(_)) => "audio",
+        Some(Event::Completed(_)) => "completed",
+        Some(Event::Failed(_)) => "failed",
+        Some(Event::Cancelled(_)) => "cancelled",
+        None => "none",
+    }
+}
+
+/// The kinds of a list of events.
+pub fn names(events: &[pb::GenerationEvent]) -> Vec<&'static str> {
+    events.iter().map(name).collect()
+}
+
+/// Whether the event is a Progress in the given stage.
+pub fn is_stage(event: &pb::GenerationEvent, stage: pb::Stage) -> bool {
+    matches!(&event.event, Some(Event::Progress(p)) if p.stage == stage as i32)
+}
+
+/// The final file assembled from the events' audio pieces, checking offsets and sizes.
+pub fn audio_file(events: &[pb::GenerationEvent]) -> Vec<u8> {
+    let mut file = Vec::new();
+    let mut last = false;
+    for event in events {
+        if let Some(Event::Audio(piece)) = &event.event {
+            assert!(!last, "a piece after the last one");
+            assert_eq!(piece.offset, file.len() as u64, "pieces in order, no gaps");
+            assert!(piece.data.len() <= 1 << 20, "a piece over 1 MiB");
+            file.extend_from_slice(&piece.data);
+            assert!(file.len() as u64 <= piece.total_bytes);
+            last = piece.last;
+        }
+    }
+    assert!(last, "no last piece");
+    file
+}
+
+/// The Completed event's payload.
+pub fn completed(events: &[pb::GenerationEvent]) -> pb::Completed {
+    match events.last().and_then(|e| e.event.clone()) {
+        Some(Event::Completed(c)) => c,
+        _ => panic!("the stream did not end with Completed: {:?}", names(events)),
+    }
+}

@@ -1,0 +1,175 @@
+//! Browsers' path over real sockets: the page, a CORS preflight, and a grpc-web stream
+//! over HTTP/1.1 that carries the same events as gRPC.
+
+mod common;
+
+use common::server::{audio_file, collect, generate, names, Server};
+use prost::Message;
+use son1k::proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One HTTP/1.1 exchange on a fresh connection: (head in lower case, de-chunked body).
+async fn http1(addr: &str, request: Vec<u8>) -> (String, Vec<u8>) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    let mut rest = &response[split + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (head, rest.to_vec());
+    }
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (head, body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A grpc-web request for `method` with one message.
+fn grpc_web_request(addr: &str, method: &str, message: &impl Message) -> Vec<u8> {
+    let payload = message.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let mut request = format!(
+        "POST /son1k.v1.GenerationService/{method} HTTP/1.1\r\nHost: {addr}\r\n\
+         Origin: http://studio.example\r\nContent-Type: application/grpc-web+proto\r\n\
+         X-Grpc-Web: 1\r\nAccept: application/grpc-web+proto\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+/// Splits a grpc-web response body into messages and the trailer block.
+fn frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while !body.is_empty() {
+        let flag = body[0];
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let payload = &body[5..5 + len];
+        if flag & 0x80 != 0 {
+            trailers.push_str(&String::from_utf8_lossy(payload));
+        } else {
+            messages.push(payload.to_vec());
+        }
+        body = &body[5 + len..];
+    }
+    (messages, trailers)
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]).await;
+
+    // The page.
+    let (head, body) = http1(
+        &server.addr,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.addr
+        )
+        .into_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("son1k.v1.GenerationService"));
+
+    // A CORS preflight from another origin, asking to send a bearer token.
+    let (head, _) = http1(
+        &server.addr,
+        format!(
+            "OPTIONS /son1k.v1.GenerationService/Generate HTTP/1.1\r\nHost: {}\r\n\
+             Origin: http://studio.example\r\nAccess-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: authorization, content-type, x-grpc-web\r\n\
+             Connection: close\r\n\r\n",
+            server.addr
+        )
+        .into_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: http://studio.example"),
+        "{head}"
+    );
+    let allowed = head
+        .lines()
+        .find(|l| l.starts_with("access-control-allow-headers:"))
+        .unwrap_or_default();
+    for header in ["authorization", "content-type", "x-grpc-web"] {
+        assert!(allowed.contains(header), "{allowed}");
+    }
+
+    // The stream itself.
+    let request = generate("samba with percussion", 3.0, 21);
+    let (head, body) = http1(
+        &server.addr,
+        grpc_web_request(&server.addr, "Generate", &request),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/grpc-web+proto"),
+        "{head}"
+    );
+    let exposed = head
+        .lines()
+        .find(|l| l.starts_with("access-control-expose-headers:"))
+        .unwrap_or_default();
+    assert!(
+        exposed.contains("grpc-status") && exposed.contains("grpc-message"),
+        "{head}"
+    );
+    let (messages, trailers) = frames(&body);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
+    let web: Vec<pb::GenerationEvent> = messages
+        .iter()
+        .map(|m| pb::GenerationEvent::decode(m.as_slice()).unwrap())
+        .collect();
+
+    let grpc = collect(
+        server
+            .client()
+            .await
+            .generate(request)
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(&web), names(&grpc));
+    assert_eq!(
+        web.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        grpc.iter().map(|e| e.sequence).collect::<Vec<_>>()
+    );
+    // The same seed makes the same file.
+    assert_eq!(audio_file(&web), audio_file(&grpc));
+
+    // Errors reach browsers as grpc-status in the headers of a trailers-only response.
+    let (head, _) = http1(
+        &server.addr,
+        grpc_web_request(&server.addr, "Generate", &generate("", 3.0, 1)),
+    )
+    .await;
+    assert!(head.contains("grpc-status: 3"), "{head}");
+    assert!(head.contains("prompt"), "{head}");
+}
