@@ -2,17 +2,12 @@
 //! non-zero exit status (2 for a bad argument, 1 otherwise), never a panic.
 
 use clap::Parser;
-use son1k::cli::{run, Cli};
-use son1k_engine::EngineError;
+use son1k::cli::{exit_status, run, Cli};
 
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
         eprintln!("error: {error:#}");
-        let bad_argument = matches!(
-            error.downcast_ref::<EngineError>(),
-            Some(EngineError::InvalidArgument { .. })
-        );
-        std::process::exit(if bad_argument { 2 } else { 1 });
+        std::process::exit(exit_status(&error));
     }
 }

@@ -1,19 +1,26 @@
-//! `son1k generate`: one text-to-music job in this process, written to a WAV file.
+//! `son1k generate`: one text-to-music job in this process (or on a server with
+//! `--server`), written to a WAV or FLAC file.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Args;
-use son1k_engine::audio::encode_wav;
+use son1k_engine::audio::{encode_audio, AudioFormat};
 use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{
-    generate, DeviceChoice, GenerateRequest, Length, Limits, MusicModel, Precision, SampleFormat,
-    Update,
+    generate, DeviceChoice, EngineError, GenerateRequest, Length, Limits, MusicModel, Precision,
+    SampleFormat, Update,
 };
 
+use super::output::{format_for, parse_format};
 use super::progress::Bar;
+use super::remote::{self, ServerArgs};
+use crate::proto::v1 as pb;
+
+/// Seconds of audio when `--duration` is not given.
+const DEFAULT_SECONDS: f64 = 10.0;
 
 /// Arguments of `son1k generate`.
 #[derive(Debug, Args)]
@@ -22,11 +29,17 @@ pub struct GenerateArgs {
     pub prompt: String,
     /// A MusicGen checkpoint directory in the Hugging Face layout; without it the
     /// built-in synth plays (no weights needed).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub model: Option<PathBuf>,
-    /// Output WAV file.
-    #[arg(long, value_name = "FILE.wav")]
+    /// With --server: the id of the server's model to run (default: the server's default).
+    #[arg(long, value_name = "ID", requires = "server")]
+    pub model_id: Option<String>,
+    /// Output file, WAV or FLAC.
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Container of the output: wav or flac (default: FLAC for a .flac --out, else WAV).
+    #[arg(long, value_name = "wav|flac", value_parser = parse_format)]
+    pub format: Option<AudioFormat>,
     /// Seconds of audio (default 10).
     #[arg(
         long,
@@ -36,7 +49,7 @@ pub struct GenerateArgs {
     )]
     pub duration: Option<f64>,
     /// Decoder steps, delay columns included, as transformers' `max_new_tokens` counts them.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "server")]
     pub max_new_tokens: Option<usize>,
     /// Sample among the K most likely tokens (0 = no limit, 1 = greedy; default from the
     /// checkpoint, else 250).
@@ -58,21 +71,28 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "s16", value_name = "s16|f32")]
     pub sample_format: SampleFormat,
     /// cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", conflicts_with = "server")]
     pub device: DeviceChoice,
     /// Decoder precision: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", conflicts_with = "server")]
     pub dtype: Precision,
     /// Longest prompt in tokens.
-    #[arg(long, default_value_t = Limits::default().max_prompt_tokens)]
+    #[arg(long, default_value_t = Limits::default().max_prompt_tokens, conflicts_with = "server")]
     pub max_prompt_tokens: usize,
     /// Longest output in seconds.
-    #[arg(long, default_value_t = Limits::default().max_duration_s)]
+    #[arg(long, default_value_t = Limits::default().max_duration_s, conflicts_with = "server")]
     pub max_duration: f64,
+    /// Where to run the job: this process, or a server.
+    #[command(flatten)]
+    pub remote: ServerArgs,
 }
 
 /// Runs the command.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let format = format_for(args.format, &args.out);
+    if let Some(server) = args.remote.server.clone() {
+        return run_on_server(args, &server, format);
+    }
     let limits = Limits {
         max_prompt_tokens: args.max_prompt_tokens,
         max_duration_s: args.max_duration,
@@ -81,7 +101,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let length = match (args.duration, args.max_new_tokens) {
         (_, Some(steps)) => Length::Steps(steps),
         (Some(seconds), None) => Length::Seconds(seconds),
-        (None, None) => Length::Seconds(10.0),
+        (None, None) => Length::Seconds(DEFAULT_SECONDS),
     };
     let request = GenerateRequest {
         top_k: args.top_k,
@@ -96,16 +116,47 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(dir) => Box::new(MusicGenModel::load(dir, args.device, args.dtype)?),
         None => Box::new(SynthModel::default()),
     };
-    run_job(model.as_ref(), &request, &limits, &args.out)
+    run_job(model.as_ref(), &request, &limits, &args.out, format)
 }
 
-/// Validates `request` for `model`, runs it with a progress bar, writes the WAV file and
-/// prints what was made and what the model understood.
+/// Sends the job to the server at `server` (`--server`).
+fn run_on_server(args: GenerateArgs, server: &str, format: AudioFormat) -> anyhow::Result<()> {
+    let duration_seconds = match args.duration {
+        // The wire reads 0 as "the server's default": refuse it here as a local run would.
+        Some(s) if !s.is_finite() || s <= 0.0 => {
+            return Err(EngineError::invalid("duration", format!("{s} s must be positive")).into())
+        }
+        Some(s) => s,
+        None => DEFAULT_SECONDS,
+    };
+    let request = pb::GenerateRequest {
+        prompt: args.prompt,
+        model: args.model_id.unwrap_or_default(),
+        duration_seconds,
+        sampling: Some(remote::sampling(
+            args.top_k,
+            args.top_p,
+            args.temperature,
+            args.guidance_scale,
+            args.seed,
+        )?),
+        audio_format: remote::audio_format(format),
+        sample_format: remote::sample_format(args.sample_format),
+        request_id: args.remote.request_id.unwrap_or_default(),
+        cancel_on_disconnect: false,
+    };
+    let token = args.remote.token.as_deref();
+    remote::run(server, token, remote::Job::Generate(request), &args.out)
+}
+
+/// Validates `request` for `model`, runs it with a progress bar, writes the audio file in
+/// `format` and prints what was made and what the model understood.
 pub(super) fn run_job(
     model: &dyn MusicModel,
     request: &GenerateRequest,
     limits: &Limits,
     out: &Path,
+    format: AudioFormat,
 ) -> anyhow::Result<()> {
     let request = request.validate(limits, model.info())?;
     let bar = Bar::new();
@@ -117,7 +168,7 @@ pub(super) fn run_job(
     });
     bar.finish();
     let output = output?;
-    let bytes = encode_wav(&output.audio, request.sample_format)?;
+    let bytes = encode_audio(&output.audio, format, request.sample_format)?;
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
     super::output::line(format_args!(
         "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",

@@ -6,12 +6,15 @@ mod cover;
 mod generate;
 pub(crate) mod output;
 mod progress;
+mod remote;
 mod serve;
 mod tiny_model;
 
 use clap::{Parser, Subcommand};
+use son1k_engine::EngineError;
 
 pub use generate::GenerateArgs;
+pub use remote::ServerArgs;
 pub use tiny_model::TinyModelArgs;
 
 /// Son1k: music generation on your own hardware.
@@ -28,11 +31,13 @@ pub struct Cli {
 pub enum Command {
     /// Serve generations over gRPC and grpc-web, with a page for browsers.
     Serve(serve::ServeArgs),
-    /// Generate music from a text prompt into a WAV file.
+    /// Generate music from a text prompt into a WAV or FLAC file (here, or on a server with
+    /// --server).
     Generate(GenerateArgs),
     /// Show the tempo, key, chords, melody and loudness the analysis hears in a song.
     Analyse(analyse::AnalyseArgs),
-    /// Cover a song in the style the prompt asks for (built-in synth).
+    /// Cover a song in the style the prompt asks for (built-in synth; here, or on a server
+    /// with --server).
     Cover(cover::CoverArgs),
     /// Measure MusicGen's speed on this machine (a checkpoint or a preset shape).
     Bench(bench::BenchArgs),
@@ -50,5 +55,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Cover(args) => cover::run(args),
         Command::Analyse(args) => analyse::run(args),
+    }
+}
+
+/// The exit status for a command's error: 2 for a bad argument (one this process found, or
+/// a request field the server refused), 1 otherwise.
+pub fn exit_status(error: &anyhow::Error) -> i32 {
+    let bad_argument = matches!(
+        error.downcast_ref::<EngineError>(),
+        Some(EngineError::InvalidArgument { .. })
+    ) || remote::is_bad_argument(error);
+    if bad_argument {
+        2
+    } else {
+        1
     }
 }

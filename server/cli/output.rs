@@ -1,7 +1,11 @@
-//! Command output on stdout: a reader that closes the pipe early (`son1k ... | head`) ends
-//! the command quietly instead of panicking as `println!` would.
+//! Command output: lines on stdout, where a reader that closes the pipe early
+//! (`son1k ... | head`) ends the command quietly instead of panicking as `println!` would,
+//! and the container of the audio file a command writes.
 
 use std::io::Write;
+use std::path::Path;
+
+use son1k_engine::audio::AudioFormat;
 
 /// Prints one line on stdout; exits quietly with status 0 if stdout is closed.
 pub fn line(text: impl std::fmt::Display) {
@@ -10,4 +14,29 @@ pub fn line(text: impl std::fmt::Display) {
             std::process::exit(0);
         }
     }
+}
+
+/// Parses `--format`: `wav` or `flac`.
+pub fn parse_format(text: &str) -> Result<AudioFormat, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "wav" => Ok(AudioFormat::Wav),
+        "flac" => Ok(AudioFormat::Flac),
+        other => Err(format!("`{other}` is not one of wav, flac")),
+    }
+}
+
+/// The container of the output file: `--format` when given, else FLAC for a `.flac` name
+/// and WAV for anything else.
+pub fn format_for(flag: Option<AudioFormat>, out: &Path) -> AudioFormat {
+    flag.unwrap_or_else(|| {
+        let flac = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("flac"));
+        if flac {
+            AudioFormat::Flac
+        } else {
+            AudioFormat::Wav
+        }
+    })
 }
