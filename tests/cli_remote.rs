@@ -3,94 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
+use common::server::Server;
 use common::{son1k, stderr};
-use son1k::proto::v1 as pb;
-use son1k::proto::v1::generation_service_client::GenerationServiceClient;
-
-/// How long the server may take to listen and load its models.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A `son1k serve` child process, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    /// Starts a server on a free loopback port and waits until it serves ListModels.
-    fn start() -> Self {
-        let data = tempfile::tempdir().expect("a temp dir");
-        let log = std::fs::File::create(data.path().join("server.log")).expect("a log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_son1k"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path().join("store"))
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("son1k serve starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut server = Self {
-            child,
-            url: String::new(),
-            _data: data,
-        };
-        let line = rx
-            .recv_timeout(READY_TIMEOUT)
-            .unwrap_or_else(|_| panic!("no listening line; log: {}", server.log()));
-        server.url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .map(|url| url.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| panic!("no URL in {line:?}; log: {}", server.log()));
-        server.wait_ready();
-        server
-    }
-
-    /// Polls ListModels until it answers (models load in the background).
-    fn wait_ready(&self) {
-        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let url = self.url.clone();
-        let ready = runtime.block_on(async move {
-            while Instant::now() < deadline {
-                if let Ok(mut client) = GenerationServiceClient::connect(url.clone()).await {
-                    if client.list_models(pb::ListModelsRequest {}).await.is_ok() {
-                        return true;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            false
-        });
-        assert!(ready, "the server never became ready; log: {}", self.log());
-    }
-
-    /// What the server wrote on stderr so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._data.path().join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Asserts `path` is a stereo 44.1 kHz WAV file of about `seconds`.
 fn assert_wav(path: &Path, seconds: f64) {
@@ -105,9 +23,10 @@ fn assert_wav(path: &Path, seconds: f64) {
     );
 }
 
-#[test]
-fn generate_and_cover_run_on_a_server() {
-    let server = Server::start();
+#[tokio::test]
+async fn generate_and_cover_run_on_a_server() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = Server::start(&dir.path().join("data"), &[]).await;
     let out = tempfile::tempdir().expect("a temp dir");
     let url = server.url.as_str();
 
@@ -256,9 +175,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<usize>) {
     });
 }
 
-#[test]
-fn a_dropped_stream_is_re_attached_with_watch() {
-    let server = Server::start();
+#[tokio::test]
+async fn a_dropped_stream_is_re_attached_with_watch() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = Server::start(&dir.path().join("data"), &[]).await;
     // Past the job's first events, well before the end of its audio.
     let proxy = flaky_proxy(&server.url, 20_000);
     let out = tempfile::tempdir().expect("a temp dir");

@@ -442,3 +442,65 @@ async fn health_is_serving_and_reflection_lists_the_service() {
         .capabilities
         .contains(&(pb::Capability::Cover as i32)));
 }
+
+#[tokio::test]
+async fn sigterm_refuses_new_jobs_and_exits_once_running_ones_end() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--max-duration",
+            "600",
+            "--max-running",
+            "1",
+            "--drain-timeout",
+            "120",
+        ],
+    )
+    .await;
+    let mut client = server.client().await;
+    let mut running = client
+        .generate(generate("long", 600.0, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = read_until(&mut running, |e| is_stage(e, pb::Stage::Generating)).await;
+    let queued = client
+        .generate(generate("waiting", 1.0, 2))
+        .await
+        .unwrap()
+        .into_inner();
+
+    server.terminate();
+    // The queued job is cancelled at once; the running one may finish.
+    let rest = collect(queued).await.unwrap();
+    let Some(Event::Cancelled(c)) = rest.last().and_then(|e| e.event.clone()) else {
+        panic!("expected Cancelled, got {:?}", names(&rest));
+    };
+    assert!(c.reason.contains("shutting down"), "{}", c.reason);
+    let status = client
+        .generate(generate("too late", 1.0, 3))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let check = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(check.status, ServingStatus::NotServing as i32);
+
+    // Once the running job ends (here: cancelled), the server exits cleanly.
+    client
+        .cancel_generation(pb::CancelGenerationRequest {
+            generation_id: seen[0].generation_id.clone(),
+        })
+        .await
+        .unwrap();
+    let rest = collect(running).await.unwrap();
+    assert_eq!(rest.last().map(name), Some("cancelled"));
+    let exit = server.exit_status(std::time::Duration::from_secs(30)).await;
+    assert!(exit.success(), "{exit:?}");
+}

@@ -170,16 +170,19 @@ pub(super) fn run_job(
     let output = output?;
     let bytes = encode_audio(&output.audio, format, request.sample_format)?;
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    super::output::line(format_args!(
-        "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
-        out.display(),
-        output.audio.duration_s(),
-        output.audio.sample_rate,
-        output.audio.channels.len(),
-        output.request.seed
-    ));
-    for (what, value) in &output.understood {
-        super::output::line(format_args!("  {what}: {value}"));
-    }
+    super::output::summary(
+        out,
+        &super::output::Made {
+            duration_s: output.audio.duration_s(),
+            sample_rate: output.audio.sample_rate,
+            channels: output.audio.channels.len(),
+            seed: output.request.seed,
+            understood: output
+                .understood
+                .iter()
+                .map(|(what, value)| (what.as_str(), value.as_str()))
+                .collect(),
+        },
+    );
     Ok(())
 }

@@ -16,6 +16,35 @@ pub fn line(text: impl std::fmt::Display) {
     }
 }
 
+/// What a finished job made, for [`summary`].
+pub struct Made<'a> {
+    /// Seconds of audio.
+    pub duration_s: f64,
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Channels.
+    pub channels: usize,
+    /// The seed used.
+    pub seed: u64,
+    /// What the model understood of the prompt.
+    pub understood: Vec<(&'a str, &'a str)>,
+}
+
+/// Prints what a job wrote: the file line, then what the model understood, a line each.
+pub fn summary(out: &Path, made: &Made<'_>) {
+    line(format_args!(
+        "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
+        out.display(),
+        made.duration_s,
+        made.sample_rate,
+        made.channels,
+        made.seed
+    ));
+    for (what, value) in &made.understood {
+        line(format_args!("  {what}: {value}"));
+    }
+}
+
 /// Parses `--format`: `wav` or `flac`.
 pub fn parse_format(text: &str) -> Result<AudioFormat, String> {
     match text.to_ascii_lowercase().as_str() {

@@ -154,21 +154,23 @@ async fn interrupted() {
 
 /// Prints the lines the in-process commands print: the file, and what the model understood.
 fn summary(completed: &pb::Completed, out: &Path) {
-    super::output::line(format_args!(
-        "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
-        out.display(),
-        completed.duration_seconds,
-        completed.sample_rate,
-        completed.channels,
-        completed.seed
-    ));
-    if let Some(parameters) = &completed.parameters {
-        let mut understood: Vec<_> = parameters.understood.iter().collect();
-        understood.sort();
-        for (what, value) in understood {
-            super::output::line(format_args!("  {what}: {value}"));
-        }
-    }
+    let mut understood: Vec<(&str, &str)> = completed
+        .parameters
+        .iter()
+        .flat_map(|p| p.understood.iter())
+        .map(|(what, value)| (what.as_str(), value.as_str()))
+        .collect();
+    understood.sort();
+    super::output::summary(
+        out,
+        &super::output::Made {
+            duration_s: completed.duration_seconds,
+            sample_rate: completed.sample_rate,
+            channels: completed.channels as usize,
+            seed: completed.seed,
+            understood,
+        },
+    );
 }
 
 /// How following a stream ended, short of an error.

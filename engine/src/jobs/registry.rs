@@ -24,8 +24,8 @@ use crate::request::GenerateRequest;
 /// Events a subscriber's channel holds; a subscriber further behind is dropped and
 /// re-subscribes from its last sequence, so nobody waits for a slow client.
 pub(crate) const SUBSCRIBER_CAPACITY: usize = 256;
-/// How often finished jobs are checked for expiry.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Finished jobs are checked for expiry every quarter of the retention, within these bounds.
+const SWEEP_BOUNDS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
 /// Finished jobs whose run times inform the retry hint.
 const RECENT_RUNS: usize = 16;
 
@@ -154,7 +154,9 @@ impl Registry {
 
     /// Serves commands until every sender is gone.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let every = (self.config.retention / 4).clamp(SWEEP_BOUNDS.0, SWEEP_BOUNDS.1);
+        // The first tick is immediate: jobs that expired while the server was down go now.
+        let mut sweep = tokio::time::interval(every);
         loop {
             tokio::select! {
                 command = commands.recv() => match command {

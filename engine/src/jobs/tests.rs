@@ -274,3 +274,31 @@ async fn one_tenant_cannot_fill_the_server() {
     engine.submit(submission("polite")).await.unwrap();
     gate.grant(1000);
 }
+
+#[tokio::test]
+async fn finished_jobs_expire_with_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    gate.grant(1000);
+    let config = EngineConfig {
+        retention: std::time::Duration::from_millis(300),
+        ..EngineConfig::new(dir.path())
+    };
+    let engine = Engine::start(config, vec![Arc::new(GatedModel::new(Arc::clone(&gate)))]).unwrap();
+    let job = engine.submit(submission("t")).await.unwrap();
+    let mut events = engine.watch("t", &job.id, 0).await.unwrap();
+    while events.next().await.is_some() {}
+    let job_dir = dir.path().join("jobs").join(&job.id);
+    assert!(job_dir.join("record.json").exists());
+    assert!(job_dir.join("audio.wav").exists());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.get("t", &job.id).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The store thread deletes right after; wait for it the same way.
+    while job_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "files never deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
