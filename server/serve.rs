@@ -87,7 +87,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new());
-    let router = grpc.route("/", get(crate::web::index)).layer(cors());
+    let router = grpc
+        .route("/", get(crate::web::index))
+        .layer(cors(config.tokens.required()));
 
     // Load the models while the server already answers health checks.
     let engine_config = config.engine;
@@ -95,6 +97,10 @@ pub async fn serve(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = Server::builder()
         .accept_http1(true)
+        // Notice vanished peers, so their streams end (and cancel_on_disconnect fires).
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -107,15 +113,21 @@ pub async fn serve(
         "son1k listening on http://{addr}/ (gRPC and grpc-web; open it in a browser for the page)"
     ));
 
+    // One signal listener for the whole life of the server, so no signal falls between two.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let models = tokio::select! {
         loaded = loading => loaded.context("model loading stopped")??,
         result = &mut server => {
             result??;
             bail!("the server stopped while models were loading");
         }
-        () = shutdown_signal() => return Ok(()),
+        () = &mut shutdown => return Ok(()),
     };
-    let engine = Engine::start(engine_config, models)?;
+    // Restoring stored jobs reads the disk: off the async threads.
+    let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config, models))
+        .await
+        .context("starting the engine stopped")??;
     let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
     tracing::info!(models = ?names, %addr, "serving");
     let _ = ready.set(engine.clone());
@@ -126,7 +138,7 @@ pub async fn serve(
 
     tokio::select! {
         result = &mut server => return Ok(result??),
-        () = shutdown_signal() => {}
+        () = &mut shutdown => {}
     }
     tracing::info!("draining: no new jobs, waiting for running ones");
     health
@@ -143,15 +155,18 @@ pub async fn serve(
             "jobs still running after the drain timeout; they will be reported interrupted"
         );
     }
+    engine.flush().await;
     let _ = stop_tx.send(true);
     // Streams of finished jobs end by themselves; give the rest a moment.
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     Ok(())
 }
 
-/// CORS for browsers on other origins: bearer tokens (not cookies) authenticate, so any
-/// origin may call; the gRPC status headers must be readable by the page.
-fn cors() -> CorsLayer {
+/// CORS for browsers on other origins; the gRPC status headers must be readable by pages.
+/// With tokens, any origin may call (a bearer token, not a cookie, authenticates). An open
+/// server admits only pages served from this machine, so a web site a local user visits
+/// cannot drive it.
+fn cors(tokens_required: bool) -> CorsLayer {
     use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
     let allow = [
         AUTHORIZATION,
@@ -166,12 +181,36 @@ fn cors() -> CorsLayer {
         HeaderName::from_static("grpc-status-details-bin"),
         HeaderName::from_static("retry-after"),
     ];
+    let origins = if tokens_required {
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::predicate(|origin, _| is_local_origin(origin.as_bytes()))
+    };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
+        .allow_origin(origins)
         .allow_methods([http::Method::POST, http::Method::GET, http::Method::OPTIONS])
         .allow_headers(allow)
         .expose_headers(expose)
         .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Whether an `Origin` is a page served from this machine.
+fn is_local_origin(origin: &[u8]) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    let host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -33,8 +33,11 @@ pub fn to_status(error: EngineError) -> Status {
         }
         EngineError::Cancelled => Status::cancelled(message),
         EngineError::Unavailable(_) => Status::unavailable(message),
-        EngineError::Internal(_) | EngineError::Model(_) | EngineError::Output { .. } => {
-            Status::internal(message)
+        EngineError::Internal(_) | EngineError::Model(_) => Status::internal(message),
+        // The message names server paths: it goes to the log, not to the client.
+        EngineError::Output { .. } => {
+            tracing::warn!("{message}");
+            Status::internal("the server could not store or read the result; its log says why")
         }
     }
 }

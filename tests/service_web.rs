@@ -38,7 +38,9 @@ async fn http1(addr: &str, request: Vec<u8>) -> (String, Vec<u8>) {
     }
 }
 
-/// A grpc-web request for `method` with one message.
+const TOKEN: &str = "studio-token-0123456789";
+
+/// A grpc-web request for `method` with one message, from a page on another origin.
 fn grpc_web_request(addr: &str, method: &str, message: &impl Message) -> Vec<u8> {
     let payload = message.encode_to_vec();
     let mut body = vec![0u8];
@@ -48,6 +50,7 @@ fn grpc_web_request(addr: &str, method: &str, message: &impl Message) -> Vec<u8>
         "POST /son1k.v1.GenerationService/{method} HTTP/1.1\r\nHost: {addr}\r\n\
          Origin: http://studio.example\r\nContent-Type: application/grpc-web+proto\r\n\
          X-Grpc-Web: 1\r\nAccept: application/grpc-web+proto\r\n\
+         Authorization: Bearer {TOKEN}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
@@ -76,7 +79,13 @@ fn frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
 #[tokio::test]
 async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("studio {TOKEN}\n")).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--tokens-file", tokens.to_str().unwrap()],
+    )
+    .await;
 
     // The page.
     let (head, body) = http1(
@@ -149,7 +158,7 @@ async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
         server
             .client()
             .await
-            .generate(request)
+            .generate(common::server::authed(request, Some(TOKEN)))
             .await
             .unwrap()
             .into_inner(),
@@ -172,4 +181,40 @@ async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
     .await;
     assert!(head.contains("grpc-status: 3"), "{head}");
     assert!(head.contains("prompt"), "{head}");
+}
+
+/// A CORS preflight from `origin`; whether the server allows it.
+async fn preflight_allows(addr: &str, origin: &str) -> bool {
+    let (head, _) = http1(
+        addr,
+        format!(
+            "OPTIONS /son1k.v1.GenerationService/ListModels HTTP/1.1\r\nHost: {addr}\r\n\
+             Origin: {origin}\r\nAccess-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: content-type, x-grpc-web\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes(),
+    )
+    .await;
+    head.contains(&format!("access-control-allow-origin: {origin}"))
+}
+
+#[tokio::test]
+async fn an_open_server_admits_only_pages_served_from_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]).await;
+    for origin in [
+        "http://localhost:3000",
+        "http://127.0.0.1:8080",
+        "http://[::1]:5173",
+    ] {
+        assert!(preflight_allows(&server.addr, origin).await, "{origin}");
+    }
+    for origin in [
+        "http://studio.example",
+        "http://localhost.evil.example",
+        "null",
+    ] {
+        assert!(!preflight_allows(&server.addr, origin).await, "{origin}");
+    }
 }

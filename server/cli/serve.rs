@@ -125,5 +125,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    tokio::runtime::Runtime::new()?.block_on(serve(config, load_models))
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(serve(config, load_models));
+    // A model still loading on a blocking thread must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }

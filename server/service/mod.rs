@@ -21,8 +21,9 @@ use crate::status::to_status;
 pub use requests::{DEFAULT_DURATION_S, MAX_REQUEST_ID_BYTES};
 
 /// Events a stream buffers towards a slow client before the forwarder waits (the engine
-/// never waits: a stream that falls behind catches up from the job's log).
-const STREAM_BUFFER: usize = 16;
+/// never waits: a stream that falls behind catches up from the job's log). Audio pieces
+/// are up to 1 MiB, so this bounds a stream's buffer to a few MiB.
+const STREAM_BUFFER: usize = 4;
 /// Default and largest page of ListGenerations.
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -147,6 +148,8 @@ impl GenerationService for GenerationApi {
                 ),
             )));
         }
+        // Refuse before decoding when the job could not be admitted anyway.
+        engine.check_admission(&tenant).await.map_err(to_status)?;
         let bytes = std::mem::take(&mut request.song);
         let (bytes, song_digest) = tokio::task::spawn_blocking(move || {
             let digest = requests::digest(&bytes);

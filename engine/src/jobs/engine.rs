@@ -2,15 +2,17 @@
 //! task; event streams re-subscribe by themselves when they fall behind, so a client sees
 //! every event exactly once however slow it reads.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::config::EngineConfig;
-use super::event::{EventBody, FailureCode, JobEvent, JobKind, JobState};
-use super::job::{now_unix_ms, Job, JobInfo};
+use super::event::{EventBody, JobEvent, JobKind, JobState};
+use super::job::JobInfo;
 use super::registry::{Admitted, Command, Feed, Registry, Submission};
-use super::store::{kept_after_end, Store, StoreOp};
+use super::restore::restore;
+use super::store::{kept_after_end, Store};
 use super::worker::spawn_workers;
 use crate::audio::AudioFormat;
 use crate::cover::{load_song, Song};
@@ -29,6 +31,9 @@ pub struct Engine {
     models: Arc<Vec<ModelInfo>>,
     limits: Arc<Limits>,
     audio_piece_bytes: usize,
+    /// Uploads decoded at once (as many as jobs run), so floods of covers queue here
+    /// instead of taking every core.
+    decoding: Arc<Semaphore>,
 }
 
 /// A finished job's stored audio.
@@ -59,13 +64,14 @@ impl Engine {
         };
         let store = Store::open(&config.data_dir).map_err(io_error)?;
         let restored = restore(&store).map_err(io_error)?;
-        let store_tx = store.spawn_writer().map_err(io_error)?;
         let (commands, inbox) = mpsc::channel(INBOX);
+        let store_tx = store.spawn_writer(commands.clone()).map_err(io_error)?;
         let work = spawn_workers(config.max_running.max(1), store.clone(), commands.clone())
             .map_err(io_error)?;
         let infos = models.iter().map(|m| m.info().clone()).collect();
         let limits = Arc::new(config.limits.clone());
         let audio_piece_bytes = config.audio_piece_bytes.max(1);
+        let decoding = Arc::new(Semaphore::new(config.max_running.max(1)));
         let registry = Registry::new(config, models, restored, work, store_tx);
         tokio::spawn(registry.run(inbox));
         Ok(Self {
@@ -74,6 +80,7 @@ impl Engine {
             models: Arc::new(infos),
             limits,
             audio_piece_bytes,
+            decoding,
         })
     }
 
@@ -94,6 +101,11 @@ impl Engine {
 
     /// Decodes an uploaded song off the async runtime, within the upload limits.
     pub async fn load_song(&self, bytes: Vec<u8>) -> Result<Arc<Song>, EngineError> {
+        let _permit = self
+            .decoding
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Unavailable("the engine has stopped".into()))?;
         let limits = Arc::clone(&self.limits);
         tokio::task::spawn_blocking(move || load_song(&bytes, None, &limits).map(Arc::new))
             .await
@@ -135,6 +147,7 @@ impl Engine {
             tenant: tenant.to_string(),
             id: id.to_string(),
             feed,
+            from_disk: None,
             cursor: after,
             ended: false,
         })
@@ -186,9 +199,24 @@ impl Engine {
         .await?
     }
 
+    /// Whether a job from `tenant` would be admitted now; for refusing early, before
+    /// expensive work such as decoding an upload (the submit decides).
+    pub async fn check_admission(&self, tenant: &str) -> Result<(), EngineError> {
+        self.ask(|reply| Command::CheckAdmission {
+            tenant: tenant.to_string(),
+            reply,
+        })
+        .await?
+    }
+
     /// Stops admitting jobs, cancels queued ones and waits for running ones to end.
     pub async fn drain(&self) {
         let _ = self.ask(|reply| Command::Drain { reply }).await;
+    }
+
+    /// Waits until every event and record so far is on disk (before the process exits).
+    pub async fn flush(&self) {
+        let _ = self.ask(|reply| Command::Flush { reply }).await;
     }
 
     /// A completed job's stored audio.
@@ -216,12 +244,18 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let store = self.store.clone();
         let (id, format) = (audio.id.clone(), audio.format);
+        let len = len.min(self.audio_piece_bytes);
         tokio::task::spawn_blocking(move || {
             store
                 .read_audio(&id, format, offset, len)
-                .map_err(|e| EngineError::Output {
-                    path: store.audio_path(&id, format).display().to_string(),
-                    message: e.to_string(),
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => EngineError::NotFound(format!(
+                        "the audio of generation `{id}` is gone (it expired)"
+                    )),
+                    _ => EngineError::Output {
+                        path: store.audio_path(&id, format).display().to_string(),
+                        message: e.to_string(),
+                    },
                 })
         })
         .await
@@ -235,6 +269,8 @@ pub struct EventStream {
     tenant: String,
     id: String,
     feed: Feed,
+    /// A finished job's remaining events, read from its stored log.
+    from_disk: Option<VecDeque<JobEvent>>,
     cursor: u64,
     ended: bool,
 }
@@ -256,6 +292,9 @@ impl EventStream {
         loop {
             if self.ended {
                 return None;
+            }
+            if self.feed.from_disk {
+                return self.next_from_disk().await;
             }
             match self.feed.events.recv().await {
                 Some(event) if event.sequence <= self.cursor => continue,
@@ -285,6 +324,44 @@ impl EventStream {
         }
     }
 
+    /// The next event of a finished job whose log is on disk.
+    async fn next_from_disk(&mut self) -> Option<Result<JobEvent, EngineError>> {
+        if self.from_disk.is_none() {
+            let store = self.engine.store.clone();
+            let (id, after) = (self.id.clone(), self.cursor);
+            let read = tokio::task::spawn_blocking(move || store.read_events(&id)).await;
+            match read {
+                Ok(Ok(events)) => {
+                    let rest = events
+                        .into_iter()
+                        .filter(|e| e.sequence > after && kept_after_end(e));
+                    self.from_disk = Some(rest.collect());
+                }
+                Ok(Err(e)) => {
+                    self.ended = true;
+                    return Some(Err(EngineError::Output {
+                        path: format!("the event log of generation {}", self.id),
+                        message: e.to_string(),
+                    }));
+                }
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(EngineError::Internal(format!(
+                        "reading the event log stopped: {e}"
+                    ))));
+                }
+            }
+        }
+        let event = self.from_disk.as_mut()?.pop_front();
+        let Some(event) = event else {
+            self.ended = true;
+            return None;
+        };
+        self.cursor = event.sequence;
+        self.ended = event.body.is_terminal();
+        Some(self.fill(&event).await)
+    }
+
     async fn fill(&self, event: &JobEvent) -> Result<JobEvent, EngineError> {
         let mut event = event.clone();
         if let EventBody::AudioPiece(piece) = &mut event.body {
@@ -300,40 +377,4 @@ impl EventStream {
         }
         Ok(event)
     }
-}
-
-/// Loads the stored jobs; one that had not ended was interrupted by the process stopping
-/// and is marked failed with a final event numbered after everything it had logged.
-fn restore(store: &Store) -> std::io::Result<Vec<Job>> {
-    let mut jobs = Vec::new();
-    for (mut info, mut log) in store.load_all()? {
-        let last = log
-            .iter()
-            .map(|e| e.sequence)
-            .max()
-            .unwrap_or(0)
-            .max(info.last_sequence);
-        log.retain(kept_after_end);
-        if !info.state.is_terminal() {
-            let message = "the server stopped while this generation ran; submit it again";
-            let event = JobEvent {
-                sequence: last + 1,
-                time_unix_ms: now_unix_ms(),
-                body: EventBody::Failed {
-                    code: FailureCode::Interrupted,
-                    message: message.into(),
-                },
-            };
-            info.state = JobState::Failed;
-            info.failure = Some((FailureCode::Interrupted, message.into()));
-            info.finished_unix_ms = Some(event.time_unix_ms);
-            info.last_sequence = event.sequence;
-            store.write_now(StoreOp::Event(info.id.clone(), Arc::new(event.clone())));
-            store.write_now(StoreOp::Record(Box::new(info.clone())));
-            log.push(event);
-            tracing::info!(job = %info.id, tenant = %info.tenant, "interrupted by a restart");
-        }
-        jobs.push(Job::restored(info, log));
-    }
-    Ok(jobs)
 }

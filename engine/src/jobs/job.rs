@@ -51,8 +51,11 @@ pub struct JobInfo {
 pub(crate) struct Job {
     /// The public record.
     pub info: JobInfo,
-    /// Every event so far (previews are dropped once the job ends).
+    /// Every event so far (previews are dropped once the job ends); emptied once a
+    /// finished job's log is on disk, where replays then read it.
     pub log: Vec<Arc<JobEvent>>,
+    /// Whether the log lives only on disk.
+    pub log_on_disk: bool,
     /// Live subscribers; a full or closed one is dropped and re-subscribes from its cursor.
     pub subscribers: Vec<mpsc::Sender<Arc<JobEvent>>>,
     /// Set to stop the job at its next step.
@@ -73,6 +76,7 @@ impl Job {
         Self {
             info,
             log: Vec::new(),
+            log_on_disk: false,
             subscribers: Vec::new(),
             cancel: Arc::new(AtomicBool::new(false)),
             cancel_reason: None,
@@ -82,10 +86,10 @@ impl Job {
         }
     }
 
-    /// A job restored from the store (already ended).
-    pub fn restored(info: JobInfo, log: Vec<JobEvent>) -> Self {
+    /// A job restored from the store (already ended; its log stays on disk).
+    pub fn restored(info: JobInfo) -> Self {
         let mut job = Self::new(info);
-        job.log = log.into_iter().map(Arc::new).collect();
+        job.log_on_disk = true;
         job
     }
 
@@ -174,6 +178,11 @@ pub(crate) fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether `id` has the shape of a job id (it names a directory, so nothing else may).
+pub(crate) fn is_job_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A fresh job id: 128 random bits as 32 hex digits, from the process's hash randomness

@@ -7,6 +7,7 @@ mod engine;
 mod event;
 mod job;
 mod registry;
+mod restore;
 mod store;
 mod worker;
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::EngineConfig;
-use super::event::{AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobStage, JobState};
+use super::event::{
+    AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobStage, JobState, ProgressReport,
+};
 use super::job::{
     new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
 };
@@ -63,6 +65,8 @@ pub(crate) struct Feed {
     pub events: mpsc::Receiver<Arc<JobEvent>>,
     pub to_the_end: bool,
     pub kind: JobKind,
+    /// The job has ended and its log is on disk: replay from the file instead.
+    pub from_disk: bool,
 }
 
 /// Messages to the registry.
@@ -95,6 +99,20 @@ pub(crate) enum Command {
     Drain {
         reply: oneshot::Sender<()>,
     },
+    /// Answers once every event and record so far is on disk.
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+    /// Whether a job from `tenant` would be admitted now (checked before expensive work
+    /// such as decoding an upload; the submit checks again).
+    CheckAdmission {
+        tenant: String,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// A finished job's log is on disk; the memory copy can go.
+    Persisted {
+        id: String,
+    },
     Worker {
         id: String,
         report: WorkerReport,
@@ -110,6 +128,8 @@ pub(crate) struct Registry {
     keys: HashMap<(String, String), String>,
     queue: VecDeque<String>,
     running: usize,
+    /// Queued or running jobs per tenant.
+    unfinished: HashMap<String, usize>,
     work: std_mpsc::Sender<WorkItem>,
     store: std_mpsc::Sender<StoreOp>,
     /// Work items of queued jobs, taken when they start.
@@ -134,6 +154,7 @@ impl Registry {
             keys: HashMap::new(),
             queue: VecDeque::new(),
             running: 0,
+            unfinished: HashMap::new(),
             work,
             store,
             pending: HashMap::new(),
@@ -217,6 +238,20 @@ impl Registry {
                     self.drain_waiters.push(reply);
                 }
             }
+            Command::Flush { reply } => {
+                let _ = self.store.send(StoreOp::Barrier(reply));
+            }
+            Command::CheckAdmission { tenant, reply } => {
+                let _ = reply.send(self.admissible(&tenant).map(|_| ()));
+            }
+            Command::Persisted { id } => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    if job.info.state.is_terminal() {
+                        job.log = Vec::new();
+                        job.log_on_disk = true;
+                    }
+                }
+            }
             Command::Worker { id, report } => self.on_report(&id, report),
         }
     }
@@ -230,28 +265,30 @@ impl Registry {
     }
 
     fn submit(&mut self, submission: Submission) -> Result<Admitted, EngineError> {
-        if self.draining {
-            return Err(EngineError::Unavailable(
-                "the server is shutting down; submit to another instance or retry later".into(),
-            ));
-        }
         if let Some(key) = &submission.request_id {
             let key = (submission.tenant.clone(), key.clone());
-            if let Some(id) = self.keys.get(&key) {
-                let existing = &self.jobs[id].info;
-                if existing.fingerprint != submission.fingerprint {
-                    return Err(EngineError::AlreadyExists(format!(
-                        "request_id `{}` was used for a request with other parameters \
-                         (generation {id})",
-                        key.1
-                    )));
+            if let Some(existing) = self.keys.get(&key).and_then(|id| self.jobs.get(id)) {
+                let info = &existing.info;
+                // A job that was cancelled or cut off by a restart may be submitted again
+                // under its key; any other keeps answering for it.
+                let retryable = info.state == JobState::Cancelled
+                    || matches!(info.failure, Some((FailureCode::Interrupted, _)));
+                if !retryable {
+                    if info.fingerprint != submission.fingerprint {
+                        return Err(EngineError::AlreadyExists(format!(
+                            "request_id `{}` was used for a request with other parameters \
+                             (generation {})",
+                            key.1, info.id
+                        )));
+                    }
+                    return Ok(Admitted {
+                        id: info.id.clone(),
+                        existing: true,
+                    });
                 }
-                return Ok(Admitted {
-                    id: id.clone(),
-                    existing: true,
-                });
             }
         }
+        let starts_now = self.admissible(&submission.tenant)?;
         let model = self.model(submission.model.as_deref())?;
         let request = submission
             .request
@@ -261,30 +298,6 @@ impl Registry {
                 "sample_format",
                 "32-bit float is available in WAV only; FLAC stores 16-bit",
             ));
-        }
-        let unfinished = self
-            .jobs
-            .values()
-            .filter(|j| j.info.tenant == submission.tenant && !j.info.state.is_terminal())
-            .count();
-        if unfinished >= self.config.max_jobs_per_tenant {
-            return Err(EngineError::ResourceExhausted {
-                message: format!(
-                    "this token has {unfinished} unfinished generations, the limit \
-                     (max_jobs_per_tenant)"
-                ),
-                retry_after: self.retry_hint(),
-            });
-        }
-        let starts_now = self.running < self.config.max_running && self.queue.is_empty();
-        if !starts_now && self.queue.len() >= self.config.max_queued {
-            return Err(EngineError::ResourceExhausted {
-                message: format!(
-                    "the queue is full ({} waiting, the limit max_queued)",
-                    self.queue.len()
-                ),
-                retry_after: self.retry_hint(),
-            });
         }
         let id = new_job_id();
         let queue_position = if starts_now {
@@ -321,6 +334,10 @@ impl Registry {
         job.frames = item.request.frames as u32;
         let model_id = job.info.model.clone();
         self.jobs.insert(id.clone(), job);
+        *self
+            .unfinished
+            .entry(submission.tenant.clone())
+            .or_default() += 1;
         if let Some(key) = submission.request_id {
             self.keys.insert((submission.tenant, key), id.clone());
         }
@@ -343,6 +360,37 @@ impl Registry {
             id,
             existing: false,
         })
+    }
+
+    /// Whether a job from `tenant` is admitted now: `Ok(true)` if it would start at once,
+    /// `Ok(false)` if it would wait in the queue.
+    fn admissible(&self, tenant: &str) -> Result<bool, EngineError> {
+        if self.draining {
+            return Err(EngineError::Unavailable(
+                "the server is shutting down; submit to another instance or retry later".into(),
+            ));
+        }
+        let unfinished = self.unfinished.get(tenant).copied().unwrap_or(0);
+        if unfinished >= self.config.max_jobs_per_tenant {
+            return Err(EngineError::ResourceExhausted {
+                message: format!(
+                    "this token has {unfinished} unfinished generations, the limit \
+                     (max_jobs_per_tenant)"
+                ),
+                retry_after: self.retry_hint(),
+            });
+        }
+        let starts_now = self.running < self.config.max_running && self.queue.is_empty();
+        if !starts_now && self.queue.len() >= self.config.max_queued {
+            return Err(EngineError::ResourceExhausted {
+                message: format!(
+                    "the queue is full ({} waiting, the limit max_queued)",
+                    self.queue.len()
+                ),
+                retry_after: self.retry_hint(),
+            });
+        }
+        Ok(starts_now)
     }
 
     fn model(&self, id: Option<&str>) -> Result<&Arc<dyn MusicModel>, EngineError> {
@@ -383,9 +431,15 @@ impl Registry {
         job.info.state = JobState::Running;
         job.started = Some(Instant::now());
         tracing::info!(job = %item.id, tenant = %job.info.tenant, model = %job.info.model, "running");
+        let starting = ProgressReport {
+            stage: JobStage::Encoding,
+            frames_total: job.frames,
+            ..queued_progress(0)
+        };
         self.running += 1;
         let id = item.id.clone();
         self.save(&id);
+        self.append(&id, EventBody::Progress(starting));
         if self.work.send(item).is_err() {
             self.on_report(
                 &id,
@@ -423,7 +477,25 @@ impl Registry {
                 "no generation with id `{id}`"
             )));
         };
+        if after > job.info.last_sequence {
+            return Err(EngineError::invalid(
+                "after_sequence",
+                format!(
+                    "{after} is past the generation's last event, {}",
+                    job.info.last_sequence
+                ),
+            ));
+        }
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
+        let ended = job.info.state.is_terminal();
+        if job.log_on_disk {
+            return Ok(Feed {
+                events: rx,
+                to_the_end: true,
+                kind: job.info.kind,
+                from_disk: true,
+            });
+        }
         let start = job.first_after(after);
         let backlog = &job.log[start..];
         let fits = backlog.len() <= SUBSCRIBER_CAPACITY;
@@ -431,7 +503,6 @@ impl Registry {
             // Cannot fail: the channel is new and holds SUBSCRIBER_CAPACITY events.
             let _ = tx.try_send(Arc::clone(event));
         }
-        let ended = job.info.state.is_terminal();
         if fits && !ended {
             job.subscribers.push(tx);
         }
@@ -439,6 +510,7 @@ impl Registry {
             events: rx,
             to_the_end: fits && ended,
             kind: job.info.kind,
+            from_disk: false,
         })
     }
 
@@ -596,6 +668,12 @@ impl Registry {
             return;
         };
         if let Some(job) = self.jobs.get_mut(id) {
+            if let Some(count) = self.unfinished.get_mut(&job.info.tenant) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.unfinished.remove(&job.info.tenant);
+                }
+            }
             job.info.state = state;
             job.info.finished_unix_ms = Some(now_unix_ms());
             match &body {

@@ -4,13 +4,16 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
 use super::event::{EventBody, JobEvent};
-use super::job::JobInfo;
+use super::job::{is_job_id, JobInfo};
+use super::registry::Command;
 use crate::audio::AudioFormat;
 
 /// Where the jobs of one data directory live.
@@ -25,10 +28,13 @@ pub(crate) enum StoreOp {
     Record(Box<JobInfo>),
     /// Append an event to the job's log.
     Event(String, Arc<JobEvent>),
-    /// The job ended: flush and close its log.
+    /// The job ended: flush and close its log, then tell the registry it may forget the
+    /// log (replays of the job then read the file).
     Close(String),
     /// The job expired: remove everything of it.
     Delete(String),
+    /// Answer once every earlier write is on disk.
+    Barrier(oneshot::Sender<()>),
 }
 
 impl Store {
@@ -71,41 +77,114 @@ impl Store {
     }
 
     /// Every stored job with its log. Unreadable entries are skipped with a warning (a
-    /// corrupt record must not stop the server from starting).
+    /// corrupt record must not stop the server from starting); so is a directory whose
+    /// record names another job, since ids become file paths.
     pub fn load_all(&self) -> io::Result<Vec<(JobInfo, Vec<JobEvent>)>> {
         let mut jobs = Vec::new();
         for entry in fs::read_dir(&self.jobs_dir)? {
-            let dir = entry?.path();
-            match load_job(&dir) {
-                Ok(job) => jobs.push(job),
+            let dir = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    tracing::warn!(dir = %self.jobs_dir.display(), "skipping an entry: {e}");
+                    continue;
+                }
+            };
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let loaded = fs::read(dir.join("record.json"))
+                .and_then(|bytes| {
+                    serde_json::from_slice::<JobInfo>(&bytes).map_err(io::Error::other)
+                })
+                .and_then(|info| {
+                    if info.id == name && is_job_id(name) {
+                        Ok(info)
+                    } else {
+                        Err(io::Error::other(format!(
+                            "the record names job `{}`",
+                            info.id
+                        )))
+                    }
+                })
+                .and_then(|info| Ok((self.read_events(&info.id)?, info)));
+            match loaded {
+                Ok((events, info)) => jobs.push((info, events)),
                 Err(e) => tracing::warn!(dir = %dir.display(), "skipping a stored job: {e}"),
             }
         }
         Ok(jobs)
     }
 
-    /// Applies one write now (used at startup, before the store thread runs).
-    pub fn write_now(&self, op: StoreOp) {
-        let mut logs = HashMap::new();
-        self.apply(op, &mut logs);
-        flush_all(&mut logs);
+    /// A job's logged events, up to the last complete line (a line cut short by a crash,
+    /// and anything after it, is dropped).
+    pub fn read_events(&self, id: &str) -> io::Result<Vec<JobEvent>> {
+        let bytes = match fs::read(self.job_dir(id).join("events.jsonl")) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut events = Vec::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<JobEvent>(line) {
+                Ok(event) => events.push(event),
+                Err(_) => break,
+            }
+        }
+        Ok(events)
+    }
+
+    /// Replaces a job's log (at startup, to drop a torn tail before appending).
+    pub fn rewrite_events(&self, id: &str, events: &[JobEvent]) -> io::Result<()> {
+        let mut text = Vec::new();
+        for event in events {
+            serde_json::to_writer(&mut text, event).map_err(io::Error::other)?;
+            text.push(b'\n');
+        }
+        write_atomically(&self.job_dir(id).join("events.jsonl"), &text)
+    }
+
+    /// Replaces a job's record now (at startup).
+    pub fn write_record_now(&self, info: &JobInfo) -> io::Result<()> {
+        self.write_record(info)
     }
 
     /// Starts the store thread; writes sent to the returned channel happen in order.
-    pub fn spawn_writer(&self) -> io::Result<mpsc::Sender<StoreOp>> {
+    /// `registry` hears when a finished job's log is safely on disk.
+    pub fn spawn_writer(
+        &self,
+        registry: tokio_mpsc::Sender<Command>,
+    ) -> io::Result<mpsc::Sender<StoreOp>> {
         let (tx, rx) = mpsc::channel::<StoreOp>();
         let store = self.clone();
         std::thread::Builder::new()
             .name("son1k-store".into())
             .spawn(move || {
                 let mut logs = HashMap::new();
+                let mut waiting = Vec::new();
                 while let Ok(op) = rx.recv() {
-                    store.apply(op, &mut logs);
+                    let mut batch = vec![op];
                     // Batch whatever else is waiting, then flush once.
-                    while let Ok(op) = rx.try_recv() {
-                        store.apply(op, &mut logs);
+                    batch.extend(rx.try_iter());
+                    for op in batch {
+                        match op {
+                            StoreOp::Barrier(reply) => waiting.push(Reply::Barrier(reply)),
+                            StoreOp::Close(id) => {
+                                store.apply(StoreOp::Close(id.clone()), &mut logs);
+                                waiting.push(Reply::Persisted(id));
+                            }
+                            op => store.apply(op, &mut logs),
+                        }
                     }
                     flush_all(&mut logs);
+                    for reply in waiting.drain(..) {
+                        match reply {
+                            Reply::Barrier(reply) => {
+                                let _ = reply.send(());
+                            }
+                            Reply::Persisted(id) => {
+                                // The registry may be gone at shutdown: nothing to tell.
+                                let _ = registry.blocking_send(Command::Persisted { id });
+                            }
+                        }
+                    }
                 }
             })?;
         Ok(tx)
@@ -119,6 +198,10 @@ impl Store {
             StoreOp::Delete(id) => {
                 logs.remove(&id);
                 fs::remove_dir_all(self.job_dir(&id))
+            }
+            StoreOp::Barrier(reply) => {
+                let _ = reply.send(());
+                Ok(())
             }
         };
         if let Err(e) = result {
@@ -154,33 +237,18 @@ impl Store {
     }
 }
 
+/// An answer the store thread gives once a batch is flushed.
+enum Reply {
+    Barrier(oneshot::Sender<()>),
+    Persisted(String),
+}
+
 fn flush_all(logs: &mut HashMap<String, BufWriter<File>>) {
     for log in logs.values_mut() {
         if let Err(e) = log.flush() {
             tracing::warn!("cannot flush a job's event log: {e}");
         }
     }
-}
-
-/// Reads one job directory: the record, and the log up to its last complete line (a line
-/// cut short by a crash is dropped).
-fn load_job(dir: &Path) -> io::Result<(JobInfo, Vec<JobEvent>)> {
-    let record = fs::read(dir.join("record.json"))?;
-    let info: JobInfo = serde_json::from_slice(&record).map_err(io::Error::other)?;
-    let mut log = Vec::new();
-    match File::open(dir.join("events.jsonl")) {
-        Ok(file) => {
-            for line in BufReader::new(file).lines() {
-                match serde_json::from_str::<JobEvent>(&line?) {
-                    Ok(event) => log.push(event),
-                    Err(_) => break,
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    Ok((info, log))
 }
 
 /// Writes `path` through a temporary file and a rename.
