@@ -56,12 +56,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
 
     let ready = Arc::new(OnceLock::new());
     let api = GenerationApi::new(Arc::clone(&ready));
@@ -131,22 +126,14 @@ pub async fn serve(
     let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
     tracing::info!(models = ?names, %addr, "serving");
     let _ = ready.set(engine.clone());
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    set_health(&health, ServingStatus::Serving).await;
 
     tokio::select! {
         result = &mut server => return Ok(result??),
         () = &mut shutdown => {}
     }
     tracing::info!("draining: no new jobs, waiting for running ones");
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     if tokio::time::timeout(config.drain_timeout, engine.drain())
         .await
         .is_err()
@@ -192,6 +179,12 @@ fn cors(tokens_required: bool) -> CorsLayer {
         .allow_headers(allow)
         .expose_headers(expose)
         .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Sets the status of the service and of the server as a whole (the empty name).
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status(SERVICE_NAME, status).await;
+    health.set_service_status("", status).await;
 }
 
 /// Whether an `Origin` is a page served from this machine.

@@ -6,7 +6,8 @@ mod common;
 use std::io::Cursor;
 
 use common::server::{
-    audio_file, authed, collect, completed, generate, is_stage, name, names, read_until, Server,
+    audio_file, authed, collect, completed, generate, is_stage, name, names, poll, read_until,
+    watch, Server,
 };
 use son1k::proto::v1 as pb;
 use son1k::proto::v1::generation_event::Event;
@@ -118,18 +119,7 @@ async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() 
     let seen = first.last().unwrap().sequence;
     drop(stream);
 
-    let rest = collect(
-        client
-            .watch(pb::WatchRequest {
-                generation_id: id.clone(),
-                after_sequence: seen,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await
-    .unwrap();
+    let rest = watch(&mut client.clone(), &id, seen).await;
     // Exactly the missed events, once each, in order, to the end.
     let all: Vec<u64> = first.iter().chain(&rest).map(|e| e.sequence).collect();
     assert_eq!(all, (1..=all.len() as u64).collect::<Vec<_>>());
@@ -137,13 +127,7 @@ async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() 
     let file = audio_file(&rest);
 
     // Polling sees the same end.
-    let polled = client
-        .get_generation(pb::GetGenerationRequest {
-            generation_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let polled = poll(&mut client, &id).await;
     assert_eq!(polled.state, pb::GenerationState::Completed as i32);
     assert_eq!(polled.last_sequence, *all.last().unwrap());
     assert_eq!(polled.result.as_ref(), Some(&done));
@@ -169,28 +153,9 @@ async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() 
     let server = Server::start(&data, &[]).await;
     let client = server.client().await;
     assert_eq!(get_audio(client.clone(), id.clone()).await, file);
-    let polled_again = client
-        .clone()
-        .get_generation(pb::GetGenerationRequest {
-            generation_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let polled_again = poll(&mut client.clone(), &id).await;
     assert_eq!(polled_again, polled);
-    let replay = collect(
-        client
-            .clone()
-            .watch(pb::WatchRequest {
-                generation_id: id.clone(),
-                after_sequence: seen,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await
-    .unwrap();
+    let replay = watch(&mut client.clone(), &id, seen).await;
     // Previews are transient; everything else replays with its original number.
     let lasting: Vec<_> = rest.iter().filter(|e| name(e) != "chunk").collect();
     assert_eq!(replay.iter().collect::<Vec<_>>(), lasting);
@@ -215,28 +180,13 @@ async fn a_job_running_when_the_server_dies_is_reported_interrupted_after_restar
     let server = Server::start(&data, &long).await;
     let mut client = server.client().await;
     let after = seen.last().unwrap().sequence;
-    let events = collect(
-        client
-            .watch(pb::WatchRequest {
-                generation_id: id.clone(),
-                after_sequence: after,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await
-    .unwrap();
+    let events = watch(&mut client.clone(), &id, after).await;
     let Some(Event::Failed(failed)) = events.last().and_then(|e| e.event.clone()) else {
         panic!("expected Failed, got {:?}", names(&events));
     };
     assert_eq!(failed.code, pb::ErrorCode::Interrupted as i32);
     assert!(events.last().unwrap().sequence > after);
-    let polled = client
-        .get_generation(pb::GetGenerationRequest { generation_id: id })
-        .await
-        .unwrap()
-        .into_inner();
+    let polled = poll(&mut client, &id).await;
     assert_eq!(polled.state, pb::GenerationState::Failed as i32);
 }
 
@@ -269,14 +219,7 @@ async fn cancel_stops_the_job_within_a_step_and_frees_its_slot() {
     };
     assert_eq!(a.queue_position, 1);
 
-    let get = |mut client: common::server::Client, id: String| async move {
-        client
-            .get_generation(pb::GetGenerationRequest { generation_id: id })
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let before = get(client.clone(), id.clone()).await;
+    let before = poll(&mut client, &id).await;
     let state = client
         .cancel_generation(pb::CancelGenerationRequest {
             generation_id: id.clone(),
@@ -286,7 +229,7 @@ async fn cancel_stops_the_job_within_a_step_and_frees_its_slot() {
         .into_inner()
         .state;
     assert_eq!(state, pb::GenerationState::Cancelled as i32);
-    let after = get(client.clone(), id.clone()).await;
+    let after = poll(&mut client, &id).await;
     assert_eq!(after.state, pb::GenerationState::Cancelled as i32);
     // Stopped early (the engine's tests pin down "within one step" exactly).
     assert!(after.last_sequence > before.last_sequence);
@@ -317,18 +260,12 @@ async fn a_disconnect_cancels_only_when_the_request_asked_for_it() {
     let mut stream = client.generate(request).await.unwrap().into_inner();
     let seen = read_until(&mut stream, |e| is_stage(e, pb::Stage::Generating)).await;
     drop(stream);
-    let rest = collect(
-        client
-            .watch(pb::WatchRequest {
-                generation_id: seen[0].generation_id.clone(),
-                after_sequence: seen.last().unwrap().sequence,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
+    let rest = watch(
+        &mut client.clone(),
+        &seen[0].generation_id,
+        seen.last().unwrap().sequence,
     )
-    .await
-    .unwrap();
+    .await;
     let Some(Event::Cancelled(c)) = rest.last().and_then(|e| e.event.clone()) else {
         panic!("expected Cancelled, got {:?}", names(&rest));
     };
@@ -341,18 +278,7 @@ async fn a_disconnect_cancels_only_when_the_request_asked_for_it() {
         .into_inner();
     let seen = read_until(&mut stream, |e| name(e) == "accepted").await;
     drop(stream);
-    let rest = collect(
-        client
-            .watch(pb::WatchRequest {
-                generation_id: seen[0].generation_id.clone(),
-                after_sequence: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await
-    .unwrap();
+    let rest = watch(&mut client.clone(), &seen[0].generation_id, 1).await;
     completed(&rest);
 }
 

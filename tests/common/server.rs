@@ -174,6 +174,28 @@ pub async fn collect(
     Ok(events)
 }
 
+/// Every event of a job after `after`, by Watch, until it ends.
+pub async fn watch(client: &mut Client, id: &str, after: u64) -> Vec<pb::GenerationEvent> {
+    let request = pb::WatchRequest {
+        generation_id: id.to_string(),
+        after_sequence: after,
+    };
+    let stream = client.watch(request).await.expect("watch").into_inner();
+    collect(stream).await.expect("a healthy stream")
+}
+
+/// A job's polling view.
+pub async fn poll(client: &mut Client, id: &str) -> pb::Generation {
+    let request = pb::GetGenerationRequest {
+        generation_id: id.to_string(),
+    };
+    client
+        .get_generation(request)
+        .await
+        .expect("get")
+        .into_inner()
+}
+
 /// Reads events until `stop` holds for one (returned last).
 pub async fn read_until(
     stream: &mut Streaming<pb::GenerationEvent>,
