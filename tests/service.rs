@@ -158,7 +158,28 @@ async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() 
     let replay = watch(&mut client.clone(), &id, seen).await;
     // Previews are transient; everything else replays with its original number.
     let lasting: Vec<_> = rest.iter().filter(|e| name(e) != "chunk").collect();
-    assert_eq!(replay.iter().collect::<Vec<_>>(), lasting);
+    let described = |events: &[&pb::GenerationEvent]| -> Vec<(u64, &str)> {
+        events.iter().map(|e| (e.sequence, name(e))).collect()
+    };
+    assert_eq!(
+        described(&replay.iter().collect::<Vec<_>>()),
+        described(&lasting)
+    );
+    for (replayed, original) in replay.iter().zip(&lasting) {
+        assert!(
+            replayed == *original,
+            "event {} differs: {:?} vs {:?}",
+            original.sequence,
+            replayed
+                .event
+                .as_ref()
+                .filter(|_| name(replayed) != "audio"),
+            original
+                .event
+                .as_ref()
+                .filter(|_| name(original) != "audio")
+        );
+    }
 }
 
 #[tokio::test]

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::command::{Admitted, Command, Feed, Submission};
 use super::config::EngineConfig;
 use super::event::{EventBody, JobEvent, JobKind, JobState};
 use super::job::JobInfo;
-use super::registry::{Admitted, Command, Feed, Registry, Submission};
+use super::registry::Registry;
 use super::restore::restore;
 use super::store::{kept_after_end, Store};
 use super::worker::spawn_workers;

@@ -2,6 +2,7 @@
 //! sequence numbers, subscribers, cancel flags), worker threads that run the models, and a
 //! store on disk where results and records survive restarts.
 
+mod command;
 mod config;
 mod engine;
 mod event;
@@ -11,6 +12,7 @@ mod restore;
 mod store;
 mod worker;
 
+pub use command::{Admitted, Submission};
 pub use config::EngineConfig;
 pub use engine::{Engine, EventStream, StoredAudio};
 pub use event::{
@@ -18,7 +20,6 @@ pub use event::{
     ProgressReport, ResolvedParams,
 };
 pub use job::JobInfo;
-pub use registry::{Admitted, Submission};
 
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::command::{Admitted, Command, Feed, Submission};
 use super::config::EngineConfig;
 use super::event::{
-    AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobStage, JobState, ProgressReport,
+    AudioPiece, EventBody, FailureCode, JobEvent, JobStage, JobState, ProgressReport,
 };
 use super::job::{
     new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
@@ -21,7 +22,6 @@ use super::worker::{WorkItem, WorkerReport};
 use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
 use crate::model::MusicModel;
-use crate::request::GenerateRequest;
 
 /// Events a subscriber's channel holds; a subscriber further behind is dropped and
 /// re-subscribes from its last sequence, so nobody waits for a slow client.
@@ -30,94 +30,6 @@ pub(crate) const SUBSCRIBER_CAPACITY: usize = 256;
 const SWEEP_BOUNDS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
 /// Finished jobs whose run times inform the retry hint.
 const RECENT_RUNS: usize = 16;
-
-/// A job to admit.
-#[derive(Clone, Debug)]
-pub struct Submission {
-    /// Who submits it.
-    pub tenant: String,
-    /// Generation or cover.
-    pub kind: JobKind,
-    /// A model id; `None` for the default model.
-    pub model: Option<String>,
-    /// The request.
-    pub request: GenerateRequest,
-    /// The final file's container.
-    pub format: AudioFormat,
-    /// The client's idempotency key.
-    pub request_id: Option<String>,
-    /// A digest of the parameters, to tell a retry from a different request under the
-    /// same key.
-    pub fingerprint: u64,
-}
-
-/// An admitted job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Admitted {
-    /// The job's id.
-    pub id: String,
-    /// Whether an earlier submission with the same key made it.
-    pub existing: bool,
-}
-
-/// A subscription's channel, and whether the channel alone carries the job to its end.
-pub(crate) struct Feed {
-    pub events: mpsc::Receiver<Arc<JobEvent>>,
-    pub to_the_end: bool,
-    pub kind: JobKind,
-    /// The job has ended and its log is on disk: replay from the file instead.
-    pub from_disk: bool,
-}
-
-/// Messages to the registry.
-pub(crate) enum Command {
-    Submit {
-        submission: Box<Submission>,
-        reply: oneshot::Sender<Result<Admitted, EngineError>>,
-    },
-    Subscribe {
-        tenant: String,
-        id: String,
-        after: u64,
-        reply: oneshot::Sender<Result<Feed, EngineError>>,
-    },
-    Get {
-        tenant: String,
-        id: String,
-        reply: oneshot::Sender<Result<JobInfo, EngineError>>,
-    },
-    List {
-        tenant: String,
-        reply: oneshot::Sender<Vec<JobInfo>>,
-    },
-    Cancel {
-        tenant: String,
-        id: String,
-        reason: String,
-        reply: oneshot::Sender<Result<JobState, EngineError>>,
-    },
-    Drain {
-        reply: oneshot::Sender<()>,
-    },
-    /// Answers once every event and record so far is on disk.
-    Flush {
-        reply: oneshot::Sender<()>,
-    },
-    /// Whether a job from `tenant` would be admitted now (checked before expensive work
-    /// such as decoding an upload; the submit checks again).
-    CheckAdmission {
-        tenant: String,
-        reply: oneshot::Sender<Result<(), EngineError>>,
-    },
-    /// A finished job's log is on disk; the memory copy can go.
-    Persisted {
-        id: String,
-    },
-    Worker {
-        id: String,
-        report: WorkerReport,
-    },
-}
 
 /// The registry's state; lives inside its task.
 pub(crate) struct Registry {

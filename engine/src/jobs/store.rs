@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
+use super::command::Command;
 use super::event::{EventBody, JobEvent};
 use super::job::{is_job_id, JobInfo};
-use super::registry::Command;
 use crate::audio::AudioFormat;
 
 /// Where the jobs of one data directory live.

@@ -12,29 +12,45 @@ use crate::request::{GenerateRequest, Length, ValidatedRequest};
 /// Steps granted to the model; each step takes one.
 #[derive(Default)]
 struct Gate {
-    permits: Mutex<usize>,
+    /// (permits left, steps entered so far).
+    state: Mutex<(usize, usize)>,
     changed: Condvar,
 }
 
 impl Gate {
     fn grant(&self, n: usize) {
-        if let Ok(mut permits) = self.permits.lock() {
-            *permits += n;
+        if let Ok(mut state) = self.state.lock() {
+            state.0 += n;
         }
         self.changed.notify_all();
     }
 
-    fn take(&self) {
-        let Ok(mut permits) = self.permits.lock() else {
+    /// Blocks until the model has entered `n` steps (it may be waiting inside the last).
+    fn wait_entered(&self, n: usize) {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
-        while *permits == 0 {
-            permits = match self.changed.wait(permits) {
-                Ok(p) => p,
+        while state.1 < n {
+            state = match self.changed.wait(state) {
+                Ok(s) => s,
                 Err(_) => return,
             };
         }
-        *permits -= 1;
+    }
+
+    fn take(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.1 += 1;
+        self.changed.notify_all();
+        while state.0 == 0 {
+            state = match self.changed.wait(state) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        }
+        state.0 -= 1;
     }
 }
 
@@ -190,6 +206,7 @@ async fn cancel_stops_the_job_after_the_step_in_flight() {
     assert_eq!(steps_of(&next(&mut events).await), Some(1));
     assert_eq!(steps_of(&next(&mut events).await), Some(2));
 
+    gate.wait_entered(3);
     // The worker now waits inside step 3. Send the cancel; the registry handles calls in
     // order, so once `get` answers, the cancel flag is set.
     let cancelling = engine.cancel("t", &job.id, "test");
@@ -285,13 +302,14 @@ async fn finished_jobs_expire_with_their_files() {
     let gate = Arc::new(Gate::default());
     gate.grant(1000);
     let config = EngineConfig {
-        retention: std::time::Duration::from_millis(300),
+        retention: std::time::Duration::from_secs(1),
         ..EngineConfig::new(dir.path())
     };
     let engine = Engine::start(config, vec![Arc::new(GatedModel::new(Arc::clone(&gate)))]).unwrap();
     let job = engine.submit(submission("t")).await.unwrap();
     let mut events = engine.watch("t", &job.id, 0).await.unwrap();
     while events.next().await.is_some() {}
+    engine.flush().await;
     let job_dir = dir.path().join("jobs").join(&job.id);
     assert!(job_dir.join("record.json").exists());
     assert!(job_dir.join("audio.wav").exists());

@@ -8,8 +8,8 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::mpsc as tokio_mpsc;
 
+use super::command::Command;
 use super::event::{JobResult, PcmChunk, ResolvedParams};
-use super::registry::Command;
 use super::store::Store;
 use crate::audio::{encode_audio, to_i16, AudioChunk, AudioFormat};
 use crate::error::EngineError;

@@ -1,0 +1,101 @@
+//! The registry's vocabulary: what clients submit and get back, and the messages the
+//! registry task serves (from client calls, worker threads and the store thread).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::{JobEvent, JobKind, JobState};
+use super::job::JobInfo;
+use super::worker::WorkerReport;
+use crate::audio::AudioFormat;
+use crate::error::EngineError;
+use crate::request::GenerateRequest;
+
+/// A job to admit.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    /// Who submits it.
+    pub tenant: String,
+    /// Generation or cover.
+    pub kind: JobKind,
+    /// A model id; `None` for the default model.
+    pub model: Option<String>,
+    /// The request.
+    pub request: GenerateRequest,
+    /// The final file's container.
+    pub format: AudioFormat,
+    /// The client's idempotency key.
+    pub request_id: Option<String>,
+    /// A digest of the parameters, to tell a retry from a different request under the
+    /// same key.
+    pub fingerprint: u64,
+}
+
+/// An admitted job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The job's id.
+    pub id: String,
+    /// Whether an earlier submission with the same key made it.
+    pub existing: bool,
+}
+
+/// A subscription's channel, and whether the channel alone carries the job to its end.
+pub(crate) struct Feed {
+    pub events: mpsc::Receiver<Arc<JobEvent>>,
+    pub to_the_end: bool,
+    pub kind: JobKind,
+    /// The job has ended and its log is on disk: replay from the file instead.
+    pub from_disk: bool,
+}
+
+/// Messages to the registry.
+pub(crate) enum Command {
+    Submit {
+        submission: Box<Submission>,
+        reply: oneshot::Sender<Result<Admitted, EngineError>>,
+    },
+    Subscribe {
+        tenant: String,
+        id: String,
+        after: u64,
+        reply: oneshot::Sender<Result<Feed, EngineError>>,
+    },
+    Get {
+        tenant: String,
+        id: String,
+        reply: oneshot::Sender<Result<JobInfo, EngineError>>,
+    },
+    List {
+        tenant: String,
+        reply: oneshot::Sender<Vec<JobInfo>>,
+    },
+    Cancel {
+        tenant: String,
+        id: String,
+        reason: String,
+        reply: oneshot::Sender<Result<JobState, EngineError>>,
+    },
+    Drain {
+        reply: oneshot::Sender<()>,
+    },
+    /// Answers once every event and record so far is on disk.
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
+    /// Whether a job from `tenant` would be admitted now (checked before expensive work
+    /// such as decoding an upload; the submit checks again).
+    CheckAdmission {
+        tenant: String,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// A finished job's log is on disk; the memory copy can go.
+    Persisted {
+        id: String,
+    },
+    Worker {
+        id: String,
+        report: WorkerReport,
+    },
+}
