@@ -89,3 +89,60 @@ fn a_seed_reproduces_the_file_and_another_seed_changes_it() {
     assert_eq!(a, make("1", "b.wav"));
     assert_ne!(a, make("2", "c.wav"));
 }
+
+#[test]
+fn bench_reports_the_documented_json_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    tiny_model(&model, false);
+    let out = son1k(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--duration",
+        "0.4",
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+        "--repeat",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["schema"], "son1k.bench.v1");
+    assert_eq!(report["threads"], 1);
+    assert_eq!(report["rayon_num_threads"], "1");
+    assert_eq!(report["candle_num_threads"], "1");
+    assert_eq!(report["repeat"], 2);
+    assert_eq!(report["dtype"], "f32");
+    // 0.4 s is 20 frames, plus the 3 delay columns of 4 codebooks.
+    assert_eq!(report["steps"], 23);
+    assert!((report["audio_s"].as_f64().unwrap() - 0.4).abs() < 1e-9);
+    for field in [
+        "step_ms_median",
+        "step_ms_p95",
+        "rtf",
+        "first_audio_ms",
+        "encodec_ms",
+        "bandwidth_gb_s",
+        "floor_ratio",
+    ] {
+        let value = report[field].as_f64().unwrap_or(f64::NAN);
+        assert!(value.is_finite() && value > 0.0, "{field}: {value}");
+    }
+    // Weights read per step, from the checkpoint's own config: every layer's Q, K, V, O,
+    // cross-attention Q and O and FFN pair, then the LM heads, 4 bytes each.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let decoder = &config["decoder"];
+    let get = |key: &str| decoder[key].as_u64().unwrap();
+    let (d, ffn) = (get("hidden_size"), get("ffn_dim"));
+    let expected = get("num_hidden_layers") * (6 * d * d + 2 * d * ffn)
+        + get("num_codebooks") * d * get("vocab_size");
+    assert_eq!(report["weight_bytes_per_step"], 4 * expected);
+    assert!(report["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
+    let time = |f: &str| report[f].as_f64().unwrap();
+    assert!(time("first_audio_ms") >= time("encodec_ms") + time("text_encode_ms"));
+}

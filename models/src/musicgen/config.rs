@@ -111,6 +111,21 @@ impl DecoderConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
     }
+
+    /// Decoder weights one step reads: per layer the self-attention Q, K, V and O, the
+    /// cross-attention Q and O (its K and V are computed once per job) and the feed-forward
+    /// pair; then the LM heads. Embedding lookups read one row each and are left out.
+    pub fn weights_read_per_step(&self) -> usize {
+        let d = self.hidden_size;
+        let per_layer = 6 * d * d + 2 * d * self.ffn_dim;
+        self.num_hidden_layers * per_layer + self.num_codebooks * d * self.vocab_size
+    }
+
+    /// KV-cache elements one step reads at `position` (keys and values of every layer for
+    /// `rows` guidance rows).
+    pub fn kv_elements_read_at(&self, position: usize, rows: usize) -> usize {
+        2 * self.num_hidden_layers * self.hidden_size * position * rows
+    }
 }
 
 impl Config {

@@ -163,6 +163,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_small_step_reads_361m_weights_as_the_reference_counts() {
+        // performance.md: 361 M weights per step for musicgen-small (cross-attention K/V
+        // cached), 419 M parameters in the decoder in all.
+        let small = preset("musicgen-small").unwrap().decoder;
+        assert_eq!(small.weights_read_per_step(), 360_710_144);
+        // f32 KV with guidance: 393 KB per step of history.
+        assert_eq!(small.kv_elements_read_at(1, 2) * 4, 393_216);
+    }
+
+    #[test]
     fn every_preset_name_resolves_and_validates() {
         for name in PRESET_NAMES {
             let config = preset(name).unwrap_or_else(|| panic!("{name}"));

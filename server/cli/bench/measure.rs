@@ -1,0 +1,256 @@
+//! The measurement behind `son1k bench`: build or load the model, time decoder steps on
+//! their own, then whole generations (text encoding, steps, EnCodec), and relate a step to
+//! the bytes it must read.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
+use son1k_models::musicgen::{Generation, GenerationConfig, GenerationParams, MusicGen};
+use son1k_models::sampling::SamplingParams;
+use son1k_models::weights::Weights;
+
+use super::machine::{peak_rss_bytes, read_bandwidth_gb_s, reset_peak_rss, Threads};
+use super::BenchArgs;
+
+/// Guidance scale of every bench run: MusicGen's default, two rows per step.
+const GUIDANCE: f32 = 3.0;
+
+/// What one bench run measured: the `son1k.bench.v1` JSON schema. Times are medians over
+/// `repeat` end-to-end runs; end-to-end fields are `null` when `--duration 0` skips them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// Always `son1k.bench.v1`.
+    pub schema: &'static str,
+    /// The preset name or checkpoint directory.
+    pub model: String,
+    /// The device (`cpu`, `cuda:0`, ...).
+    pub device: String,
+    /// The decoder's precision.
+    pub dtype: String,
+    /// The `--threads` value, or `RAYON_NUM_THREADS` when it is a number; `null` when
+    /// neither is set (candle's default: all cores).
+    pub threads: Option<usize>,
+    /// The environment's thread settings as run.
+    #[serde(flatten)]
+    pub threads_env: Threads,
+    /// Classifier-free guidance scale (3.0: two rows per step).
+    pub guidance_scale: f32,
+    /// End-to-end runs the medians are taken over.
+    pub repeat: usize,
+    /// Time to load the checkpoint or build the preset, ms.
+    pub load_ms: f64,
+    /// Tokenised prompt through T5 and the cross-attention K/V, ms.
+    pub text_encode_ms: Option<f64>,
+    /// Decoder step, timed on its own early in a clip: median, ms.
+    pub step_ms_median: f64,
+    /// Decoder step: 95th percentile, ms.
+    pub step_ms_p95: f64,
+    /// Steps of the end-to-end run (frames plus the delay columns).
+    pub steps: Option<usize>,
+    /// Mean step over the whole end-to-end clip (the KV cache grows along it), ms.
+    pub loop_step_ms_mean: Option<f64>,
+    /// EnCodec decode of the whole clip, ms.
+    pub encodec_ms: Option<f64>,
+    /// From the request to the first playable audio, ms. MusicGen does not stream
+    /// previews yet, so this is the whole generation.
+    pub first_audio_ms: Option<f64>,
+    /// The whole generation, ms.
+    pub total_ms: Option<f64>,
+    /// Seconds of audio made.
+    pub audio_s: Option<f64>,
+    /// Real-time factor: audio seconds per wall second (above 1 is faster than real time).
+    pub rtf: Option<f64>,
+    /// Peak resident memory of the process after the bandwidth probe, bytes: the model,
+    /// its caches and the runtime (Linux only; `null` elsewhere).
+    pub peak_rss_bytes: Option<u64>,
+    /// Decoder weight bytes one step reads.
+    pub weight_bytes_per_step: u64,
+    /// KV-cache bytes one step reads, averaged over the end-to-end clip (or over the
+    /// timed steps when it is skipped).
+    pub kv_bytes_per_step: u64,
+    /// Single-thread memory read bandwidth, measured at start, GB/s.
+    pub bandwidth_gb_s: f64,
+    /// (weights + KV) / bandwidth: the least time a step can take, ms.
+    pub floor_ms: f64,
+    /// Mean end-to-end step (else the median timed step) over the floor.
+    pub floor_ratio: f64,
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    let i = ((sorted_ms.len().max(1) as f64 - 1.0) * p).round() as usize;
+    sorted_ms
+        .get(i.min(sorted_ms.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    (!values.is_empty()).then(|| percentile(values, 0.5))
+}
+
+/// One end-to-end generation, ms: (text encoding, step loop, EnCodec, total); audio s.
+struct Run {
+    text_ms: f64,
+    loop_ms: f64,
+    encodec_ms: f64,
+    total_ms: f64,
+    audio_s: f64,
+    steps: usize,
+}
+
+/// Runs the measurement.
+pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message("measuring memory bandwidth");
+    let bandwidth_gb_s = read_bandwidth_gb_s();
+    let peak_rss_counted = reset_peak_rss();
+
+    let device = args.device.open()?;
+    let dtype = args.dtype.dtype_on(&device)?;
+    bar.set_message("loading");
+    let start = Instant::now();
+    let model = match &args.model {
+        Some(dir) => MusicGen::load(dir, &device, dtype)?,
+        None => {
+            let config = preset(&args.preset).with_context(|| {
+                format!(
+                    "unknown preset `{}` (one of {})",
+                    args.preset,
+                    PRESET_NAMES.join(", ")
+                )
+            })?;
+            let weights = Weights::random(0, &device);
+            MusicGen::from_weights(config, GenerationConfig::default(), None, &weights, dtype)?
+        }
+    };
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    // "90s rock song with loud guitars and heavy drums" in T5's vocabulary, clipped to the
+    // model's vocabulary so tiny checkpoints work too.
+    let vocab = model.config().text_encoder.vocab_size as u32;
+    let prompt: Vec<u32> = [2777, 7, 2480, 2324, 28, 8002, 5507, 7, 11, 2437, 5253, 7, 1]
+        .iter()
+        .map(|id| id % vocab)
+        .collect();
+    let params = |frames| GenerationParams {
+        frames,
+        guidance_scale: GUIDANCE,
+        sampling: SamplingParams {
+            top_k: 250,
+            top_p: 0.0,
+            temperature: 1.0,
+        },
+        seed: 0,
+    };
+
+    bar.set_message("timing decoder steps");
+    bar.set_length(args.steps as u64);
+    let mut job = Generation::new(&model, &prompt, &params(args.steps + 8))?;
+    job.step(&model)?; // warm-up
+    let mut step_ms = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps {
+        let t = Instant::now();
+        job.step(&model)?;
+        device.synchronize()?;
+        step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        bar.inc(1);
+    }
+    step_ms.sort_by(f64::total_cmp);
+    drop(job);
+
+    let frames = (args.duration * model.config().frame_rate() as f64).round() as usize;
+    let mut runs = Vec::new();
+    if frames > 0 {
+        for r in 0..args.repeat.max(1) {
+            bar.set_message(format!(
+                "generating {:.1} s ({}/{})",
+                args.duration,
+                r + 1,
+                args.repeat.max(1)
+            ));
+            bar.set_position(0);
+            let t = Instant::now();
+            let mut job = Generation::new(&model, &prompt, &params(frames))?;
+            device.synchronize()?;
+            let text_ms = t.elapsed().as_secs_f64() * 1e3;
+            bar.set_length(job.total_steps() as u64);
+            while !job.is_done() {
+                job.step(&model)?;
+                bar.inc(1);
+            }
+            let stepped_ms = t.elapsed().as_secs_f64() * 1e3;
+            bar.set_message("decoding with EnCodec");
+            let audio = model.decode_audio(&job.frames())?;
+            device.synchronize()?;
+            let total_ms = t.elapsed().as_secs_f64() * 1e3;
+            runs.push(Run {
+                text_ms,
+                loop_ms: stepped_ms - text_ms,
+                encodec_ms: total_ms - stepped_ms,
+                total_ms,
+                audio_s: audio.dim(1)? as f64 / model.sample_rate() as f64,
+                steps: job.total_steps(),
+            });
+        }
+    }
+    bar.finish_and_clear();
+
+    let pick = |f: fn(&Run) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    let steps = runs.first().map(|r| r.steps);
+    let loop_step_ms_mean = pick(|r| r.loop_ms / r.steps as f64);
+    let decoder = &model.config().decoder;
+    let bytes = dtype.size_in_bytes();
+    let weight_bytes_per_step = (decoder.weights_read_per_step() * bytes) as u64;
+    // Mean KV position over the steps the ratio describes.
+    let mean_position = match steps {
+        Some(n) => (n + 1) as f64 / 2.0,
+        None => 2.0 + args.steps as f64 / 2.0,
+    };
+    let kv_bytes_per_step =
+        (decoder.kv_elements_read_at(1, 2) as f64 * mean_position) as u64 * bytes as u64;
+    let floor_ms =
+        (weight_bytes_per_step + kv_bytes_per_step) as f64 / (bandwidth_gb_s * 1e9) * 1e3;
+    let step_ms_median = percentile(&step_ms, 0.5);
+    let threads_env = Threads::current();
+    Ok(BenchReport {
+        schema: "son1k.bench.v1",
+        model: args
+            .model
+            .as_ref()
+            .map_or(args.preset.clone(), |d| d.display().to_string()),
+        device: args.device.to_string(),
+        dtype: args.dtype.to_string(),
+        threads: args.threads.or_else(|| {
+            threads_env
+                .rayon_num_threads
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+        }),
+        threads_env,
+        guidance_scale: GUIDANCE,
+        repeat: runs.len(),
+        load_ms,
+        text_encode_ms: pick(|r| r.text_ms),
+        step_ms_median,
+        step_ms_p95: percentile(&step_ms, 0.95),
+        steps,
+        loop_step_ms_mean,
+        encodec_ms: pick(|r| r.encodec_ms),
+        first_audio_ms: pick(|r| r.total_ms),
+        total_ms: pick(|r| r.total_ms),
+        audio_s: pick(|r| r.audio_s),
+        rtf: pick(|r| r.audio_s / (r.total_ms / 1e3)),
+        peak_rss_bytes: peak_rss_bytes().filter(|_| peak_rss_counted),
+        weight_bytes_per_step,
+        kv_bytes_per_step,
+        bandwidth_gb_s,
+        floor_ms,
+        floor_ratio: loop_step_ms_mean.unwrap_or(step_ms_median) / floor_ms,
+    })
+}

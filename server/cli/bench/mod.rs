@@ -1,0 +1,120 @@
+//! `son1k bench`: MusicGen speed on this machine, from a checkpoint or a preset shape with
+//! random weights made in memory (the same cost as real weights, no download). It reports
+//! load and text-encoding time, decoder ms per step, EnCodec time, time to first audio,
+//! the real-time factor, peak memory, and how close a step comes to the memory-bandwidth
+//! floor, as a table or as JSON (schema `son1k.bench.v1`, documented in the README).
+
+mod machine;
+mod measure;
+
+use std::path::PathBuf;
+
+use clap::Args;
+use son1k_engine::{DeviceChoice, Precision};
+
+pub use machine::Threads;
+pub use measure::{measure, BenchReport};
+
+/// Arguments of `son1k bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A checkpoint directory (else `--preset`).
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// A preset shape with random weights: musicgen-small, -medium, -large, -stereo-*.
+    #[arg(long, default_value = "musicgen-small")]
+    pub preset: String,
+    /// cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Decoder precision.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
+    /// Seconds of audio for the end-to-end run (0 skips it).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Decoder steps timed on their own before the end-to-end run.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Threads of candle's CPU kernels (sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS);
+    /// unset keeps the environment's.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// End-to-end runs; each figure reported is their median.
+    #[arg(long, default_value_t = 1, value_name = "R")]
+    pub repeat: usize,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command and prints its report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        if n == 0 {
+            return Err(son1k_engine::EngineError::invalid("threads", "must be at least 1").into());
+        }
+        Threads::set(n);
+    }
+    let report = measure(&args)?;
+    if args.json {
+        super::output::line(serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &BenchReport) {
+    let line = |text: String| super::output::line(text);
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
+    line(format!(
+        "model {}, device {}, dtype {}, {}, guidance {}",
+        r.model,
+        r.device,
+        r.dtype,
+        r.threads_env.describe(),
+        r.guidance_scale
+    ));
+    line(format!("{:<28}{:.0} ms", "load", r.load_ms));
+    line(format!("{:<28}{}", "text encoding", ms(r.text_encode_ms)));
+    line(format!(
+        "{:<28}median {:.2} ms, p95 {:.2} ms",
+        "decoder step", r.step_ms_median, r.step_ms_p95
+    ));
+    if let (Some(steps), Some(mean)) = (r.steps, r.loop_step_ms_mean) {
+        line(format!(
+            "{:<28}{steps} steps, {mean:.2} ms per step",
+            "generation loop"
+        ));
+    }
+    line(format!("{:<28}{}", "EnCodec decode", ms(r.encodec_ms)));
+    line(format!("{:<28}{}", "first audio", ms(r.first_audio_ms)));
+    if let (Some(audio), Some(rtf)) = (r.audio_s, r.rtf) {
+        line(format!(
+            "{:<28}{rtf:.3} ({audio:.2} s of audio)",
+            "real-time factor"
+        ));
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        line(format!(
+            "{:<28}{:.0} MiB",
+            "peak resident memory",
+            rss as f64 / 1048576.0
+        ));
+    }
+    line(format!(
+        "{:<28}{:.0} MB weights + {:.0} MB KV cache",
+        "read per step",
+        r.weight_bytes_per_step as f64 / 1e6,
+        r.kv_bytes_per_step as f64 / 1e6
+    ));
+    line(format!(
+        "{:<28}{:.2} GB/s (one thread, measured at start)",
+        "memory bandwidth", r.bandwidth_gb_s
+    ));
+    line(format!(
+        "{:<28}{:.1} ms; a step takes {:.2}x the floor",
+        "bandwidth floor per step", r.floor_ms, r.floor_ratio
+    ));
+}
