@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use son1k_models::musicgen::{Generation, GenerationParams, MusicGen};
+use son1k_models::quant::WeightFormat;
 use son1k_models::sampling::{apply_guidance, SamplingParams};
 
 /// The waveform tolerance the issue sets against transformers, in f32.
@@ -200,7 +201,7 @@ fn check_all_layouts(name: &str) {
         ("legacy weight-norm names", &legacy),
         ("sharded", &sharded),
     ] {
-        let model = MusicGen::load(path, &Device::Cpu, DType::F32).unwrap();
+        let model = MusicGen::load(path, &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
         assert_matches_reference(&model, &dir, &format!("{name}, {label}"));
     }
 }
@@ -218,7 +219,7 @@ fn stereo_checkpoint_matches_transformers_in_every_layout() {
 #[test]
 fn encodec_decode_matches_transformers() {
     let dir = fixture("musicgen-tiny-mono");
-    let model = MusicGen::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    let model = MusicGen::load(&dir, &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
     let expected = expected(&dir);
     let audio = model
         .decode_audio(&to_u32_rows(&expected["encodec.codes"]))
@@ -238,7 +239,8 @@ fn half_precision_storage_loads_and_generates_the_right_length() {
             .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
             .collect();
         candle_core::safetensors::save(&converted, tmp.path().join("model.safetensors")).unwrap();
-        let model = MusicGen::load(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+        let model =
+            MusicGen::load(tmp.path(), &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
         let ids = model.tokenize("lofi piano").unwrap();
         let audio = model.decode_audio(&greedy_guided(&model, &ids, 5)).unwrap();
         assert_eq!(audio.dims(), &[1, 5 * 640], "{dtype:?}");
@@ -291,7 +293,7 @@ fn half_precision_compute_with_guidance_stays_finite_and_close() {
     // mask would turn it into NaN.
     let dir = fixture("musicgen-tiny-mono");
     let expected = expected(&dir);
-    let model = MusicGen::load(&dir, &Device::Cpu, DType::F16).unwrap();
+    let model = MusicGen::load(&dir, &Device::Cpu, DType::F16, WeightFormat::Dense).unwrap();
     let (prompt, max_new_tokens) = prompts(&dir).remove(0);
     let ids = model.tokenize(&prompt).unwrap();
     let frames = greedy_guided(&model, &ids, max_new_tokens - 3);

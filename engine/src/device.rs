@@ -2,6 +2,7 @@
 //! CUDA and Metal are compiled in by the `cuda` and `metal` features.
 
 use candle_core::{DType, Device};
+use son1k_models::quant::WeightFormat;
 
 use crate::error::EngineError;
 
@@ -72,7 +73,7 @@ impl DeviceChoice {
     }
 }
 
-/// The dtype a model's decoder computes in.
+/// How a model's decoder computes and stores its weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// 32-bit float (default; exact against the reference).
@@ -82,6 +83,10 @@ pub enum Precision {
     F16,
     /// bfloat16 (GPU only: candle has no bf16 matmul on CPU).
     Bf16,
+    /// f32 compute with the large projections quantized to 8 bits at load (Q8_0).
+    Q8,
+    /// f32 compute with the large projections quantized to 4 bits at load (Q4_K).
+    Q4,
 }
 
 impl std::str::FromStr for Precision {
@@ -92,9 +97,11 @@ impl std::str::FromStr for Precision {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "bf16" => Ok(Self::Bf16),
+            "q8" => Ok(Self::Q8),
+            "q4" => Ok(Self::Q4),
             other => Err(EngineError::invalid(
                 "dtype",
-                format!("`{other}` is not one of f32, f16, bf16"),
+                format!("`{other}` is not one of f32, f16, bf16, q8, q4"),
             )),
         }
     }
@@ -106,6 +113,8 @@ impl std::fmt::Display for Precision {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+            Self::Q8 => "q8",
+            Self::Q4 => "q4",
         })
     }
 }
@@ -114,13 +123,22 @@ impl Precision {
     /// The candle dtype on `device`, refusing combinations candle cannot run.
     pub fn dtype_on(self, device: &Device) -> Result<DType, EngineError> {
         match self {
-            Self::F32 => Ok(DType::F32),
+            Self::F32 | Self::Q8 | Self::Q4 => Ok(DType::F32),
             Self::F16 => Ok(DType::F16),
             Self::Bf16 if device.is_cpu() => Err(EngineError::invalid(
                 "dtype",
                 "bf16 is not supported on cpu (candle has no bf16 matmul there); use f32 or f16",
             )),
             Self::Bf16 => Ok(DType::BF16),
+        }
+    }
+
+    /// How the large projections store their weights.
+    pub fn weight_format(self) -> WeightFormat {
+        match self {
+            Self::F32 | Self::F16 | Self::Bf16 => WeightFormat::Dense,
+            Self::Q8 => WeightFormat::Q8,
+            Self::Q4 => WeightFormat::Q4,
         }
     }
 }

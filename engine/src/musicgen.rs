@@ -26,7 +26,7 @@ impl MusicGenModel {
     ) -> Result<Self, EngineError> {
         let candle_device = device.open()?;
         let dtype = precision.dtype_on(&candle_device)?;
-        let model = MusicGen::load(dir, &candle_device, dtype)?;
+        let model = MusicGen::load(dir, &candle_device, dtype, precision.weight_format())?;
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod encodec;
 pub mod error;
 pub mod musicgen;
+pub mod quant;
 pub mod random;
 pub mod rng;
 pub mod sampling;

@@ -73,7 +73,7 @@ pub struct GenerateArgs {
     /// cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu", conflicts_with = "server")]
     pub device: DeviceChoice,
-    /// Decoder precision: f32, f16 or bf16.
+    /// Decoder precision: f32, f16, bf16, or q8 / q4 (weights quantized at load).
     #[arg(long, default_value = "f32", conflicts_with = "server")]
     pub dtype: Precision,
     /// Longest prompt in tokens.

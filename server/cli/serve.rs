@@ -31,7 +31,7 @@ pub struct ServeArgs {
     /// cpu, cuda[:N] or metal[:N], for MusicGen checkpoints.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// MusicGen decoder precision: f32, f16 or bf16.
+    /// MusicGen decoder precision: f32, f16, bf16, or q8 / q4 (weights quantized at load).
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
     /// Where finished audio and job records are kept.

@@ -3,10 +3,11 @@
 //! once per job), a final norm and one head per codebook.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear};
+use candle_nn::{Embedding, LayerNorm};
 
 use super::config::DecoderConfig;
 use crate::error::Result;
+use crate::quant::{Proj, WeightFormat};
 use crate::weights::Vb;
 
 /// LayerNorm epsilon of every decoder norm (PyTorch's default).
@@ -27,8 +28,9 @@ pub fn sinusoidal_table(positions: usize, hidden: usize, device: &Device) -> Res
     Ok(Tensor::from_vec(table, (positions, hidden), device)?)
 }
 
-fn linear_no_bias(in_dim: usize, out_dim: usize, vb: Vb) -> Result<Linear> {
-    Ok(Linear::new(vb.get(&[out_dim, in_dim], "weight")?, None))
+/// A projection without bias from `in_dim` to `out_dim`, stored in `format`.
+fn proj(in_dim: usize, out_dim: usize, vb: Vb, format: WeightFormat) -> Result<Proj> {
+    Proj::new(vb.get(&[out_dim, in_dim], "weight")?, format)
 }
 
 fn layer_norm(size: usize, vb: Vb) -> Result<LayerNorm> {
@@ -41,21 +43,30 @@ fn layer_norm(size: usize, vb: Vb) -> Result<LayerNorm> {
 
 /// Multi-head attention without biases; `q` is scaled by `head_dim^-0.5` before the product.
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Proj,
+    k: Proj,
+    v: Proj,
+    out: Proj,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn new(hidden: usize, kv_in: usize, heads: usize, vb: Vb) -> Result<Self> {
+    /// `format` stores the projections every step reads; `kv_format` the K and V ones
+    /// (cross-attention computes them once per job, so they stay dense).
+    fn new(
+        hidden: usize,
+        kv_in: usize,
+        heads: usize,
+        vb: Vb,
+        format: WeightFormat,
+        kv_format: WeightFormat,
+    ) -> Result<Self> {
         Ok(Self {
-            q: linear_no_bias(hidden, hidden, vb.pp("q_proj"))?,
-            k: linear_no_bias(kv_in, hidden, vb.pp("k_proj"))?,
-            v: linear_no_bias(kv_in, hidden, vb.pp("v_proj"))?,
-            out: linear_no_bias(hidden, hidden, vb.pp("out_proj"))?,
+            q: proj(hidden, hidden, vb.pp("q_proj"), format)?,
+            k: proj(kv_in, hidden, vb.pp("k_proj"), kv_format)?,
+            v: proj(kv_in, hidden, vb.pp("v_proj"), kv_format)?,
+            out: proj(hidden, hidden, vb.pp("out_proj"), format)?,
             heads,
             head_dim: hidden / heads,
         })
@@ -104,8 +115,8 @@ struct Layer {
     cross_attn_norm: LayerNorm,
     cross_attn: Attention,
     final_norm: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
 }
 
 /// One layer's cache: self-attention K/V preallocated to the job's length, and the
@@ -151,16 +162,19 @@ pub struct Decoder {
     positions: Tensor,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
-    lm_heads: Vec<Linear>,
+    lm_heads: Vec<Proj>,
     cfg: DecoderConfig,
     dtype: DType,
 }
 
 impl Decoder {
     /// Loads the decoder from the `decoder` prefix; `cross_in` is the hidden size of the
-    /// (projected) text states.
-    pub fn new(cfg: &DecoderConfig, cross_in: usize, vb: Vb) -> Result<Self> {
+    /// (projected) text states. The projections a step reads (attention, feed-forward, LM
+    /// heads) are stored in `format`; embeddings and norms stay in the dtype.
+    pub fn new(cfg: &DecoderConfig, cross_in: usize, vb: Vb, format: WeightFormat) -> Result<Self> {
+        format.check_dtype(vb.dtype())?;
         let h = cfg.hidden_size;
+        let heads = cfg.num_attention_heads;
         let model = vb.pp("model").pp("decoder");
         let embed_tokens = (0..cfg.num_codebooks)
             .map(|k| {
@@ -176,22 +190,24 @@ impl Decoder {
                 let l = model.pp("layers").pp(i);
                 Ok(Layer {
                     self_attn_norm: layer_norm(h, l.pp("self_attn_layer_norm"))?,
-                    self_attn: Attention::new(h, h, cfg.num_attention_heads, l.pp("self_attn"))?,
+                    self_attn: Attention::new(h, h, heads, l.pp("self_attn"), format, format)?,
                     cross_attn_norm: layer_norm(h, l.pp("encoder_attn_layer_norm"))?,
                     cross_attn: Attention::new(
                         h,
                         cross_in,
-                        cfg.num_attention_heads,
+                        heads,
                         l.pp("encoder_attn"),
+                        format,
+                        WeightFormat::Dense,
                     )?,
                     final_norm: layer_norm(h, l.pp("final_layer_norm"))?,
-                    fc1: linear_no_bias(h, cfg.ffn_dim, l.pp("fc1"))?,
-                    fc2: linear_no_bias(cfg.ffn_dim, h, l.pp("fc2"))?,
+                    fc1: proj(h, cfg.ffn_dim, l.pp("fc1"), format)?,
+                    fc2: proj(cfg.ffn_dim, h, l.pp("fc2"), format)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let lm_heads = (0..cfg.num_codebooks)
-            .map(|k| linear_no_bias(h, cfg.vocab_size, vb.pp("lm_heads").pp(k)))
+            .map(|k| proj(h, cfg.vocab_size, vb.pp("lm_heads").pp(k), format))
             .collect::<Result<Vec<_>>>()?;
         // Positions are recomputed, not read: the table is deterministic and some exports
         // omit it.

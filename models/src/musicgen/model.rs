@@ -11,6 +11,7 @@ use super::decoder::{Decoder, DecoderCache};
 use super::tokenizer::PromptTokenizer;
 use crate::encodec::EncodecDecoder;
 use crate::error::{ModelError, Result};
+use crate::quant::WeightFormat;
 use crate::t5::T5Encoder;
 use crate::weights::Weights;
 
@@ -44,9 +45,10 @@ pub struct MusicGen {
 }
 
 impl MusicGen {
-    /// Loads a checkpoint directory in the Hugging Face layout. The decoder runs in `dtype`;
-    /// the text encoder and EnCodec always run in f32.
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    /// Loads a checkpoint directory in the Hugging Face layout. The decoder runs in `dtype`
+    /// with its large projections stored in `format`; the text encoder and EnCodec always
+    /// run in f32.
+    pub fn load(dir: &Path, device: &Device, dtype: DType, format: WeightFormat) -> Result<Self> {
         if !dir.is_dir() {
             return Err(ModelError::MissingFile {
                 path: dir.to_path_buf(),
@@ -62,7 +64,7 @@ impl MusicGen {
         };
         let tokenizer = PromptTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
         let weights = Weights::from_dir(dir, device)?;
-        Self::from_weights(config, generation, Some(tokenizer), &weights, dtype)
+        Self::from_weights(config, generation, Some(tokenizer), &weights, dtype, format)
     }
 
     /// Builds the model from weights already opened (files, in-memory or random).
@@ -72,6 +74,7 @@ impl MusicGen {
         tokenizer: Option<PromptTokenizer>,
         weights: &Weights,
         dtype: DType,
+        format: WeightFormat,
     ) -> Result<Self> {
         config.validate()?;
         let root = weights.root(dtype);
@@ -93,7 +96,7 @@ impl MusicGen {
         } else {
             config.decoder.cross_attention_hidden_size.unwrap_or(d_text)
         };
-        let decoder = Decoder::new(&config.decoder, cross_in, root.pp("decoder"))?;
+        let decoder = Decoder::new(&config.decoder, cross_in, root.pp("decoder"), format)?;
         let audio = EncodecDecoder::new(&config.audio_encoder, f32_root.pp("audio_encoder"))?;
         Ok(Self {
             device: weights.device().clone(),

@@ -10,6 +10,7 @@ use super::config::{Config, GenerationConfig};
 use super::model::{MusicGen, CONFIG_FILE, GENERATION_CONFIG_FILE, TOKENIZER_FILE};
 use super::tokenizer::{tiny_tokenizer_json, tiny_vocab_size};
 use crate::error::{ModelError, Result};
+use crate::quant::WeightFormat;
 use crate::weights::{Weights, SINGLE_FILE};
 
 /// Names accepted by [`preset`].
@@ -106,6 +107,7 @@ pub fn write_random_checkpoint(dir: &Path, config: &Config, seed: u64) -> Result
         None,
         &weights,
         DType::F32,
+        WeightFormat::Dense,
     )?;
     let tensors = weights.into_tensors();
     let path = dir.join(SINGLE_FILE);

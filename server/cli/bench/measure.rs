@@ -114,10 +114,11 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     let device = args.device.open()?;
     let dtype = args.dtype.dtype_on(&device)?;
+    let format = args.dtype.weight_format();
     bar.set_message("loading");
     let start = Instant::now();
     let model = match &args.model {
-        Some(dir) => MusicGen::load(dir, &device, dtype)?,
+        Some(dir) => MusicGen::load(dir, &device, dtype, format)?,
         None => {
             let config = preset(&args.preset).with_context(|| {
                 format!(
@@ -127,7 +128,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 )
             })?;
             let weights = Weights::random(0, &device);
-            MusicGen::from_weights(config, GenerationConfig::default(), None, &weights, dtype)?
+            let generation = GenerationConfig::default();
+            MusicGen::from_weights(config, generation, None, &weights, dtype, format)?
         }
     };
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -206,7 +208,10 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let loop_step_ms_mean = pick(|r| r.loop_ms / r.steps as f64);
     let decoder = &model.config().decoder;
     let bytes = dtype.size_in_bytes();
-    let weight_bytes_per_step = (decoder.weights_read_per_step() * bytes) as u64;
+    // Every projection a step reads has rows of `hidden` or `ffn_dim` weights; both take the
+    // same block format at the published sizes.
+    let per_weight = format.bytes_per_weight(decoder.hidden_size, dtype);
+    let weight_bytes_per_step = (decoder.weights_read_per_step() as f64 * per_weight) as u64;
     // Mean KV position over the steps the ratio describes.
     let mean_position = match steps {
         Some(n) => (n + 1) as f64 / 2.0,

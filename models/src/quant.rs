@@ -1,0 +1,130 @@
+//! Weight formats of the large projections: dense in the model's dtype, or quantized at
+//! load to 8 or 4 bits with candle's block-quantized kernels, which read a quarter or an
+//! eighth of the f32 bytes and serve the two guidance rows at nearly one row's cost.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::Linear;
+
+use crate::error::{ModelError, Result};
+
+/// How a model's large projections store their weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// The model's dtype, as loaded.
+    #[default]
+    Dense,
+    /// 8-bit blocks of 32 with an f16 scale (ggml Q8_0): 1.0625 bytes a weight.
+    Q8,
+    /// 4-bit super-blocks of 256 (ggml Q4_K): 0.5625 bytes a weight; rows whose length is
+    /// not a multiple of 256 use 4-bit blocks of 32 (Q4_0).
+    Q4,
+}
+
+impl WeightFormat {
+    /// The block format of a matrix whose rows hold `inner` weights; `None` keeps it dense
+    /// (a row length no block size divides).
+    fn ggml_for(self, inner: usize) -> Option<GgmlDType> {
+        match self {
+            Self::Dense => None,
+            Self::Q8 => (inner % 32 == 0).then_some(GgmlDType::Q8_0),
+            Self::Q4 if inner % 256 == 0 => Some(GgmlDType::Q4K),
+            Self::Q4 => (inner % 32 == 0).then_some(GgmlDType::Q4_0),
+        }
+    }
+
+    /// Bytes a weight takes when its rows hold `inner` weights and the model computes in
+    /// `dtype`.
+    pub fn bytes_per_weight(self, inner: usize, dtype: DType) -> f64 {
+        match self.ggml_for(inner) {
+            Some(ggml) => ggml.type_size() as f64 / ggml.block_size() as f64,
+            None => dtype.size_in_bytes() as f64,
+        }
+    }
+
+    /// Checks the model's dtype suits the format (quantized kernels take f32 activations).
+    pub fn check_dtype(self, dtype: DType) -> Result<()> {
+        if self != Self::Dense && dtype != DType::F32 {
+            return Err(ModelError::UnsupportedConfig {
+                field: "dtype".into(),
+                message: format!(
+                    "quantized weights compute in f32; {dtype:?} applies to dense weights only"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A projection without bias, `x W^T`, dense or quantized.
+#[derive(Clone, Debug)]
+pub enum Proj {
+    /// Dense weights `[out, in]`.
+    Dense(Linear),
+    /// Block-quantized weights.
+    Quantized(QMatMul),
+}
+
+impl Proj {
+    /// A projection of `weight` `[out, in]` stored in `format`.
+    pub fn new(weight: Tensor, format: WeightFormat) -> Result<Self> {
+        let inner = weight.dim(1)?;
+        match format.ggml_for(inner) {
+            None => Ok(Self::Dense(Linear::new(weight, None))),
+            Some(ggml) => {
+                let quantized = QTensor::quantize(&weight, ggml)?;
+                Ok(Self::Quantized(QMatMul::from_qtensor(quantized)?))
+            }
+        }
+    }
+}
+
+impl Module for Proj {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(linear) => linear.forward(xs),
+            Self::Quantized(matmul) => matmul.forward(xs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn formats_fall_back_by_row_length_and_count_their_bytes() {
+        assert_eq!(WeightFormat::Q4.ggml_for(1024), Some(GgmlDType::Q4K));
+        assert_eq!(WeightFormat::Q4.ggml_for(64), Some(GgmlDType::Q4_0));
+        assert_eq!(WeightFormat::Q8.ggml_for(64), Some(GgmlDType::Q8_0));
+        assert_eq!(WeightFormat::Q8.ggml_for(16), None);
+        assert_eq!(WeightFormat::Q8.bytes_per_weight(1024, DType::F32), 1.0625);
+        assert_eq!(WeightFormat::Q4.bytes_per_weight(1024, DType::F32), 0.5625);
+        assert_eq!(WeightFormat::Q4.bytes_per_weight(16, DType::F32), 4.0);
+        assert!(WeightFormat::Q8.check_dtype(DType::F16).is_err());
+    }
+
+    #[test]
+    fn a_quantized_projection_stays_close_to_the_dense_one() -> Result<()> {
+        let device = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.02, (512, 1024), &device)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 1, 1024), &device)?;
+        let dense = Proj::new(w.clone(), WeightFormat::Dense)?.forward(&x)?;
+        let norm = dense.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
+        for (format, bound) in [(WeightFormat::Q8, 0.01), (WeightFormat::Q4, 0.1)] {
+            let quantized = Proj::new(w.clone(), format)?.forward(&x)?;
+            let error = (&quantized - &dense)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?
+                .sqrt();
+            assert!(
+                error / norm < bound,
+                "{format:?}: relative error {}",
+                error / norm
+            );
+        }
+        Ok(())
+    }
+}
