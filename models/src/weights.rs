@@ -24,11 +24,11 @@ enum Source {
     },
     /// Tensors built in memory.
     Memory(HashMap<String, Tensor>),
-    /// Random tensors made on request, each fixed by the seed and its name, and recorded so
-    /// they can be saved as a checkpoint (tiny models, benchmark presets).
+    /// Random tensors made on request, each fixed by the seed and its name (tiny models,
+    /// benchmark presets); recorded, when asked, so they can be saved as a checkpoint.
     Random {
         seed: u64,
-        recorded: Mutex<HashMap<String, Tensor>>,
+        recorded: Option<Mutex<HashMap<String, Tensor>>>,
     },
 }
 
@@ -120,26 +120,39 @@ impl Weights {
     }
 
     /// Random weights for whatever shapes the model asks for, fixed by `seed`; see
-    /// [`crate::random::random_tensor`] for the distributions.
+    /// [`crate::random::random_tensor`] for the distributions. Nothing is kept beyond what
+    /// the model holds, so a benchmark's memory is the model's.
     pub fn random(seed: u64, device: &Device) -> Self {
         Self {
             source: Source::Random {
                 seed,
-                recorded: Mutex::new(HashMap::new()),
+                recorded: None,
             },
             device: device.clone(),
         }
     }
 
-    /// Every tensor handed out by random weights (or held by in-memory weights), by name,
+    /// Random weights like [`Weights::random`] that also keep every tensor handed out, for
+    /// [`Weights::into_tensors`] to save as a checkpoint.
+    pub fn random_recorded(seed: u64, device: &Device) -> Self {
+        Self {
+            source: Source::Random {
+                seed,
+                recorded: Some(Mutex::new(HashMap::new())),
+            },
+            device: device.clone(),
+        }
+    }
+
+    /// Every tensor handed out by recorded random weights (or held by in-memory weights), by name,
     /// in the dtype it was made in: what a checkpoint of this model must contain.
     pub fn into_tensors(self) -> HashMap<String, Tensor> {
         match self.source {
             Source::Files { .. } => HashMap::new(),
             Source::Memory(map) => map,
-            Source::Random { recorded, .. } => {
-                recorded.into_inner().unwrap_or_else(|e| e.into_inner())
-            }
+            Source::Random { recorded, .. } => recorded
+                .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()))
+                .unwrap_or_default(),
         }
     }
 
@@ -179,8 +192,10 @@ impl Weights {
         let (tensor, location) = match &self.source {
             Source::Random { seed, recorded } => {
                 let tensor = crate::random::random_tensor(name, shape, *seed, &self.device)?;
-                let mut recorded = recorded.lock().unwrap_or_else(|e| e.into_inner());
-                recorded.insert(name.to_string(), tensor.clone());
+                if let Some(recorded) = recorded {
+                    let mut recorded = recorded.lock().unwrap_or_else(|e| e.into_inner());
+                    recorded.insert(name.to_string(), tensor.clone());
+                }
                 (tensor, self.describe())
             }
             Source::Memory(map) => {

@@ -99,7 +99,7 @@ pub fn write_random_checkpoint(dir: &Path, config: &Config, seed: u64) -> Result
         move |source| ModelError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let weights = Weights::random(seed, &Device::Cpu);
+    let weights = Weights::random_recorded(seed, &Device::Cpu);
     // Building the model asks for every tensor it needs, with its shape.
     MusicGen::from_weights(
         config.clone(),
