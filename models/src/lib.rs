@@ -5,6 +5,7 @@
 pub mod analysis;
 pub mod encodec;
 pub mod error;
+pub mod gemv;
 pub mod musicgen;
 pub mod quant;
 pub mod random;

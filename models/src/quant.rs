@@ -82,10 +82,51 @@ impl Proj {
 impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::Dense(linear) => linear.forward(xs),
+            Self::Dense(linear) => match few_rows_f32(xs, linear.weight())? {
+                Some(out) => Ok(out),
+                None => linear.forward(xs),
+            },
             Self::Quantized(matmul) => matmul.forward(xs),
         }
     }
+}
+
+/// `xs W^T` through [`crate::gemv::matmul_rows`] when it serves the case (f32 on the CPU,
+/// at most [`crate::gemv::MAX_ROWS`] rows, contiguous): the weights are read once for all
+/// rows. `None` leaves the case to candle.
+fn few_rows_f32(xs: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let dims = xs.dims();
+    let Some((&k, leading)) = dims.split_last() else {
+        return Ok(None);
+    };
+    let m: usize = leading.iter().product();
+    let fits = xs.device().is_cpu()
+        && xs.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && xs.is_contiguous()
+        && weight.is_contiguous()
+        && (1..=crate::gemv::MAX_ROWS).contains(&m)
+        && weight.dim(1)? == k;
+    if !fits {
+        return Ok(None);
+    }
+    let n = weight.dim(0)?;
+    let (x_storage, x_layout) = xs.storage_and_layout();
+    let (w_storage, w_layout) = weight.storage_and_layout();
+    let (candle_core::Storage::Cpu(x_cpu), candle_core::Storage::Cpu(w_cpu)) =
+        (&*x_storage, &*w_storage)
+    else {
+        return Ok(None);
+    };
+    let x = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..m * k];
+    let w = &w_cpu.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
+    let mut out = vec![0f32; m * n];
+    if crate::gemv::matmul_rows(x, m, w, n, &mut out).is_none() {
+        return Ok(None);
+    }
+    let mut shape = leading.to_vec();
+    shape.push(n);
+    Tensor::from_vec(out, shape, xs.device()).map(Some)
 }
 
 #[cfg(test)]

@@ -1,0 +1,150 @@
+//! Dense f32 projections of a few rows (the guidance pair of a decoder step) that read the
+//! weight matrix once for all rows. candle's `gemm` reads it once per row when a matmul
+//! has two rows, which makes a guided f32 step two to three times slower than a single one;
+//! a step is bound by reading weights, so reading them once is the whole game.
+
+use rayon::prelude::*;
+
+/// The most rows this kernel serves; more go to the general matmul.
+pub const MAX_ROWS: usize = 4;
+/// Output features per parallel task: enough work to amortise scheduling, small enough to
+/// spread a 1024-row matrix over the threads.
+const TASK_FEATURES: usize = 64;
+/// Lanes accumulated side by side, so the compiler keeps them in vector registers.
+const LANES: usize = 16;
+
+/// The shared loop: `LANES` partial sums per row over the row's full lane groups, then
+/// the remainder. `$fma(a, b, c)` is `a * b + c`, fused where the CPU allows.
+macro_rules! dots_body {
+    ($x:expr, $k:expr, $row:expr, $sums:expr, $fma:expr) => {{
+        let fma = $fma;
+        let (x, k, row, sums) = ($x, $k, $row, $sums);
+        let full = k / LANES * LANES;
+        let mut acc = [[0f32; LANES]; MAX_ROWS];
+        for start in (0..full).step_by(LANES) {
+            let w: &[f32; LANES] = match row[start..start + LANES].try_into() {
+                Ok(w) => w,
+                Err(_) => unreachable!(),
+            };
+            for (i, acc) in acc.iter_mut().enumerate().take(sums.len()) {
+                let xs = &x[i * k + start..i * k + start + LANES];
+                for l in 0..LANES {
+                    acc[l] = fma(w[l], xs[l], acc[l]);
+                }
+            }
+        }
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let mut total = acc[i].iter().sum::<f32>();
+            for j in full..k {
+                total = fma(row[j], x[i * k + j], total);
+            }
+            *sum = total;
+        }
+    }};
+}
+
+/// `out[i][j] = x[i] . w[j]` for `m` rows of `x` (`[m, k]`, row-major) and `n` rows of
+/// `w` (`[n, k]`); `out` is `[m, n]`. Returns `None` (leaving `out` alone) when the shapes
+/// do not fit (`m` outside 1 to [`MAX_ROWS`], or slices of the wrong length).
+pub fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) -> Option<()> {
+    if m == 0 || m > MAX_ROWS || x.len() % m != 0 {
+        return None;
+    }
+    let k = x.len() / m;
+    if w.len() != n * k || out.len() != m * n || k == 0 {
+        return None;
+    }
+    // Each task writes its features for every row into `transposed` ([n, m]), so tasks own
+    // disjoint slices; the [m, n] layout is restored at the end (m * n floats, negligible).
+    let mut transposed = vec![0f32; n * m];
+    transposed
+        .par_chunks_mut(TASK_FEATURES * m)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first = task * TASK_FEATURES;
+            for (f, sums) in chunk.chunks_exact_mut(m).enumerate() {
+                let row = &w[(first + f) * k..(first + f + 1) * k];
+                dots(x, k, row, sums);
+            }
+        });
+    for (j, sums) in transposed.chunks_exact(m).enumerate() {
+        for (i, s) in sums.iter().enumerate() {
+            out[i * n + j] = *s;
+        }
+    }
+    Some(())
+}
+
+/// `sums[i] = x[i] . row` for the rows of `x` (each `k` long), picking the widest vector
+/// instructions the CPU has.
+fn dots(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            unsafe { dots_avx2_fma(x, k, row, sums) };
+            return;
+        }
+    }
+    dots_portable(x, k, row, sums);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2_fma(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
+    dots_body!(x, k, row, sums, |a: f32, b: f32, c: f32| a.mul_add(b, c));
+}
+
+fn dots_portable(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
+    dots_body!(x, k, row, sums, |a: f32, b: f32, c: f32| a * b + c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let k = x.len() / m;
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_plain_matmul_for_every_row_count_and_odd_sizes() {
+        let mut rng = crate::rng::Rng::new(3);
+        for (m, k, n) in [
+            (1, 1024, 300),
+            (2, 1024, 129),
+            (2, 37, 70),
+            (3, 4096, 65),
+            (4, 16, 1),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() as f32 - 0.5).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.uniform() as f32 - 0.5).collect();
+            let mut out = vec![0f32; m * n];
+            matmul_rows(&x, m, &w, n, &mut out).unwrap();
+            let want = reference(&x, m, &w, n);
+            for (a, b) in out.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (k as f32).sqrt(),
+                    "{m}x{k}x{n}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_it_does_not_serve_are_declined() {
+        let mut out = vec![0f32; 10];
+        assert!(matmul_rows(&[0.0; 10], 5, &[0.0; 4], 2, &mut out).is_none());
+        assert!(matmul_rows(&[0.0; 4], 2, &[0.0; 5], 2, &mut out[..4]).is_none());
+    }
+}
