@@ -100,72 +100,20 @@ fn few_rows_f32(xs: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tens
         return Ok(None);
     };
     let m: usize = leading.iter().product();
-    let fits = xs.device().is_cpu()
-        && xs.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && xs.is_contiguous()
-        && weight.is_contiguous()
-        && (1..=crate::gemv::MAX_ROWS).contains(&m)
-        && weight.dim(1)? == k;
-    if !fits {
+    if !(1..=crate::gemv::MAX_ROWS).contains(&m) || weight.dim(1)? != k {
         return Ok(None);
     }
     let n = weight.dim(0)?;
-    let (x_storage, x_layout) = xs.storage_and_layout();
-    let (w_storage, w_layout) = weight.storage_and_layout();
-    let (candle_core::Storage::Cpu(x_cpu), candle_core::Storage::Cpu(w_cpu)) =
-        (&*x_storage, &*w_storage)
-    else {
+    let product = crate::cpu::with_f32(xs, |x| {
+        crate::cpu::with_f32(weight, |w| {
+            let mut out = vec![0f32; m * n];
+            crate::gemv::matmul_rows(x, m, w, n, &mut out).map(|()| out)
+        })
+    })?;
+    let Some(Ok(Some(Some(out)))) = product else {
         return Ok(None);
     };
-    let x = &x_cpu.as_slice::<f32>()?[x_layout.start_offset()..][..m * k];
-    let w = &w_cpu.as_slice::<f32>()?[w_layout.start_offset()..][..n * k];
-    let mut out = vec![0f32; m * n];
-    if crate::gemv::matmul_rows(x, m, w, n, &mut out).is_none() {
-        return Ok(None);
-    }
     let mut shape = leading.to_vec();
     shape.push(n);
     Tensor::from_vec(out, shape, xs.device()).map(Some)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn formats_fall_back_by_row_length_and_count_their_bytes() {
-        assert_eq!(WeightFormat::Q4.ggml_for(1024), Some(GgmlDType::Q4K));
-        assert_eq!(WeightFormat::Q4.ggml_for(64), Some(GgmlDType::Q4_0));
-        assert_eq!(WeightFormat::Q8.ggml_for(64), Some(GgmlDType::Q8_0));
-        assert_eq!(WeightFormat::Q8.ggml_for(16), None);
-        assert_eq!(WeightFormat::Q8.bytes_per_weight(1024, DType::F32), 1.0625);
-        assert_eq!(WeightFormat::Q4.bytes_per_weight(1024, DType::F32), 0.5625);
-        assert_eq!(WeightFormat::Q4.bytes_per_weight(16, DType::F32), 4.0);
-        assert!(WeightFormat::Q8.check_dtype(DType::F16).is_err());
-    }
-
-    #[test]
-    fn a_quantized_projection_stays_close_to_the_dense_one() -> Result<()> {
-        let device = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.02, (512, 1024), &device)?;
-        let x = Tensor::randn(0f32, 1.0, (2, 1, 1024), &device)?;
-        let dense = Proj::new(w.clone(), WeightFormat::Dense)?.forward(&x)?;
-        let norm = dense.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt();
-        for (format, bound) in [(WeightFormat::Q8, 0.01), (WeightFormat::Q4, 0.1)] {
-            let quantized = Proj::new(w.clone(), format)?.forward(&x)?;
-            let error = (&quantized - &dense)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f32>()?
-                .sqrt();
-            assert!(
-                error / norm < bound,
-                "{format:?}: relative error {}",
-                error / norm
-            );
-        }
-        Ok(())
-    }
 }

@@ -1,0 +1,51 @@
+//! Benchmark of the EnCodec 32 kHz decoder of MusicGen (random weights of the published
+//! shape): time to decode seconds of codes into audio, best and median of a few runs.
+//!
+//! `cargo bench --bench encodec_decode -- [--duration SECONDS] [--repeat N]`
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use son1k_models::encodec::EncodecDecoder;
+use son1k_models::musicgen::presets::preset;
+use son1k_models::weights::Weights;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut duration = 10.0f64;
+    let mut repeat = 3;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => duration = args.next().ok_or("--duration needs a value")?.parse()?,
+            "--repeat" => repeat = args.next().ok_or("--repeat needs a value")?.parse()?,
+            _ => {} // `cargo bench` passes --bench
+        }
+    }
+    let config = preset("musicgen-small")
+        .ok_or("no musicgen-small preset")?
+        .audio_encoder;
+    let frames = (duration * config.frame_rate() as f64).round() as usize;
+    let weights = Weights::random(1, &Device::Cpu);
+    let decoder = EncodecDecoder::new(&config, weights.root(DType::F32).pp("audio_encoder"))?;
+    let books = config.num_quantizers();
+    let codes: Vec<u32> = (0..books * frames)
+        .map(|i| (i * 7919 % 2048) as u32)
+        .collect();
+    let codes = Tensor::from_vec(codes, (1, books, frames), &Device::Cpu)?;
+    let mut times = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        let audio = decoder.decode(&codes)?;
+        times.push(start.elapsed().as_secs_f64());
+        std::hint::black_box(audio);
+    }
+    times.sort_by(f64::total_cmp);
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    println!(
+        "EnCodec 32 kHz, {duration} s of audio ({frames} frames), RAYON_NUM_THREADS={threads}: \
+         best {:.2} s, median {:.2} s",
+        times[0],
+        times[times.len() / 2]
+    );
+    Ok(())
+}
