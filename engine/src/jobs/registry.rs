@@ -364,7 +364,6 @@ impl Registry {
 
     /// Starts queued jobs while slots are free, and tells the rest their new place.
     fn dispatch(&mut self) {
-        let mut moved = false;
         while self.running < self.config.max_running {
             let Some(id) = self.queue.pop_front() else {
                 break;
@@ -372,14 +371,8 @@ impl Registry {
             if let Some(item) = self.pending.remove(&id) {
                 self.start(item);
             }
-            moved = true;
         }
-        if moved {
-            let waiting: Vec<String> = self.queue.iter().cloned().collect();
-            for (i, id) in waiting.iter().enumerate() {
-                self.append(id, EventBody::Progress(queued_progress(i as u32 + 1)));
-            }
-        }
+        self.announce_positions();
     }
 
     fn subscribe(&mut self, tenant: &str, id: &str, after: u64) -> Result<Feed, EngineError> {
@@ -446,7 +439,7 @@ impl Registry {
                 self.pending.remove(id);
                 self.end(id, EventBody::Cancelled { reason });
                 let _ = reply.send(Ok(JobState::Cancelled));
-                self.dispatch_positions();
+                self.announce_positions();
             }
             JobState::Running => {
                 if let Some(job) = self.jobs.get_mut(id) {
@@ -461,8 +454,8 @@ impl Registry {
         }
     }
 
-    /// Re-announces the places in line after a queued job left.
-    fn dispatch_positions(&mut self) {
+    /// Tells every waiting job whose place in line changed its new place.
+    fn announce_positions(&mut self) {
         let waiting: Vec<String> = self.queue.iter().cloned().collect();
         for (i, id) in waiting.iter().enumerate() {
             let position = i as u32 + 1;
