@@ -17,3 +17,14 @@ pub fn with_f32<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core:
     let data = &cpu.as_slice::<f32>()?[start..start + tensor.elem_count()];
     Ok(Some(f(data)))
 }
+
+/// Runs `f` on a thread of rayon's global pool. The parallel kernels `f` calls then share
+/// their work with the other pool threads from inside the pool; called from outside, each
+/// of them (a decoder step makes about 200) would hand its work over and wait, waking the
+/// pool every time and leaving the calling thread idle.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}

@@ -54,25 +54,36 @@ pub fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) ->
     if w.len() != n * k || out.len() != m * n || k == 0 {
         return None;
     }
-    // Each task writes its features for every row into `transposed` ([n, m]), so tasks own
-    // disjoint slices; the [m, n] layout is restored at the end (m * n floats, negligible).
+    for_feature_tasks(n, m, TASK_FEATURES, out, |first, chunk| {
+        for (f, sums) in chunk.chunks_exact_mut(m).enumerate() {
+            let row = &w[(first + f) * k..(first + f + 1) * k];
+            dots(x, k, row, sums);
+        }
+    });
+    Some(())
+}
+
+/// Runs `task(first, sums)` in parallel over groups of `task_features` output features,
+/// where `sums` (`[features, m]`) receives, for each feature of the group from `first` on,
+/// its value for every row; then writes them to `out` (`[m, n]`). Each task owns a
+/// disjoint slice, and the transposition at the end moves only `m * n` floats.
+pub(crate) fn for_feature_tasks(
+    n: usize,
+    m: usize,
+    task_features: usize,
+    out: &mut [f32],
+    task: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let mut transposed = vec![0f32; n * m];
     transposed
-        .par_chunks_mut(TASK_FEATURES * m)
+        .par_chunks_mut(task_features * m)
         .enumerate()
-        .for_each(|(task, chunk)| {
-            let first = task * TASK_FEATURES;
-            for (f, sums) in chunk.chunks_exact_mut(m).enumerate() {
-                let row = &w[(first + f) * k..(first + f + 1) * k];
-                dots(x, k, row, sums);
-            }
-        });
+        .for_each(|(index, chunk)| task(index * task_features, chunk));
     for (j, sums) in transposed.chunks_exact(m).enumerate() {
         for (i, s) in sums.iter().enumerate() {
             out[i * n + j] = *s;
         }
     }
-    Some(())
 }
 
 /// `sums[i] = x[i] . row` for the rows of `x` (each `k` long), picking the widest vector

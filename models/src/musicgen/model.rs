@@ -206,7 +206,7 @@ impl MusicGen {
         let k = column.len();
         let ids: Vec<u32> = (0..rows).flat_map(|_| column.iter().copied()).collect();
         let ids = Tensor::from_vec(ids, (rows, k, 1), &self.device)?;
-        self.decoder.forward(&ids, cache)
+        crate::cpu::on_pool(|| self.decoder.forward(&ids, cache))
     }
 
     /// Decodes frames (`[K][N]`, codebooks interleaved L/R for stereo) to audio
@@ -225,7 +225,7 @@ impl MusicGen {
                 let n = frames.first().map_or(0, Vec::len);
                 let codes = Tensor::from_vec(rows, (1, k, n), &self.device)?;
                 // [1, 1, samples] -> [1, samples]
-                Ok(self.audio.decode(&codes)?.squeeze(0)?)
+                Ok(crate::cpu::on_pool(|| self.audio.decode(&codes))?.squeeze(0)?)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&per_channel, 0)?)

@@ -1,0 +1,237 @@
+//! Block-quantized matrices for the CPU: 8-bit and 4-bit weights in blocks of 32, each block
+//! with its own scale, and the 8-bit quantization of the activation rows they multiply.
+//!
+//! The layouts are made for [`super::kernel`]: each matrix keeps its quantized values in
+//! one array and its per-block scales (and offsets) in others, so the kernel streams each
+//! weight row once and serves every activation row from it.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Weights per block: one scale (and, for 4 bits, one offset) per 32 weights.
+pub const BLOCK: usize = 32;
+
+/// How the quantized values of a [`BlockMatrix`] are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `w = d * q` with `q` in -127..=127: 32 bytes and a 2-byte scale per block.
+    Q8,
+    /// `w = d * q + m` with `q` in 0..=15, two to a byte: 16 bytes, a 2-byte scale and a
+    /// 2-byte offset per block. Byte `j` of a block holds weight `j` in its low nibble and
+    /// weight `j + 16` in its high one.
+    Q4,
+}
+
+impl BlockFormat {
+    /// Bytes one block of 32 weights takes, scales and offsets included.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q8 => BLOCK + 2,
+            Self::Q4 => BLOCK / 2 + 4,
+        }
+    }
+
+    /// Bytes of quantized values in one block (scales and offsets apart).
+    pub fn value_bytes(self) -> usize {
+        match self {
+            Self::Q8 => BLOCK,
+            Self::Q4 => BLOCK / 2,
+        }
+    }
+}
+
+/// A `[rows, cols]` matrix of block-quantized weights; `cols` is a multiple of [`BLOCK`].
+#[derive(Clone, Debug)]
+pub struct BlockMatrix {
+    pub format: BlockFormat,
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows * cols / 32 * value_bytes` quantized values, row by row.
+    pub values: Vec<u8>,
+    /// One scale per block, row by row.
+    pub scales: Vec<f16>,
+    /// One offset per block for [`BlockFormat::Q4`]; empty for Q8.
+    pub offsets: Vec<f16>,
+}
+
+impl BlockMatrix {
+    /// Quantizes `weights` (`[rows, cols]`, row-major) in parallel over rows. `None` when
+    /// `cols` is not a positive multiple of [`BLOCK`] or the slice is not `rows * cols` long.
+    pub fn quantize(
+        weights: &[f32],
+        rows: usize,
+        cols: usize,
+        format: BlockFormat,
+    ) -> Option<Self> {
+        if cols == 0 || cols % BLOCK != 0 || weights.len() != rows * cols {
+            return None;
+        }
+        let blocks = cols / BLOCK;
+        let row_values = blocks * format.value_bytes();
+        let mut values = vec![0u8; rows * row_values];
+        let mut scales = vec![f16::ZERO; rows * blocks];
+        let mut offsets = match format {
+            BlockFormat::Q8 => Vec::new(),
+            BlockFormat::Q4 => vec![f16::ZERO; rows * blocks],
+        };
+        let row_weights = weights.par_chunks(cols);
+        let row_values_mut = values.par_chunks_mut(row_values);
+        let row_scales = scales.par_chunks_mut(blocks);
+        match format {
+            BlockFormat::Q8 => {
+                row_weights
+                    .zip(row_values_mut)
+                    .zip(row_scales)
+                    .for_each(|((w, q), d)| {
+                        for ((w, q), d) in
+                            w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d)
+                        {
+                            *d = f16::from_f32(quantize_q8_block(w, q));
+                        }
+                    })
+            }
+            BlockFormat::Q4 => row_weights
+                .zip(row_values_mut)
+                .zip(row_scales)
+                .zip(offsets.par_chunks_mut(blocks))
+                .for_each(|(((w, q), d), m)| {
+                    let blocks = w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK / 2));
+                    for ((w, q), (d, m)) in blocks.zip(d.iter_mut().zip(m)) {
+                        let (scale, offset) = quantize_q4_block(w, q);
+                        *d = f16::from_f32(scale);
+                        *m = f16::from_f32(offset);
+                    }
+                }),
+        }
+        Some(Self {
+            format,
+            rows,
+            cols,
+            values,
+            scales,
+            offsets,
+        })
+    }
+
+    /// Blocks in one row.
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// Bytes the matrix takes: what one product reads.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.blocks_per_row() * self.format.block_bytes()
+    }
+
+    /// The quantized values of row `r`.
+    pub fn row_values(&self, r: usize) -> &[u8] {
+        let len = self.blocks_per_row() * self.format.value_bytes();
+        &self.values[r * len..(r + 1) * len]
+    }
+
+    /// The weights as f32 (the values the kernel multiplies by), `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let blocks = self.blocks_per_row();
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            let values = self.row_values(r);
+            for b in 0..blocks {
+                let d = self.scales[r * blocks + b].to_f32();
+                match self.format {
+                    BlockFormat::Q8 => {
+                        let q = &values[b * BLOCK..(b + 1) * BLOCK];
+                        out.extend(q.iter().map(|&q| d * f32::from(q as i8)));
+                    }
+                    BlockFormat::Q4 => {
+                        let m = self.offsets[r * blocks + b].to_f32();
+                        let q = &values[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+                        out.extend(q.iter().map(|&q| d * f32::from(q & 15) + m));
+                        out.extend(q.iter().map(|&q| d * f32::from(q >> 4) + m));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Quantizes one block to `q = round(w / d)`, `d = max|w| / 127`; returns `d`. The scale
+/// is rounded to f16 first, so the values are chosen for the scale the kernel will use.
+fn quantize_q8_block(w: &[f32], q: &mut [u8]) -> f32 {
+    let amax = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    let d = f16::from_f32(amax / 127.0).to_f32();
+    let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &w) in q.iter_mut().zip(w) {
+        *q = (w * inverse).round().clamp(-127.0, 127.0) as i8 as u8;
+    }
+    d
+}
+
+/// Quantizes one block to `q = round((w - m) / d)` in 0..=15 with `m = min w` and
+/// `d = (max w - m) / 15`; returns `(d, m)`, both rounded to f16 before the values are
+/// chosen.
+fn quantize_q4_block(w: &[f32], q: &mut [u8]) -> (f32, f32) {
+    let (lo, hi) = w
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let m = f16::from_f32(lo).to_f32();
+    let d = f16::from_f32((hi - m) / 15.0).to_f32();
+    let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let level = |w: f32| ((w - m) * inverse).round().clamp(0.0, 15.0) as u8;
+    for (j, q) in q.iter_mut().enumerate() {
+        *q = level(w[j]) | (level(w[j + BLOCK / 2]) << 4);
+    }
+    (d, m)
+}
+
+/// Activation rows quantized to 8 bits in blocks of 32, as the kernel reads them.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedRows {
+    pub rows: usize,
+    pub cols: usize,
+    /// `rows * cols` values in -127..=127.
+    pub values: Vec<i8>,
+    /// One scale per block, row by row.
+    pub scales: Vec<f32>,
+    /// Per block, `scale * sum(values)`: the block's sum, which the 4-bit offsets multiply.
+    pub sums: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// Quantizes `xs` (`rows` rows of `cols`, a multiple of [`BLOCK`]) into `self`, reusing
+    /// its buffers.
+    pub fn quantize(&mut self, xs: &[f32], rows: usize, cols: usize) {
+        let blocks = rows * cols / BLOCK;
+        self.rows = rows;
+        self.cols = cols;
+        self.values.resize(rows * cols, 0);
+        self.scales.resize(blocks, 0.0);
+        self.sums.resize(blocks, 0.0);
+        let all = xs
+            .chunks_exact(BLOCK)
+            .zip(self.values.chunks_exact_mut(BLOCK));
+        for ((x, q), (d, s)) in all.zip(self.scales.iter_mut().zip(&mut self.sums)) {
+            let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            *d = amax / 127.0;
+            let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            let mut total = 0i32;
+            for (q, &x) in q.iter_mut().zip(x) {
+                *q = (x * inverse).round() as i8;
+                total += i32::from(*q);
+            }
+            *s = *d * total as f32;
+        }
+    }
+
+    /// Row `i`'s values, scales and block sums.
+    pub fn row(&self, i: usize) -> (&[i8], &[f32], &[f32]) {
+        let blocks = self.cols / BLOCK;
+        (
+            &self.values[i * self.cols..(i + 1) * self.cols],
+            &self.scales[i * blocks..(i + 1) * blocks],
+            &self.sums[i * blocks..(i + 1) * blocks],
+        )
+    }
+}
