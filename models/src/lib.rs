@@ -3,6 +3,7 @@
 //! checkpoints; sampling and random presets live here too. No I/O but reading weight files.
 
 pub mod analysis;
+pub mod attention;
 pub mod cpu;
 pub mod encodec;
 pub mod error;

@@ -88,11 +88,25 @@ impl Attention {
         ))
     }
 
-    /// Attends `xs` `[B, T, hidden]` to `k`, `v` `[B, heads, L, head_dim]` with an optional
-    /// additive mask broadcastable to `[B, heads, T, L]`.
-    fn attend(&self, xs: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// Attends `xs` `[B, T, hidden]` to the first `len` positions of `k`, `v`
+    /// `[B, heads, capacity, head_dim]` with an optional additive mask broadcastable to
+    /// `[B, heads, T, len]`.
+    fn attend(
+        &self,
+        xs: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        len: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
+        if t == 1 {
+            if let Some(out) = self.attend_one_on_cpu(xs, k, v, len, mask, scale as f32)? {
+                return Ok(self.out.forward(&out)?);
+            }
+        }
+        let (k, v) = (k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
         let q = self.split_heads(&(self.q.forward(xs)? * scale)?)?;
         let scores = q.matmul(&k.t()?)?;
         // Masked softmax runs in f32: the mask's most negative f32 would be -inf in half
@@ -104,8 +118,57 @@ impl Attention {
             }
             None => candle_nn::ops::softmax_last_dim(&scores)?,
         };
-        let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, ()))?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, ()))?;
         Ok(self.out.forward(&out)?)
+    }
+
+    /// One position's attention through the fused CPU kernel ([`crate::attention`]), for f32
+    /// tensors on the CPU; `None` leaves other cases to the general path. The result is
+    /// `[B, 1, hidden]`, before the output projection.
+    fn attend_one_on_cpu(
+        &self,
+        xs: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        len: usize,
+        mask: Option<&Tensor>,
+        scale: f32,
+    ) -> Result<Option<Tensor>> {
+        let (rows, heads, capacity, head_dim) = k.dims4()?;
+        if !xs.device().is_cpu() || xs.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let shape = crate::attention::Shape {
+            rows,
+            heads,
+            head_dim,
+            capacity,
+            len,
+        };
+        // `[B, 1, hidden]` is already `[B, heads, head_dim]` in memory.
+        let q = self.q.forward(xs)?;
+        // The text mask is `[B, 1, 1, len]`: a few floats, copied.
+        let mask = match mask {
+            Some(mask) => Some(mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut out = vec![0f32; rows * heads * head_dim];
+        let done = crate::cpu::with_f32(&q, |q| {
+            crate::cpu::with_f32(k, |k| {
+                crate::cpu::with_f32(v, |v| {
+                    let mask = mask.as_deref();
+                    crate::attention::attend_one(q, k, v, mask, shape, scale, &mut out)
+                })
+            })
+        })?;
+        if !matches!(done, Some(Ok(Some(Ok(Some(Some(()))))))) {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(
+            out,
+            (rows, 1, heads * head_dim),
+            xs.device(),
+        )?))
     }
 }
 
@@ -306,18 +369,22 @@ impl Decoder {
             let (k_new, v_new) = layer.self_attn.keys_values(&normed)?;
             lc.self_k.slice_set(&k_new, 2, offset)?;
             lc.self_v.slice_set(&v_new, 2, offset)?;
-            let keys = lc.self_k.narrow(2, 0, offset + t)?;
-            let values = lc.self_v.narrow(2, 0, offset + t)?;
             xs = (&xs
-                + layer
-                    .self_attn
-                    .attend(&normed, &keys, &values, causal.as_ref())?)?;
+                + layer.self_attn.attend(
+                    &normed,
+                    &lc.self_k,
+                    &lc.self_v,
+                    offset + t,
+                    causal.as_ref(),
+                )?)?;
             // Cross-attention to the text.
             let normed = layer.cross_attn_norm.forward(&xs)?;
+            let text_len = lc.cross_k.dim(2)?;
             let cross = layer.cross_attn.attend(
                 &normed,
                 &lc.cross_k,
                 &lc.cross_v,
+                text_len,
                 Some(&cache.cross_mask),
             )?;
             xs = (xs + cross)?;
