@@ -52,26 +52,36 @@ pub fn attend_one(
     }
     out.par_chunks_mut(head_dim)
         .enumerate()
-        .for_each(|(index, out)| {
+        .for_each_init(Vec::new, |scores, (index, out)| {
             let b = index / heads;
             let q = &q[index * head_dim..(index + 1) * head_dim];
             let k = &k[index * per_head..index * per_head + len * head_dim];
             let v = &v[index * per_head..index * per_head + len * head_dim];
             let mask = mask.map(|m| &m[b * len..(b + 1) * len]);
-            head(q, k, v, mask, scale, out);
+            scores.resize(len, 0.0);
+            head(q, k, v, mask, scale, scores, out);
         });
     Some(())
 }
 
-/// One head, picking the widest vector instructions the CPU has.
-fn head(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+/// One head, picking the widest vector instructions the CPU has; `scores` holds one
+/// value per position.
+fn head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { head_avx2_fma(q, k, v, mask, scale, out) };
+        unsafe { head_avx2_fma(q, k, v, mask, scale, scores, out) };
         return;
     }
-    head_body(q, k, v, mask, scale, out);
+    head_body(q, k, v, mask, scale, scores, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -82,63 +92,76 @@ unsafe fn head_avx2_fma(
     v: &[f32],
     mask: Option<&[f32]>,
     scale: f32,
+    scores: &mut [f32],
     out: &mut [f32],
 ) {
-    head_body(q, k, v, mask, scale, out);
+    head_body(q, k, v, mask, scale, scores, out);
 }
 
 /// Lanes summed side by side, so the compiler keeps them in vector registers.
 const LANES: usize = 8;
 
-/// The plain loops, written so the compiler vectorises them; inlined into each caller so
-/// the vector version is compiled with its target features.
+/// The plain loops, written so the compiler vectorises them. Inlined into each caller, and
+/// free of closures (which would be compiled apart, without the caller's target features).
 #[inline(always)]
-fn head_body(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+fn head_body(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let d = q.len();
-    let len = k.len() / d;
-    thread_local! {
-        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCORES.with(|scores| {
-        let mut scores = scores.borrow_mut();
-        scores.clear();
-        scores.extend(k.chunks_exact(d).map(|key| dot(q, key) * scale));
+    let len = scores.len();
+    let mut max = f32::NEG_INFINITY;
+    for l in 0..len {
+        let mut s = dot(q, &k[l * d..(l + 1) * d]) * scale;
         if let Some(mask) = mask {
-            for (s, m) in scores.iter_mut().zip(mask) {
-                *s += m;
-            }
+            s += mask[l];
         }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &s| a.max(s));
-        let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
+        scores[l] = s;
+        max = max.max(s);
+    }
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    out.fill(0.0);
+    for l in 0..len {
+        let p = scores[l];
+        let value = &v[l * d..(l + 1) * d];
+        for t in 0..d {
+            out[t] += p * value[t];
         }
-        out.fill(0.0);
-        for (p, value) in scores.iter().zip(v.chunks_exact(d)).take(len) {
-            for (o, x) in out.iter_mut().zip(value) {
-                *o += p * x;
-            }
-        }
-        let inverse = 1.0 / total;
-        for o in out.iter_mut() {
-            *o *= inverse;
-        }
-    });
+    }
+    let inverse = 1.0 / total;
+    for o in out.iter_mut() {
+        *o *= inverse;
+    }
 }
 
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
-    let (a_full, a_rest) = a.split_at(a.len() / LANES * LANES);
-    let (b_full, b_rest) = b.split_at(a_full.len());
-    for (a, b) in a_full.chunks_exact(LANES).zip(b_full.chunks_exact(LANES)) {
+    let full = a.len() / LANES * LANES;
+    let mut start = 0;
+    while start < full {
         for l in 0..LANES {
-            acc[l] += a[l] * b[l];
+            acc[l] += a[start + l] * b[start + l];
         }
+        start += LANES;
     }
-    let rest: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
-    acc.iter().sum::<f32>() + rest
+    let mut total = 0f32;
+    for lane in acc {
+        total += lane;
+    }
+    for t in full..a.len() {
+        total += a[t] * b[t];
+    }
+    total
 }
 
 #[cfg(test)]
