@@ -124,6 +124,10 @@ fn bad_request_fields_are_named() {
             vec!["rock", "--sample-format", "s24"],
             vec!["sample_format", "s24"],
         ),
+        (
+            vec!["rock", "--threads", "0"],
+            vec!["threads", "at least 1"],
+        ),
     ];
     for (args, needles) in cases {
         let output = generate(&model, &args);

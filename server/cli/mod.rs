@@ -24,6 +24,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Compute threads for the CPU kernels (sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS).
+    /// Default: RAYON_NUM_THREADS if set, else every core this process may use, which
+    /// measured fastest on small machines (2 cores: 1.8x one thread).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 /// The subcommands.
@@ -48,11 +53,20 @@ pub enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err(EngineError::invalid("threads", "must be at least 1").into());
+        }
+        bench::Threads::set(n);
+    }
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::TinyModel(args) => tiny_model::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(mut args) => {
+            args.threads = cli.threads;
+            bench::run(args)
+        }
         Command::Cover(args) => cover::run(args),
         Command::Analyse(args) => analyse::run(args),
     }

@@ -36,9 +36,8 @@ pub struct BenchArgs {
     /// Decoder steps timed on their own before the end-to-end run.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Threads of candle's CPU kernels (sets RAYON_NUM_THREADS and CANDLE_NUM_THREADS);
-    /// unset keeps the environment's.
-    #[arg(long, value_name = "N")]
+    /// The global `--threads` value, reported with the figures.
+    #[arg(skip)]
     pub threads: Option<usize>,
     /// End-to-end runs; each figure reported is their median.
     #[arg(long, default_value_t = 1, value_name = "R")]
@@ -50,12 +49,6 @@ pub struct BenchArgs {
 
 /// Runs the command and prints its report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(n) = args.threads {
-        if n == 0 {
-            return Err(son1k_engine::EngineError::invalid("threads", "must be at least 1").into());
-        }
-        Threads::set(n);
-    }
     let report = measure(&args)?;
     if args.json {
         super::output::line(serde_json::to_string_pretty(&report)?);
