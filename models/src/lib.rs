@@ -2,6 +2,7 @@
 //! encoder, decoder with KV cache, delay pattern, EnCodec) loads from unmodified Hugging Face
 //! checkpoints; sampling and random presets live here too. No I/O but reading weight files.
 
+pub mod activations;
 pub mod analysis;
 pub mod attention;
 pub mod cpu;

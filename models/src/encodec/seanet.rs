@@ -45,8 +45,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.conv1.forward(&xs.elu(1.0)?)?;
-        let ys = self.conv2.forward(&ys.elu(1.0)?)?;
+        let ys = self.conv1.forward(&crate::activations::elu(xs)?)?;
+        let ys = self.conv2.forward(&crate::activations::elu(&ys)?)?;
         let residual = match &self.shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
@@ -199,7 +199,7 @@ impl Layer {
         match self {
             Self::Conv(conv) => conv.forward(xs),
             Self::Lstm(lstm) => lstm.forward(xs),
-            Self::Elu => Ok(xs.elu(1.0)?),
+            Self::Elu => Ok(crate::activations::elu(xs)?),
             Self::ConvTranspose(conv) => conv.forward(xs),
             Self::Resnet(block) => block.forward(xs),
         }
