@@ -392,7 +392,7 @@ impl Decoder {
             let normed = layer.final_norm.forward(&xs)?;
             let ff = layer
                 .fc2
-                .forward(&layer.fc1.forward(&normed)?.gelu_erf()?)?;
+                .forward(&crate::activations::gelu_erf(&layer.fc1.forward(&normed)?)?)?;
             xs = (xs + ff)?;
         }
         cache.len += t;
