@@ -122,7 +122,7 @@ fn erf(x: f32) -> f32 {
 /// relative) and `2^n` built from its exponent bits. Below -87 the result is flushed to 0
 /// (the true value is under 2e-38). NaN propagates.
 #[inline(always)]
-fn exp_non_positive(x: f32) -> f32 {
+pub(crate) fn exp_non_positive(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

@@ -126,7 +126,7 @@ fn head_body(
     }
     let mut total = 0f32;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
+        *s = crate::activations::exp_non_positive(*s - max);
         total += *s;
     }
     out.fill(0.0);
