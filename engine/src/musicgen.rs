@@ -126,9 +126,10 @@ impl Session for MusicGenSession<'_> {
     }
 
     fn finish(self: Box<Self>) -> Result<Audio, EngineError> {
-        let audio = self.model.decode_audio(&self.generation.frames())?;
+        let MusicGenSession { model, generation } = *self;
+        let audio = model.decode_audio(&generation.into_frames())?;
         Ok(Audio {
-            sample_rate: self.model.sample_rate(),
+            sample_rate: model.sample_rate(),
             channels: audio.to_vec2::<f32>()?,
         })
     }

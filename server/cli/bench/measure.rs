@@ -188,7 +188,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             }
             let stepped_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_message("decoding with EnCodec");
-            let audio = model.decode_audio(&job.frames())?;
+            let steps = job.total_steps();
+            let audio = model.decode_audio(&job.into_frames())?;
             device.synchronize()?;
             let total_ms = t.elapsed().as_secs_f64() * 1e3;
             runs.push(Run {
@@ -197,7 +198,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 encodec_ms: total_ms - stepped_ms,
                 total_ms,
                 audio_s: audio.dim(1)? as f64 / model.sample_rate() as f64,
-                steps: job.total_steps(),
+                steps,
             });
         }
     }
