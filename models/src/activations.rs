@@ -187,9 +187,7 @@ mod tests {
         // Longer than one task and not a multiple of it, laid out transposed so the
         // tensor is not contiguous.
         let (rows, cols) = (7, TASK / 3 + 5);
-        let values: Vec<f32> = (0..rows * cols)
-            .map(|_| (rng.uniform() as f32 - 0.5) * 20.0)
-            .collect();
+        let values = rng.uniform_f32s(rows * cols, -10.0, 10.0);
         let xs = Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu)?.t()?;
         let ours = elu(&xs)?.flatten_all()?.to_vec1::<f32>()?;
         let theirs = xs.elu(1.0)?.flatten_all()?.to_vec1::<f32>()?;

@@ -169,8 +169,7 @@ mod tests {
     use super::*;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::rng::Rng::new(seed);
-        (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect()
+        crate::rng::Rng::new(seed).uniform_f32s(n, -1.0, 1.0)
     }
 
     /// The same attention in f64, head by head.

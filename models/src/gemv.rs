@@ -138,8 +138,8 @@ mod tests {
             (3, 4096, 65),
             (4, 16, 1),
         ] {
-            let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() as f32 - 0.5).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| rng.uniform() as f32 - 0.5).collect();
+            let x = rng.uniform_f32s(m * k, -0.5, 0.5);
+            let w = rng.uniform_f32s(n * k, -0.5, 0.5);
             let mut out = vec![0f32; m * n];
             matmul_rows(&x, m, &w, n, &mut out).unwrap();
             let want = reference(&x, m, &w, n);

@@ -42,6 +42,13 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// `n` uniform samples in `[low, high)`, as f32.
+    pub fn uniform_f32s(&mut self, n: usize, low: f32, high: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| low + (high - low) * self.uniform() as f32)
+            .collect()
+    }
+
     /// A standard normal sample (Box-Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform(); // in (0, 1], so ln is finite

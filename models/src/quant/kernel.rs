@@ -232,8 +232,7 @@ mod tests {
     use super::*;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::rng::Rng::new(seed);
-        (0..n).map(|_| rng.uniform() as f32 - 0.5).collect()
+        crate::rng::Rng::new(seed).uniform_f32s(n, -0.5, 0.5)
     }
 
     /// `x . w` in f64 over the values the kernel multiplies: dequantized weights and
