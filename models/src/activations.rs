@@ -74,7 +74,7 @@ fn map<A: Activation>(xs: &Tensor) -> candle_core::Result<Option<Tensor>> {
 
 fn map_slice<A: Activation>(x: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
         unsafe { map_avx2_fma::<A>(x, out) };
         return;

@@ -76,7 +76,7 @@ fn head(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
         unsafe { head_avx2_fma(q, k, v, mask, scale, scores, out) };
         return;

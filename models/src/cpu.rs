@@ -28,3 +28,10 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
     rayon::scope(|_| f())
 }
+
+/// Whether the CPU has AVX2 and FMA, which the fast paths of our hand-written kernels
+/// need (the check is cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}

@@ -90,13 +90,10 @@ pub(crate) fn for_feature_tasks(
 /// instructions the CPU has.
 fn dots(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            unsafe { dots_avx2_fma(x, k, row, sums) };
-            return;
-        }
+    if crate::cpu::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        unsafe { dots_avx2_fma(x, k, row, sums) };
+        return;
     }
     dots_portable(x, k, row, sums);
 }
