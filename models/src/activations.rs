@@ -17,6 +17,11 @@ pub fn elu(xs: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// [`elu`] in place over a slice, in parallel.
+pub fn elu_in_place(xs: &mut [f32]) {
+    xs.par_chunks_mut(TASK).for_each(map_in_place::<Elu>);
+}
+
 /// Exact GELU, `x * (1 + erf(x / sqrt 2)) / 2` (MusicGen's `gelu`), with an erf accurate
 /// to 1.5e-7. Vectorised on f32 CPU tensors; candle's own otherwise.
 pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -60,38 +65,33 @@ fn map<A: Activation>(xs: &Tensor) -> candle_core::Result<Option<Tensor>> {
         return Ok(None);
     }
     let xs = xs.contiguous()?;
-    let mut out = vec![0f32; xs.elem_count()];
-    let done = crate::cpu::with_f32(&xs, |x| {
-        out.par_chunks_mut(TASK)
-            .zip(x.par_chunks(TASK))
-            .for_each(|(out, x)| map_slice::<A>(x, out));
-    })?;
-    match done {
-        Some(()) => Ok(Some(Tensor::from_vec(out, xs.shape(), xs.device())?)),
-        None => Ok(None),
-    }
+    let Some(mut out) = crate::cpu::with_f32(&xs, <[f32]>::to_vec)? else {
+        return Ok(None);
+    };
+    out.par_chunks_mut(TASK).for_each(map_in_place::<A>);
+    Ok(Some(Tensor::from_vec(out, xs.shape(), xs.device())?))
 }
 
-fn map_slice<A: Activation>(x: &[f32], out: &mut [f32]) {
+fn map_in_place<A: Activation>(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { map_avx2_fma::<A>(x, out) };
+        unsafe { map_in_place_avx2_fma::<A>(xs) };
         return;
     }
-    map_body::<A>(x, out);
+    map_in_place_body::<A>(xs);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn map_avx2_fma<A: Activation>(x: &[f32], out: &mut [f32]) {
-    map_body::<A>(x, out);
+unsafe fn map_in_place_avx2_fma<A: Activation>(xs: &mut [f32]) {
+    map_in_place_body::<A>(xs);
 }
 
 #[inline(always)]
-fn map_body<A: Activation>(x: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = A::apply(v);
+fn map_in_place_body<A: Activation>(xs: &mut [f32]) {
+    for x in xs {
+        *x = A::apply(*x);
     }
 }
 

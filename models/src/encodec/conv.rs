@@ -37,21 +37,25 @@ impl ConvSpec {
 /// Weight-normalised 1-D convolution with EnCodec's asymmetric/causal padding
 /// (transformers' `EncodecConv1d`).
 pub(super) struct Conv1d {
-    /// `[out, in, k]`.
-    weight: Tensor,
+    /// `[out, k, in]`, tap-major: with time-major signals, the `k * in` inputs of one output
+    /// frame are then one contiguous run in both the weights and the padded input.
+    pub(super) weight: Tensor,
     /// `[1, out, 1]`, ready to broadcast over `[B, out, T]`.
-    bias: Tensor,
-    stride: usize,
-    dilation: usize,
+    pub(super) bias: Tensor,
+    pub(super) stride: usize,
+    pub(super) dilation: usize,
     causal: bool,
-    pad_mode: PadMode,
+    pub(super) pad_mode: PadMode,
 }
 
 impl Conv1d {
     /// Loads `conv.weight_g`/`weight_v`/`bias` under `vb`.
     pub(super) fn new(spec: &ConvSpec, cfg: &Config, vb: &Vb<'_>) -> Result<Self> {
         let vb = vb.pp("conv");
-        let weight = vb.weight_norm(&[spec.cout, spec.cin, spec.kernel])?;
+        let weight = vb
+            .weight_norm(&[spec.cout, spec.cin, spec.kernel])?
+            .transpose(1, 2)?
+            .contiguous()?;
         let bias = vb.get(&[spec.cout], "bias")?.reshape((1, spec.cout, 1))?;
         Ok(Self {
             weight,
@@ -63,6 +67,25 @@ impl Conv1d {
         })
     }
 
+    /// Input samples one output reads: `taps` spread by the dilation.
+    pub(super) fn span(&self, taps: usize) -> usize {
+        (taps - 1) * self.dilation + 1
+    }
+
+    /// Samples padded on the (left, right) of an input of `length`: transformers' split of
+    /// the kernel's padding, plus what completes the last strided window.
+    pub(super) fn padding(&self, length: usize, taps: usize) -> (usize, usize) {
+        let kernel = self.span(taps);
+        let padding_total = kernel.saturating_sub(self.stride);
+        let extra = extra_padding(length, kernel, self.stride, padding_total);
+        if self.causal {
+            (padding_total, extra)
+        } else {
+            let right = padding_total / 2;
+            (padding_total - right, right + extra)
+        }
+    }
+
     /// `[B, in, T]` -> `[B, out, T']`, within the default scratch budget.
     pub(super) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_with_budget(xs, CONV_SCRATCH_ELEMS)
@@ -70,16 +93,10 @@ impl Conv1d {
 
     fn forward_with_budget(&self, xs: &Tensor, budget: usize) -> Result<Tensor> {
         let (batch, c_in, length) = xs.dims3()?;
-        let taps = self.weight.dim(2)?;
-        let kernel = (taps - 1) * self.dilation + 1;
-        let padding_total = kernel.saturating_sub(self.stride);
-        let extra = extra_padding(length, kernel, self.stride, padding_total);
-        let (left, right) = if self.causal {
-            (padding_total, extra)
-        } else {
-            let right = padding_total / 2;
-            (padding_total - right, right + extra)
-        };
+        let taps = self.weight.dim(1)?;
+        let weight = self.weight.transpose(1, 2)?.contiguous()?;
+        let kernel = self.span(taps);
+        let (left, right) = self.padding(length, taps);
         let padded = pad1d(xs, left, right, self.pad_mode)?;
         let padded_len = padded.dim(2)?;
         if padded_len < kernel {
@@ -91,7 +108,7 @@ impl Conv1d {
         let out_len = (padded_len - kernel) / self.stride + 1;
         let chunk = (budget / (batch * c_in * taps).max(1)).max(1);
         let ys = if chunk >= out_len {
-            padded.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?
+            padded.conv1d(&weight, 0, self.stride, self.dilation, 1)?
         } else {
             let mut pieces = Vec::with_capacity(out_len.div_ceil(chunk));
             let mut start = 0;
@@ -100,7 +117,7 @@ impl Conv1d {
                 let in_start = start * self.stride;
                 let in_len = (end - 1 - start) * self.stride + kernel;
                 let piece = padded.narrow(2, in_start, in_len)?.contiguous()?;
-                pieces.push(piece.conv1d(&self.weight, 0, self.stride, self.dilation, 1)?);
+                pieces.push(piece.conv1d(&weight, 0, self.stride, self.dilation, 1)?);
                 start = end;
             }
             Tensor::cat(&pieces, 2)?
@@ -112,11 +129,12 @@ impl Conv1d {
 /// Weight-normalised transposed convolution whose output is trimmed back to
 /// `stride * input_len` samples (transformers' `EncodecConvTranspose1d`).
 pub(super) struct ConvTranspose1d {
-    /// `[in, out, k]`.
-    weight: Tensor,
+    /// `[in, k, out]`, tap-major: one input frame's contributions to the `k` output frames
+    /// it reaches come out of one product as `k` contiguous frames.
+    pub(super) weight: Tensor,
     /// `[1, out, 1]`.
-    bias: Tensor,
-    stride: usize,
+    pub(super) bias: Tensor,
+    pub(super) stride: usize,
     causal: bool,
     trim_right_ratio: f64,
 }
@@ -131,7 +149,10 @@ impl ConvTranspose1d {
         vb: &Vb<'_>,
     ) -> Result<Self> {
         let vb = vb.pp("conv");
-        let weight = vb.weight_norm(&[cin, cout, 2 * ratio])?;
+        let weight = vb
+            .weight_norm(&[cin, cout, 2 * ratio])?
+            .transpose(1, 2)?
+            .contiguous()?;
         let bias = vb.get(&[cout], "bias")?.reshape((1, cout, 1))?;
         Ok(Self {
             weight,
@@ -143,7 +164,7 @@ impl ConvTranspose1d {
     }
 
     /// Samples trimmed from the (left, right) of the full transposed-convolution output.
-    fn trim(&self, kernel: usize) -> (usize, usize) {
+    pub(super) fn trim(&self, kernel: usize) -> (usize, usize) {
         let padding_total = kernel.saturating_sub(self.stride);
         let right = if self.causal {
             (padding_total as f64 * self.trim_right_ratio).ceil() as usize
@@ -164,21 +185,16 @@ impl ConvTranspose1d {
     /// The untrimmed transposed convolution, one batch item at a time: candle 0.11.1's CPU
     /// `conv_transpose1d` (col2im path) mixes up batch items when B > 1, because its matmul
     /// folds the batch of a transposed left operand into rows as if it were row-major.
-    fn conv_transpose(&self, xs: &Tensor) -> Result<Tensor> {
+    fn conv_transpose(&self, xs: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let batch = xs.dim(0)?;
         if batch == 1 {
-            return Ok(xs.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?);
+            return Ok(xs.conv_transpose1d(weight, 0, 0, self.stride, 1, 1)?);
         }
         let items = (0..batch)
             .map(|b| {
-                xs.narrow(0, b, 1)?.contiguous()?.conv_transpose1d(
-                    &self.weight,
-                    0,
-                    0,
-                    self.stride,
-                    1,
-                    1,
-                )
+                xs.narrow(0, b, 1)?
+                    .contiguous()?
+                    .conv_transpose1d(weight, 0, 0, self.stride, 1, 1)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::cat(&items, 0)?)
@@ -186,7 +202,8 @@ impl ConvTranspose1d {
 
     fn forward_with_budget(&self, xs: &Tensor, budget: usize) -> Result<Tensor> {
         let (batch, _c_in, length) = xs.dims3()?;
-        let (_, c_out, kernel) = self.weight.dims3()?;
+        let (_, kernel, c_out) = self.weight.dims3()?;
+        let weight = self.weight.transpose(1, 2)?.contiguous()?;
         let stride = self.stride;
         if length == 0 {
             return Ok(Tensor::zeros((batch, c_out, 0), xs.dtype(), xs.device())?);
@@ -199,7 +216,7 @@ impl ConvTranspose1d {
         let frames = (budget / (batch * c_out * kernel).max(1)).max(1);
         let chunk = frames * stride;
         let ys = if chunk >= out_end - out_start {
-            let full = self.conv_transpose(xs)?;
+            let full = self.conv_transpose(xs, &weight)?;
             full.narrow(2, out_start, out_end - out_start)?
         } else {
             let mut pieces = Vec::with_capacity((out_end - out_start).div_ceil(chunk));
@@ -212,7 +229,7 @@ impl ConvTranspose1d {
                     ceil_div(start as i64 - kernel as i64 + 1, stride as i64).max(0) as usize;
                 let last = ((end - 1) / stride + 1).min(length);
                 let piece = xs.narrow(2, first, last - first)?.contiguous()?;
-                let local = self.conv_transpose(&piece)?;
+                let local = self.conv_transpose(&piece, &weight)?;
                 pieces.push(local.narrow(2, start - first * stride, end - start)?);
                 start = end;
             }
@@ -265,7 +282,7 @@ mod tests {
         let x2 = Tensor::cat(&[&random(&[1, cin, length], 3, 1.0)?, &x], 0)?;
         for (causal, left) in [(false, 2), (true, 0)] {
             let conv = ConvTranspose1d {
-                weight: w.clone(),
+                weight: w.transpose(1, 2)?.contiguous()?,
                 bias: Tensor::zeros((1, cout, 1), DType::F32, &Device::Cpu)?,
                 stride,
                 causal,
@@ -302,7 +319,7 @@ mod tests {
         let w = random(&[cout, cin, taps], 3, 0.5)?;
         let x = random(&[1, cin, length], 4, 1.0)?;
         let conv = Conv1d {
-            weight: w.clone(),
+            weight: w.transpose(1, 2)?.contiguous()?,
             bias: random(&[1, cout, 1], 5, 0.1)?,
             stride: 1,
             dilation,

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::conv::{Conv1d, ConvTranspose1d};
+use super::cpu::Signal;
 use super::lstm::Lstm;
 use super::seanet::{decoder_plan, Layer, LayerSpec, ResnetBlock};
 use super::Config;
@@ -147,11 +148,51 @@ impl EncodecDecoder {
     /// The SEANet decoder alone: latents `[B, hidden_size, N]` -> audio
     /// `[B, audio_channels, N * hop_length]`.
     pub fn decode_embeddings(&self, embeddings: &Tensor) -> Result<Tensor> {
-        let mut xs = embeddings.to_dtype(DType::F32)?.to_device(&self.device)?;
+        let xs = embeddings.to_dtype(DType::F32)?.to_device(&self.device)?;
+        if self.device.is_cpu() {
+            self.decode_on_cpu(&xs)
+        } else {
+            self.decode_with_candle(xs)
+        }
+    }
+
+    /// The layers as candle ops, on any device.
+    fn decode_with_candle(&self, mut xs: Tensor) -> Result<Tensor> {
         for layer in &self.layers {
             xs = layer.forward(&xs)?;
         }
         Ok(xs)
+    }
+
+    /// The layers on plain buffers ([`super::cpu`]), one batch item at a time.
+    fn decode_on_cpu(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, channels, len) = xs.dims3()?;
+        let mut audio = Vec::new();
+        let mut shape = (self.config.audio_channels, 0);
+        for b in 0..batch {
+            let item = xs.get(b)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut signal = Signal::from_channels_first(&item, channels, len);
+            for layer in &self.layers {
+                signal = layer.forward_cpu(signal)?;
+            }
+            shape = (signal.channels, signal.len);
+            // Mono audio is laid out the same either way.
+            let item = if signal.channels == 1 {
+                signal.data
+            } else {
+                signal.channels_first()
+            };
+            if audio.is_empty() {
+                audio = item;
+            } else {
+                audio.extend_from_slice(&item);
+            }
+        }
+        Ok(Tensor::from_vec(
+            audio,
+            (batch, shape.0, shape.1),
+            &self.device,
+        )?)
     }
 }
 
@@ -223,6 +264,41 @@ mod tests {
             );
             let bad = Tensor::from_vec(vec![8u32; frames], (1, 1, frames), &Device::Cpu)?;
             assert!(decoder.decode(&bad).is_err());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn cpu_path_matches_the_candle_layers_in_every_padding_and_layout() -> Result<()> {
+        // Two residual layers give dilations 1 and 2 (the one-product and the per-tap
+        // convolutions); the shortcut, causal trimming, other padding modes and stereo
+        // output each take their own branch.
+        let variants = [
+            tiny_config(false),
+            tiny_config(true),
+            Config {
+                use_causal_conv: true,
+                pad_mode: "constant".into(),
+                ..tiny_config(false)
+            },
+            Config {
+                pad_mode: "replicate".into(),
+                audio_channels: 2,
+                ..tiny_config(true)
+            },
+        ];
+        for cfg in variants {
+            let weights = tiny_weights(&cfg)?;
+            let decoder = EncodecDecoder::new(&cfg, weights.root(DType::F32))?;
+            // Short inputs too: reflect padding of fewer samples than the padding.
+            for frames in [1, 2, 7] {
+                let latents = random(&[2, cfg.hidden_size, frames], frames as u64, 1.0)?;
+                let ours = decoder.decode_on_cpu(&latents)?;
+                let theirs = decoder.decode_with_candle(latents.clone())?;
+                assert_eq!(ours.dims(), theirs.dims());
+                let diff = max_diff(&ours, &theirs);
+                assert!(diff < 1e-5, "{cfg:?}, {frames} frames: differs by {diff}");
+            }
         }
         Ok(())
     }

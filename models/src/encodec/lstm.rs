@@ -8,14 +8,14 @@ use crate::weights::Vb;
 
 /// One layer of `torch.nn.LSTM` (gate order i, f, g, o), with the input projection of all
 /// frames done as one matmul before the recurrence.
-struct LstmLayer {
-    /// `W_ih^T`, `[in, 4H]`.
-    w_ih_t: Tensor,
-    /// `W_hh^T`, `[H, 4H]`, contiguous so each step is a plain row-times-matrix product.
-    w_hh_t: Tensor,
+pub(super) struct LstmLayer {
+    /// `W_ih`, `[4H, in]`.
+    pub(super) w_ih: Tensor,
+    /// `W_hh`, `[4H, H]`.
+    pub(super) w_hh: Tensor,
     /// `b_ih + b_hh`, `[4H]`.
-    bias: Tensor,
-    hidden: usize,
+    pub(super) bias: Tensor,
+    pub(super) hidden: usize,
 }
 
 impl LstmLayer {
@@ -30,8 +30,8 @@ impl LstmLayer {
     fn from_tensors(w_ih: &Tensor, w_hh: &Tensor, b_ih: &Tensor, b_hh: &Tensor) -> Result<Self> {
         let hidden = w_hh.dim(1)?;
         Ok(Self {
-            w_ih_t: w_ih.t()?.contiguous()?,
-            w_hh_t: w_hh.t()?.contiguous()?,
+            w_ih: w_ih.contiguous()?,
+            w_hh: w_hh.contiguous()?,
             bias: (b_ih + b_hh)?,
             hidden,
         })
@@ -44,14 +44,14 @@ impl LstmLayer {
         // Hoisted: W_ih·x + b_ih + b_hh for every frame at once; the loop only adds W_hh·h.
         let projected = xs_tbc
             .reshape((steps * batch, c_in))?
-            .matmul(&self.w_ih_t)?
+            .matmul(&self.w_ih.t()?)?
             .broadcast_add(&self.bias)?
             .reshape((steps, batch, 4 * h))?;
         let mut hx = Tensor::zeros((batch, h), xs_tbc.dtype(), xs_tbc.device())?;
         let mut cx = hx.clone();
         let mut outputs = Vec::with_capacity(steps);
         for t in 0..steps {
-            let gates = (projected.get(t)? + hx.matmul(&self.w_hh_t)?)?;
+            let gates = (projected.get(t)? + hx.matmul(&self.w_hh.t()?)?)?;
             // Sigmoid over all four gates is one kernel; the g slice is simply not used.
             let sig = candle_nn::ops::sigmoid(&gates)?;
             let in_gate = sig.narrow(1, 0, h)?;
@@ -68,7 +68,7 @@ impl LstmLayer {
 
 /// transformers' `EncodecLSTM`: a stacked LSTM over the time axis plus its input.
 pub(super) struct Lstm {
-    layers: Vec<LstmLayer>,
+    pub(super) layers: Vec<LstmLayer>,
 }
 
 impl Lstm {

@@ -4,10 +4,12 @@
 //!
 //! One role per file: `config` holds the codec [`Config`], `pad` and `conv` the padded
 //! (transposed) convolutions, `lstm` the LSTM, `seanet` the decoder's residual blocks and layer
-//! plan, and `decoder` the [`EncodecDecoder`] that runs the quantizer lookup and those layers.
+//! plan, `cpu` every layer's CPU path on plain buffers, and `decoder` the [`EncodecDecoder`]
+//! that runs the quantizer lookup and those layers.
 
 mod config;
 mod conv;
+mod cpu;
 mod decoder;
 mod lstm;
 mod pad;

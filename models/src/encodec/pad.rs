@@ -68,6 +68,42 @@ pub(super) fn pad1d(xs: &Tensor, left: usize, right: usize, mode: PadMode) -> Re
     }
 }
 
+/// [`pad1d`] on a time-major signal: `length` frames of `channels` samples each, padded to
+/// `left + length + right` frames with the same values as [`pad1d`] gives.
+pub(super) fn pad_frames(
+    xs: &[f32],
+    channels: usize,
+    length: usize,
+    (left, right): (usize, usize),
+    mode: PadMode,
+) -> Vec<f32> {
+    let padded_len = left + length + right;
+    let mut out = vec![0f32; channels * padded_len];
+    if length == 0 || channels == 0 {
+        return out;
+    }
+    // Reflect padding of a short input reflects the input with zeros appended (see pad1d).
+    let reflected_len = length + (left.max(right) + 1).saturating_sub(length);
+    let source = |i: usize| -> Option<usize> {
+        let j = match mode {
+            PadMode::Constant => i.checked_sub(left)?,
+            PadMode::Replicate => i.saturating_sub(left).min(length - 1),
+            PadMode::Reflect if i < left => left - i,
+            PadMode::Reflect if i < left + reflected_len => i - left,
+            PadMode::Reflect => (2 * reflected_len + left).checked_sub(i + 2)?,
+        };
+        (j < length).then_some(j)
+    };
+    out[left * channels..(left + length) * channels].copy_from_slice(&xs[..length * channels]);
+    for i in (0..left).chain(left + length..padded_len) {
+        if let Some(j) = source(i) {
+            out[i * channels..(i + 1) * channels]
+                .copy_from_slice(&xs[j * channels..(j + 1) * channels]);
+        }
+    }
+    out
+}
+
 /// `xs[start .. start + len]` along `dim`, in reverse order; `xs` must be contiguous.
 fn reversed(xs: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
     let ids: Vec<u32> = (start..start + len).rev().map(|i| i as u32).collect();
@@ -127,6 +163,11 @@ mod tests {
         for (input, left, right, expected) in cases {
             let padded = pad1d(&t1(input)?, left, right, PadMode::Reflect)?;
             assert_eq!(row(&padded), expected, "{input:?} padded ({left}, {right})");
+            let frames = pad_frames(input, 1, input.len(), (left, right), PadMode::Reflect);
+            assert_eq!(
+                frames, expected,
+                "frames {input:?} padded ({left}, {right})"
+            );
         }
         let x = t1(&[1., 2., 3.])?;
         assert_eq!(
@@ -136,6 +177,20 @@ mod tests {
         assert_eq!(
             row(&pad1d(&x, 1, 2, PadMode::Replicate)?),
             [1., 1., 2., 3., 3., 3.]
+        );
+        // Two channels, frames (1, 4), (2, 5), (3, 6).
+        let two_channels = [1., 4., 2., 5., 3., 6.];
+        assert_eq!(
+            pad_frames(&two_channels, 2, 3, (2, 1), PadMode::Constant),
+            [0., 0., 0., 0., 1., 4., 2., 5., 3., 6., 0., 0.]
+        );
+        assert_eq!(
+            pad_frames(&two_channels, 2, 3, (1, 2), PadMode::Replicate),
+            [1., 4., 1., 4., 2., 5., 3., 6., 3., 6., 3., 6.]
+        );
+        assert_eq!(
+            pad_frames(&two_channels, 2, 3, (1, 1), PadMode::Reflect),
+            [2., 5., 1., 4., 2., 5., 3., 6., 2., 5.]
         );
         Ok(())
     }

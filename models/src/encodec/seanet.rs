@@ -12,9 +12,9 @@ use crate::weights::Vb;
 /// SEANet residual block (transformers' `EncodecResnetBlock`): ELU, conv(k, dilation), ELU,
 /// conv(1), plus the input (or its 1x1 convolution).
 pub(super) struct ResnetBlock {
-    conv1: Conv1d,
-    conv2: Conv1d,
-    shortcut: Option<Conv1d>,
+    pub(super) conv1: Conv1d,
+    pub(super) conv2: Conv1d,
+    pub(super) shortcut: Option<Conv1d>,
 }
 
 impl ResnetBlock {

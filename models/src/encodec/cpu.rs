@@ -1,0 +1,391 @@
+//! EnCodec's decoder on the CPU in f32, over plain time-major `[time, channels]` buffers,
+//! one batch item at a time. candle's convolutions first copy every shifted window of their input
+//! (im2col: seven copies of a 20 MB signal for a 7-tap kernel at 32 kHz) and each of its
+//! LSTM steps is a dozen small tensor ops. Here:
+//! - a convolution is one GEMM per tap over a shifted window of the padded input, read in
+//!   place and accumulated into an output that starts as the bias;
+//! - a transposed convolution is one GEMM per tap, written straight into the output frames
+//!   the tap reaches, already trimmed;
+//! - ELU runs in place, and a residual block adds its last convolution into its input;
+//! - the LSTM projects every frame at once and runs its recurrence with the few-row
+//!   product kernel of [`crate::gemv`] and scalar gate arithmetic.
+//!
+//! Time-major frames keep every GEMM's output contiguous per frame, the layout its kernels
+//! store fastest, and let padding and the LSTM move whole frames. The sums are the candle
+//! path's, in another order.
+
+use std::borrow::Cow;
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use super::conv::{Conv1d, ConvTranspose1d};
+use super::lstm::Lstm;
+use super::pad::pad_frames;
+use super::seanet::{Layer, ResnetBlock};
+use crate::activations::elu_in_place;
+use crate::cpu::{f32_data, gemm_accumulate, F32Data, MatrixView};
+use crate::error::{ModelError, Result};
+
+/// One batch item's signal: `len` frames of `channels` samples, frame by frame.
+#[derive(Clone, Debug)]
+pub(super) struct Signal {
+    pub(super) channels: usize,
+    pub(super) len: usize,
+    pub(super) data: Vec<f32>,
+}
+
+impl Signal {
+    fn zeros(channels: usize, len: usize) -> Self {
+        Self {
+            channels,
+            len,
+            data: vec![0.0; channels * len],
+        }
+    }
+
+    /// `len` frames that each hold `bias`. Written, not added to zeros: a fresh
+    /// allocation's first read would map the shared zero page, and the write after it
+    /// would then fault again and flush the other cores' TLBs.
+    fn from_bias(bias: &[f32], len: usize) -> Self {
+        let channels = bias.len();
+        let mut data = vec![0f32; channels * len];
+        data.par_chunks_mut(channels.max(1) * FRAMES_PER_TASK)
+            .for_each(|frames| {
+                for frame in frames.chunks_exact_mut(channels.max(1)) {
+                    frame.copy_from_slice(bias);
+                }
+            });
+        Self {
+            channels,
+            len,
+            data,
+        }
+    }
+
+    /// Adds `bias[c]` to channel `c` of every frame.
+    fn add_bias(&mut self, bias: &[f32]) {
+        self.data
+            .par_chunks_mut(self.channels.max(1) * FRAMES_PER_TASK)
+            .for_each(|frames| {
+                for frame in frames.chunks_exact_mut(self.channels.max(1)) {
+                    frame.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            });
+    }
+
+    /// The `[channels, len]` layout of the candle path.
+    pub(super) fn channels_first(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.data.len()];
+        for (t, frame) in self.data.chunks_exact(self.channels.max(1)).enumerate() {
+            for (c, &v) in frame.iter().enumerate() {
+                out[c * self.len + t] = v;
+            }
+        }
+        out
+    }
+
+    /// A signal from the `[channels, len]` layout of the candle path.
+    pub(super) fn from_channels_first(data: &[f32], channels: usize, len: usize) -> Self {
+        let mut out = Self::zeros(channels, len);
+        for (c, row) in data.chunks_exact(len.max(1)).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                out.data[t * channels + c] = v;
+            }
+        }
+        out
+    }
+}
+
+/// Frames per parallel task of the element-wise passes.
+const FRAMES_PER_TASK: usize = 256;
+
+/// Values (4 MiB) of the scratch a transposed convolution fills per piece of its input:
+/// small enough to stay in cache until its frames are added to the output.
+const TRANSPOSED_SCRATCH: usize = 1 << 20;
+
+fn failure(message: String) -> ModelError {
+    ModelError::Candle(candle_core::Error::Msg(format!(
+        "EnCodec CPU decode: {message}"
+    )))
+}
+
+/// The elements of a weight, which the decoder keeps as contiguous f32 CPU tensors.
+fn elements<'a>(tensor: &'a Tensor, what: &str) -> Result<F32Data<'a>> {
+    f32_data(tensor)?.ok_or_else(|| failure(format!("{what} is not a contiguous f32 CPU tensor")))
+}
+
+/// [`gemm_accumulate`], with a refusal turned into an error naming the layer.
+fn accumulate(
+    shape: (usize, usize, usize),
+    dst: (&mut [f32], MatrixView),
+    a: (&[f32], MatrixView),
+    b: (&[f32], MatrixView),
+    layer: &str,
+) -> Result<()> {
+    gemm_accumulate(shape, dst.0, dst.1, a.0, a.1, b.0, b.1).ok_or_else(|| {
+        failure(format!(
+            "{layer}: operands do not match the shape {shape:?}"
+        ))
+    })
+}
+
+impl Conv1d {
+    /// The convolution of `x` (of `ELU(x)` when `elu_input`), added to `sum` when given,
+    /// which must have the output's shape.
+    pub(super) fn forward_cpu(
+        &self,
+        x: Cow<'_, Signal>,
+        elu_input: bool,
+        sum: Option<Signal>,
+    ) -> Result<Signal> {
+        let weight = elements(&self.weight, "conv weight")?;
+        let bias = elements(&self.bias, "conv bias")?;
+        let (c_out, taps, c_in) = self.weight.dims3()?;
+        if x.channels != c_in {
+            return Err(failure(format!(
+                "conv of {c_in} channels given {}",
+                x.channels
+            )));
+        }
+        let (left, right) = self.padding(x.len, taps);
+        let padded_len = left + x.len + right;
+        let kernel = self.span(taps);
+        if padded_len < kernel {
+            return Err(failure(format!(
+                "{padded_len} padded samples are fewer than the kernel {kernel}"
+            )));
+        }
+        let out_len = (padded_len - kernel) / self.stride + 1;
+        let mut padded: Cow<'_, [f32]> = if left == 0 && right == 0 {
+            match x {
+                Cow::Borrowed(x) => Cow::Borrowed(&x.data),
+                Cow::Owned(x) => Cow::Owned(x.data),
+            }
+        } else {
+            Cow::Owned(pad_frames(
+                &x.data,
+                c_in,
+                x.len,
+                (left, right),
+                self.pad_mode,
+            ))
+        };
+        if elu_input {
+            // ELU commutes with padding: reflected and replicated samples are copies, and
+            // ELU(0) = 0.
+            elu_in_place(padded.to_mut());
+        }
+        let fresh = sum.is_none();
+        let mut out = match sum {
+            Some(sum) if sum.channels == c_out && sum.len == out_len => sum,
+            Some(sum) => {
+                return Err(failure(format!(
+                    "residual of [{}, {}] added to a conv output of [{c_out}, {out_len}]",
+                    sum.channels, sum.len
+                )))
+            }
+            None => Signal::from_bias(&bias, out_len),
+        };
+        if !fresh {
+            out.add_bias(&bias);
+        }
+        if self.dilation == 1 && self.stride == 1 {
+            // Output frame t reads padded frames t..t + taps: `taps * c_in` contiguous
+            // values, in the order of the tap-major weights. One product does every tap.
+            accumulate(
+                (c_out, out_len, taps * c_in),
+                (&mut out.data, channel_major(0, c_out)),
+                (&weight, MatrixView::rows(0, taps * c_in)),
+                (&padded, channel_major(0, c_in)),
+                "conv",
+            )?;
+            return Ok(out);
+        }
+        for tap in 0..taps {
+            // Channel ci of output frame t reads padded frame t * stride + tap * dilation.
+            let window = MatrixView {
+                offset: tap * self.dilation * c_in,
+                row_stride: 1,
+                col_stride: self.stride * c_in,
+            };
+            accumulate(
+                (c_out, out_len, c_in),
+                (&mut out.data, channel_major(0, c_out)),
+                (&weight, MatrixView::rows(tap * c_in, taps * c_in)),
+                (&padded, window),
+                "conv",
+            )?;
+        }
+        Ok(out)
+    }
+}
+
+impl ConvTranspose1d {
+    /// The transposed convolution of `x`, trimmed as the candle path trims it.
+    pub(super) fn forward_cpu(&self, x: &Signal) -> Result<Signal> {
+        let weight = elements(&self.weight, "transposed conv weight")?;
+        let bias = elements(&self.bias, "transposed conv bias")?;
+        let (c_in, kernel, c_out) = self.weight.dims3()?;
+        if x.channels != c_in {
+            return Err(failure(format!(
+                "transposed conv of {c_in} channels given {}",
+                x.channels
+            )));
+        }
+        if x.len == 0 {
+            return Ok(Signal::zeros(c_out, 0));
+        }
+        let stride = self.stride;
+        let full_len = (x.len - 1) * stride + kernel;
+        let (left, right) = self.trim(kernel);
+        let out_len = full_len - left - right;
+        let mut out = Signal::from_bias(&bias, out_len);
+        // Input frame i adds `kernel` frames (one product for a piece of input frames) to
+        // output frames i * stride - left + tap, overlapping its neighbours' by
+        // `kernel - stride`. Pieces bound the scratch those products fill.
+        let produced = kernel * c_out;
+        let piece = (TRANSPOSED_SCRATCH / produced).max(1);
+        let mut scratch = Vec::new();
+        for first in (0..x.len).step_by(piece) {
+            let frames = piece.min(x.len - first);
+            scratch.clear();
+            scratch.resize(frames * produced, 0.0);
+            accumulate(
+                (produced, frames, c_in),
+                (&mut scratch, channel_major(0, produced)),
+                (&weight, channel_major(0, produced)),
+                (&x.data, channel_major(first * c_in, c_in)),
+                "transposed conv",
+            )?;
+            // Output frame o (before the trim) sums taps o - i * stride of inputs i.
+            let begin = (first * stride).max(left);
+            let end = ((first + frames - 1) * stride + kernel).min(left + out_len);
+            let outputs = &mut out.data[(begin - left) * c_out..(end - left) * c_out];
+            outputs
+                .par_chunks_mut(c_out * FRAMES_PER_TASK)
+                .enumerate()
+                .for_each(|(task, chunk)| {
+                    let task_begin = begin + task * FRAMES_PER_TASK;
+                    for (o, frame) in (task_begin..).zip(chunk.chunks_exact_mut(c_out)) {
+                        let last = (o / stride).min(first + frames - 1);
+                        let lowest = (o + 1).saturating_sub(kernel).div_ceil(stride).max(first);
+                        for i in lowest..=last {
+                            let tap = o - i * stride;
+                            let start = (i - first) * produced + tap * c_out;
+                            let add = &scratch[start..start + c_out];
+                            frame.iter_mut().zip(add).for_each(|(v, a)| *v += a);
+                        }
+                    }
+                });
+        }
+        Ok(out)
+    }
+}
+
+impl Lstm {
+    /// The stacked LSTM over the time axis of `x`, plus `x`.
+    pub(super) fn forward_cpu(&self, x: Signal) -> Result<Signal> {
+        let steps = x.len;
+        // Each layer reads the previous one's `[T, H]` output; the first reads `x`.
+        let mut input: Cow<'_, [f32]> = Cow::Borrowed(&x.data);
+        let mut input_dim = x.channels;
+        for layer in &self.layers {
+            let h = layer.hidden;
+            let w_ih = elements(&layer.w_ih, "LSTM weight_ih")?;
+            let w_hh = elements(&layer.w_hh, "LSTM weight_hh")?;
+            let bias = elements(&layer.bias, "LSTM bias")?;
+            // Every frame's input projection plus both biases, `[T, 4H]`.
+            let mut gates = vec![0f32; steps * 4 * h];
+            gates
+                .par_chunks_mut(4 * h)
+                .for_each(|row| row.copy_from_slice(&bias));
+            accumulate(
+                (steps, 4 * h, input_dim),
+                (&mut gates, MatrixView::rows(0, 4 * h)),
+                (&input, MatrixView::rows(0, input_dim)),
+                (
+                    &w_ih,
+                    MatrixView {
+                        offset: 0,
+                        row_stride: 1,
+                        col_stride: input_dim,
+                    },
+                ),
+                "LSTM input projection",
+            )?;
+            let mut outputs = vec![0f32; steps * h];
+            let (mut hx, mut cx) = (vec![0f32; h], vec![0f32; h]);
+            let mut recurrent = vec![0f32; 4 * h];
+            for (frame, output) in gates.chunks_exact(4 * h).zip(outputs.chunks_exact_mut(h)) {
+                crate::gemv::matmul_rows(&hx, 1, &w_hh, 4 * h, &mut recurrent)
+                    .ok_or_else(|| failure(format!("LSTM weight_hh is not [{}, {h}]", 4 * h)))?;
+                for j in 0..h {
+                    let gate = |g: usize| frame[g * h + j] + recurrent[g * h + j];
+                    let (i, f, c, o) = (sigmoid(gate(0)), sigmoid(gate(1)), gate(2), gate(3));
+                    cx[j] = f * cx[j] + i * c.tanh();
+                    hx[j] = sigmoid(o) * cx[j].tanh();
+                }
+                output.copy_from_slice(&hx);
+            }
+            input = Cow::Owned(outputs);
+            input_dim = h;
+        }
+        if input_dim != x.channels {
+            return Err(failure(format!(
+                "LSTM of {input_dim} features over {} channels",
+                x.channels
+            )));
+        }
+        let mut out = x.clone();
+        out.data
+            .iter_mut()
+            .zip(input.iter())
+            .for_each(|(v, y)| *v += y);
+        Ok(out)
+    }
+}
+
+/// A `[_, n]` matrix stored transposed from `offset` on: element `(i, j)` at
+/// `offset + j * frame + i`, as a time-major signal holds `[channels, time]`.
+fn channel_major(offset: usize, frame: usize) -> MatrixView {
+    MatrixView {
+        offset,
+        row_stride: 1,
+        col_stride: frame,
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl ResnetBlock {
+    /// `conv2(ELU(conv1(ELU(x)))) + shortcut(x)`, the sum accumulated into `x` itself when
+    /// there is no shortcut convolution.
+    fn forward_cpu(&self, x: Signal) -> Result<Signal> {
+        let hidden = self.conv1.forward_cpu(Cow::Borrowed(&x), true, None)?;
+        let residual = match &self.shortcut {
+            Some(conv) => conv.forward_cpu(Cow::Borrowed(&x), false, None)?,
+            None => x,
+        };
+        self.conv2
+            .forward_cpu(Cow::Owned(hidden), true, Some(residual))
+    }
+}
+
+impl Layer {
+    /// Runs the layer on one batch item's signal.
+    pub(super) fn forward_cpu(&self, mut x: Signal) -> Result<Signal> {
+        match self {
+            Self::Conv(conv) => conv.forward_cpu(Cow::Owned(x), false, None),
+            Self::Lstm(lstm) => lstm.forward_cpu(x),
+            Self::Elu => {
+                elu_in_place(&mut x.data);
+                Ok(x)
+            }
+            Self::ConvTranspose(conv) => conv.forward_cpu(&x),
+            Self::Resnet(block) => block.forward_cpu(x),
+        }
+    }
+}
