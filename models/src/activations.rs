@@ -95,6 +95,27 @@ fn map_in_place_body<A: Activation>(xs: &mut [f32]) {
     }
 }
 
+/// The logistic function `1 / (1 + exp(-x))`, through [`exp_non_positive`] so that loops
+/// of it vectorise; within 2e-7 of the exact value.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    let e = exp_non_positive(-x.abs());
+    let positive = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        positive
+    } else {
+        e * positive
+    }
+}
+
+/// `tanh(x) = (1 - exp(-2|x|)) / (1 + exp(-2|x|))` with the sign of `x`, through
+/// [`exp_non_positive`]; within 2e-7 of the exact value.
+#[inline(always)]
+pub(crate) fn tanh(x: f32) -> f32 {
+    let e = exp_non_positive(-2.0 * x.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
 /// `erf(x)` by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), odd in `x`.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
@@ -129,13 +150,20 @@ pub(crate) fn exp_non_positive(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in f32 arithmetic.
     const ROUND: f32 = 12_582_912.0;
     let clamped = x.max(-87.0);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `shifted` holds n in its low mantissa bits, so 2^n is built with integer lanes
+    // only; `n as i32` would be a saturating conversion, done one lane at a time.
+    let exponent = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    let scale = f32::from_bits(exponent << 23);
     let y = p * scale;
     if x < -87.0 {
         0.0
@@ -163,6 +191,19 @@ mod tests {
         assert!(worst < 3e-7, "relative error {worst}");
         assert_eq!(exp_non_positive(-200.0), 0.0);
         assert!(exp_non_positive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn sigmoid_and_tanh_match_the_standard_library() {
+        for i in -4000..=4000 {
+            let x = i as f32 * 0.01;
+            let exact = 1.0 / (1.0 + f64::from(-x).exp());
+            assert!((f64::from(sigmoid(x)) - exact).abs() < 2e-7, "sigmoid({x})");
+            let exact = f64::from(x).tanh();
+            assert!((f64::from(tanh(x)) - exact).abs() < 2e-7, "tanh({x})");
+        }
+        assert_eq!((sigmoid(-200.0), sigmoid(200.0)), (0.0, 1.0));
+        assert_eq!((tanh(-200.0), tanh(200.0)), (-1.0, 1.0));
     }
 
     #[test]

@@ -86,9 +86,9 @@ pub(crate) fn for_feature_tasks(
     }
 }
 
-/// `sums[i] = x[i] . row` for the rows of `x` (each `k` long), picking the widest vector
-/// instructions the CPU has.
-fn dots(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
+/// `sums[i] = x[i] . row` for the rows of `x` (each `k` long, at most [`MAX_ROWS`] of
+/// them), picking the widest vector instructions the CPU has.
+pub(crate) fn dots(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.

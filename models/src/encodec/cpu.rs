@@ -23,9 +23,10 @@ use super::conv::{Conv1d, ConvTranspose1d};
 use super::lstm::Lstm;
 use super::pad::pad_frames;
 use super::seanet::{Layer, ResnetBlock};
-use crate::activations::elu_in_place;
+use crate::activations::{elu_in_place, sigmoid, tanh};
 use crate::cpu::{f32_data, gemm_accumulate, F32Data, MatrixView};
 use crate::error::{ModelError, Result};
+use crate::gemv::{dots, MAX_ROWS};
 
 /// One batch item's signal: `len` frames of `channels` samples, frame by frame.
 #[derive(Clone, Debug)]
@@ -190,6 +191,25 @@ impl Conv1d {
         if !fresh {
             out.add_bias(&bias);
         }
+        if self.dilation == 1 && self.stride == 1 && c_out <= MAX_ROWS {
+            // A few output channels (the last layer's audio): each output frame is that
+            // many dot products of the weights with its input window, which a GEMM of so
+            // few rows runs far below speed.
+            let k = taps * c_in;
+            out.data
+                .par_chunks_mut(c_out * FRAMES_PER_TASK)
+                .enumerate()
+                .for_each(|(task, chunk)| {
+                    let mut sums = [0f32; MAX_ROWS];
+                    for (t, frame) in (task * FRAMES_PER_TASK..).zip(chunk.chunks_exact_mut(c_out))
+                    {
+                        let window = &padded[t * c_in..t * c_in + k];
+                        dots(&weight, k, window, &mut sums[..c_out]);
+                        frame.iter_mut().zip(&sums).for_each(|(v, s)| *v += s);
+                    }
+                });
+            return Ok(out);
+        }
         if self.dilation == 1 && self.stride == 1 {
             // Output frame t reads padded frames t..t + taps: `taps * c_in` contiguous
             // values, in the order of the tap-major weights. One product does every tap.
@@ -320,12 +340,7 @@ impl Lstm {
             for (frame, output) in gates.chunks_exact(4 * h).zip(outputs.chunks_exact_mut(h)) {
                 crate::gemv::matmul_rows(&hx, 1, &w_hh, 4 * h, &mut recurrent)
                     .ok_or_else(|| failure(format!("LSTM weight_hh is not [{}, {h}]", 4 * h)))?;
-                for j in 0..h {
-                    let gate = |g: usize| frame[g * h + j] + recurrent[g * h + j];
-                    let (i, f, c, o) = (sigmoid(gate(0)), sigmoid(gate(1)), gate(2), gate(3));
-                    cx[j] = f * cx[j] + i * c.tanh();
-                    hx[j] = sigmoid(o) * cx[j].tanh();
-                }
+                lstm_cell(frame, &recurrent, &mut cx, &mut hx);
                 output.copy_from_slice(&hx);
             }
             input = Cow::Owned(outputs);
@@ -356,8 +371,38 @@ fn channel_major(offset: usize, frame: usize) -> MatrixView {
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// One LSTM step's cell and hidden state from its gate pre-activations (`frame`, the
+/// input projection with biases, plus `recurrent`, `W_hh h`), gates in torch's order
+/// i, f, g, o.
+fn lstm_cell(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above.
+        unsafe { lstm_cell_avx2_fma(frame, recurrent, cx, hx) };
+        return;
+    }
+    lstm_cell_body(frame, recurrent, cx, hx);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lstm_cell_avx2_fma(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
+    lstm_cell_body(frame, recurrent, cx, hx);
+}
+
+#[inline(always)]
+fn lstm_cell_body(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
+    let h = hx.len();
+    let gate = |g: usize| {
+        frame[g * h..(g + 1) * h]
+            .iter()
+            .zip(&recurrent[g * h..(g + 1) * h])
+    };
+    let gates = gate(0).zip(gate(1)).zip(gate(2)).zip(gate(3));
+    for ((((i, f), g), o), (c, hv)) in gates.zip(cx.iter_mut().zip(hx.iter_mut())) {
+        *c = sigmoid(f.0 + f.1) * *c + sigmoid(i.0 + i.1) * tanh(g.0 + g.1);
+        *hv = sigmoid(o.0 + o.1) * tanh(*c);
+    }
 }
 
 impl ResnetBlock {
