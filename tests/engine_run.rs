@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{
-    generate, DeviceChoice, EngineError, GenerateRequest, Length, Limits, MusicModel, Precision,
-    Stage, Update,
+    generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, MusicModel,
+    Precision, Stage, Update,
 };
 
 fn musicgen() -> MusicGenModel {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny-mono");
-    MusicGenModel::load(&dir, DeviceChoice::Cpu, Precision::F32).unwrap()
+    MusicGenModel::load(&dir, DeviceChoice::Cpu, Precision::F32, KvCache::Compute).unwrap()
 }
 
 fn request(model: &dyn MusicModel, seconds: f64) -> son1k_engine::ValidatedRequest {

@@ -143,9 +143,65 @@ impl Precision {
     }
 }
 
+/// How the MusicGen decoder stores the keys and values of its self-attention cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCache {
+    /// In the precision the decoder computes in (default; exact against the reference).
+    #[default]
+    Compute,
+    /// In f16: half the bytes each step reads from the cache, widened as they are read.
+    F16,
+}
+
+impl std::str::FromStr for KvCache {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "compute" => Ok(Self::Compute),
+            "f16" => Ok(Self::F16),
+            other => Err(EngineError::invalid(
+                "kv-cache",
+                format!("`{other}` is not one of compute, f16"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Compute => "compute",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl KvCache {
+    /// The cache's dtype for a decoder computing in `compute`.
+    pub fn dtype(self, compute: DType) -> DType {
+        match self {
+            Self::Compute => compute,
+            Self::F16 => DType::F16,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_cache_choices_parse_and_a_bad_one_names_the_flag() {
+        assert_eq!("f16".parse::<KvCache>().unwrap(), KvCache::F16);
+        assert_eq!(KvCache::default().dtype(DType::F32), DType::F32);
+        assert_eq!(KvCache::F16.dtype(DType::F32), DType::F16);
+        let error = "q8".parse::<KvCache>().unwrap_err().to_string();
+        assert!(
+            error.contains("kv-cache") && error.contains("compute, f16"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn device_names_parse_and_bad_ones_name_the_field() {

@@ -15,7 +15,7 @@ pub mod run;
 pub mod synth;
 
 pub use audio::{Audio, AudioChunk, AudioFormat, SampleFormat};
-pub use device::{DeviceChoice, Precision};
+pub use device::{DeviceChoice, KvCache, Precision};
 pub use error::EngineError;
 pub use limits::Limits;
 pub use model::{ModelInfo, ModelKind, MusicModel, Session};

@@ -6,7 +6,7 @@ use std::path::Path;
 use son1k_models::musicgen::{Generation, GenerationParams, MusicGen};
 
 use crate::audio::Audio;
-use crate::device::{DeviceChoice, Precision};
+use crate::device::{DeviceChoice, KvCache, Precision};
 use crate::error::EngineError;
 use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
@@ -18,20 +18,27 @@ pub struct MusicGenModel {
 }
 
 impl MusicGenModel {
-    /// Loads a Hugging Face checkpoint directory onto a device in a precision.
+    /// Loads a Hugging Face checkpoint directory onto a device in a precision, with its
+    /// self-attention cache stored as `kv_cache` says.
     pub fn load(
         dir: &Path,
         device: DeviceChoice,
         precision: Precision,
+        kv_cache: KvCache,
     ) -> Result<Self, EngineError> {
         let candle_device = device.open()?;
         let dtype = precision.dtype_on(&candle_device)?;
-        let model = MusicGen::load(dir, &candle_device, dtype, precision.weight_format())?;
+        let mut model = MusicGen::load(dir, &candle_device, dtype, precision.weight_format())?;
+        model.set_kv_cache_dtype(kv_cache.dtype(dtype))?;
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
-        Ok(Self::new(model, id, format!("{device} {precision}")))
+        let device = match kv_cache {
+            KvCache::Compute => format!("{device} {precision}"),
+            KvCache::F16 => format!("{device} {precision}, f16 KV cache"),
+        };
+        Ok(Self::new(model, id, device))
     }
 
     /// Wraps a model already built; `device` says where it runs, for clients.

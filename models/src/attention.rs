@@ -3,6 +3,10 @@
 //! over heads. candle composes it from two general matmuls, a softmax and several copies,
 //! whose per-call overhead dwarfs the few thousand multiply-adds each head needs.
 
+use std::ops::Range;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Shapes of one fused attention call.
@@ -18,14 +22,43 @@ pub struct Shape {
     pub len: usize,
 }
 
+/// The keys or values of a KV cache, as stored: f32, or f16 (half the bytes a step reads,
+/// widened to f32 head by head as they are read).
+#[derive(Clone, Copy, Debug)]
+pub enum CacheRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl CacheRows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(rows) => rows.len(),
+            Self::F16(rows) => rows.len(),
+        }
+    }
+
+    /// `range` as f32: borrowed, or widened into `scratch`.
+    fn f32_range<'s>(&'s self, range: Range<usize>, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        match self {
+            Self::F32(rows) => &rows[range],
+            Self::F16(rows) => {
+                scratch.resize(range.len(), 0.0);
+                rows[range].convert_to_f32_slice(scratch);
+                scratch
+            }
+        }
+    }
+}
+
 /// `out[b, h] = softmax(q[b, h] . k[b, h, l] * scale + mask[b, l]) . v[b, h, l]` over
 /// `l < len`. `q` and `out` are `[rows, heads, head_dim]`; `k` and `v` are
 /// `[rows, heads, capacity, head_dim]`; `mask`, if any, is `[rows, len]` and added to the
 /// scores. `None`, leaving `out` alone, when a slice does not match the shape.
 pub fn attend_one(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: CacheRows,
+    v: CacheRows,
     mask: Option<&[f32]>,
     shape: Shape,
     scale: f32,
@@ -50,18 +83,115 @@ pub fn attend_one(
     if !fits {
         return None;
     }
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (index, out)| {
+    out.par_chunks_mut(head_dim).enumerate().for_each_init(
+        Scratch::default,
+        |scratch, (index, out)| {
             let b = index / heads;
             let q = &q[index * head_dim..(index + 1) * head_dim];
-            let k = &k[index * per_head..index * per_head + len * head_dim];
-            let v = &v[index * per_head..index * per_head + len * head_dim];
+            let filled = index * per_head..index * per_head + len * head_dim;
             let mask = mask.map(|m| &m[b * len..(b + 1) * len]);
-            scores.resize(len, 0.0);
-            head(q, k, v, mask, scale, scores, out);
-        });
+            scratch.scores.resize(len, 0.0);
+            #[cfg(target_arch = "x86_64")]
+            if let (CacheRows::F16(k), CacheRows::F16(v)) = (k, v) {
+                let (k, v) = (&k[filled.clone()], &v[filled.clone()]);
+                if f16_head::run(q, k, v, mask, scale, &mut scratch.scores, out) {
+                    return;
+                }
+            }
+            let k = k.f32_range(filled.clone(), &mut scratch.keys);
+            let v = v.f32_range(filled, &mut scratch.values);
+            head(q, k, v, mask, scale, &mut scratch.scores, out);
+        },
+    );
     Some(())
+}
+
+/// MusicGen's 64-wide heads over an f16 cache, widening each group of eight keys or values
+/// in a register as it is loaded (F16C), so the cache is read once at half the bytes.
+#[cfg(target_arch = "x86_64")]
+mod f16_head {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    const WIDTH: usize = 64;
+
+    /// Runs the head and returns `true`, or returns `false` (touching nothing) when the
+    /// CPU lacks AVX2, FMA or F16C or the head is not 64 wide.
+    pub(super) fn run(
+        q: &[f32],
+        k: &[f16],
+        v: &[f16],
+        mask: Option<&[f32]>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) -> bool {
+        let len = scores.len();
+        let fits = q.len() == WIDTH
+            && out.len() == WIDTH
+            && k.len() == len * WIDTH
+            && v.len() == len * WIDTH
+            && mask.is_none_or(|m| m.len() == len);
+        if !fits || !crate::cpu::has_avx2_fma() || !is_x86_feature_detected!("f16c") {
+            return false;
+        }
+        // SAFETY: the CPU has AVX2, FMA and F16C, and every slice has the length the
+        // unchecked reads assume (both checked above).
+        unsafe { head(q, k, v, mask, scale, scores, out) };
+        true
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn head(
+        q: &[f32],
+        k: &[f16],
+        v: &[f16],
+        mask: Option<&[f32]>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let q: [__m256; WIDTH / 8] =
+            std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(g * 8)));
+        for (l, (score, key)) in scores.iter_mut().zip(k.chunks_exact(WIDTH)).enumerate() {
+            let mut acc = _mm256_mul_ps(q[0], widen(key, 0));
+            for (g, q) in q.iter().enumerate().skip(1) {
+                acc = _mm256_fmadd_ps(*q, widen(key, g), acc);
+            }
+            let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let half = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            let dot = _mm_cvtss_f32(_mm_add_ss(half, _mm_shuffle_ps::<1>(half, half)));
+            *score = dot * scale + mask.map_or(0.0, |m| m[l]);
+        }
+        let total = super::softmax_numerators(scores);
+        let mut sum = [_mm256_setzero_ps(); WIDTH / 8];
+        for (&p, value) in scores.iter().zip(v.chunks_exact(WIDTH)) {
+            let p = _mm256_set1_ps(p);
+            for (g, sum) in sum.iter_mut().enumerate() {
+                *sum = _mm256_fmadd_ps(p, widen(value, g), *sum);
+            }
+        }
+        let inverse = _mm256_set1_ps(1.0 / total);
+        for (g, sum) in sum.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(g * 8), _mm256_mul_ps(*sum, inverse));
+        }
+    }
+
+    /// Values `8 * group .. 8 * group + 8` of `row`, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn widen(row: &[f16], group: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(group * 8).cast()))
+    }
+}
+
+/// One thread's buffers: a head's scores, and its keys and values widened from f16.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 /// One head, picking the widest vector instructions the CPU has; `scores` holds one
@@ -103,6 +233,9 @@ const LANES: usize = 8;
 
 /// The plain loops, written so the compiler vectorises them. Inlined into each caller, and
 /// free of closures (which would be compiled apart, without the caller's target features).
+/// MusicGen's heads are 64 wide at every size; that width gets loops of known length, which
+/// the compiler unrolls into whole vectors (with a run-time width it left half of each
+/// 64-value row to a scalar tail loop).
 #[inline(always)]
 fn head_body(
     q: &[f32],
@@ -113,22 +246,20 @@ fn head_body(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    if let (Ok(q), Ok(out)) = (
+        <&[f32; 64]>::try_from(q),
+        <&mut [f32; 64]>::try_from(&mut *out),
+    ) {
+        head_of_width(q, k, v, mask, scale, scores, out);
+        return;
+    }
     let d = q.len();
     let len = scores.len();
-    let mut max = f32::NEG_INFINITY;
     for l in 0..len {
-        let mut s = dot(q, &k[l * d..(l + 1) * d]) * scale;
-        if let Some(mask) = mask {
-            s += mask[l];
-        }
-        scores[l] = s;
-        max = max.max(s);
+        let s = dot(q, &k[l * d..(l + 1) * d]) * scale;
+        scores[l] = s + mask.map_or(0.0, |mask| mask[l]);
     }
-    let mut total = 0f32;
-    for s in scores.iter_mut() {
-        *s = crate::activations::exp_non_positive(*s - max);
-        total += *s;
-    }
+    let total = softmax_numerators(scores);
     out.fill(0.0);
     for l in 0..len {
         let p = scores[l];
@@ -141,6 +272,51 @@ fn head_body(
     for o in out.iter_mut() {
         *o *= inverse;
     }
+}
+
+/// [`head_body`] for heads of a width known at compile time.
+#[inline(always)]
+fn head_of_width<const D: usize>(
+    q: &[f32; D],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32; D],
+) {
+    for (l, (score, key)) in scores.iter_mut().zip(k.chunks_exact(D)).enumerate() {
+        let mut acc = [0f32; LANES];
+        for (qs, ks) in q.chunks_exact(LANES).zip(key.chunks_exact(LANES)) {
+            for j in 0..LANES {
+                acc[j] += qs[j] * ks[j];
+            }
+        }
+        *score = acc.iter().sum::<f32>() * scale + mask.map_or(0.0, |mask| mask[l]);
+    }
+    let total = softmax_numerators(scores);
+    let mut sum = [0f32; D];
+    for (&p, value) in scores.iter().zip(v.chunks_exact(D)) {
+        for (s, x) in sum.iter_mut().zip(value) {
+            *s += p * x;
+        }
+    }
+    let inverse = 1.0 / total;
+    for (o, s) in out.iter_mut().zip(sum) {
+        *o = s * inverse;
+    }
+}
+
+/// Replaces the scores by `exp(score - max)` and returns their sum.
+#[inline(always)]
+fn softmax_numerators(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = crate::activations::exp_non_positive(*s - max);
+        total += *s;
+    }
+    total
 }
 
 #[inline(always)]
@@ -211,34 +387,58 @@ mod tests {
 
     #[test]
     fn matches_softmax_attention_over_the_filled_part_of_the_cache() {
-        let shape = Shape {
-            rows: 2,
-            heads: 3,
-            head_dim: 20,
-            capacity: 9,
-            len: 7,
-        };
-        let q = random(2 * 3 * 20, 1);
-        let k = random(2 * 3 * 9 * 20, 2);
-        let mut v = random(2 * 3 * 9 * 20, 3);
-        // Positions past `len` must not count, however large.
-        for (i, x) in v.iter_mut().enumerate() {
-            if (i / 20) % 9 >= 7 {
-                *x = 1e6;
+        // 64 is MusicGen's head width, which has loops of its own; 20 takes the general ones.
+        for d in [20, 64] {
+            let shape = Shape {
+                rows: 2,
+                heads: 3,
+                head_dim: d,
+                capacity: 9,
+                len: 7,
+            };
+            let q = random(2 * 3 * d, 1);
+            let k = random(2 * 3 * 9 * d, 2);
+            let mut v = random(2 * 3 * 9 * d, 3);
+            // Positions past `len` must not count, however large.
+            for (i, x) in v.iter_mut().enumerate() {
+                if (i / d) % 9 >= 7 {
+                    *x = 1e6;
+                }
             }
-        }
-        // The second row fully masked, as the unconditional guidance row's text is.
-        let mut mask = vec![0f32; 2 * 7];
-        mask[2] = -3.0;
-        for m in &mut mask[7..] {
-            *m = f32::MIN;
-        }
-        for mask in [None, Some(mask.as_slice())] {
-            let mut out = vec![0f32; q.len()];
-            attend_one(&q, &k, &v, mask, shape, 0.125, &mut out).unwrap();
-            let want = reference(&q, &k, &v, mask, shape, 0.125);
-            for (a, b) in out.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            // The second row fully masked, as the unconditional guidance row's text is.
+            let mut mask = vec![0f32; 2 * 7];
+            mask[2] = -3.0;
+            for m in &mut mask[7..] {
+                *m = f32::MIN;
+            }
+            // An f16 cache attends over its own (rounded) values.
+            let (k16, v16): (Vec<f16>, Vec<f16>) = (
+                k.iter().map(|&x| f16::from_f32(x)).collect(),
+                v.iter().map(|&x| f16::from_f32(x)).collect(),
+            );
+            let (k_rounded, v_rounded): (Vec<f32>, Vec<f32>) = (
+                k16.iter().map(|x| x.to_f32()).collect(),
+                v16.iter().map(|x| x.to_f32()).collect(),
+            );
+            let stored = [
+                ("f32", CacheRows::F32(&k), CacheRows::F32(&v), &k, &v),
+                (
+                    "f16",
+                    CacheRows::F16(&k16),
+                    CacheRows::F16(&v16),
+                    &k_rounded,
+                    &v_rounded,
+                ),
+            ];
+            for mask in [None, Some(mask.as_slice())] {
+                for (label, keys, values, k, v) in stored {
+                    let mut out = vec![0f32; q.len()];
+                    attend_one(&q, keys, values, mask, shape, 0.125, &mut out).unwrap();
+                    let want = reference(&q, k, v, mask, shape, 0.125);
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "width {d}, {label} cache: {a} vs {b}");
+                    }
+                }
             }
         }
     }
@@ -253,18 +453,10 @@ mod tests {
             len: 3,
         };
         let mut out = [0f32; 4];
-        assert!(attend_one(&[0.0; 4], &[0.0; 8], &[0.0; 8], None, shape, 1.0, &mut out).is_none());
+        let zeros = CacheRows::F32(&[0.0; 8]);
+        assert!(attend_one(&[0.0; 4], zeros, zeros, None, shape, 1.0, &mut out).is_none());
         let shape = Shape { len: 2, ..shape };
-        assert!(attend_one(
-            &[0.0; 4],
-            &[0.0; 8],
-            &[0.0; 8],
-            Some(&[0.0]),
-            shape,
-            1.0,
-            &mut out
-        )
-        .is_none());
-        assert!(attend_one(&[0.0; 4], &[0.0; 8], &[0.0; 8], None, shape, 1.0, &mut out).is_some());
+        assert!(attend_one(&[0.0; 4], zeros, zeros, Some(&[0.0]), shape, 1.0, &mut out).is_none());
+        assert!(attend_one(&[0.0; 4], zeros, zeros, None, shape, 1.0, &mut out).is_some());
     }
 }

@@ -1,39 +1,43 @@
 //! Borrowing the f32 data of contiguous CPU tensors, for the hand-written kernels that beat
 //! candle's general ones on the shapes a decoder step or EnCodec uses.
 
-use candle_core::{DType, Storage, StorageRef, Tensor};
+use std::marker::PhantomData;
+
+use candle_core::{Storage, StorageRef, Tensor, WithDType};
 
 /// Runs `f` on the tensor's elements in row-major order when it is a contiguous f32 tensor
 /// on the CPU; `None` otherwise (the caller falls back to candle).
 pub fn with_f32<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<Option<R>> {
-    Ok(f32_data(tensor)?.map(|data| f(&data)))
+    Ok(cpu_data::<f32>(tensor)?.map(|data| f(&data)))
 }
 
-/// The elements of a contiguous f32 CPU tensor, borrowed for as long as the value lives.
-pub struct F32Data<'a> {
+/// The elements of a contiguous CPU tensor of element type `T`, borrowed for as long as
+/// the value lives.
+pub struct CpuData<'a, T> {
     storage: StorageRef<'a>,
     start: usize,
     len: usize,
+    element: PhantomData<T>,
 }
 
-impl std::ops::Deref for F32Data<'_> {
-    type Target = [f32];
+impl<T: WithDType> std::ops::Deref for CpuData<'_, T> {
+    type Target = [T];
 
-    fn deref(&self) -> &[f32] {
+    fn deref(&self) -> &[T] {
         match &*self.storage {
-            // `f32_data` built this value from an f32 CPU storage holding the range.
+            // `cpu_data` built this value from a CPU storage of `T` holding the range.
             Storage::Cpu(cpu) => cpu
-                .as_slice::<f32>()
+                .as_slice::<T>()
                 .map_or(&[], |all| &all[self.start..self.start + self.len]),
             _ => &[],
         }
     }
 }
 
-/// The tensor's elements in row-major order when it is a contiguous f32 tensor on the CPU;
+/// The tensor's elements in row-major order when it is a contiguous CPU tensor of `T`;
 /// `None` otherwise.
-pub fn f32_data(tensor: &Tensor) -> candle_core::Result<Option<F32Data<'_>>> {
-    if !tensor.device().is_cpu() || tensor.dtype() != DType::F32 || !tensor.is_contiguous() {
+pub fn cpu_data<T: WithDType>(tensor: &Tensor) -> candle_core::Result<Option<CpuData<'_, T>>> {
+    if !tensor.device().is_cpu() || tensor.dtype() != T::DTYPE || !tensor.is_contiguous() {
         return Ok(None);
     }
     let (storage, layout) = tensor.storage_and_layout();
@@ -41,13 +45,14 @@ pub fn f32_data(tensor: &Tensor) -> candle_core::Result<Option<F32Data<'_>>> {
         return Ok(None);
     };
     let (start, len) = (layout.start_offset(), tensor.elem_count());
-    if cpu.as_slice::<f32>()?.len() < start + len {
+    if cpu.as_slice::<T>()?.len() < start + len {
         return Ok(None);
     }
-    Ok(Some(F32Data {
+    Ok(Some(CpuData {
         storage,
         start,
         len,
+        element: PhantomData,
     }))
 }
 

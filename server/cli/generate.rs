@@ -10,8 +10,8 @@ use son1k_engine::audio::{encode_audio, AudioFormat};
 use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{
-    generate, DeviceChoice, EngineError, GenerateRequest, Length, Limits, MusicModel, Precision,
-    SampleFormat, Update,
+    generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, MusicModel,
+    Precision, SampleFormat, Update,
 };
 
 use super::output::{format_for, parse_format};
@@ -76,6 +76,10 @@ pub struct GenerateArgs {
     /// Decoder precision: f32, f16, bf16, or q8 / q4 (weights quantized at load).
     #[arg(long, default_value = "f32", conflicts_with = "server")]
     pub dtype: Precision,
+    /// Self-attention cache: `compute` (the decoder's precision) or `f16` (half the bytes
+    /// each step reads from it).
+    #[arg(long, default_value = "compute", conflicts_with = "server")]
+    pub kv_cache: KvCache,
     /// Longest prompt in tokens.
     #[arg(long, default_value_t = Limits::default().max_prompt_tokens, conflicts_with = "server")]
     pub max_prompt_tokens: usize,
@@ -113,7 +117,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ..GenerateRequest::new(args.prompt, length)
     };
     let model: Box<dyn MusicModel> = match &args.model {
-        Some(dir) => Box::new(MusicGenModel::load(dir, args.device, args.dtype)?),
+        Some(dir) => Box::new(MusicGenModel::load(
+            dir,
+            args.device,
+            args.dtype,
+            args.kv_cache,
+        )?),
         None => Box::new(SynthModel::default()),
     };
     run_job(model.as_ref(), &request, &limits, &args.out, format)

@@ -10,7 +10,7 @@ use clap::Args;
 use son1k_engine::jobs::EngineConfig;
 use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
-use son1k_engine::{DeviceChoice, Limits, MusicModel, Precision};
+use son1k_engine::{DeviceChoice, KvCache, Limits, MusicModel, Precision};
 
 use crate::auth::Tokens;
 use crate::serve::{serve, ServeConfig};
@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// MusicGen decoder precision: f32, f16, bf16, or q8 / q4 (weights quantized at load).
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
+    /// MusicGen self-attention cache: `compute` (the decoder's precision) or `f16` (half
+    /// the bytes each step reads from it).
+    #[arg(long, default_value = "compute")]
+    pub kv_cache: KvCache,
     /// Where finished audio and job records are kept.
     #[arg(long, default_value = "son1k-data", value_name = "DIR")]
     pub data_dir: PathBuf,
@@ -111,12 +115,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         engine,
         drain_timeout: positive("drain-timeout", args.drain_timeout)?,
     };
-    let (dirs, device, dtype) = (args.models, args.device, args.dtype);
+    let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
     let load_models = move || -> anyhow::Result<Vec<Arc<dyn MusicModel>>> {
         let mut models: Vec<Arc<dyn MusicModel>> = vec![Arc::new(SynthModel::default())];
         for dir in &dirs {
             tracing::info!(dir = %dir.display(), "loading");
-            models.push(Arc::new(MusicGenModel::load(dir, device, dtype)?));
+            models.push(Arc::new(MusicGenModel::load(dir, device, dtype, kv_cache)?));
         }
         Ok(models)
     };

@@ -24,7 +24,7 @@ use super::lstm::Lstm;
 use super::pad::pad_frames;
 use super::seanet::{Layer, ResnetBlock};
 use crate::activations::{elu_in_place, sigmoid, tanh};
-use crate::cpu::{f32_data, gemm_accumulate, F32Data, MatrixView};
+use crate::cpu::{cpu_data, gemm_accumulate, CpuData, MatrixView};
 use crate::error::{ModelError, Result};
 use crate::gemv::{dots, MAX_ROWS};
 
@@ -112,8 +112,8 @@ fn failure(message: String) -> ModelError {
 }
 
 /// The elements of a weight, which the decoder keeps as contiguous f32 CPU tensors.
-fn elements<'a>(tensor: &'a Tensor, what: &str) -> Result<F32Data<'a>> {
-    f32_data(tensor)?.ok_or_else(|| failure(format!("{what} is not a contiguous f32 CPU tensor")))
+fn elements<'a>(tensor: &'a Tensor, what: &str) -> Result<CpuData<'a, f32>> {
+    cpu_data(tensor)?.ok_or_else(|| failure(format!("{what} is not a contiguous f32 CPU tensor")))
 }
 
 /// [`gemm_accumulate`], with a refusal turned into an error naming the layer.

@@ -4,8 +4,11 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm};
+use half::f16;
 
 use super::config::DecoderConfig;
+use crate::attention::{attend_one, CacheRows};
+use crate::cpu::cpu_data;
 use crate::error::Result;
 use crate::quant::{Proj, WeightFormat};
 use crate::weights::Vb;
@@ -106,7 +109,12 @@ impl Attention {
                 return Ok(self.out.forward(&out)?);
             }
         }
-        let (k, v) = (k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
+        // A cache stored in another dtype (an f16 cache of an f32 model) computes in the
+        // model's.
+        let (k, v) = (
+            k.narrow(2, 0, len)?.to_dtype(xs.dtype())?,
+            v.narrow(2, 0, len)?.to_dtype(xs.dtype())?,
+        );
         let q = self.split_heads(&(self.q.forward(xs)? * scale)?)?;
         let scores = q.matmul(&k.t()?)?;
         // Masked softmax runs in f32: the mask's most negative f32 would be -inf in half
@@ -153,15 +161,28 @@ impl Attention {
             None => None,
         };
         let mut out = vec![0f32; rows * heads * head_dim];
-        let done = crate::cpu::with_f32(&q, |q| {
-            crate::cpu::with_f32(k, |k| {
-                crate::cpu::with_f32(v, |v| {
-                    let mask = mask.as_deref();
-                    crate::attention::attend_one(q, k, v, mask, shape, scale, &mut out)
-                })
-            })
-        })?;
-        if !matches!(done, Some(Ok(Some(Ok(Some(Some(()))))))) {
+        let Some(q) = cpu_data::<f32>(&q)? else {
+            return Ok(None);
+        };
+        let mask = mask.as_deref();
+        let done = match k.dtype() {
+            DType::F32 => match (cpu_data::<f32>(k)?, cpu_data::<f32>(v)?) {
+                (Some(k), Some(v)) => {
+                    let (k, v) = (CacheRows::F32(&k), CacheRows::F32(&v));
+                    attend_one(&q, k, v, mask, shape, scale, &mut out)
+                }
+                _ => None,
+            },
+            DType::F16 => match (cpu_data::<f16>(k)?, cpu_data::<f16>(v)?) {
+                (Some(k), Some(v)) => {
+                    let (k, v) = (CacheRows::F16(&k), CacheRows::F16(&v));
+                    attend_one(&q, k, v, mask, shape, scale, &mut out)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        if done.is_none() {
             return Ok(None);
         }
         Ok(Some(Tensor::from_vec(
@@ -228,6 +249,9 @@ pub struct Decoder {
     lm_heads: Vec<Proj>,
     cfg: DecoderConfig,
     dtype: DType,
+    /// How the self-attention cache stores keys and values: the compute dtype unless
+    /// [`set_kv_dtype`](Self::set_kv_dtype) chose f16.
+    kv_dtype: DType,
 }
 
 impl Decoder {
@@ -284,6 +308,7 @@ impl Decoder {
             lm_heads,
             cfg: cfg.clone(),
             dtype: vb.dtype(),
+            kv_dtype: vb.dtype(),
         })
     }
 
@@ -295,6 +320,17 @@ impl Decoder {
     /// The dtype it computes in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype its caches store self-attention keys and values in.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// Stores the keys and values of caches made from now on in `dtype` (f16 halves what
+    /// a step reads of them; they are widened back to the compute dtype when read).
+    pub fn set_kv_dtype(&mut self, dtype: DType) {
+        self.kv_dtype = dtype;
     }
 
     /// A fresh cache for one job: computes every layer's cross-attention K/V from the text
@@ -316,8 +352,8 @@ impl Decoder {
             .map(|layer| {
                 let (cross_k, cross_v) = layer.cross_attn.keys_values(&text_states)?;
                 Ok(LayerCache {
-                    self_k: Tensor::zeros((b, heads, capacity, head_dim), self.dtype, device)?,
-                    self_v: Tensor::zeros((b, heads, capacity, head_dim), self.dtype, device)?,
+                    self_k: Tensor::zeros((b, heads, capacity, head_dim), self.kv_dtype, device)?,
+                    self_v: Tensor::zeros((b, heads, capacity, head_dim), self.kv_dtype, device)?,
                     cross_k,
                     cross_v,
                 })
@@ -367,8 +403,10 @@ impl Decoder {
             // Self-attention over the cache plus the new positions.
             let normed = layer.self_attn_norm.forward(&xs)?;
             let (k_new, v_new) = layer.self_attn.keys_values(&normed)?;
-            lc.self_k.slice_set(&k_new, 2, offset)?;
-            lc.self_v.slice_set(&v_new, 2, offset)?;
+            lc.self_k
+                .slice_set(&k_new.to_dtype(self.kv_dtype)?, 2, offset)?;
+            lc.self_v
+                .slice_set(&v_new.to_dtype(self.kv_dtype)?, 2, offset)?;
             xs = (&xs
                 + layer.self_attn.attend(
                     &normed,

@@ -125,6 +125,28 @@ impl MusicGen {
         self.decoder.dtype()
     }
 
+    /// The dtype the decoder's self-attention cache stores keys and values in.
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.decoder.kv_dtype()
+    }
+
+    /// Stores the self-attention keys and values of jobs started from now on in `dtype`:
+    /// the decoder's own dtype, or f16 to halve what each step reads of them. Other dtypes
+    /// are refused.
+    pub fn set_kv_cache_dtype(&mut self, dtype: DType) -> Result<()> {
+        if dtype != self.decoder.dtype() && dtype != DType::F16 {
+            return Err(ModelError::UnsupportedConfig {
+                field: "kv_cache".into(),
+                message: format!(
+                    "a {dtype:?} cache for a {:?} decoder; use its own dtype or f16",
+                    self.decoder.dtype()
+                ),
+            });
+        }
+        self.decoder.set_kv_dtype(dtype);
+        Ok(())
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device

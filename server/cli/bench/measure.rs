@@ -29,6 +29,8 @@ pub struct BenchReport {
     pub device: String,
     /// The decoder's precision.
     pub dtype: String,
+    /// The dtype the self-attention cache stores keys and values in (`f32`, `f16`).
+    pub kv_cache: String,
     /// The `--threads` value, or `RAYON_NUM_THREADS` when it is a number; `null` when
     /// neither is set (candle's default: all cores).
     pub threads: Option<usize>,
@@ -70,7 +72,7 @@ pub struct BenchReport {
     /// KV-cache bytes one step reads, averaged over the end-to-end clip (or over the
     /// timed steps when it is skipped).
     pub kv_bytes_per_step: u64,
-    /// Single-thread memory read bandwidth, measured at start, GB/s.
+    /// Memory read bandwidth of all compute threads together, measured at start, GB/s.
     pub bandwidth_gb_s: f64,
     /// (weights + KV) / bandwidth: the least time a step can take, ms.
     pub floor_ms: f64,
@@ -117,7 +119,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let format = args.dtype.weight_format();
     bar.set_message("loading");
     let start = Instant::now();
-    let model = match &args.model {
+    let mut model = match &args.model {
         Some(dir) => MusicGen::load(dir, &device, dtype, format)?,
         None => {
             let config = preset(&args.preset).with_context(|| {
@@ -132,6 +134,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             MusicGen::from_weights(config, generation, None, &weights, dtype, format)?
         }
     };
+    model.set_kv_cache_dtype(args.kv_cache.dtype(dtype))?;
+    let kv_dtype = model.kv_cache_dtype();
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     // "90s rock song with loud guitars and heavy drums" in T5's vocabulary, clipped to the
     // model's vocabulary so tiny checkpoints work too.
@@ -208,7 +212,6 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let steps = runs.first().map(|r| r.steps);
     let loop_step_ms_mean = pick(|r| r.loop_ms / r.steps as f64);
     let decoder = &model.config().decoder;
-    let bytes = dtype.size_in_bytes();
     // Every projection a step reads has rows of `hidden` or `ffn_dim` weights; both take the
     // same block format at the published sizes.
     let per_weight = format.bytes_per_weight(decoder.hidden_size, dtype, &device);
@@ -218,8 +221,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         Some(n) => (n + 1) as f64 / 2.0,
         None => 2.0 + args.steps as f64 / 2.0,
     };
-    let kv_bytes_per_step =
-        (decoder.kv_elements_read_at(1, 2) as f64 * mean_position) as u64 * bytes as u64;
+    let kv_bytes_per_step = (decoder.kv_elements_read_at(1, 2) as f64 * mean_position) as u64
+        * kv_dtype.size_in_bytes() as u64;
     let floor_ms =
         (weight_bytes_per_step + kv_bytes_per_step) as f64 / (bandwidth_gb_s * 1e9) * 1e3;
     let step_ms_median = percentile(&step_ms, 0.5);
@@ -232,6 +235,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             .map_or(args.preset.clone(), |d| d.display().to_string()),
         device: args.device.to_string(),
         dtype: args.dtype.to_string(),
+        kv_cache: format!("{kv_dtype:?}").to_lowercase(),
         threads: args.threads.or_else(|| {
             threads_env
                 .rayon_num_threads

@@ -10,7 +10,7 @@ mod measure;
 use std::path::PathBuf;
 
 use clap::Args;
-use son1k_engine::{DeviceChoice, Precision};
+use son1k_engine::{DeviceChoice, KvCache, Precision};
 
 pub use machine::Threads;
 pub use measure::{measure, BenchReport};
@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Decoder precision.
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
+    /// Self-attention cache: `compute` (the decoder's precision) or `f16`.
+    #[arg(long, default_value = "compute")]
+    pub kv_cache: KvCache,
     /// Seconds of audio for the end-to-end run (0 skips it).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -62,10 +65,11 @@ fn print_table(r: &BenchReport) {
     let line = |text: String| super::output::line(text);
     let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
     line(format!(
-        "model {}, device {}, dtype {}, {}, guidance {}",
+        "model {}, device {}, dtype {}, KV cache {}, {}, guidance {}",
         r.model,
         r.device,
         r.dtype,
+        r.kv_cache,
         r.threads_env.describe(),
         r.guidance_scale
     ));
