@@ -44,31 +44,56 @@ fn layer_norm(size: usize, vb: Vb) -> Result<LayerNorm> {
     ))
 }
 
+/// Where an attention's queries, keys and values come from.
+enum Inputs {
+    /// Self-attention: one product with `[q; k; v]` (`[3 * hidden, hidden]`) projects the
+    /// same input three ways, so a step quantizes its activations and wakes the thread
+    /// pool once instead of three times.
+    Fused(Proj),
+    /// Cross-attention: queries from the decoder each step; keys and values from the text,
+    /// once per job (so they stay dense).
+    Separate { q: Proj, k: Proj, v: Proj },
+}
+
 /// Multi-head attention without biases; `q` is scaled by `head_dim^-0.5` before the product.
 struct Attention {
-    q: Proj,
-    k: Proj,
-    v: Proj,
+    inputs: Inputs,
     out: Proj,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    /// `format` stores the projections every step reads; `kv_format` the K and V ones
-    /// (cross-attention computes them once per job, so they stay dense).
-    fn new(
+    /// Self-attention of `hidden` features, its projections stored in `format`.
+    fn self_attention(hidden: usize, heads: usize, vb: Vb, format: WeightFormat) -> Result<Self> {
+        let weight = |name: &str| vb.pp(name).get(&[hidden, hidden], "weight");
+        let fused = Tensor::cat(
+            &[weight("q_proj")?, weight("k_proj")?, weight("v_proj")?],
+            0,
+        )?;
+        Ok(Self {
+            inputs: Inputs::Fused(Proj::new(fused, format)?),
+            out: proj(hidden, hidden, vb.pp("out_proj"), format)?,
+            heads,
+            head_dim: hidden / heads,
+        })
+    }
+
+    /// Cross-attention to `kv_in`-wide text states: queries and output stored in `format`,
+    /// keys and values dense.
+    fn cross_attention(
         hidden: usize,
         kv_in: usize,
         heads: usize,
         vb: Vb,
         format: WeightFormat,
-        kv_format: WeightFormat,
     ) -> Result<Self> {
         Ok(Self {
-            q: proj(hidden, hidden, vb.pp("q_proj"), format)?,
-            k: proj(kv_in, hidden, vb.pp("k_proj"), kv_format)?,
-            v: proj(kv_in, hidden, vb.pp("v_proj"), kv_format)?,
+            inputs: Inputs::Separate {
+                q: proj(hidden, hidden, vb.pp("q_proj"), format)?,
+                k: proj(kv_in, hidden, vb.pp("k_proj"), WeightFormat::Dense)?,
+                v: proj(kv_in, hidden, vb.pp("v_proj"), WeightFormat::Dense)?,
+            },
             out: proj(hidden, hidden, vb.pp("out_proj"), format)?,
             heads,
             head_dim: hidden / heads,
@@ -84,45 +109,75 @@ impl Attention {
             .contiguous()?)
     }
 
-    fn keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.split_heads(&self.k.forward(xs)?)?,
-            self.split_heads(&self.v.forward(xs)?)?,
-        ))
+    /// The queries `[B, T, hidden]` (unscaled) and the keys and values
+    /// `[B, heads, T, head_dim]` of `xs`.
+    fn queries_keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = match &self.inputs {
+            Inputs::Fused(qkv) => {
+                let all = qkv.forward(xs)?;
+                let hidden = self.heads * self.head_dim;
+                let part = |i: usize| all.narrow(2, i * hidden, hidden);
+                (part(0)?.contiguous()?, part(1)?, part(2)?)
+            }
+            Inputs::Separate { q, k, v } => (q.forward(xs)?, k.forward(xs)?, v.forward(xs)?),
+        };
+        Ok((q, self.split_heads(&k)?, self.split_heads(&v)?))
     }
 
-    /// Attends `xs` `[B, T, hidden]` to the first `len` positions of `k`, `v`
-    /// `[B, heads, capacity, head_dim]` with an optional additive mask broadcastable to
-    /// `[B, heads, T, len]`.
+    /// The queries of `xs` `[B, T, hidden]`, unscaled.
+    fn queries(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.inputs {
+            Inputs::Separate { q, .. } => Ok(q.forward(xs)?),
+            Inputs::Fused(_) => Ok(self.queries_keys_values(xs)?.0),
+        }
+    }
+
+    /// The keys and values `[B, heads, T, head_dim]` of `xs`.
+    fn keys_values(&self, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.inputs {
+            Inputs::Separate { k, v, .. } => Ok((
+                self.split_heads(&k.forward(xs)?)?,
+                self.split_heads(&v.forward(xs)?)?,
+            )),
+            Inputs::Fused(_) => {
+                let (_, k, v) = self.queries_keys_values(xs)?;
+                Ok((k, v))
+            }
+        }
+    }
+
+    /// Attends the queries `q` `[B, T, hidden]` (unscaled) to the first `len` positions of
+    /// `k`, `v` `[B, heads, capacity, head_dim]` with an optional additive mask
+    /// broadcastable to `[B, heads, T, len]`.
     fn attend(
         &self,
-        xs: &Tensor,
+        q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         len: usize,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
+        let (b, t, _) = q.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
         if t == 1 {
-            if let Some(out) = self.attend_one_on_cpu(xs, k, v, len, mask, scale as f32)? {
+            if let Some(out) = self.attend_one_on_cpu(q, k, v, len, mask, scale as f32)? {
                 return Ok(self.out.forward(&out)?);
             }
         }
         // A cache stored in another dtype (an f16 cache of an f32 model) computes in the
         // model's.
         let (k, v) = (
-            k.narrow(2, 0, len)?.to_dtype(xs.dtype())?,
-            v.narrow(2, 0, len)?.to_dtype(xs.dtype())?,
+            k.narrow(2, 0, len)?.to_dtype(q.dtype())?,
+            v.narrow(2, 0, len)?.to_dtype(q.dtype())?,
         );
-        let q = self.split_heads(&(self.q.forward(xs)? * scale)?)?;
+        let q = self.split_heads(&(q * scale)?)?;
         let scores = q.matmul(&k.t()?)?;
         // Masked softmax runs in f32: the mask's most negative f32 would be -inf in half
         // precision, and a fully masked row (the unconditional guidance row) would be NaN.
         let probs = match mask {
             Some(mask) => {
                 let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(xs.dtype())?
+                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(q.dtype())?
             }
             None => candle_nn::ops::softmax_last_dim(&scores)?,
         };
@@ -135,7 +190,7 @@ impl Attention {
     /// `[B, 1, hidden]`, before the output projection.
     fn attend_one_on_cpu(
         &self,
-        xs: &Tensor,
+        q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         len: usize,
@@ -143,7 +198,7 @@ impl Attention {
         scale: f32,
     ) -> Result<Option<Tensor>> {
         let (rows, heads, capacity, head_dim) = k.dims4()?;
-        if !xs.device().is_cpu() || xs.dtype() != DType::F32 {
+        if !q.device().is_cpu() || q.dtype() != DType::F32 {
             return Ok(None);
         }
         let shape = crate::attention::Shape {
@@ -154,14 +209,14 @@ impl Attention {
             len,
         };
         // `[B, 1, hidden]` is already `[B, heads, head_dim]` in memory.
-        let q = self.q.forward(xs)?;
         // The text mask is `[B, 1, 1, len]`: a few floats, copied.
         let mask = match mask {
             Some(mask) => Some(mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
         let mut out = vec![0f32; rows * heads * head_dim];
-        let Some(q) = cpu_data::<f32>(&q)? else {
+        let device = q.device().clone();
+        let Some(q) = cpu_data::<f32>(q)? else {
             return Ok(None);
         };
         let mask = mask.as_deref();
@@ -188,7 +243,7 @@ impl Attention {
         Ok(Some(Tensor::from_vec(
             out,
             (rows, 1, heads * head_dim),
-            xs.device(),
+            &device,
         )?))
     }
 }
@@ -277,15 +332,14 @@ impl Decoder {
                 let l = model.pp("layers").pp(i);
                 Ok(Layer {
                     self_attn_norm: layer_norm(h, l.pp("self_attn_layer_norm"))?,
-                    self_attn: Attention::new(h, h, heads, l.pp("self_attn"), format, format)?,
+                    self_attn: Attention::self_attention(h, heads, l.pp("self_attn"), format)?,
                     cross_attn_norm: layer_norm(h, l.pp("encoder_attn_layer_norm"))?,
-                    cross_attn: Attention::new(
+                    cross_attn: Attention::cross_attention(
                         h,
                         cross_in,
                         heads,
                         l.pp("encoder_attn"),
                         format,
-                        WeightFormat::Dense,
                     )?,
                     final_norm: layer_norm(h, l.pp("final_layer_norm"))?,
                     fc1: proj(h, cfg.ffn_dim, l.pp("fc1"), format)?,
@@ -402,14 +456,14 @@ impl Decoder {
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             // Self-attention over the cache plus the new positions.
             let normed = layer.self_attn_norm.forward(&xs)?;
-            let (k_new, v_new) = layer.self_attn.keys_values(&normed)?;
+            let (q, k_new, v_new) = layer.self_attn.queries_keys_values(&normed)?;
             lc.self_k
                 .slice_set(&k_new.to_dtype(self.kv_dtype)?, 2, offset)?;
             lc.self_v
                 .slice_set(&v_new.to_dtype(self.kv_dtype)?, 2, offset)?;
             xs = (&xs
                 + layer.self_attn.attend(
-                    &normed,
+                    &q,
                     &lc.self_k,
                     &lc.self_v,
                     offset + t,
@@ -419,7 +473,7 @@ impl Decoder {
             let normed = layer.cross_attn_norm.forward(&xs)?;
             let text_len = lc.cross_k.dim(2)?;
             let cross = layer.cross_attn.attend(
-                &normed,
+                &layer.cross_attn.queries(&normed)?,
                 &lc.cross_k,
                 &lc.cross_v,
                 text_len,
