@@ -162,17 +162,45 @@ mod avx2 {
         }
     }
 
-    /// The dot product of one block's weights with 32 activations, as 8 f32 partial sums.
+    /// The dot product of one block's weights with 32 activations, as 8 i32 partial sums.
     /// `maddubs` multiplies unsigned by signed bytes: 4-bit values are unsigned already;
     /// 8-bit ones are multiplied as `|x| * (w * sign(x))`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_block<const Q4: bool>(w: __m256i, x: __m256i) -> __m256 {
+    unsafe fn dot_block<const Q4: bool>(w: __m256i, x: __m256i) -> __m256i {
         let products = if Q4 {
             _mm256_maddubs_epi16(w, x)
         } else {
             _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x))
         };
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)))
+        _mm256_madd_epi16(products, _mm256_set1_epi16(1))
+    }
+
+    /// For each row, the integer dot products of blocks `b..b + 4`, reduced so that lane
+    /// `j` of the low half holds block `b + j`'s sum over its low partial sums and lane `j`
+    /// of the high half its sum over the high ones.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quad_sums<const M: usize, const Q4: bool>(
+        w: &WeightRow,
+        xs: &[Row; M],
+        b: usize,
+    ) -> [__m256i; M] {
+        let mut pairs = [[_mm256_setzero_si256(); M]; 2];
+        for (p, pair) in pairs.iter_mut().enumerate() {
+            let first = load_weights::<Q4>(w, b + 2 * p);
+            let second = load_weights::<Q4>(w, b + 2 * p + 1);
+            for (sum, x) in pair.iter_mut().zip(xs) {
+                let block = |k: usize| x.values.as_ptr().add((b + 2 * p + k) * BLOCK).cast();
+                let a = dot_block::<Q4>(first, _mm256_loadu_si256(block(0)));
+                let c = dot_block::<Q4>(second, _mm256_loadu_si256(block(1)));
+                *sum = _mm256_hadd_epi32(a, c);
+            }
+        }
+        let mut quads = [_mm256_setzero_si256(); M];
+        for (quad, (a, c)) in quads.iter_mut().zip(pairs[0].iter().zip(&pairs[1])) {
+            *quad = _mm256_hadd_epi32(*a, *c);
+        }
+        quads
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -183,15 +211,9 @@ mod avx2 {
         }
         let mut acc = [_mm256_setzero_ps(); M];
         let mut offset_acc = [_mm256_setzero_ps(); M];
-        let mut scales = [[0f32; GROUP]; M];
         let groups = blocks / GROUP;
         for g in 0..groups {
             let first = g * GROUP;
-            let wd = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(first).cast()));
-            for (scales, x) in scales.iter_mut().zip(xs) {
-                let xd = _mm256_loadu_ps(x.scales.as_ptr().add(first));
-                _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(wd, xd));
-            }
             if Q4 {
                 let wm = _mm256_cvtph_ps(_mm_loadu_si128(w.offsets.as_ptr().add(first).cast()));
                 for (offset_acc, x) in offset_acc.iter_mut().zip(xs) {
@@ -199,14 +221,21 @@ mod avx2 {
                     *offset_acc = _mm256_fmadd_ps(wm, sums, *offset_acc);
                 }
             }
-            for j in 0..GROUP {
-                let b = first + j;
-                let wv = load_weights::<Q4>(w, b);
-                for ((acc, x), scales) in acc.iter_mut().zip(xs).zip(&scales) {
-                    let xv = _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast());
-                    let scale = _mm256_broadcast_ss(&scales[j]);
-                    *acc = _mm256_fmadd_ps(dot_block::<Q4>(wv, xv), scale, *acc);
-                }
+            // The group's eight integer block sums land in one vector, a block per lane,
+            // so each row scales and accumulates them with one conversion and one FMA per
+            // eight blocks, instead of one each per block plus a broadcast of its scale.
+            let first_half = quad_sums::<M, Q4>(w, xs, first);
+            let second_half = quad_sums::<M, Q4>(w, xs, first + 4);
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(first).cast()));
+            for i in 0..M {
+                let (lo, hi) = (first_half[i], second_half[i]);
+                let sums = _mm256_add_epi32(
+                    _mm256_permute2x128_si256::<0x20>(lo, hi),
+                    _mm256_permute2x128_si256::<0x31>(lo, hi),
+                );
+                let xd = _mm256_loadu_ps(xs[i].scales.as_ptr().add(first));
+                let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), wd);
+                acc[i] = _mm256_fmadd_ps(scaled, xd, acc[i]);
             }
         }
         let mut tail = [0f32; M];
@@ -215,7 +244,8 @@ mod avx2 {
             let wd = w.scales.get_unchecked(b).to_f32();
             for (i, x) in xs.iter().enumerate() {
                 let xv = _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast());
-                tail[i] += sum_lanes(dot_block::<Q4>(wv, xv)) * wd * x.scales.get_unchecked(b);
+                let dot = sum_lanes(_mm256_cvtepi32_ps(dot_block::<Q4>(wv, xv)));
+                tail[i] += dot * wd * x.scales.get_unchecked(b);
                 if Q4 {
                     tail[i] += w.offsets.get_unchecked(b).to_f32() * x.sums.get_unchecked(b);
                 }

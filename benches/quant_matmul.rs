@@ -1,0 +1,74 @@
+//! Benchmark of the decoder's projections alone: two activation rows (the guidance pair)
+//! times a set of musicgen-small-shaped weight matrices too large for the cache, in each
+//! weight format, as a decoder step runs them. Prints ms per pass over the set and the
+//! weight bytes read per second, so a kernel can be compared with the machine's bandwidth.
+//!
+//! `cargo bench --bench quant_matmul -- [--passes N]`
+
+use std::time::Instant;
+
+use candle_core::{Device, Module, Tensor};
+use son1k_models::quant::{Proj, WeightFormat};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut passes = 20usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--passes" {
+            passes = args.next().ok_or("--passes needs a value")?.parse()?;
+        }
+    }
+    let device = Device::Cpu;
+    // Six layers' feed-forward and attention shapes: 151 M weights, 600 MB in f32.
+    let shapes: Vec<(usize, usize)> = (0..6)
+        .flat_map(|_| {
+            [
+                (4096, 1024),
+                (1024, 4096),
+                (3072, 1024),
+                (1024, 1024),
+                (1024, 1024),
+            ]
+        })
+        .collect();
+    let x1024 = Tensor::randn(0f32, 1.0, (2, 1, 1024), &device)?;
+    let x4096 = Tensor::randn(0f32, 1.0, (2, 1, 4096), &device)?;
+    for (name, format) in [
+        ("f32", WeightFormat::Dense),
+        ("q8", WeightFormat::Q8),
+        ("q4", WeightFormat::Q4),
+    ] {
+        let projections = shapes
+            .iter()
+            .map(|&(out, inner)| {
+                let weight = Tensor::randn(0f32, 0.02, (out, inner), &device)?;
+                Ok(Proj::new(weight, format)?)
+            })
+            .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+        let weights: usize = shapes.iter().map(|(o, i)| o * i).sum();
+        let bytes =
+            weights as f64 * format.bytes_per_weight(1024, candle_core::DType::F32, &device);
+        let run = || -> candle_core::Result<()> {
+            for (proj, &(_, inner)) in projections.iter().zip(&shapes) {
+                let x = if inner == 1024 { &x1024 } else { &x4096 };
+                std::hint::black_box(proj.forward(x)?);
+            }
+            Ok(())
+        };
+        son1k_models::cpu::on_pool(run)?;
+        let mut times = Vec::with_capacity(passes);
+        for _ in 0..passes {
+            let start = Instant::now();
+            son1k_models::cpu::on_pool(run)?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{name}: {:.2} ms per pass (median of {passes}), {:.1} GB/s of weights",
+            median * 1e3,
+            bytes / median / 1e9
+        );
+    }
+    Ok(())
+}
