@@ -17,8 +17,10 @@ pub enum BlockFormat {
     /// `w = d * q` with `q` in -127..=127: 32 bytes and a 2-byte scale per block.
     Q8,
     /// `w = d * q + m` with `q` in 0..=15, two to a byte: 16 bytes, a 2-byte scale and a
-    /// 2-byte offset per block. Byte `j` of a block holds weight `j` in its low nibble and
-    /// weight `j + 16` in its high one.
+    /// 2-byte offset per block. Blocks are stored in pairs: byte `j` of pair `p` holds
+    /// weight `j` of block `2p` in its low nibble and weight `j` of block `2p + 1` in its
+    /// high one, so one 32-byte load and a mask (or a shift) give either block in order.
+    /// A row's last block, when its count is odd, has high nibbles of zero.
     Q4,
 }
 
@@ -31,11 +33,11 @@ impl BlockFormat {
         }
     }
 
-    /// Bytes of quantized values in one block (scales and offsets apart).
-    pub fn value_bytes(self) -> usize {
+    /// Bytes of quantized values in a row of `blocks` blocks (scales and offsets apart).
+    pub fn row_value_bytes(self, blocks: usize) -> usize {
         match self {
-            Self::Q8 => BLOCK,
-            Self::Q4 => BLOCK / 2,
+            Self::Q8 => blocks * BLOCK,
+            Self::Q4 => blocks.div_ceil(2) * BLOCK,
         }
     }
 }
@@ -46,7 +48,7 @@ pub struct BlockMatrix {
     pub format: BlockFormat,
     pub rows: usize,
     pub cols: usize,
-    /// `rows * cols / 32 * value_bytes` quantized values, row by row.
+    /// `rows * row_value_bytes(cols / 32)` quantized values, row by row.
     pub values: Vec<u8>,
     /// One scale per block, row by row.
     pub scales: Vec<f16>,
@@ -67,7 +69,7 @@ impl BlockMatrix {
             return None;
         }
         let blocks = cols / BLOCK;
-        let row_values = blocks * format.value_bytes();
+        let row_values = format.row_value_bytes(blocks);
         let mut values = vec![0u8; rows * row_values];
         let mut scales = vec![f16::ZERO; rows * blocks];
         let mut offsets = match format {
@@ -95,9 +97,11 @@ impl BlockMatrix {
                 .zip(row_scales)
                 .zip(offsets.par_chunks_mut(blocks))
                 .for_each(|(((w, q), d), m)| {
-                    let blocks = w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK / 2));
-                    for ((w, q), (d, m)) in blocks.zip(d.iter_mut().zip(m)) {
-                        let (scale, offset) = quantize_q4_block(w, q);
+                    for (b, (d, m)) in d.iter_mut().zip(m).enumerate() {
+                        let pair = &mut q[b / 2 * BLOCK..(b / 2 + 1) * BLOCK];
+                        let shift = 4 * (b % 2) as u8;
+                        let (scale, offset) =
+                            quantize_q4_block(&w[b * BLOCK..(b + 1) * BLOCK], pair, shift);
                         *d = f16::from_f32(scale);
                         *m = f16::from_f32(offset);
                     }
@@ -120,12 +124,12 @@ impl BlockMatrix {
 
     /// Bytes the matrix takes: what one product reads.
     pub fn bytes(&self) -> usize {
-        self.rows * self.blocks_per_row() * self.format.block_bytes()
+        self.values.len() + 2 * (self.scales.len() + self.offsets.len())
     }
 
     /// The quantized values of row `r`.
     pub fn row_values(&self, r: usize) -> &[u8] {
-        let len = self.blocks_per_row() * self.format.value_bytes();
+        let len = self.format.row_value_bytes(self.blocks_per_row());
         &self.values[r * len..(r + 1) * len]
     }
 
@@ -144,9 +148,9 @@ impl BlockMatrix {
                     }
                     BlockFormat::Q4 => {
                         let m = self.offsets[r * blocks + b].to_f32();
-                        let q = &values[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                        out.extend(q.iter().map(|&q| d * f32::from(q & 15) + m));
-                        out.extend(q.iter().map(|&q| d * f32::from(q >> 4) + m));
+                        let pair = &values[b / 2 * BLOCK..(b / 2 + 1) * BLOCK];
+                        let shift = 4 * (b % 2);
+                        out.extend(pair.iter().map(|&q| d * f32::from((q >> shift) & 15) + m));
                     }
                 }
             }
@@ -168,9 +172,9 @@ fn quantize_q8_block(w: &[f32], q: &mut [u8]) -> f32 {
 }
 
 /// Quantizes one block to `q = round((w - m) / d)` in 0..=15 with `m = min w` and
-/// `d = (max w - m) / 15`; returns `(d, m)`, both rounded to f16 before the values are
-/// chosen.
-fn quantize_q4_block(w: &[f32], q: &mut [u8]) -> (f32, f32) {
+/// `d = (max w - m) / 15`, writing `q[j]` into the nibble of `pair[j]` at `shift` (0 or 4);
+/// returns `(d, m)`, both rounded to f16 before the values are chosen.
+fn quantize_q4_block(w: &[f32], pair: &mut [u8], shift: u8) -> (f32, f32) {
     let (lo, hi) = w
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
@@ -180,8 +184,8 @@ fn quantize_q4_block(w: &[f32], q: &mut [u8]) -> (f32, f32) {
     let d = f16::from_f32((hi - m) / 15.0).to_f32();
     let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
     let level = |w: f32| ((w - m) * inverse).round().clamp(0.0, 15.0) as u8;
-    for (j, q) in q.iter_mut().enumerate() {
-        *q = level(w[j]) | (level(w[j + BLOCK / 2]) << 4);
+    for (q, &w) in pair.iter_mut().zip(w) {
+        *q |= level(w) << shift;
     }
     (d, m)
 }

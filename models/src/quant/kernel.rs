@@ -94,13 +94,11 @@ fn dots_portable<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -
         for b in 0..w.scales.len() {
             let xq = &x.values[b * BLOCK..(b + 1) * BLOCK];
             let dot: i32 = if Q4 {
-                let half = BLOCK / 2;
-                let wq = &w.values[b * half..(b + 1) * half];
-                (0..half)
-                    .map(|j| {
-                        i32::from(wq[j] & 15) * i32::from(xq[j])
-                            + i32::from(wq[j] >> 4) * i32::from(xq[j + half])
-                    })
+                let pair = &w.values[b / 2 * BLOCK..(b / 2 + 1) * BLOCK];
+                let shift = 4 * (b % 2);
+                pair.iter()
+                    .zip(xq)
+                    .map(|(&q, &x)| i32::from((q >> shift) & 15) * i32::from(x))
                     .sum()
             } else {
                 let wq = &w.values[b * BLOCK..(b + 1) * BLOCK];
@@ -129,8 +127,12 @@ mod avx2 {
     /// Whether every slice holds the row's blocks, so the unchecked reads stay in bounds.
     fn fits<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -> bool {
         let blocks = w.scales.len();
-        let value_bytes = if Q4 { BLOCK / 2 } else { BLOCK };
-        w.values.len() >= blocks * value_bytes
+        let value_bytes = if Q4 {
+            blocks.div_ceil(2) * BLOCK
+        } else {
+            blocks * BLOCK
+        };
+        w.values.len() >= value_bytes
             && (!Q4 || w.offsets.len() >= blocks)
             && xs.iter().all(|x| {
                 x.values.len() >= blocks * BLOCK
@@ -151,15 +153,26 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load_weights<const Q4: bool>(w: &WeightRow, b: usize) -> __m256i {
         if Q4 {
-            let low_nibbles = _mm_set1_epi8(0x0F);
-            let packed = _mm_loadu_si128(w.values.as_ptr().add(b * BLOCK / 2).cast());
-            let low = _mm_and_si128(packed, low_nibbles);
-            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
-            // Weights 0..16 from the low nibbles, 16..32 from the high ones: block order.
-            _mm256_set_m128i(high, low)
+            let (low, high) = load_pair(w, b / 2);
+            if b % 2 == 0 {
+                low
+            } else {
+                high
+            }
         } else {
             _mm256_loadu_si256(w.values.as_ptr().add(b * BLOCK).cast())
         }
+    }
+
+    /// 4-bit blocks `2p` and `2p + 1`, from their shared 32 bytes.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_pair(w: &WeightRow, p: usize) -> (__m256i, __m256i) {
+        let nibbles = _mm256_set1_epi8(0x0F);
+        let packed = _mm256_loadu_si256(w.values.as_ptr().add(p * BLOCK).cast());
+        (
+            _mm256_and_si256(packed, nibbles),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles),
+        )
     }
 
     /// The dot product of one block's weights with 32 activations, as 8 i32 partial sums.
@@ -187,8 +200,15 @@ mod avx2 {
     ) -> [__m256i; M] {
         let mut pairs = [[_mm256_setzero_si256(); M]; 2];
         for (p, pair) in pairs.iter_mut().enumerate() {
-            let first = load_weights::<Q4>(w, b + 2 * p);
-            let second = load_weights::<Q4>(w, b + 2 * p + 1);
+            // `b` is even (a group starts every eight blocks): 4-bit pairs load once.
+            let (first, second) = if Q4 {
+                load_pair(w, b / 2 + p)
+            } else {
+                (
+                    load_weights::<Q4>(w, b + 2 * p),
+                    load_weights::<Q4>(w, b + 2 * p + 1),
+                )
+            };
             for (sum, x) in pair.iter_mut().zip(xs) {
                 let block = |k: usize| x.values.as_ptr().add((b + 2 * p + k) * BLOCK).cast();
                 let a = dot_block::<Q4>(first, _mm256_loadu_si256(block(0)));
@@ -286,7 +306,14 @@ mod tests {
     #[test]
     fn both_formats_compute_the_product_of_their_dequantized_values_for_every_row_count() {
         for format in [BlockFormat::Q8, BlockFormat::Q4] {
-            for (m, k, n) in [(1, 1024, 70), (2, 4096, 33), (3, 64, 129), (4, 32, 1)] {
+            // 288 = nine blocks: a group of eight, then a last 4-bit block without a partner.
+            for (m, k, n) in [
+                (1, 1024, 70),
+                (2, 4096, 33),
+                (3, 64, 129),
+                (4, 32, 1),
+                (2, 288, 5),
+            ] {
                 let weights = random(n * k, 7);
                 let matrix = BlockMatrix::quantize(&weights, n, k, format).unwrap();
                 let mut x = QuantizedRows::default();
