@@ -193,11 +193,7 @@ mod tests {
             col_stride: 2,
         };
         let b: Vec<f32> = (0..8).map(|v| v as f32).collect();
-        let b_view = MatrixView {
-            offset: 0,
-            row_stride: 1,
-            col_stride: 2,
-        };
+        let b_view = a_view;
         let mut dst = vec![1.0f32; 6];
         gemm_accumulate(
             (2, 3, 2),
