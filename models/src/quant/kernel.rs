@@ -11,8 +11,10 @@ use half::f16;
 use super::blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK};
 use crate::gemv::{for_feature_tasks, MAX_ROWS};
 
-/// Output features per parallel task.
-const TASK_FEATURES: usize = 32;
+/// Output features per parallel task. Small tasks let the pool even out the two vCPUs when
+/// a neighbour slows one: against 32, `quant_matmul` ran q8 faster in three of three
+/// alternating runs and q4 in two of three; 128 was slower in all.
+const TASK_FEATURES: usize = 16;
 
 /// One quantized activation row: values, per-block scales and per-block sums.
 #[derive(Clone, Copy)]
