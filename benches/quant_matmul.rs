@@ -3,7 +3,8 @@
 //! weight format, as a decoder step runs them. Prints ms per pass over the set and the
 //! weight bytes read per second, so a kernel can be compared with the machine's bandwidth.
 //!
-//! `cargo bench --bench quant_matmul -- [--passes N]`
+//! `cargo bench --bench quant_matmul -- [--passes N] [--layers L]` (`--layers 1`, 8.5 MB
+//! in q4, fits the cache: the kernels' arithmetic alone).
 
 use std::time::Instant;
 
@@ -11,16 +12,18 @@ use candle_core::{Device, Module, Tensor};
 use son1k_models::quant::{Proj, WeightFormat};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut passes = 20usize;
+    let (mut passes, mut layers) = (20usize, 6usize);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        if arg == "--passes" {
-            passes = args.next().ok_or("--passes needs a value")?.parse()?;
+        match arg.as_str() {
+            "--passes" => passes = args.next().ok_or("--passes needs a value")?.parse()?,
+            "--layers" => layers = args.next().ok_or("--layers needs a value")?.parse()?,
+            _ => {} // `cargo bench` passes --bench
         }
     }
     let device = Device::Cpu;
-    // Six layers' feed-forward and attention shapes: 151 M weights, 600 MB in f32.
-    let shapes: Vec<(usize, usize)> = (0..6)
+    // Each layer's feed-forward and attention shapes: 13.6 M weights (six: 327 MB in f32).
+    let shapes: Vec<(usize, usize)> = (0..layers)
         .flat_map(|_| {
             [
                 (4096, 1024),
