@@ -133,7 +133,7 @@ mod f16_head {
             && k.len() == len * WIDTH
             && v.len() == len * WIDTH
             && mask.is_none_or(|m| m.len() == len);
-        if !fits || !crate::cpu::has_avx2_fma() || !is_x86_feature_detected!("f16c") {
+        if !fits || !crate::cpu::has_avx2_fma_f16c() {
             return false;
         }
         // SAFETY: the CPU has AVX2, FMA and F16C, and every slice has the length the

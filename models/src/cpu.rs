@@ -74,6 +74,12 @@ pub fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// [`has_avx2_fma`], plus F16C for the kernels that widen f16 values (scales, caches).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma_f16c() -> bool {
+    has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
+}
+
 /// Where a matrix's elements lie in a slice: element `(i, j)` is at
 /// `offset + i * row_stride + j * col_stride`.
 #[derive(Clone, Copy, Debug)]

@@ -63,7 +63,7 @@ fn run<const M: usize, const Q4: bool>(x: &QuantizedRows, w: &BlockMatrix, out: 
     });
     let blocks = w.blocks_per_row();
     #[cfg(target_arch = "x86_64")]
-    let vector = crate::cpu::has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c");
+    let vector = crate::cpu::has_avx2_fma_f16c();
     for_feature_tasks(w.rows, M, TASK_FEATURES, out, |first, chunk| {
         for (f, sums) in chunk.chunks_exact_mut(M).enumerate() {
             let r = first + f;
