@@ -39,12 +39,7 @@ pub(super) fn pad1d(xs: &Tensor, left: usize, right: usize, mode: PadMode) -> Re
         PadMode::Replicate => Ok(xs.pad_with_same(dim, left, right)?),
         PadMode::Reflect => {
             let length = xs.dim(dim)?;
-            let max_pad = left.max(right);
-            let extra = if length <= max_pad {
-                max_pad - length + 1
-            } else {
-                0
-            };
+            let extra = reflect_extra_zeros(length, left, right);
             // index_select reads contiguous tensors only (conv and LSTM outputs already are).
             let xs = if extra > 0 {
                 xs.pad_with_zeros(dim, 0, extra)?
@@ -82,8 +77,7 @@ pub(super) fn pad_frames(
     if length == 0 || channels == 0 {
         return out;
     }
-    // Reflect padding of a short input reflects the input with zeros appended (see pad1d).
-    let reflected_len = length + (left.max(right) + 1).saturating_sub(length);
+    let reflected_len = length + reflect_extra_zeros(length, left, right);
     let source = |i: usize| -> Option<usize> {
         let j = match mode {
             PadMode::Constant => i.checked_sub(left)?,
@@ -102,6 +96,13 @@ pub(super) fn pad_frames(
         }
     }
     out
+}
+
+/// Zeros appended before reflect padding an input of `length` samples by (`left`,
+/// `right`): torch's reflect needs more samples than the padding, and transformers pads a
+/// shorter input with zeros first (and drops them again after).
+fn reflect_extra_zeros(length: usize, left: usize, right: usize) -> usize {
+    (left.max(right) + 1).saturating_sub(length)
 }
 
 /// `xs[start .. start + len]` along `dim`, in reverse order; `xs` must be contiguous.
