@@ -1,14 +1,15 @@
 //! EnCodec's decoder on the CPU in f32, over plain time-major `[time, channels]` buffers,
-//! one batch item at a time. candle's convolutions first copy every shifted window of their input
-//! (im2col: seven copies of a 20 MB signal for a 7-tap kernel at 32 kHz) and each of its
-//! LSTM steps is a dozen small tensor ops. Here:
-//! - a convolution is one GEMM per tap over a shifted window of the padded input, read in
-//!   place and accumulated into an output that starts as the bias;
-//! - a transposed convolution is one GEMM per tap, written straight into the output frames
-//!   the tap reaches, already trimmed;
+//! one batch item at a time. candle's convolutions first copy every shifted window of their
+//! input (im2col: seven copies of a 20 MB signal for a 7-tap kernel at 32 kHz) and each of
+//! its LSTM steps is a dozen small tensor ops. Here:
+//! - an undilated convolution is one GEMM over the padded input, read in place (a frame's
+//!   taps are one contiguous run, matching the tap-major weights); a dilated one is one
+//!   GEMM per tap, and one with a few output channels is dot products;
+//! - a transposed convolution is one GEMM per piece of input into a small scratch, then an
+//!   overlap-add into the trimmed output;
 //! - ELU runs in place, and a residual block adds its last convolution into its input;
 //! - the LSTM projects every frame at once and runs its recurrence with the few-row
-//!   product kernel of [`crate::gemv`] and scalar gate arithmetic.
+//!   product kernel of [`crate::gemv`] and vectorised gates.
 //!
 //! Time-major frames keep every GEMM's output contiguous per frame, the layout its kernels
 //! store fastest, and let padding and the LSTM move whole frames. The sums are the candle
@@ -37,14 +38,6 @@ pub(super) struct Signal {
 }
 
 impl Signal {
-    fn zeros(channels: usize, len: usize) -> Self {
-        Self {
-            channels,
-            len,
-            data: vec![0.0; channels * len],
-        }
-    }
-
     /// `len` frames that each hold `bias`. Written, not added to zeros: a fresh
     /// allocation's first read would map the shared zero page, and the write after it
     /// would then fault again and flush the other cores' TLBs.
@@ -73,28 +66,6 @@ impl Signal {
                     frame.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 }
             });
-    }
-
-    /// The `[channels, len]` layout of the candle path.
-    pub(super) fn channels_first(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.data.len()];
-        for (t, frame) in self.data.chunks_exact(self.channels.max(1)).enumerate() {
-            for (c, &v) in frame.iter().enumerate() {
-                out[c * self.len + t] = v;
-            }
-        }
-        out
-    }
-
-    /// A signal from the `[channels, len]` layout of the candle path.
-    pub(super) fn from_channels_first(data: &[f32], channels: usize, len: usize) -> Self {
-        let mut out = Self::zeros(channels, len);
-        for (c, row) in data.chunks_exact(len.max(1)).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                out.data[t * channels + c] = v;
-            }
-        }
-        out
     }
 }
 
@@ -177,9 +148,11 @@ impl Conv1d {
             // ELU(0) = 0.
             elu_in_place(padded.to_mut());
         }
-        let fresh = sum.is_none();
         let mut out = match sum {
-            Some(sum) if sum.channels == c_out && sum.len == out_len => sum,
+            Some(mut sum) if sum.channels == c_out && sum.len == out_len => {
+                sum.add_bias(&bias);
+                sum
+            }
             Some(sum) => {
                 return Err(failure(format!(
                     "residual of [{}, {}] added to a conv output of [{c_out}, {out_len}]",
@@ -188,9 +161,6 @@ impl Conv1d {
             }
             None => Signal::from_bias(&bias, out_len),
         };
-        if !fresh {
-            out.add_bias(&bias);
-        }
         if self.dilation == 1 && self.stride == 1 && c_out <= MAX_ROWS {
             // A few output channels (the last layer's audio): each output frame is that
             // many dot products of the weights with its input window, which a GEMM of so
@@ -254,7 +224,7 @@ impl ConvTranspose1d {
             )));
         }
         if x.len == 0 {
-            return Ok(Signal::zeros(c_out, 0));
+            return Ok(Signal::from_bias(&bias, 0));
         }
         let stride = self.stride;
         let full_len = (x.len - 1) * stride + kernel;
@@ -352,12 +322,10 @@ impl Lstm {
                 x.channels
             )));
         }
-        let mut out = x.clone();
-        out.data
-            .iter_mut()
-            .zip(input.iter())
-            .for_each(|(v, y)| *v += y);
-        Ok(out)
+        // The last layer's output plus the input, in the output's buffer.
+        let mut data = input.into_owned();
+        data.iter_mut().zip(&x.data).for_each(|(y, v)| *y += v);
+        Ok(Signal { data, ..x })
     }
 }
 

@@ -167,32 +167,29 @@ impl EncodecDecoder {
     /// The layers on plain buffers ([`super::cpu`]), one batch item at a time.
     fn decode_on_cpu(&self, xs: &Tensor) -> Result<Tensor> {
         let (batch, channels, len) = xs.dims3()?;
-        let mut audio = Vec::new();
-        let mut shape = (self.config.audio_channels, 0);
+        if batch == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.config.audio_channels, 0),
+                DType::F32,
+                &self.device,
+            )?);
+        }
+        let mut items = Vec::with_capacity(batch);
         for b in 0..batch {
-            let item = xs.get(b)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut signal = Signal::from_channels_first(&item, channels, len);
+            // Time-major: `[len, channels]`.
+            let data = xs.get(b)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+            let mut signal = Signal {
+                channels,
+                len,
+                data,
+            };
             for layer in &self.layers {
                 signal = layer.forward_cpu(signal)?;
             }
-            shape = (signal.channels, signal.len);
-            // Mono audio is laid out the same either way.
-            let item = if signal.channels == 1 {
-                signal.data
-            } else {
-                signal.channels_first()
-            };
-            if audio.is_empty() {
-                audio = item;
-            } else {
-                audio.extend_from_slice(&item);
-            }
+            let shape = (signal.len, signal.channels);
+            items.push(Tensor::from_vec(signal.data, shape, &self.device)?.t()?);
         }
-        Ok(Tensor::from_vec(
-            audio,
-            (batch, shape.0, shape.1),
-            &self.device,
-        )?)
+        Ok(Tensor::stack(&items, 0)?)
     }
 }
 
