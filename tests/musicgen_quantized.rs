@@ -126,32 +126,27 @@ fn quantized_fixture_stays_within_tolerance_of_f32() {
     }
 }
 
-#[test]
-fn every_projection_quantized_stays_within_tolerance_of_f32() {
+/// A random model whose every projection quantizes (hidden 256, feed-forward 1024) and
+/// whose heads are 64 wide, as MusicGen's are; the same weights for every `format`.
+fn wide_random_model(format: WeightFormat) -> MusicGen {
     let mut config = preset("tiny").unwrap();
     config.decoder.hidden_size = 256;
     config.decoder.ffn_dim = 1024;
     config.decoder.num_attention_heads = 4;
     let weights = Weights::random(7, &Device::Cpu);
-    let build = |format| {
-        let generation = GenerationConfig::default();
-        MusicGen::from_weights(
-            config.clone(),
-            generation,
-            None,
-            &weights,
-            DType::F32,
-            format,
-        )
-        .unwrap()
-    };
-    let reference = build(WeightFormat::Dense);
+    let generation = GenerationConfig::default();
+    MusicGen::from_weights(config, generation, None, &weights, DType::F32, format).unwrap()
+}
+
+#[test]
+fn every_projection_quantized_stays_within_tolerance_of_f32() {
+    let reference = wide_random_model(WeightFormat::Dense);
     let ids = [5, 9, 13, 2, 1];
     for (format, max_error, min_agreement) in [
         (WeightFormat::Q8, 0.02, 0.97),
         (WeightFormat::Q4, 0.15, 0.85),
     ] {
-        let (error, agreement) = compare(&reference, &build(format), &ids);
+        let (error, agreement) = compare(&reference, &wide_random_model(format), &ids);
         eprintln!(
             "random 256-wide {format:?}: logits error {error:.5}, greedy agreement {agreement:.3}"
         );
@@ -167,22 +162,8 @@ fn every_projection_quantized_stays_within_tolerance_of_f32() {
 fn an_f16_kv_cache_stays_within_tolerance_of_f32() {
     // The fixture's 4-wide heads widen the cache through a buffer; the random model's
     // 64-wide heads (MusicGen's width) take the F16C kernel where the CPU has one.
-    let mut config = preset("tiny").unwrap();
-    config.decoder.hidden_size = 256;
-    config.decoder.ffn_dim = 1024;
-    config.decoder.num_attention_heads = 4;
-    let weights = Weights::random(7, &Device::Cpu);
     let random = |kv: DType| {
-        let generation = GenerationConfig::default();
-        let mut model = MusicGen::from_weights(
-            config.clone(),
-            generation,
-            None,
-            &weights,
-            DType::F32,
-            WeightFormat::Dense,
-        )
-        .unwrap();
+        let mut model = wide_random_model(WeightFormat::Dense);
         model.set_kv_cache_dtype(kv).unwrap();
         model
     };

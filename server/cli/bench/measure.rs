@@ -235,7 +235,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             .map_or(args.preset.clone(), |d| d.display().to_string()),
         device: args.device.to_string(),
         dtype: args.dtype.to_string(),
-        kv_cache: format!("{kv_dtype:?}").to_lowercase(),
+        kv_cache: kv_dtype.as_str().into(),
         threads: args.threads.or_else(|| {
             threads_env
                 .rayon_num_threads
