@@ -57,6 +57,17 @@ impl Signal {
         }
     }
 
+    /// An error naming `layer` unless the signal has the `channels` it takes.
+    fn expect_channels(&self, channels: usize, layer: &str) -> Result<()> {
+        if self.channels != channels {
+            return Err(failure(format!(
+                "{layer} of {channels} channels given {}",
+                self.channels
+            )));
+        }
+        Ok(())
+    }
+
     /// Adds `bias[c]` to channel `c` of every frame.
     fn add_bias(&mut self, bias: &[f32]) {
         self.data
@@ -114,12 +125,7 @@ impl Conv1d {
         let weight = elements(&self.weight, "conv weight")?;
         let bias = elements(&self.bias, "conv bias")?;
         let (c_out, taps, c_in) = self.weight.dims3()?;
-        if x.channels != c_in {
-            return Err(failure(format!(
-                "conv of {c_in} channels given {}",
-                x.channels
-            )));
-        }
+        x.expect_channels(c_in, "conv")?;
         let (left, right) = self.padding(x.len, taps);
         let padded_len = left + x.len + right;
         let kernel = self.span(taps);
@@ -217,12 +223,7 @@ impl ConvTranspose1d {
         let weight = elements(&self.weight, "transposed conv weight")?;
         let bias = elements(&self.bias, "transposed conv bias")?;
         let (c_in, kernel, c_out) = self.weight.dims3()?;
-        if x.channels != c_in {
-            return Err(failure(format!(
-                "transposed conv of {c_in} channels given {}",
-                x.channels
-            )));
-        }
+        x.expect_channels(c_in, "transposed conv")?;
         if x.len == 0 {
             return Ok(Signal::from_bias(&bias, 0));
         }
