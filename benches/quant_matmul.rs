@@ -3,8 +3,11 @@
 //! weight format, as a decoder step runs them. Prints ms per pass over the set and the
 //! weight bytes read per second, so a kernel can be compared with the machine's bandwidth.
 //!
-//! `cargo bench --bench quant_matmul -- [--passes N] [--layers L]` (`--layers 1`, 8.5 MB
-//! in q4, fits the cache: the kernels' arithmetic alone).
+//! `cargo bench --bench quant_matmul -- [--passes N] [--layers L] [--shape OUTxIN]
+//! [--reps R]`: `--shape` multiplies one matrix of that shape instead of the layers'
+//! set, and `--reps` multiplies the set R times a pass. `--shape 1024x1024 --reps 100`
+//! stays in the two cores' L2 caches (0.6 MB in q4): the kernels' arithmetic and per-call
+//! costs alone.
 
 use std::time::Instant;
 
@@ -12,30 +15,38 @@ use candle_core::{Device, Module, Tensor};
 use son1k_models::quant::{Proj, WeightFormat};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut passes, mut layers) = (20usize, 6usize);
+    let (mut passes, mut layers, mut reps) = (20usize, 6usize, 1usize);
+    let mut shape: Option<(usize, usize)> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--passes" => passes = args.next().ok_or("--passes needs a value")?.parse()?,
             "--layers" => layers = args.next().ok_or("--layers needs a value")?.parse()?,
+            "--reps" => reps = args.next().ok_or("--reps needs a value")?.parse()?,
+            "--shape" => {
+                let value = args.next().ok_or("--shape needs OUTxIN")?;
+                let (out, inner) = value.split_once('x').ok_or("--shape needs OUTxIN")?;
+                shape = Some((out.parse()?, inner.parse()?));
+            }
             _ => {} // `cargo bench` passes --bench
         }
     }
     let device = Device::Cpu;
     // Each layer's feed-forward and attention shapes: 13.6 M weights (six: 327 MB in f32).
-    let shapes: Vec<(usize, usize)> = (0..layers)
-        .flat_map(|_| {
-            [
-                (4096, 1024),
-                (1024, 4096),
-                (3072, 1024),
-                (1024, 1024),
-                (1024, 1024),
-            ]
-        })
-        .collect();
-    let x1024 = Tensor::randn(0f32, 1.0, (2, 1, 1024), &device)?;
-    let x4096 = Tensor::randn(0f32, 1.0, (2, 1, 4096), &device)?;
+    let shapes: Vec<(usize, usize)> = match shape {
+        Some(shape) => vec![shape],
+        None => (0..layers)
+            .flat_map(|_| {
+                [
+                    (4096, 1024),
+                    (1024, 4096),
+                    (3072, 1024),
+                    (1024, 1024),
+                    (1024, 1024),
+                ]
+            })
+            .collect(),
+    };
     for (name, format) in [
         ("f32", WeightFormat::Dense),
         ("q8", WeightFormat::Q8),
@@ -48,13 +59,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(Proj::new(weight, format)?)
             })
             .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
-        let weights: usize = shapes.iter().map(|(o, i)| o * i).sum();
+        let inputs = shapes
+            .iter()
+            .map(|&(_, inner)| Tensor::randn(0f32, 1.0, (2, 1, inner), &device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let weights = reps * shapes.iter().map(|(o, i)| o * i).sum::<usize>();
         let bytes =
             weights as f64 * format.bytes_per_weight(1024, candle_core::DType::F32, &device);
         let run = || -> candle_core::Result<()> {
-            for (proj, &(_, inner)) in projections.iter().zip(&shapes) {
-                let x = if inner == 1024 { &x1024 } else { &x4096 };
-                std::hint::black_box(proj.forward(x)?);
+            for _ in 0..reps {
+                for (proj, x) in projections.iter().zip(&inputs) {
+                    std::hint::black_box(proj.forward(x)?);
+                }
             }
             Ok(())
         };
@@ -68,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         println!(
-            "{name}: {:.2} ms per pass (median of {passes}), {:.1} GB/s of weights",
+            "{name}: {:.3} ms per pass (median of {passes}), {:.1} GB/s of weights",
             median * 1e3,
             bytes / median / 1e9
         );

@@ -213,22 +213,32 @@ impl QuantizedRows {
         self.values.resize(rows * cols, 0);
         self.scales.resize(blocks, 0.0);
         self.sums.resize(blocks, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            unsafe { self.quantize_blocks_avx2(xs) };
+            return;
+        }
+        self.quantize_blocks(xs);
+    }
+
+    /// [`Self::quantize_blocks`] compiled for AVX2, where its loops become vector code.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quantize_blocks_avx2(&mut self, xs: &[f32]) {
+        self.quantize_blocks(xs);
+    }
+
+    /// Quantizes each block of `xs` into the buffers, sized by [`Self::quantize`].
+    #[inline(always)]
+    fn quantize_blocks(&mut self, xs: &[f32]) {
         let all = xs
             .chunks_exact(BLOCK)
             .zip(self.values.chunks_exact_mut(BLOCK));
         for ((x, q), (d, s)) in all.zip(self.scales.iter_mut().zip(&mut self.sums)) {
-            let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            *d = amax / 127.0;
-            let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a
-            // libm call, so the loop vectorises.
-            const ROUND: f32 = 12_582_912.0;
-            let mut total = 0i32;
-            for (q, &x) in q.iter_mut().zip(x) {
-                *q = ((x * inverse + ROUND) - ROUND) as i8;
-                total += i32::from(*q);
-            }
-            *s = *d * total as f32;
+            let (scale, total) = quantize_activation_block(x, q);
+            *d = scale;
+            *s = scale * total as f32;
         }
     }
 
@@ -240,5 +250,62 @@ impl QuantizedRows {
             &self.scales[i * blocks..(i + 1) * blocks],
             &self.sums[i * blocks..(i + 1) * blocks],
         )
+    }
+}
+
+/// Quantizes one block of activations to `q = round(x / d)`, `d = max|x| / 127`; returns
+/// `d` and the sum of the `q`. Written as eight-lane steps without branches or float
+/// conversions so that it compiles to vector instructions: it runs once per block of every
+/// activation row of every quantized projection.
+#[inline(always)]
+fn quantize_activation_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    const LANES: usize = 8;
+    let mut peaks = [0f32; LANES];
+    for chunk in x.chunks_exact(LANES) {
+        for (peak, &v) in peaks.iter_mut().zip(chunk) {
+            // Not `f32::max`, whose NaN rule keeps the loop scalar.
+            let v = v.abs();
+            *peak = if v > *peak { v } else { *peak };
+        }
+    }
+    let amax = peaks.iter().fold(0f32, |a, &v| if v > a { v } else { a });
+    let d = amax / 127.0;
+    let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    // Adding 1.5 * 2^23 rounds to the nearest integer and leaves it in the low mantissa
+    // bits, so it is read without a float-to-integer conversion (Rust's saturating one
+    // stays scalar); the clamp keeps a NaN input's bits in range.
+    const ROUND: f32 = 12_582_912.0;
+    let round_bits = ROUND.to_bits() as i32;
+    let mut totals = [0i32; LANES];
+    for (chunk, q) in x.chunks_exact(LANES).zip(q.chunks_exact_mut(LANES)) {
+        for ((total, q), &v) in totals.iter_mut().zip(q).zip(chunk) {
+            let level = ((v * inverse + ROUND).to_bits() as i32 - round_bits).clamp(-127, 127);
+            *q = level as i8;
+            *total += level;
+        }
+    }
+    (d, totals.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activations_round_to_the_nearest_level_of_their_block_peak() {
+        let mut xs = crate::rng::Rng::new(5).uniform_f32s(2 * BLOCK, -3.0, 3.0);
+        xs[7] = -4.0; // the first block's peak: its scale is 4 / 127
+        xs[BLOCK + 3] = f32::NAN; // ignored by the peak, and kept in range
+        let mut rows = QuantizedRows::default();
+        rows.quantize(&xs, 1, 2 * BLOCK);
+        let (values, scales, sums) = rows.row(0);
+        assert_eq!(scales[0], 4.0 / 127.0);
+        assert_eq!(values[7], -127);
+        for (j, &x) in xs[..BLOCK].iter().enumerate() {
+            assert_eq!(f32::from(values[j]), (x * 127.0 / 4.0).round(), "value {j}");
+        }
+        let total: i32 = values[..BLOCK].iter().map(|&q| i32::from(q)).sum();
+        assert_eq!(sums[0], scales[0] * total as f32);
+        assert!(scales[1].is_finite() && values[BLOCK..].iter().all(|q| q.abs() <= 127));
     }
 }

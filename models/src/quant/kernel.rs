@@ -61,31 +61,33 @@ fn run<const M: usize, const Q4: bool>(x: &QuantizedRows, w: &BlockMatrix, out: 
             sums,
         }
     });
-    let blocks = w.blocks_per_row();
     #[cfg(target_arch = "x86_64")]
     let vector = crate::cpu::has_avx2_fma_f16c();
     for_feature_tasks(w.rows, M, TASK_FEATURES, out, |first, chunk| {
+        #[cfg(target_arch = "x86_64")]
+        if vector {
+            // SAFETY: the CPU has AVX2, FMA and F16C, checked above; the slices'
+            // lengths are checked inside.
+            unsafe { avx2::features::<M, Q4>(w, first, &rows, chunk) };
+            return;
+        }
         for (f, sums) in chunk.chunks_exact_mut(M).enumerate() {
-            let r = first + f;
-            let row = WeightRow {
-                values: w.row_values(r),
-                scales: &w.scales[r * blocks..(r + 1) * blocks],
-                offsets: if Q4 {
-                    &w.offsets[r * blocks..(r + 1) * blocks]
-                } else {
-                    &[]
-                },
-            };
-            #[cfg(target_arch = "x86_64")]
-            if vector {
-                // SAFETY: the CPU has AVX2, FMA and F16C, checked above; the slices'
-                // lengths are checked inside.
-                sums.copy_from_slice(&unsafe { avx2::dots::<M, Q4>(&row, &rows) });
-                continue;
-            }
-            sums.copy_from_slice(&dots_portable::<M, Q4>(&row, &rows));
+            sums.copy_from_slice(&dots_portable::<M, Q4>(&weight_row(w, first + f), &rows));
         }
     });
+}
+
+/// Row `r` of `w`: its values, scales and (for 4 bits) offsets.
+fn weight_row(w: &BlockMatrix, r: usize) -> WeightRow<'_> {
+    let blocks = w.blocks_per_row();
+    WeightRow {
+        values: w.row_values(r),
+        scales: &w.scales[r * blocks..(r + 1) * blocks],
+        offsets: match w.format {
+            BlockFormat::Q8 => &[],
+            BlockFormat::Q4 => &w.offsets[r * blocks..(r + 1) * blocks],
+        },
+    }
 }
 
 /// The same sums as the vector kernel, in plain loops, for CPUs without AVX2.
@@ -120,7 +122,7 @@ fn dots_portable<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Row, WeightRow, BLOCK};
+    use super::{BlockMatrix, Row, WeightRow, BLOCK};
     use std::arch::x86_64::*;
 
     /// Blocks whose scales are widened together, eight f16 to eight f32.
@@ -141,14 +143,6 @@ mod avx2 {
                     && x.scales.len() >= blocks
                     && x.sums.len() >= blocks
             })
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn sum_lanes(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 
     /// Block `b`'s 32 weight values as signed (Q8) or unsigned (Q4, 0..=15) bytes.
@@ -225,22 +219,82 @@ mod avx2 {
         quads
     }
 
+    /// Weight rows whose partial sums are reduced together.
+    const BATCH: usize = 8;
+
+    /// Output features `first..` of the product, `out` holding `M` sums a feature: each
+    /// weight row leaves eight partial sums an activation row, and eight rows' partials
+    /// are reduced together, so the horizontal sums cost a few instructions a row instead
+    /// of a dependent chain each. A row whose slices are too short gets NaN sums.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dots<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -> [f32; M] {
-        let blocks = w.scales.len();
-        if !fits::<M, Q4>(w, xs) {
-            return [f32::NAN; M];
+    pub unsafe fn features<const M: usize, const Q4: bool>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out: &mut [f32],
+    ) {
+        for (b, batch) in out.chunks_mut(BATCH * M).enumerate() {
+            let count = batch.len() / M;
+            let mut partials = [[_mm256_setzero_ps(); BATCH]; M];
+            for f in 0..count {
+                let row = super::weight_row(w, first + b * BATCH + f);
+                let sums = if fits::<M, Q4>(&row, xs) {
+                    row_partials::<M, Q4>(&row, xs)
+                } else {
+                    [_mm256_set1_ps(f32::NAN); M]
+                };
+                for (partial, sum) in partials.iter_mut().zip(sums) {
+                    partial[f] = sum;
+                }
+            }
+            for (i, partial) in partials.iter().enumerate() {
+                let mut lanes = [0f32; BATCH];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), sum_lanes_of_each(partial));
+                for (f, lane) in lanes.iter().take(count).enumerate() {
+                    batch[f * M + i] = *lane;
+                }
+            }
         }
+    }
+
+    /// Lane `j` of the result is the sum of `v[j]`'s eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum_lanes_of_each(v: &[__m256; BATCH]) -> __m256 {
+        // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
+        let pairs = [
+            _mm256_hadd_ps(v[0], v[1]),
+            _mm256_hadd_ps(v[2], v[3]),
+            _mm256_hadd_ps(v[4], v[5]),
+            _mm256_hadd_ps(v[6], v[7]),
+        ];
+        // `low` holds v[0..4]'s sums over lanes 0..4 in its low half and over lanes 4..8
+        // in its high half; `high` the same for v[4..8].
+        let low = _mm256_hadd_ps(pairs[0], pairs[1]);
+        let high = _mm256_hadd_ps(pairs[2], pairs[3]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(low, high),
+            _mm256_permute2f128_ps::<0x31>(low, high),
+        )
+    }
+
+    /// One weight row's products with each activation row, as eight partial sums a row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn row_partials<const M: usize, const Q4: bool>(
+        w: &WeightRow,
+        xs: &[Row; M],
+    ) -> [__m256; M] {
+        let blocks = w.scales.len();
         let mut acc = [_mm256_setzero_ps(); M];
-        let mut offset_acc = [_mm256_setzero_ps(); M];
         let groups = blocks / GROUP;
         for g in 0..groups {
             let first = g * GROUP;
             if Q4 {
                 let wm = _mm256_cvtph_ps(_mm_loadu_si128(w.offsets.as_ptr().add(first).cast()));
-                for (offset_acc, x) in offset_acc.iter_mut().zip(xs) {
+                for (acc, x) in acc.iter_mut().zip(xs) {
                     let sums = _mm256_loadu_ps(x.sums.as_ptr().add(first));
-                    *offset_acc = _mm256_fmadd_ps(wm, sums, *offset_acc);
+                    *acc = _mm256_fmadd_ps(wm, sums, *acc);
                 }
             }
             // The group's eight integer block sums land in one vector, a block per lane,
@@ -260,20 +314,21 @@ mod avx2 {
                 acc[i] = _mm256_fmadd_ps(scaled, xd, acc[i]);
             }
         }
-        let mut tail = [0f32; M];
         for b in groups * GROUP..blocks {
             let wv = load_weights::<Q4>(w, b);
             let wd = w.scales.get_unchecked(b).to_f32();
-            for (i, x) in xs.iter().enumerate() {
+            for (acc, x) in acc.iter_mut().zip(xs) {
                 let xv = _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast());
-                let dot = sum_lanes(_mm256_cvtepi32_ps(dot_block::<Q4>(wv, xv)));
-                tail[i] += dot * wd * x.scales.get_unchecked(b);
+                let dot = _mm256_cvtepi32_ps(dot_block::<Q4>(wv, xv));
+                let scale = _mm256_set1_ps(wd * x.scales.get_unchecked(b));
+                *acc = _mm256_fmadd_ps(dot, scale, *acc);
                 if Q4 {
-                    tail[i] += w.offsets.get_unchecked(b).to_f32() * x.sums.get_unchecked(b);
+                    let offset = w.offsets.get_unchecked(b).to_f32() * x.sums.get_unchecked(b);
+                    *acc = _mm256_add_ps(*acc, _mm256_setr_ps(offset, 0., 0., 0., 0., 0., 0., 0.));
                 }
             }
         }
-        std::array::from_fn(|i| sum_lanes(acc[i]) + sum_lanes(offset_acc[i]) + tail[i])
+        acc
     }
 }
 
@@ -354,15 +409,7 @@ mod tests {
                     sums: u1,
                 },
             ];
-            let blocks = k / BLOCK;
-            let row = WeightRow {
-                values: matrix.row_values(3),
-                scales: &matrix.scales[3 * blocks..4 * blocks],
-                offsets: match format {
-                    BlockFormat::Q8 => &[],
-                    BlockFormat::Q4 => &matrix.offsets[3 * blocks..4 * blocks],
-                },
-            };
+            let row = weight_row(&matrix, 3);
             let mut out = vec![0f32; m * n];
             matmul_rows(&x, &matrix, &mut out).unwrap();
             let portable = match format {
