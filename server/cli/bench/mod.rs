@@ -107,7 +107,7 @@ fn print_table(r: &BenchReport) {
         r.kv_bytes_per_step as f64 / 1e6
     ));
     line(format!(
-        "{:<28}{:.2} GB/s (all compute threads, measured at start)",
+        "{:<28}{:.2} GB/s (all compute threads, best of before and after)",
         "memory bandwidth", r.bandwidth_gb_s
     ));
     line(format!(
