@@ -132,6 +132,17 @@ fn bench_reports_the_documented_json_schema() {
         let value = report[field].as_f64().unwrap_or(f64::NAN);
         assert!(value.is_finite() && value > 0.0, "{field}: {value}");
     }
+    // Three bandwidth probes (before loading, after the timed steps, after the runs); the
+    // floor uses their median.
+    let mut probes: Vec<f64> = report["bandwidth_probes_gb_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(probes.len(), 3);
+    probes.sort_by(f64::total_cmp);
+    assert_eq!(report["bandwidth_gb_s"].as_f64().unwrap(), probes[1]);
     // Weights read per step, from the checkpoint's own config: every layer's Q, K, V, O,
     // cross-attention Q and O and FFN pair, then the LM heads, 4 bytes each.
     let config: serde_json::Value =

@@ -72,9 +72,12 @@ pub struct BenchReport {
     /// KV-cache bytes one step reads, averaged over the end-to-end clip (or over the
     /// timed steps when it is skipped).
     pub kv_bytes_per_step: u64,
-    /// Memory read bandwidth of all compute threads together, GB/s: the best of a probe
-    /// before loading and one after the runs.
+    /// Memory read bandwidth of all compute threads together, GB/s: the median of
+    /// `bandwidth_probes_gb_s`.
     pub bandwidth_gb_s: f64,
+    /// Each probe's bandwidth, GB/s: before loading, after the timed steps, after the
+    /// end-to-end runs.
+    pub bandwidth_probes_gb_s: Vec<f64>,
     /// (weights + KV) / bandwidth: the least time a step can take, ms.
     pub floor_ms: f64,
     /// Mean end-to-end step (else the median timed step) over the floor.
@@ -112,7 +115,11 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_message("measuring memory bandwidth");
-    let bandwidth_at_start = read_bandwidth_gb_s();
+    // Bandwidth is probed three times: before loading, between the timed steps and the
+    // end-to-end runs, and after them. Neighbours on a shared machine take (or leave)
+    // bandwidth for seconds at a time; the median of the three describes the period the
+    // steps ran in, where one probe alone could catch a dip or a burst.
+    let mut bandwidth_probes = vec![read_bandwidth_gb_s()];
     let peak_rss_counted = reset_peak_rss();
 
     let device = args.device.open()?;
@@ -170,6 +177,11 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
     step_ms.sort_by(f64::total_cmp);
     drop(job);
+    // The probe's buffer would raise the peak: read it first, and restart it once the
+    // buffer is freed.
+    let peak_after_steps = peak_rss_bytes();
+    bandwidth_probes.push(read_bandwidth_gb_s());
+    reset_peak_rss();
 
     let frames = (args.duration * model.config().frame_rate() as f64).round() as usize;
     let mut runs = Vec::new();
@@ -207,13 +219,12 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             });
         }
     }
-    let peak_rss_bytes = peak_rss_bytes().filter(|_| peak_rss_counted);
-    // Measured again once the model has run (after the peak memory is read, which the
-    // probe's buffer would raise): neighbours on a shared machine take bandwidth for
-    // seconds at a time, and the floor is the best the machine showed, so a dip at the
-    // start cannot make the ratio look better than it is.
+    let peak_rss_bytes = peak_after_steps
+        .max(peak_rss_bytes())
+        .filter(|_| peak_rss_counted);
     bar.set_message("measuring memory bandwidth again");
-    let bandwidth_gb_s = bandwidth_at_start.max(read_bandwidth_gb_s());
+    bandwidth_probes.push(read_bandwidth_gb_s());
+    let bandwidth_gb_s = median(&mut bandwidth_probes.clone()).unwrap_or(f64::NAN);
     bar.finish_and_clear();
 
     let pick = |f: fn(&Run) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
@@ -268,6 +279,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         weight_bytes_per_step,
         kv_bytes_per_step,
         bandwidth_gb_s,
+        bandwidth_probes_gb_s: bandwidth_probes,
         floor_ms,
         floor_ratio: loop_step_ms_mean.unwrap_or(step_ms_median) / floor_ms,
     })

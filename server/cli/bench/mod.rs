@@ -106,9 +106,16 @@ fn print_table(r: &BenchReport) {
         r.weight_bytes_per_step as f64 / 1e6,
         r.kv_bytes_per_step as f64 / 1e6
     ));
+    let probes: Vec<String> = r
+        .bandwidth_probes_gb_s
+        .iter()
+        .map(|p| format!("{p:.1}"))
+        .collect();
     line(format!(
-        "{:<28}{:.2} GB/s (all compute threads, best of before and after)",
-        "memory bandwidth", r.bandwidth_gb_s
+        "{:<28}{:.2} GB/s (all compute threads; median of probes {})",
+        "memory bandwidth",
+        r.bandwidth_gb_s,
+        probes.join(", ")
     ));
     line(format!(
         "{:<28}{:.1} ms; a step takes {:.2}x the floor",
