@@ -3,7 +3,9 @@
 //!
 //! The layouts are made for [`super::kernel`]: each matrix keeps its quantized values in
 //! one array and its per-block scales (and offsets) in others, so the kernel streams each
-//! weight row once and serves every activation row from it.
+//! weight once and serves every activation row from it. 8-bit rows are stored one after
+//! another; 4-bit rows in tiles of [`TILE_ROWS`], interleaved so that one vector holds
+//! several rows' weights for the same four activations.
 
 use half::f16;
 use rayon::prelude::*;
@@ -11,16 +13,26 @@ use rayon::prelude::*;
 /// Weights per block: one scale (and, for 4 bits, one offset) per 32 weights.
 pub const BLOCK: usize = 32;
 
+/// Rows in a 4-bit tile: a 32-bit lane per row in a 256-bit vector.
+pub const TILE_ROWS: usize = 8;
+
+/// Bytes of one 4-bit tile's block: 32 weights of each of its rows, two to a byte.
+pub const TILE_BLOCK_BYTES: usize = TILE_ROWS * BLOCK / 2;
+
 /// How the quantized values of a [`BlockMatrix`] are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockFormat {
-    /// `w = d * q` with `q` in -127..=127: 32 bytes and a 2-byte scale per block.
+    /// `w = d * q` with `q` in -127..=127: 32 bytes and a 2-byte scale per block, row by
+    /// row.
     Q8,
     /// `w = d * q + m` with `q` in 0..=15, two to a byte: 16 bytes, a 2-byte scale and a
-    /// 2-byte offset per block. Blocks are stored in pairs: byte `j` of pair `p` holds
-    /// weight `j` of block `2p` in its low nibble and weight `j` of block `2p + 1` in its
-    /// high one, so one 32-byte load and a mask (or a shift) give either block in order.
-    /// A row's last block, when its count is odd, has high nibbles of zero.
+    /// 2-byte offset per block. Rows are stored in tiles of [`TILE_ROWS`] (the last one
+    /// padded with zero rows), block by block: a tile's block is four 32-byte vectors, and
+    /// byte `4r + c` of vector `p` holds weight `4p + c` of the tile's row `r` in its low
+    /// nibble and weight `16 + 4p + c` in its high one. A mask or a shift then gives eight
+    /// rows' four consecutive weights, a row per 32-bit lane, to multiply by the same four
+    /// activations broadcast to every lane. A tile's block keeps its rows' scales (and
+    /// offsets) together too.
     Q4,
 }
 
@@ -33,11 +45,19 @@ impl BlockFormat {
         }
     }
 
-    /// Bytes of quantized values in a row of `blocks` blocks (scales and offsets apart).
-    pub fn row_value_bytes(self, blocks: usize) -> usize {
+    /// Bytes of quantized values in one block (scales and offsets apart).
+    fn value_bytes(self) -> usize {
         match self {
-            Self::Q8 => blocks * BLOCK,
-            Self::Q4 => blocks.div_ceil(2) * BLOCK,
+            Self::Q8 => BLOCK,
+            Self::Q4 => BLOCK / 2,
+        }
+    }
+
+    /// Rows the arrays hold for a matrix of `rows` rows: 4-bit tiles are whole.
+    fn stored_rows(self, rows: usize) -> usize {
+        match self {
+            Self::Q8 => rows,
+            Self::Q4 => rows.div_ceil(TILE_ROWS) * TILE_ROWS,
         }
     }
 }
@@ -48,9 +68,9 @@ pub struct BlockMatrix {
     pub format: BlockFormat,
     pub rows: usize,
     pub cols: usize,
-    /// `rows * row_value_bytes(cols / 32)` quantized values, row by row.
+    /// The quantized values, laid out as [`BlockFormat`] says.
     pub values: Vec<u8>,
-    /// One scale per block, row by row.
+    /// One scale per block, in the order of the values' blocks.
     pub scales: Vec<f16>,
     /// One offset per block for [`BlockFormat::Q4`]; empty for Q8.
     pub offsets: Vec<f16>,
@@ -69,41 +89,38 @@ impl BlockMatrix {
             return None;
         }
         let blocks = cols / BLOCK;
-        let row_values = format.row_value_bytes(blocks);
-        let mut values = vec![0u8; rows * row_values];
-        let mut scales = vec![f16::ZERO; rows * blocks];
+        let stored = format.stored_rows(rows);
+        let mut values = vec![0u8; stored * blocks * format.value_bytes()];
+        let mut scales = vec![f16::ZERO; stored * blocks];
         let mut offsets = match format {
             BlockFormat::Q8 => Vec::new(),
-            BlockFormat::Q4 => vec![f16::ZERO; rows * blocks],
+            BlockFormat::Q4 => vec![f16::ZERO; stored * blocks],
         };
-        let row_weights = weights.par_chunks(cols);
-        let row_values_mut = values.par_chunks_mut(row_values);
-        let row_scales = scales.par_chunks_mut(blocks);
         match format {
-            BlockFormat::Q8 => {
-                row_weights
-                    .zip(row_values_mut)
-                    .zip(row_scales)
-                    .for_each(|((w, q), d)| {
-                        for ((w, q), d) in
-                            w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d)
-                        {
-                            *d = f16::from_f32(quantize_q8_block(w, q));
-                        }
-                    })
-            }
-            BlockFormat::Q4 => row_weights
-                .zip(row_values_mut)
-                .zip(row_scales)
-                .zip(offsets.par_chunks_mut(blocks))
+            BlockFormat::Q8 => weights
+                .par_chunks(cols)
+                .zip(values.par_chunks_mut(blocks * BLOCK))
+                .zip(scales.par_chunks_mut(blocks))
+                .for_each(|((w, q), d)| {
+                    for ((w, q), d) in w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d) {
+                        *d = f16::from_f32(quantize_q8_block(w, q));
+                    }
+                }),
+            BlockFormat::Q4 => weights
+                .par_chunks(TILE_ROWS * cols)
+                .zip(values.par_chunks_mut(blocks * TILE_BLOCK_BYTES))
+                .zip(scales.par_chunks_mut(blocks * TILE_ROWS))
+                .zip(offsets.par_chunks_mut(blocks * TILE_ROWS))
                 .for_each(|(((w, q), d), m)| {
-                    for (b, (d, m)) in d.iter_mut().zip(m).enumerate() {
-                        let pair = &mut q[b / 2 * BLOCK..(b / 2 + 1) * BLOCK];
-                        let shift = 4 * (b % 2) as u8;
-                        let (scale, offset) =
-                            quantize_q4_block(&w[b * BLOCK..(b + 1) * BLOCK], pair, shift);
-                        *d = f16::from_f32(scale);
-                        *m = f16::from_f32(offset);
+                    for (r, w) in w.chunks_exact(cols).enumerate() {
+                        for b in 0..blocks {
+                            let tile_block =
+                                &mut q[b * TILE_BLOCK_BYTES..(b + 1) * TILE_BLOCK_BYTES];
+                            let levels = &w[b * BLOCK..(b + 1) * BLOCK];
+                            let (scale, offset) = quantize_q4_block(levels, tile_block, r);
+                            d[b * TILE_ROWS + r] = f16::from_f32(scale);
+                            m[b * TILE_ROWS + r] = f16::from_f32(offset);
+                        }
                     }
                 }),
         }
@@ -127,36 +144,63 @@ impl BlockMatrix {
         self.values.len() + 2 * (self.scales.len() + self.offsets.len())
     }
 
-    /// The quantized values of row `r`.
+    /// Where block `b` of row `r` keeps its scale (and offset) in `scales` (`offsets`).
+    pub fn scale_index(&self, r: usize, b: usize) -> usize {
+        let blocks = self.blocks_per_row();
+        match self.format {
+            BlockFormat::Q8 => r * blocks + b,
+            BlockFormat::Q4 => (r / TILE_ROWS * blocks + b) * TILE_ROWS + r % TILE_ROWS,
+        }
+    }
+
+    /// The quantized values of an 8-bit row `r`; empty for a 4-bit matrix, whose rows are
+    /// interleaved (see [`Self::levels`]).
     pub fn row_values(&self, r: usize) -> &[u8] {
-        let len = self.format.row_value_bytes(self.blocks_per_row());
+        if self.format != BlockFormat::Q8 {
+            return &[];
+        }
+        let len = self.cols;
         &self.values[r * len..(r + 1) * len]
+    }
+
+    /// Block `b` of row `r` as 32 levels: signed for Q8, 0..=15 for Q4.
+    pub fn levels(&self, r: usize, b: usize) -> [i32; BLOCK] {
+        match self.format {
+            BlockFormat::Q8 => {
+                let q = &self.row_values(r)[b * BLOCK..(b + 1) * BLOCK];
+                std::array::from_fn(|j| i32::from(q[j] as i8))
+            }
+            BlockFormat::Q4 => {
+                let tile_block = r / TILE_ROWS * self.blocks_per_row() + b;
+                let q = &self.values[tile_block * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
+                std::array::from_fn(|j| {
+                    let (byte, shift) = q4_place(r % TILE_ROWS, j);
+                    i32::from((q[byte] >> shift) & 15)
+                })
+            }
+        }
     }
 
     /// The weights as f32 (the values the kernel multiplies by), `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
-        let blocks = self.blocks_per_row();
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
-            let values = self.row_values(r);
-            for b in 0..blocks {
-                let d = self.scales[r * blocks + b].to_f32();
-                match self.format {
-                    BlockFormat::Q8 => {
-                        let q = &values[b * BLOCK..(b + 1) * BLOCK];
-                        out.extend(q.iter().map(|&q| d * f32::from(q as i8)));
-                    }
-                    BlockFormat::Q4 => {
-                        let m = self.offsets[r * blocks + b].to_f32();
-                        let pair = &values[b / 2 * BLOCK..(b / 2 + 1) * BLOCK];
-                        let shift = 4 * (b % 2);
-                        out.extend(pair.iter().map(|&q| d * f32::from((q >> shift) & 15) + m));
-                    }
-                }
+            for b in 0..self.blocks_per_row() {
+                let i = self.scale_index(r, b);
+                let d = self.scales[i].to_f32();
+                let m = self.offsets.get(i).map_or(0.0, |m| m.to_f32());
+                out.extend(self.levels(r, b).map(|q| d * q as f32 + m));
             }
         }
         out
     }
+}
+
+/// Where weight `j` of a block of a tile's row `r` lies in the tile's block: its byte, and
+/// the shift of its nibble (see [`BlockFormat::Q4`]).
+fn q4_place(r: usize, j: usize) -> (usize, u32) {
+    let (high, j) = (j / 16, j % 16);
+    (j / 4 * BLOCK + 4 * r + j % 4, 4 * high as u32)
 }
 
 /// Quantizes one block to `q = round(w / d)`, `d = max|w| / 127`; returns `d`. The scale
@@ -171,10 +215,10 @@ fn quantize_q8_block(w: &[f32], q: &mut [u8]) -> f32 {
     d
 }
 
-/// Quantizes one block to `q = round((w - m) / d)` in 0..=15 with `m = min w` and
-/// `d = (max w - m) / 15`, writing `q[j]` into the nibble of `pair[j]` at `shift` (0 or 4);
-/// returns `(d, m)`, both rounded to f16 before the values are chosen.
-fn quantize_q4_block(w: &[f32], pair: &mut [u8], shift: u8) -> (f32, f32) {
+/// Quantizes one block of a tile's row `r` to `q = round((w - m) / d)` in 0..=15 with
+/// `m = min w` and `d = (max w - m) / 15`, writing each `q` into its nibble of
+/// `tile_block`; returns `(d, m)`, both rounded to f16 before the values are chosen.
+fn quantize_q4_block(w: &[f32], tile_block: &mut [u8], r: usize) -> (f32, f32) {
     let (lo, hi) = w
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
@@ -184,8 +228,9 @@ fn quantize_q4_block(w: &[f32], pair: &mut [u8], shift: u8) -> (f32, f32) {
     let d = f16::from_f32((hi - m) / 15.0).to_f32();
     let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
     let level = |w: f32| ((w - m) * inverse).round().clamp(0.0, 15.0) as u8;
-    for (q, &w) in pair.iter_mut().zip(w) {
-        *q |= level(w) << shift;
+    for (j, &w) in w.iter().enumerate() {
+        let (byte, shift) = q4_place(r, j);
+        tile_block[byte] |= level(w) << shift;
     }
     (d, m)
 }
@@ -306,6 +351,6 @@ mod tests {
         }
         let total: i32 = values[..BLOCK].iter().map(|&q| i32::from(q)).sum();
         assert_eq!(sums[0], scales[0] * total as f32);
-        assert!(scales[1].is_finite() && values[BLOCK..].iter().all(|q| q.abs() <= 127));
+        assert!(scales[1].is_finite() && values[BLOCK..].iter().all(|&q| q != i8::MIN));
     }
 }

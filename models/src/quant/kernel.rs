@@ -4,17 +4,17 @@
 //!
 //! Per block, the integer dot product of the 8-bit activations with the weight values is
 //! scaled by both blocks' scales; 4-bit weights add their offset times the activation
-//! block's sum. On x86-64 with AVX2 the dot products use `maddubs`, 32 weights at a time.
+//! block's sum. On x86-64 with AVX2 the dot products use `maddubs`: 8-bit rows 32 weights
+//! at a time, 4-bit tiles eight rows at a time (see [`BlockFormat::Q4`]).
 
-use half::f16;
-
-use super::blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK};
+use super::blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
 use crate::gemv::{for_feature_tasks, MAX_ROWS};
 
-/// Output features per parallel task. Small tasks let the pool even out the two vCPUs when
-/// a neighbour slows one: against 32, `quant_matmul` ran q8 faster in three of three
-/// alternating runs and q4 in two of three; 128 was slower in all.
+/// Output features per parallel task: whole 4-bit tiles. Small tasks let the pool even
+/// out the two vCPUs when a neighbour slows one: against 32, `quant_matmul` ran q8 faster
+/// in three of three alternating runs and q4 in two of three; 128 was slower in all.
 const TASK_FEATURES: usize = 16;
+const _: () = assert!(TASK_FEATURES % TILE_ROWS == 0);
 
 /// One quantized activation row: values, per-block scales and per-block sums.
 #[derive(Clone, Copy)]
@@ -24,13 +24,6 @@ struct Row<'a> {
     sums: &'a [f32],
 }
 
-/// One weight row: its values and its per-block scales (and offsets, for 4 bits).
-struct WeightRow<'a> {
-    values: &'a [u8],
-    scales: &'a [f16],
-    offsets: &'a [f16],
-}
-
 /// `out[i][j] = x[i] . w[j]` (`out` is `[x.rows, w.rows]`). `None`, leaving `out` alone,
 /// when the shapes do not fit: `x.rows` outside 1 to [`MAX_ROWS`], or columns that differ.
 pub fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Option<()> {
@@ -38,21 +31,17 @@ pub fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Optio
     if !(1..=MAX_ROWS).contains(&m) || x.cols != w.cols || out.len() != m * w.rows {
         return None;
     }
-    match (m, w.format) {
-        (1, BlockFormat::Q8) => run::<1, false>(x, w, out),
-        (2, BlockFormat::Q8) => run::<2, false>(x, w, out),
-        (3, BlockFormat::Q8) => run::<3, false>(x, w, out),
-        (_, BlockFormat::Q8) => run::<4, false>(x, w, out),
-        (1, BlockFormat::Q4) => run::<1, true>(x, w, out),
-        (2, BlockFormat::Q4) => run::<2, true>(x, w, out),
-        (3, BlockFormat::Q4) => run::<3, true>(x, w, out),
-        (_, BlockFormat::Q4) => run::<4, true>(x, w, out),
+    match m {
+        1 => run::<1>(x, w, out),
+        2 => run::<2>(x, w, out),
+        3 => run::<3>(x, w, out),
+        _ => run::<4>(x, w, out),
     }
     Some(())
 }
 
-/// The product for `M` rows; `Q4` picks 4-bit weights with offsets over 8-bit ones.
-fn run<const M: usize, const Q4: bool>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
+/// The product for `M` rows.
+fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
     let rows: [Row; M] = std::array::from_fn(|i| {
         let (values, scales, sums) = x.row(i);
         Row {
@@ -68,52 +57,38 @@ fn run<const M: usize, const Q4: bool>(x: &QuantizedRows, w: &BlockMatrix, out: 
         if vector {
             // SAFETY: the CPU has AVX2, FMA and F16C, checked above; the slices'
             // lengths are checked inside.
-            unsafe { avx2::features::<M, Q4>(w, first, &rows, chunk) };
+            unsafe {
+                match w.format {
+                    BlockFormat::Q8 => avx2::q8_features::<M>(w, first, &rows, chunk),
+                    BlockFormat::Q4 => avx2::q4_features::<M>(w, first, &rows, chunk),
+                }
+            };
             return;
         }
         for (f, sums) in chunk.chunks_exact_mut(M).enumerate() {
-            sums.copy_from_slice(&dots_portable::<M, Q4>(&weight_row(w, first + f), &rows));
+            sums.copy_from_slice(&dots_portable::<M>(w, first + f, &rows));
         }
     });
 }
 
-/// Row `r` of `w`: its values, scales and (for 4 bits) offsets.
-fn weight_row(w: &BlockMatrix, r: usize) -> WeightRow<'_> {
-    let blocks = w.blocks_per_row();
-    WeightRow {
-        values: w.row_values(r),
-        scales: &w.scales[r * blocks..(r + 1) * blocks],
-        offsets: match w.format {
-            BlockFormat::Q8 => &[],
-            BlockFormat::Q4 => &w.offsets[r * blocks..(r + 1) * blocks],
-        },
-    }
-}
-
-/// The same sums as the vector kernel, in plain loops, for CPUs without AVX2.
-fn dots_portable<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -> [f32; M] {
+/// Row `r` of `w` times each activation row, in plain loops over the blocks' levels, for
+/// CPUs without AVX2.
+fn dots_portable<const M: usize>(w: &BlockMatrix, r: usize, xs: &[Row; M]) -> [f32; M] {
     std::array::from_fn(|i| {
         let x = &xs[i];
         let mut total = 0f32;
-        for b in 0..w.scales.len() {
+        for b in 0..w.blocks_per_row() {
             let xq = &x.values[b * BLOCK..(b + 1) * BLOCK];
-            let dot: i32 = if Q4 {
-                let pair = &w.values[b / 2 * BLOCK..(b / 2 + 1) * BLOCK];
-                let shift = 4 * (b % 2);
-                pair.iter()
-                    .zip(xq)
-                    .map(|(&q, &x)| i32::from((q >> shift) & 15) * i32::from(x))
-                    .sum()
-            } else {
-                let wq = &w.values[b * BLOCK..(b + 1) * BLOCK];
-                wq.iter()
-                    .zip(xq)
-                    .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
-                    .sum()
-            };
-            total += w.scales[b].to_f32() * x.scales[b] * dot as f32;
-            if Q4 {
-                total += w.offsets[b].to_f32() * x.sums[b];
+            let dot: i32 = w
+                .levels(r, b)
+                .iter()
+                .zip(xq)
+                .map(|(&q, &x)| q * i32::from(x))
+                .sum();
+            let at = w.scale_index(r, b);
+            total += w.scales[at].to_f32() * x.scales[b] * dot as f32;
+            if let Some(offset) = w.offsets.get(at) {
+                total += offset.to_f32() * x.sums[b];
             }
         }
         total
@@ -122,124 +97,119 @@ fn dots_portable<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BlockMatrix, Row, WeightRow, BLOCK};
+    use super::{BlockMatrix, Row, BLOCK, TILE_ROWS};
+    use crate::quant::blocks::TILE_BLOCK_BYTES;
     use std::arch::x86_64::*;
 
     /// Blocks whose scales are widened together, eight f16 to eight f32.
     const GROUP: usize = 8;
 
-    /// Whether every slice holds the row's blocks, so the unchecked reads stay in bounds.
-    fn fits<const M: usize, const Q4: bool>(w: &WeightRow, xs: &[Row; M]) -> bool {
-        let blocks = w.scales.len();
-        let value_bytes = if Q4 {
-            blocks.div_ceil(2) * BLOCK
-        } else {
-            blocks * BLOCK
-        };
-        w.values.len() >= value_bytes
-            && (!Q4 || w.offsets.len() >= blocks)
-            && xs.iter().all(|x| {
-                x.values.len() >= blocks * BLOCK
-                    && x.scales.len() >= blocks
-                    && x.sums.len() >= blocks
-            })
+    /// Whether every activation row holds `blocks` blocks, so the unchecked reads of it
+    /// stay in bounds.
+    fn rows_fit<const M: usize>(xs: &[Row; M], blocks: usize) -> bool {
+        xs.iter().all(|x| {
+            x.values.len() >= blocks * BLOCK && x.scales.len() >= blocks && x.sums.len() >= blocks
+        })
     }
 
-    /// Block `b`'s 32 weight values as signed (Q8) or unsigned (Q4, 0..=15) bytes.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load_weights<const Q4: bool>(w: &WeightRow, b: usize) -> __m256i {
-        if Q4 {
-            let (low, high) = load_pair(w, b / 2);
-            if b % 2 == 0 {
-                low
-            } else {
-                high
-            }
-        } else {
-            _mm256_loadu_si256(w.values.as_ptr().add(b * BLOCK).cast())
-        }
-    }
-
-    /// 4-bit blocks `2p` and `2p + 1`, from their shared 32 bytes.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load_pair(w: &WeightRow, p: usize) -> (__m256i, __m256i) {
-        let nibbles = _mm256_set1_epi8(0x0F);
-        let packed = _mm256_loadu_si256(w.values.as_ptr().add(p * BLOCK).cast());
-        (
-            _mm256_and_si256(packed, nibbles),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles),
-        )
-    }
-
-    /// The dot product of one block's weights with 32 activations, as 8 i32 partial sums.
-    /// `maddubs` multiplies unsigned by signed bytes: 4-bit values are unsigned already;
-    /// 8-bit ones are multiplied as `|x| * (w * sign(x))`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_block<const Q4: bool>(w: __m256i, x: __m256i) -> __m256i {
-        let products = if Q4 {
-            _mm256_maddubs_epi16(w, x)
-        } else {
-            _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x))
-        };
-        _mm256_madd_epi16(products, _mm256_set1_epi16(1))
-    }
-
-    /// For each row, the integer dot products of blocks `b..b + 4`, reduced so that lane
-    /// `j` of the low half holds block `b + j`'s sum over its low partial sums and lane `j`
-    /// of the high half its sum over the high ones.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn quad_sums<const M: usize, const Q4: bool>(
-        w: &WeightRow,
-        xs: &[Row; M],
-        b: usize,
-    ) -> [__m256i; M] {
-        let mut pairs = [[_mm256_setzero_si256(); M]; 2];
-        for (p, pair) in pairs.iter_mut().enumerate() {
-            // `b` is even (a group starts every eight blocks): 4-bit pairs load once.
-            let (first, second) = if Q4 {
-                load_pair(w, b / 2 + p)
-            } else {
-                (
-                    load_weights::<Q4>(w, b + 2 * p),
-                    load_weights::<Q4>(w, b + 2 * p + 1),
-                )
-            };
-            for (sum, x) in pair.iter_mut().zip(xs) {
-                let block = |k: usize| x.values.as_ptr().add((b + 2 * p + k) * BLOCK).cast();
-                let a = dot_block::<Q4>(first, _mm256_loadu_si256(block(0)));
-                let c = dot_block::<Q4>(second, _mm256_loadu_si256(block(1)));
-                *sum = _mm256_hadd_epi32(a, c);
-            }
-        }
-        let mut quads = [_mm256_setzero_si256(); M];
-        for (quad, (a, c)) in quads.iter_mut().zip(pairs[0].iter().zip(&pairs[1])) {
-            *quad = _mm256_hadd_epi32(*a, *c);
-        }
-        quads
-    }
-
-    /// Weight rows whose partial sums are reduced together.
-    const BATCH: usize = 8;
-
-    /// Output features `first..` of the product, `out` holding `M` sums a feature: each
-    /// weight row leaves eight partial sums an activation row, and eight rows' partials
-    /// are reduced together, so the horizontal sums cost a few instructions a row instead
-    /// of a dependent chain each. A row whose slices are too short gets NaN sums.
+    /// Output features `first..` of a 4-bit product, `out` holding `M` sums a feature
+    /// (`first` starts a tile). Per tile and block, each activation row's four values at a
+    /// time are broadcast to every lane and multiplied by eight rows' four weights; the
+    /// sixteen-bit products of the block's eight steps are summed before widening (15 *
+    /// 127 * 2 * 8 = 30480 fits), and one conversion and two FMAs a block scale and offset
+    /// all eight rows. Features whose tile the arrays lack get NaN sums.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn features<const M: usize, const Q4: bool>(
+    pub unsafe fn q4_features<const M: usize>(
         w: &BlockMatrix,
         first: usize,
         xs: &[Row; M],
         out: &mut [f32],
     ) {
+        let blocks = w.blocks_per_row();
+        let first_tile = first / TILE_ROWS;
+        let tiles = (out.len() / M).div_ceil(TILE_ROWS);
+        let end = (first_tile + tiles) * blocks;
+        let fits = first % TILE_ROWS == 0
+            && rows_fit(xs, blocks)
+            && w.values.len() >= end * TILE_BLOCK_BYTES
+            && w.scales.len() >= end * TILE_ROWS
+            && w.offsets.len() >= end * TILE_ROWS;
+        if !fits {
+            out.fill(f32::NAN);
+            return;
+        }
+        let nibbles = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        for (t, tile_out) in out.chunks_mut(TILE_ROWS * M).enumerate() {
+            let tile_blocks = (first_tile + t) * blocks;
+            let mut acc = [_mm256_setzero_ps(); M];
+            let mut offset_acc = [_mm256_setzero_ps(); M];
+            for b in 0..blocks {
+                let at = tile_blocks + b;
+                let values = w.values.as_ptr().add(at * TILE_BLOCK_BYTES);
+                let mut dots = [_mm256_setzero_si256(); M];
+                for p in 0..4 {
+                    let packed = _mm256_loadu_si256(values.add(p * 32).cast());
+                    let low = _mm256_and_si256(packed, nibbles);
+                    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles);
+                    for (dot, x) in dots.iter_mut().zip(xs) {
+                        let x = x.values.as_ptr().add(b * BLOCK + 4 * p);
+                        let x_low = _mm256_set1_epi32(x.cast::<i32>().read_unaligned());
+                        let x_high = _mm256_set1_epi32(x.add(16).cast::<i32>().read_unaligned());
+                        let both = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(low, x_low),
+                            _mm256_maddubs_epi16(high, x_high),
+                        );
+                        *dot = _mm256_add_epi16(*dot, both);
+                    }
+                }
+                let scale_at = at * TILE_ROWS;
+                let wd = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(scale_at).cast()));
+                let wm = _mm256_cvtph_ps(_mm_loadu_si128(w.offsets.as_ptr().add(scale_at).cast()));
+                for i in 0..M {
+                    let x = &xs[i];
+                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots[i], ones));
+                    let xd = _mm256_set1_ps(*x.scales.get_unchecked(b));
+                    acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(sums, xd), wd, acc[i]);
+                    let x_sum = _mm256_set1_ps(*x.sums.get_unchecked(b));
+                    offset_acc[i] = _mm256_fmadd_ps(wm, x_sum, offset_acc[i]);
+                }
+            }
+            for i in 0..M {
+                let mut lanes = [0f32; TILE_ROWS];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[i], offset_acc[i]));
+                for (r, lane) in lanes.iter().take(tile_out.len() / M).enumerate() {
+                    tile_out[r * M + i] = *lane;
+                }
+            }
+        }
+    }
+
+    /// Rows of an 8-bit product whose partial sums are reduced together.
+    const BATCH: usize = 8;
+
+    /// Output features `first..` of an 8-bit product, `out` holding `M` sums a feature:
+    /// each weight row leaves eight partial sums an activation row, and eight rows'
+    /// partials are reduced together, so the horizontal sums cost a few instructions a row
+    /// instead of a dependent chain each. A row whose slices are too short gets NaN sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_features<const M: usize>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out: &mut [f32],
+    ) {
+        let blocks = w.blocks_per_row();
+        let rows_fit = rows_fit(xs, blocks);
         for (b, batch) in out.chunks_mut(BATCH * M).enumerate() {
             let count = batch.len() / M;
             let mut partials = [[_mm256_setzero_ps(); BATCH]; M];
             for f in 0..count {
-                let row = super::weight_row(w, first + b * BATCH + f);
-                let sums = if fits::<M, Q4>(&row, xs) {
-                    row_partials::<M, Q4>(&row, xs)
+                let r = first + b * BATCH + f;
+                let values = w.row_values(r);
+                let scales = w.scales.get(r * blocks..(r + 1) * blocks).unwrap_or(&[]);
+                let sums = if rows_fit && values.len() == blocks * BLOCK && scales.len() == blocks {
+                    row_partials::<M>(values, scales, xs)
                 } else {
                     [_mm256_set1_ps(f32::NAN); M]
                 };
@@ -278,31 +248,63 @@ mod avx2 {
         )
     }
 
-    /// One weight row's products with each activation row, as eight partial sums a row.
+    /// The dot product of one 8-bit block with 32 activations, as 8 i32 partial sums.
+    /// `maddubs` multiplies unsigned by signed bytes, so it takes `|x| * (w * sign(x))`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_block(w: __m256i, x: __m256i) -> __m256i {
+        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+        _mm256_madd_epi16(products, _mm256_set1_epi16(1))
+    }
+
+    /// For each row, the integer dot products of blocks `b..b + 4`, reduced so that lane
+    /// `j` of the low half holds block `b + j`'s sum over its low partial sums and lane `j`
+    /// of the high half its sum over the high ones.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quad_sums<const M: usize>(values: &[u8], xs: &[Row; M], b: usize) -> [__m256i; M] {
+        let block = |data: *const u8, k: usize| _mm256_loadu_si256(data.add(k * BLOCK).cast());
+        let mut pairs = [[_mm256_setzero_si256(); M]; 2];
+        for (p, pair) in pairs.iter_mut().enumerate() {
+            let first = b + 2 * p;
+            let (w0, w1) = (
+                block(values.as_ptr(), first),
+                block(values.as_ptr(), first + 1),
+            );
+            for (sum, x) in pair.iter_mut().zip(xs) {
+                let x = x.values.as_ptr().cast::<u8>();
+                let a = dot_block(w0, block(x, first));
+                let c = dot_block(w1, block(x, first + 1));
+                *sum = _mm256_hadd_epi32(a, c);
+            }
+        }
+        let mut quads = [_mm256_setzero_si256(); M];
+        for (quad, (a, c)) in quads.iter_mut().zip(pairs[0].iter().zip(&pairs[1])) {
+            *quad = _mm256_hadd_epi32(*a, *c);
+        }
+        quads
+    }
+
+    /// One 8-bit weight row's products with each activation row, as eight partial sums a
+    /// row. The slices hold the row's blocks (checked by the caller).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_partials<const M: usize, const Q4: bool>(
-        w: &WeightRow,
+    unsafe fn row_partials<const M: usize>(
+        values: &[u8],
+        scales: &[half::f16],
         xs: &[Row; M],
     ) -> [__m256; M] {
-        let blocks = w.scales.len();
+        let blocks = scales.len();
         let mut acc = [_mm256_setzero_ps(); M];
         let groups = blocks / GROUP;
         for g in 0..groups {
             let first = g * GROUP;
-            if Q4 {
-                let wm = _mm256_cvtph_ps(_mm_loadu_si128(w.offsets.as_ptr().add(first).cast()));
-                for (acc, x) in acc.iter_mut().zip(xs) {
-                    let sums = _mm256_loadu_ps(x.sums.as_ptr().add(first));
-                    *acc = _mm256_fmadd_ps(wm, sums, *acc);
-                }
-            }
             // The group's eight integer block sums land in one vector, a block per lane,
             // so each row scales and accumulates them with one conversion and one FMA per
             // eight blocks, instead of one each per block plus a broadcast of its scale.
-            let first_half = quad_sums::<M, Q4>(w, xs, first);
-            let second_half = quad_sums::<M, Q4>(w, xs, first + 4);
-            let wd = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(first).cast()));
+            let first_half = quad_sums::<M>(values, xs, first);
+            let second_half = quad_sums::<M>(values, xs, first + 4);
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(first).cast()));
             for i in 0..M {
                 let (lo, hi) = (first_half[i], second_half[i]);
                 let sums = _mm256_add_epi32(
@@ -315,17 +317,13 @@ mod avx2 {
             }
         }
         for b in groups * GROUP..blocks {
-            let wv = load_weights::<Q4>(w, b);
-            let wd = w.scales.get_unchecked(b).to_f32();
+            let wv = _mm256_loadu_si256(values.as_ptr().add(b * BLOCK).cast());
+            let wd = scales.get_unchecked(b).to_f32();
             for (acc, x) in acc.iter_mut().zip(xs) {
                 let xv = _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast());
-                let dot = _mm256_cvtepi32_ps(dot_block::<Q4>(wv, xv));
+                let dot = _mm256_cvtepi32_ps(dot_block(wv, xv));
                 let scale = _mm256_set1_ps(wd * x.scales.get_unchecked(b));
                 *acc = _mm256_fmadd_ps(dot, scale, *acc);
-                if Q4 {
-                    let offset = w.offsets.get_unchecked(b).to_f32() * x.sums.get_unchecked(b);
-                    *acc = _mm256_add_ps(*acc, _mm256_setr_ps(offset, 0., 0., 0., 0., 0., 0., 0.));
-                }
             }
         }
         acc
@@ -409,13 +407,9 @@ mod tests {
                     sums: u1,
                 },
             ];
-            let row = weight_row(&matrix, 3);
             let mut out = vec![0f32; m * n];
             matmul_rows(&x, &matrix, &mut out).unwrap();
-            let portable = match format {
-                BlockFormat::Q8 => dots_portable::<2, false>(&row, &rows),
-                BlockFormat::Q4 => dots_portable::<2, true>(&row, &rows),
-            };
+            let portable = dots_portable::<2>(&matrix, 3, &rows);
             for (a, b) in portable.iter().zip([out[3], out[n + 3]]) {
                 assert!(
                     (a - b).abs() <= 1e-5 * b.abs().max(1.0),
