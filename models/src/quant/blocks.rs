@@ -3,9 +3,9 @@
 //!
 //! The layouts are made for [`super::kernel`]: each matrix keeps its quantized values in
 //! one array and its per-block scales (and offsets) in others, so the kernel streams each
-//! weight once and serves every activation row from it. 8-bit rows are stored one after
-//! another; 4-bit rows in tiles of [`TILE_ROWS`], interleaved so that one vector holds
-//! several rows' weights for the same four activations.
+//! weight once and serves every activation row from it. Rows are stored in tiles of
+//! [`TILE_ROWS`], interleaved so that one vector holds eight rows' weights for the same
+//! four activations.
 
 use half::f16;
 use rayon::prelude::*;
@@ -13,26 +13,25 @@ use rayon::prelude::*;
 /// Weights per block: one scale (and, for 4 bits, one offset) per 32 weights.
 pub const BLOCK: usize = 32;
 
-/// Rows in a 4-bit tile: a 32-bit lane per row in a 256-bit vector.
+/// Rows in a tile: a 32-bit lane per row in a 256-bit vector.
 pub const TILE_ROWS: usize = 8;
 
-/// Bytes of one 4-bit tile's block: 32 weights of each of its rows, two to a byte.
-pub const TILE_BLOCK_BYTES: usize = TILE_ROWS * BLOCK / 2;
-
 /// How the quantized values of a [`BlockMatrix`] are stored.
+///
+/// In both formats rows are stored in tiles of [`TILE_ROWS`] (the last one padded with
+/// zero rows), block by block, and a tile's block interleaves its rows so that a 32-byte
+/// vector holds four consecutive weights of each of the eight rows, a row per 32-bit lane,
+/// to multiply by the same four activations broadcast to every lane. A tile's block keeps
+/// its rows' scales (and offsets) together too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockFormat {
-    /// `w = d * q` with `q` in -127..=127: 32 bytes and a 2-byte scale per block, row by
-    /// row.
+    /// `w = d * q` with `q` in -127..=127: 32 bytes and a 2-byte scale per block. A tile's
+    /// block is eight vectors; byte `4r + c` of vector `u` is weight `4u + c` of row `r`.
     Q8,
     /// `w = d * q + m` with `q` in 0..=15, two to a byte: 16 bytes, a 2-byte scale and a
-    /// 2-byte offset per block. Rows are stored in tiles of [`TILE_ROWS`] (the last one
-    /// padded with zero rows), block by block: a tile's block is four 32-byte vectors, and
-    /// byte `4r + c` of vector `p` holds weight `4p + c` of the tile's row `r` in its low
-    /// nibble and weight `16 + 4p + c` in its high one. A mask or a shift then gives eight
-    /// rows' four consecutive weights, a row per 32-bit lane, to multiply by the same four
-    /// activations broadcast to every lane. A tile's block keeps its rows' scales (and
-    /// offsets) together too.
+    /// 2-byte offset per block. A tile's block is four vectors; byte `4r + c` of vector `p`
+    /// holds weight `4p + c` of row `r` in its low nibble and weight `16 + 4p + c` in its
+    /// high one, so a mask or a shift gives either four.
     Q4,
 }
 
@@ -45,19 +44,23 @@ impl BlockFormat {
         }
     }
 
-    /// Bytes of quantized values in one block (scales and offsets apart).
-    fn value_bytes(self) -> usize {
+    /// Bytes of one tile's block of values: 32 weights of each of its rows.
+    pub fn tile_block_bytes(self) -> usize {
         match self {
-            Self::Q8 => BLOCK,
-            Self::Q4 => BLOCK / 2,
+            Self::Q8 => TILE_ROWS * BLOCK,
+            Self::Q4 => TILE_ROWS * BLOCK / 2,
         }
     }
 
-    /// Rows the arrays hold for a matrix of `rows` rows: 4-bit tiles are whole.
-    fn stored_rows(self, rows: usize) -> usize {
+    /// Where weight `j` of a block of a tile's row `r` lies in the tile's block: its byte,
+    /// and the shift of its nibble (0 for 8 bits).
+    fn place(self, r: usize, j: usize) -> (usize, u32) {
         match self {
-            Self::Q8 => rows,
-            Self::Q4 => rows.div_ceil(TILE_ROWS) * TILE_ROWS,
+            Self::Q8 => (j / 4 * BLOCK + 4 * r + j % 4, 0),
+            Self::Q4 => {
+                let (high, j) = (j / 16, j % 16);
+                (j / 4 * BLOCK + 4 * r + j % 4, 4 * high as u32)
+            }
         }
     }
 }
@@ -68,16 +71,16 @@ pub struct BlockMatrix {
     pub format: BlockFormat,
     pub rows: usize,
     pub cols: usize,
-    /// The quantized values, laid out as [`BlockFormat`] says.
+    /// The quantized values, tile by tile and block by block, as [`BlockFormat`] says.
     pub values: Vec<u8>,
-    /// One scale per block, in the order of the values' blocks.
+    /// One scale per block, in the order of the values' blocks ([`Self::scale_index`]).
     pub scales: Vec<f16>,
-    /// One offset per block for [`BlockFormat::Q4`]; empty for Q8.
+    /// One offset per block for [`BlockFormat::Q4`], ordered as the scales; empty for Q8.
     pub offsets: Vec<f16>,
 }
 
 impl BlockMatrix {
-    /// Quantizes `weights` (`[rows, cols]`, row-major) in parallel over rows. `None` when
+    /// Quantizes `weights` (`[rows, cols]`, row-major) in parallel over tiles. `None` when
     /// `cols` is not a positive multiple of [`BLOCK`] or the slice is not `rows * cols` long.
     pub fn quantize(
         weights: &[f32],
@@ -89,40 +92,35 @@ impl BlockMatrix {
             return None;
         }
         let blocks = cols / BLOCK;
-        let stored = format.stored_rows(rows);
-        let mut values = vec![0u8; stored * blocks * format.value_bytes()];
-        let mut scales = vec![f16::ZERO; stored * blocks];
-        let mut offsets = match format {
-            BlockFormat::Q8 => Vec::new(),
-            BlockFormat::Q4 => vec![f16::ZERO; stored * blocks],
-        };
-        match format {
-            BlockFormat::Q8 => weights
-                .par_chunks(cols)
-                .zip(values.par_chunks_mut(blocks * BLOCK))
-                .zip(scales.par_chunks_mut(blocks))
-                .for_each(|((w, q), d)| {
-                    for ((w, q), d) in w.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(d) {
-                        *d = f16::from_f32(quantize_q8_block(w, q));
-                    }
-                }),
-            BlockFormat::Q4 => weights
-                .par_chunks(TILE_ROWS * cols)
-                .zip(values.par_chunks_mut(blocks * TILE_BLOCK_BYTES))
-                .zip(scales.par_chunks_mut(blocks * TILE_ROWS))
-                .zip(offsets.par_chunks_mut(blocks * TILE_ROWS))
-                .for_each(|(((w, q), d), m)| {
-                    for (r, w) in w.chunks_exact(cols).enumerate() {
-                        for b in 0..blocks {
-                            let tile_block =
-                                &mut q[b * TILE_BLOCK_BYTES..(b + 1) * TILE_BLOCK_BYTES];
-                            let levels = &w[b * BLOCK..(b + 1) * BLOCK];
-                            let (scale, offset) = quantize_q4_block(levels, tile_block, r);
-                            d[b * TILE_ROWS + r] = f16::from_f32(scale);
-                            m[b * TILE_ROWS + r] = f16::from_f32(offset);
+        let tiles = rows.div_ceil(TILE_ROWS);
+        let tile_bytes = blocks * format.tile_block_bytes();
+        let mut values = vec![0u8; tiles * tile_bytes];
+        let mut scales = vec![f16::ZERO; tiles * blocks * TILE_ROWS];
+        let mut offsets = vec![f16::ZERO; scales.len()];
+        weights
+            .par_chunks(TILE_ROWS * cols)
+            .zip(values.par_chunks_mut(tile_bytes))
+            .zip(scales.par_chunks_mut(blocks * TILE_ROWS))
+            .zip(offsets.par_chunks_mut(blocks * TILE_ROWS))
+            .for_each(|(((w, q), d), m)| {
+                for (r, w) in w.chunks_exact(cols).enumerate() {
+                    for (b, w) in w.chunks_exact(BLOCK).enumerate() {
+                        let (levels, scale, offset) = match format {
+                            BlockFormat::Q8 => quantize_q8_block(w),
+                            BlockFormat::Q4 => quantize_q4_block(w),
+                        };
+                        let tile_block = &mut q[b * format.tile_block_bytes()..];
+                        for (j, level) in levels.into_iter().enumerate() {
+                            let (byte, shift) = format.place(r, j);
+                            tile_block[byte] |= level << shift;
                         }
+                        d[b * TILE_ROWS + r] = f16::from_f32(scale);
+                        m[b * TILE_ROWS + r] = f16::from_f32(offset);
                     }
-                }),
+                }
+            });
+        if format == BlockFormat::Q8 {
+            offsets = Vec::new();
         }
         Some(Self {
             format,
@@ -146,39 +144,21 @@ impl BlockMatrix {
 
     /// Where block `b` of row `r` keeps its scale (and offset) in `scales` (`offsets`).
     pub fn scale_index(&self, r: usize, b: usize) -> usize {
-        let blocks = self.blocks_per_row();
-        match self.format {
-            BlockFormat::Q8 => r * blocks + b,
-            BlockFormat::Q4 => (r / TILE_ROWS * blocks + b) * TILE_ROWS + r % TILE_ROWS,
-        }
-    }
-
-    /// The quantized values of an 8-bit row `r`; empty for a 4-bit matrix, whose rows are
-    /// interleaved (see [`Self::levels`]).
-    pub fn row_values(&self, r: usize) -> &[u8] {
-        if self.format != BlockFormat::Q8 {
-            return &[];
-        }
-        let len = self.cols;
-        &self.values[r * len..(r + 1) * len]
+        (r / TILE_ROWS * self.blocks_per_row() + b) * TILE_ROWS + r % TILE_ROWS
     }
 
     /// Block `b` of row `r` as 32 levels: signed for Q8, 0..=15 for Q4.
     pub fn levels(&self, r: usize, b: usize) -> [i32; BLOCK] {
-        match self.format {
-            BlockFormat::Q8 => {
-                let q = &self.row_values(r)[b * BLOCK..(b + 1) * BLOCK];
-                std::array::from_fn(|j| i32::from(q[j] as i8))
+        let size = self.format.tile_block_bytes();
+        let tile_block = r / TILE_ROWS * self.blocks_per_row() + b;
+        let q = &self.values[tile_block * size..][..size];
+        std::array::from_fn(|j| {
+            let (byte, shift) = self.format.place(r % TILE_ROWS, j);
+            match self.format {
+                BlockFormat::Q8 => i32::from(q[byte] as i8),
+                BlockFormat::Q4 => i32::from((q[byte] >> shift) & 15),
             }
-            BlockFormat::Q4 => {
-                let tile_block = r / TILE_ROWS * self.blocks_per_row() + b;
-                let q = &self.values[tile_block * TILE_BLOCK_BYTES..][..TILE_BLOCK_BYTES];
-                std::array::from_fn(|j| {
-                    let (byte, shift) = q4_place(r % TILE_ROWS, j);
-                    i32::from((q[byte] >> shift) & 15)
-                })
-            }
-        }
+        })
     }
 
     /// The weights as f32 (the values the kernel multiplies by), `[rows, cols]`.
@@ -196,29 +176,21 @@ impl BlockMatrix {
     }
 }
 
-/// Where weight `j` of a block of a tile's row `r` lies in the tile's block: its byte, and
-/// the shift of its nibble (see [`BlockFormat::Q4`]).
-fn q4_place(r: usize, j: usize) -> (usize, u32) {
-    let (high, j) = (j / 16, j % 16);
-    (j / 4 * BLOCK + 4 * r + j % 4, 4 * high as u32)
-}
-
-/// Quantizes one block to `q = round(w / d)`, `d = max|w| / 127`; returns `d`. The scale
-/// is rounded to f16 first, so the values are chosen for the scale the kernel will use.
-fn quantize_q8_block(w: &[f32], q: &mut [u8]) -> f32 {
+/// Quantizes one block to `q = round(w / d)`, `d = max|w| / 127`; returns the `q` as
+/// bytes, `d` and a zero offset. The scale is rounded to f16 first, so the values are
+/// chosen for the scale the kernel will use.
+fn quantize_q8_block(w: &[f32]) -> ([u8; BLOCK], f32, f32) {
     let amax = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
     let d = f16::from_f32(amax / 127.0).to_f32();
     let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-    for (q, &w) in q.iter_mut().zip(w) {
-        *q = (w * inverse).round().clamp(-127.0, 127.0) as i8 as u8;
-    }
-    d
+    let q = std::array::from_fn(|j| (w[j] * inverse).round().clamp(-127.0, 127.0) as i8 as u8);
+    (q, d, 0.0)
 }
 
-/// Quantizes one block of a tile's row `r` to `q = round((w - m) / d)` in 0..=15 with
-/// `m = min w` and `d = (max w - m) / 15`, writing each `q` into its nibble of
-/// `tile_block`; returns `(d, m)`, both rounded to f16 before the values are chosen.
-fn quantize_q4_block(w: &[f32], tile_block: &mut [u8], r: usize) -> (f32, f32) {
+/// Quantizes one block to `q = round((w - m) / d)` in 0..=15 with `m = min w` and
+/// `d = (max w - m) / 15`; returns the `q`, `d` and `m`, both rounded to f16 before the
+/// values are chosen.
+fn quantize_q4_block(w: &[f32]) -> ([u8; BLOCK], f32, f32) {
     let (lo, hi) = w
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
@@ -227,12 +199,8 @@ fn quantize_q4_block(w: &[f32], tile_block: &mut [u8], r: usize) -> (f32, f32) {
     let m = f16::from_f32(lo).to_f32();
     let d = f16::from_f32((hi - m) / 15.0).to_f32();
     let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let level = |w: f32| ((w - m) * inverse).round().clamp(0.0, 15.0) as u8;
-    for (j, &w) in w.iter().enumerate() {
-        let (byte, shift) = q4_place(r, j);
-        tile_block[byte] |= level(w) << shift;
-    }
-    (d, m)
+    let q = std::array::from_fn(|j| ((w[j] - m) * inverse).round().clamp(0.0, 15.0) as u8);
+    (q, d, m)
 }
 
 /// Activation rows quantized to 8 bits in blocks of 32, as the kernel reads them.

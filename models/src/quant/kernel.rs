@@ -4,13 +4,15 @@
 //!
 //! Per block, the integer dot product of the 8-bit activations with the weight values is
 //! scaled by both blocks' scales; 4-bit weights add their offset times the activation
-//! block's sum. On x86-64 with AVX2 the dot products use `maddubs`: 8-bit rows 32 weights
-//! at a time, 4-bit tiles eight rows at a time (see [`BlockFormat::Q4`]).
+//! block's sum. On x86-64 with AVX2 the dot products use `maddubs` on the tiles of
+//! [`BlockFormat`]: four activations broadcast to every lane times four weights of each of
+//! eight rows, so every lane of every vector is one output's sum and none needs summing
+//! across lanes.
 
 use super::blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
 use crate::gemv::{for_feature_tasks, MAX_ROWS};
 
-/// Output features per parallel task: whole 4-bit tiles. Small tasks let the pool even
+/// Output features per parallel task: whole tiles. Small tasks let the pool even
 /// out the two vCPUs when a neighbour slows one: against 32, `quant_matmul` ran q8 faster
 /// in three of three alternating runs and q4 in two of three; 128 was slower in all.
 const TASK_FEATURES: usize = 16;
@@ -59,8 +61,8 @@ fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
             // lengths are checked inside.
             unsafe {
                 match w.format {
-                    BlockFormat::Q8 => avx2::q8_features::<M>(w, first, &rows, chunk),
-                    BlockFormat::Q4 => avx2::q4_features::<M>(w, first, &rows, chunk),
+                    BlockFormat::Q8 => avx2::features::<M, false>(w, first, &rows, chunk),
+                    BlockFormat::Q4 => avx2::features::<M, true>(w, first, &rows, chunk),
                 }
             };
             return;
@@ -98,81 +100,58 @@ fn dots_portable<const M: usize>(w: &BlockMatrix, r: usize, xs: &[Row; M]) -> [f
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockMatrix, Row, BLOCK, TILE_ROWS};
-    use crate::quant::blocks::TILE_BLOCK_BYTES;
     use std::arch::x86_64::*;
 
-    /// Blocks whose scales are widened together, eight f16 to eight f32.
-    const GROUP: usize = 8;
-
-    /// Whether every activation row holds `blocks` blocks, so the unchecked reads of it
-    /// stay in bounds.
-    fn rows_fit<const M: usize>(xs: &[Row; M], blocks: usize) -> bool {
-        xs.iter().all(|x| {
-            x.values.len() >= blocks * BLOCK && x.scales.len() >= blocks && x.sums.len() >= blocks
-        })
-    }
-
-    /// Output features `first..` of a 4-bit product, `out` holding `M` sums a feature
-    /// (`first` starts a tile). Per tile and block, each activation row's four values at a
-    /// time are broadcast to every lane and multiplied by eight rows' four weights; the
-    /// sixteen-bit products of the block's eight steps are summed before widening (15 *
-    /// 127 * 2 * 8 = 30480 fits), and one conversion and two FMAs a block scale and offset
-    /// all eight rows. Features whose tile the arrays lack get NaN sums.
+    /// Output features `first..` of the product (`first` starts a tile), `out` holding `M`
+    /// sums a feature; `Q4` picks 4-bit weights with offsets over 8-bit ones. Per tile
+    /// and block, [`block_dots`] gives each activation row the eight rows' integer sums,
+    /// a row per lane, and one conversion and an FMA (two with offsets) scale them. All
+    /// sums are NaN when an array lacks what the tiles need.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_features<const M: usize>(
+    pub unsafe fn features<const M: usize, const Q4: bool>(
         w: &BlockMatrix,
         first: usize,
         xs: &[Row; M],
         out: &mut [f32],
     ) {
         let blocks = w.blocks_per_row();
+        let size = w.format.tile_block_bytes();
         let first_tile = first / TILE_ROWS;
-        let tiles = (out.len() / M).div_ceil(TILE_ROWS);
-        let end = (first_tile + tiles) * blocks;
+        let end = (first_tile + (out.len() / M).div_ceil(TILE_ROWS)) * blocks;
         let fits = first % TILE_ROWS == 0
-            && rows_fit(xs, blocks)
-            && w.values.len() >= end * TILE_BLOCK_BYTES
+            && xs.iter().all(|x| {
+                x.values.len() >= blocks * BLOCK
+                    && x.scales.len() >= blocks
+                    && x.sums.len() >= blocks
+            })
+            && w.values.len() >= end * size
             && w.scales.len() >= end * TILE_ROWS
-            && w.offsets.len() >= end * TILE_ROWS;
+            && (!Q4 || w.offsets.len() >= end * TILE_ROWS);
         if !fits {
             out.fill(f32::NAN);
             return;
         }
-        let nibbles = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         for (t, tile_out) in out.chunks_mut(TILE_ROWS * M).enumerate() {
             let tile_blocks = (first_tile + t) * blocks;
             let mut acc = [_mm256_setzero_ps(); M];
             let mut offset_acc = [_mm256_setzero_ps(); M];
             for b in 0..blocks {
                 let at = tile_blocks + b;
-                let values = w.values.as_ptr().add(at * TILE_BLOCK_BYTES);
-                let mut dots = [_mm256_setzero_si256(); M];
-                for p in 0..4 {
-                    let packed = _mm256_loadu_si256(values.add(p * 32).cast());
-                    let low = _mm256_and_si256(packed, nibbles);
-                    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles);
-                    for (dot, x) in dots.iter_mut().zip(xs) {
-                        let x = x.values.as_ptr().add(b * BLOCK + 4 * p);
-                        let x_low = _mm256_set1_epi32(x.cast::<i32>().read_unaligned());
-                        let x_high = _mm256_set1_epi32(x.add(16).cast::<i32>().read_unaligned());
-                        let both = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(low, x_low),
-                            _mm256_maddubs_epi16(high, x_high),
-                        );
-                        *dot = _mm256_add_epi16(*dot, both);
-                    }
-                }
-                let scale_at = at * TILE_ROWS;
-                let wd = _mm256_cvtph_ps(_mm_loadu_si128(w.scales.as_ptr().add(scale_at).cast()));
-                let wm = _mm256_cvtph_ps(_mm_loadu_si128(w.offsets.as_ptr().add(scale_at).cast()));
-                for i in 0..M {
-                    let x = &xs[i];
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(dots[i], ones));
+                let dots = block_dots::<M, Q4>(w.values.as_ptr().add(at * size), xs, b);
+                let scales = w.scales.as_ptr().add(at * TILE_ROWS);
+                let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales.cast()));
+                for ((acc, dot), x) in acc.iter_mut().zip(dots).zip(xs) {
                     let xd = _mm256_set1_ps(*x.scales.get_unchecked(b));
-                    acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(sums, xd), wd, acc[i]);
-                    let x_sum = _mm256_set1_ps(*x.sums.get_unchecked(b));
-                    offset_acc[i] = _mm256_fmadd_ps(wm, x_sum, offset_acc[i]);
+                    let sums = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), xd);
+                    *acc = _mm256_fmadd_ps(sums, wd, *acc);
+                }
+                if Q4 {
+                    let offsets = w.offsets.as_ptr().add(at * TILE_ROWS);
+                    let wm = _mm256_cvtph_ps(_mm_loadu_si128(offsets.cast()));
+                    for (acc, x) in offset_acc.iter_mut().zip(xs) {
+                        let x_sum = _mm256_set1_ps(*x.sums.get_unchecked(b));
+                        *acc = _mm256_fmadd_ps(wm, x_sum, *acc);
+                    }
                 }
             }
             for i in 0..M {
@@ -185,148 +164,53 @@ mod avx2 {
         }
     }
 
-    /// Rows of an 8-bit product whose partial sums are reduced together.
-    const BATCH: usize = 8;
-
-    /// Output features `first..` of an 8-bit product, `out` holding `M` sums a feature:
-    /// each weight row leaves eight partial sums an activation row, and eight rows'
-    /// partials are reduced together, so the horizontal sums cost a few instructions a row
-    /// instead of a dependent chain each. A row whose slices are too short gets NaN sums.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_features<const M: usize>(
-        w: &BlockMatrix,
-        first: usize,
+    /// For each activation row, the integer dot products of block `b` with the eight rows
+    /// of the tile's block at `values`, a row per 32-bit lane.
+    ///
+    /// 8 bits: `maddubs` multiplies unsigned by signed bytes, so it takes
+    /// `|w| * (x * sign(w))`, the magnitudes shared by every activation row; the products
+    /// can reach 2 * 127 * 127, so each step widens them to 32 bits. 4 bits: the weights are unsigned already, and the sixteen-bit sums
+    /// of a block's eight steps stay below 15 * 127 * 2 * 8 = 30480, so they widen once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_dots<const M: usize, const Q4: bool>(
+        values: *const u8,
         xs: &[Row; M],
-        out: &mut [f32],
-    ) {
-        let blocks = w.blocks_per_row();
-        let rows_fit = rows_fit(xs, blocks);
-        for (b, batch) in out.chunks_mut(BATCH * M).enumerate() {
-            let count = batch.len() / M;
-            let mut partials = [[_mm256_setzero_ps(); BATCH]; M];
-            for f in 0..count {
-                let r = first + b * BATCH + f;
-                let values = w.row_values(r);
-                let scales = w.scales.get(r * blocks..(r + 1) * blocks).unwrap_or(&[]);
-                let sums = if rows_fit && values.len() == blocks * BLOCK && scales.len() == blocks {
-                    row_partials::<M>(values, scales, xs)
-                } else {
-                    [_mm256_set1_ps(f32::NAN); M]
-                };
-                for (partial, sum) in partials.iter_mut().zip(sums) {
-                    partial[f] = sum;
+        b: usize,
+    ) -> [__m256i; M] {
+        let ones = _mm256_set1_epi16(1);
+        let mut dots = [_mm256_setzero_si256(); M];
+        // Four activations of row `x` from weight `j` of the block, in every lane.
+        let four = |x: &Row, j: usize| {
+            let x = x.values.as_ptr().add(b * BLOCK + j);
+            _mm256_set1_epi32(x.cast::<i32>().read_unaligned())
+        };
+        if Q4 {
+            let nibbles = _mm256_set1_epi8(0x0F);
+            for p in 0..4 {
+                let packed = _mm256_loadu_si256(values.add(p * 32).cast());
+                let low = _mm256_and_si256(packed, nibbles);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles);
+                for (dot, x) in dots.iter_mut().zip(xs) {
+                    let both = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(low, four(x, 4 * p)),
+                        _mm256_maddubs_epi16(high, four(x, 16 + 4 * p)),
+                    );
+                    *dot = _mm256_add_epi16(*dot, both);
                 }
             }
-            for (i, partial) in partials.iter().enumerate() {
-                let mut lanes = [0f32; BATCH];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), sum_lanes_of_each(partial));
-                for (f, lane) in lanes.iter().take(count).enumerate() {
-                    batch[f * M + i] = *lane;
-                }
+            return dots.map(|dot| _mm256_madd_epi16(dot, ones));
+        }
+        for u in 0..8 {
+            let weights = _mm256_loadu_si256(values.add(u * 32).cast());
+            let magnitudes = _mm256_sign_epi8(weights, weights);
+            for (dot, x) in dots.iter_mut().zip(xs) {
+                let signed = _mm256_sign_epi8(four(x, 4 * u), weights);
+                let products = _mm256_maddubs_epi16(magnitudes, signed);
+                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(products, ones));
             }
         }
-    }
-
-    /// Lane `j` of the result is the sum of `v[j]`'s eight lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn sum_lanes_of_each(v: &[__m256; BATCH]) -> __m256 {
-        // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
-        let pairs = [
-            _mm256_hadd_ps(v[0], v[1]),
-            _mm256_hadd_ps(v[2], v[3]),
-            _mm256_hadd_ps(v[4], v[5]),
-            _mm256_hadd_ps(v[6], v[7]),
-        ];
-        // `low` holds v[0..4]'s sums over lanes 0..4 in its low half and over lanes 4..8
-        // in its high half; `high` the same for v[4..8].
-        let low = _mm256_hadd_ps(pairs[0], pairs[1]);
-        let high = _mm256_hadd_ps(pairs[2], pairs[3]);
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(low, high),
-            _mm256_permute2f128_ps::<0x31>(low, high),
-        )
-    }
-
-    /// The dot product of one 8-bit block with 32 activations, as 8 i32 partial sums.
-    /// `maddubs` multiplies unsigned by signed bytes, so it takes `|x| * (w * sign(x))`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_block(w: __m256i, x: __m256i) -> __m256i {
-        let products = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
-        _mm256_madd_epi16(products, _mm256_set1_epi16(1))
-    }
-
-    /// For each row, the integer dot products of blocks `b..b + 4`, reduced so that lane
-    /// `j` of the low half holds block `b + j`'s sum over its low partial sums and lane `j`
-    /// of the high half its sum over the high ones.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn quad_sums<const M: usize>(values: &[u8], xs: &[Row; M], b: usize) -> [__m256i; M] {
-        let block = |data: *const u8, k: usize| _mm256_loadu_si256(data.add(k * BLOCK).cast());
-        let mut pairs = [[_mm256_setzero_si256(); M]; 2];
-        for (p, pair) in pairs.iter_mut().enumerate() {
-            let first = b + 2 * p;
-            let (w0, w1) = (
-                block(values.as_ptr(), first),
-                block(values.as_ptr(), first + 1),
-            );
-            for (sum, x) in pair.iter_mut().zip(xs) {
-                let x = x.values.as_ptr().cast::<u8>();
-                let a = dot_block(w0, block(x, first));
-                let c = dot_block(w1, block(x, first + 1));
-                *sum = _mm256_hadd_epi32(a, c);
-            }
-        }
-        let mut quads = [_mm256_setzero_si256(); M];
-        for (quad, (a, c)) in quads.iter_mut().zip(pairs[0].iter().zip(&pairs[1])) {
-            *quad = _mm256_hadd_epi32(*a, *c);
-        }
-        quads
-    }
-
-    /// One 8-bit weight row's products with each activation row, as eight partial sums a
-    /// row. The slices hold the row's blocks (checked by the caller).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn row_partials<const M: usize>(
-        values: &[u8],
-        scales: &[half::f16],
-        xs: &[Row; M],
-    ) -> [__m256; M] {
-        let blocks = scales.len();
-        let mut acc = [_mm256_setzero_ps(); M];
-        let groups = blocks / GROUP;
-        for g in 0..groups {
-            let first = g * GROUP;
-            // The group's eight integer block sums land in one vector, a block per lane,
-            // so each row scales and accumulates them with one conversion and one FMA per
-            // eight blocks, instead of one each per block plus a broadcast of its scale.
-            let first_half = quad_sums::<M>(values, xs, first);
-            let second_half = quad_sums::<M>(values, xs, first + 4);
-            let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(first).cast()));
-            for i in 0..M {
-                let (lo, hi) = (first_half[i], second_half[i]);
-                let sums = _mm256_add_epi32(
-                    _mm256_permute2x128_si256::<0x20>(lo, hi),
-                    _mm256_permute2x128_si256::<0x31>(lo, hi),
-                );
-                let xd = _mm256_loadu_ps(xs[i].scales.as_ptr().add(first));
-                let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(sums), wd);
-                acc[i] = _mm256_fmadd_ps(scaled, xd, acc[i]);
-            }
-        }
-        for b in groups * GROUP..blocks {
-            let wv = _mm256_loadu_si256(values.as_ptr().add(b * BLOCK).cast());
-            let wd = scales.get_unchecked(b).to_f32();
-            for (acc, x) in acc.iter_mut().zip(xs) {
-                let xv = _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast());
-                let dot = _mm256_cvtepi32_ps(dot_block(wv, xv));
-                let scale = _mm256_set1_ps(wd * x.scales.get_unchecked(b));
-                *acc = _mm256_fmadd_ps(dot, scale, *acc);
-            }
-        }
-        acc
+        dots
     }
 }
 
