@@ -92,9 +92,20 @@ pub fn attend_one(
             let mask = mask.map(|m| &m[b * len..(b + 1) * len]);
             scratch.scores.resize(len, 0.0);
             #[cfg(target_arch = "x86_64")]
-            if let (CacheRows::F16(k), CacheRows::F16(v)) = (k, v) {
-                let (k, v) = (&k[filled.clone()], &v[filled.clone()]);
-                if f16_head::run(q, k, v, mask, scale, &mut scratch.scores, out) {
+            {
+                let scores = &mut scratch.scores;
+                let done = match (k, v) {
+                    (CacheRows::F32(k), CacheRows::F32(v)) => {
+                        let (k, v) = (&k[filled.clone()], &v[filled.clone()]);
+                        wide_head::run(q, k, v, mask, scale, scores, out)
+                    }
+                    (CacheRows::F16(k), CacheRows::F16(v)) => {
+                        let (k, v) = (&k[filled.clone()], &v[filled.clone()]);
+                        wide_head::run(q, k, v, mask, scale, scores, out)
+                    }
+                    _ => false,
+                };
+                if done {
                     return;
                 }
             }
@@ -106,22 +117,44 @@ pub fn attend_one(
     Some(())
 }
 
-/// MusicGen's 64-wide heads over an f16 cache, widening each group of eight keys or values
-/// in a register as it is loaded (F16C), so the cache is read once at half the bytes.
+/// MusicGen's 64-wide heads, over an f32 cache or an f16 one (widened in registers with
+/// F16C as it is loaded, so the cache is read once at half the bytes). Every loop is over
+/// whole vectors, with the dot products of eight keys summed across lanes together.
 #[cfg(target_arch = "x86_64")]
-mod f16_head {
+mod wide_head {
     use std::arch::x86_64::*;
 
     use half::f16;
 
     const WIDTH: usize = 64;
 
+    /// A cache element the head reads as f32, eight at a time.
+    pub(super) trait Element: Copy {
+        /// Elements `8 * group .. 8 * group + 8` of `row` as f32. Inlined into the AVX2
+        /// head, whose features its intrinsics need; `row` holds them.
+        unsafe fn eight(row: &[Self], group: usize) -> __m256;
+    }
+
+    impl Element for f32 {
+        #[inline(always)]
+        unsafe fn eight(row: &[f32], group: usize) -> __m256 {
+            _mm256_loadu_ps(row.as_ptr().add(group * 8))
+        }
+    }
+
+    impl Element for f16 {
+        #[inline(always)]
+        unsafe fn eight(row: &[f16], group: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(group * 8).cast()))
+        }
+    }
+
     /// Runs the head and returns `true`, or returns `false` (touching nothing) when the
     /// CPU lacks AVX2, FMA or F16C or the head is not 64 wide.
-    pub(super) fn run(
+    pub(super) fn run<E: Element>(
         q: &[f32],
-        k: &[f16],
-        v: &[f16],
+        k: &[E],
+        v: &[E],
         mask: Option<&[f32]>,
         scale: f32,
         scores: &mut [f32],
@@ -143,10 +176,10 @@ mod f16_head {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn head(
+    unsafe fn head<E: Element>(
         q: &[f32],
-        k: &[f16],
-        v: &[f16],
+        k: &[E],
+        v: &[E],
         mask: Option<&[f32]>,
         scale: f32,
         scores: &mut [f32],
@@ -154,22 +187,28 @@ mod f16_head {
     ) {
         let q: [__m256; WIDTH / 8] =
             std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(g * 8)));
-        for (l, (score, key)) in scores.iter_mut().zip(k.chunks_exact(WIDTH)).enumerate() {
-            let mut acc = _mm256_mul_ps(q[0], widen(key, 0));
-            for (g, q) in q.iter().enumerate().skip(1) {
-                acc = _mm256_fmadd_ps(*q, widen(key, g), acc);
-            }
-            let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-            let half = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            let dot = _mm_cvtss_f32(_mm_add_ss(half, _mm_shuffle_ps::<1>(half, half)));
-            *score = dot * scale + mask.map_or(0.0, |m| m[l]);
+        let keys = k.chunks_exact(WIDTH);
+        let mut eights = scores.chunks_exact_mut(8);
+        let mut l = 0;
+        for eight in &mut eights {
+            let sums: [__m256; 8] = std::array::from_fn(|j| dot(&q, &k[(l + j) * WIDTH..]));
+            _mm256_storeu_ps(eight.as_mut_ptr(), sum_lanes_of_each(&sums));
+            l += 8;
+        }
+        for (score, key) in eights.into_remainder().iter_mut().zip(keys.skip(l)) {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), dot(&q, key));
+            *score = lanes.iter().sum();
+        }
+        for (l, score) in scores.iter_mut().enumerate() {
+            *score = *score * scale + mask.map_or(0.0, |m| m[l]);
         }
         let total = super::softmax_numerators(scores);
         let mut sum = [_mm256_setzero_ps(); WIDTH / 8];
         for (&p, value) in scores.iter().zip(v.chunks_exact(WIDTH)) {
             let p = _mm256_set1_ps(p);
             for (g, sum) in sum.iter_mut().enumerate() {
-                *sum = _mm256_fmadd_ps(p, widen(value, g), *sum);
+                *sum = _mm256_fmadd_ps(p, E::eight(value, g), *sum);
             }
         }
         let inverse = _mm256_set1_ps(1.0 / total);
@@ -178,11 +217,36 @@ mod f16_head {
         }
     }
 
-    /// Values `8 * group .. 8 * group + 8` of `row`, widened to f32.
+    /// `q . key` as eight partial sums (a function, not a closure, so that it is inlined
+    /// with the head's target features).
+    #[inline(always)]
+    unsafe fn dot<E: Element>(q: &[__m256; WIDTH / 8], key: &[E]) -> __m256 {
+        let mut acc = _mm256_mul_ps(q[0], E::eight(key, 0));
+        for (g, q) in q.iter().enumerate().skip(1) {
+            acc = _mm256_fmadd_ps(*q, E::eight(key, g), acc);
+        }
+        acc
+    }
+
+    /// Lane `j` of the result is the sum of `v[j]`'s eight lanes.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
-    unsafe fn widen(row: &[f16], group: usize) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(group * 8).cast()))
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum_lanes_of_each(v: &[__m256; 8]) -> __m256 {
+        // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
+        let pairs = [
+            _mm256_hadd_ps(v[0], v[1]),
+            _mm256_hadd_ps(v[2], v[3]),
+            _mm256_hadd_ps(v[4], v[5]),
+            _mm256_hadd_ps(v[6], v[7]),
+        ];
+        // `low` holds v[0..4]'s sums over lanes 0..4 in its low half and over lanes 4..8
+        // in its high half; `high` the same for v[4..8].
+        let low = _mm256_hadd_ps(pairs[0], pairs[1]);
+        let high = _mm256_hadd_ps(pairs[2], pairs[3]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(low, high),
+            _mm256_permute2f128_ps::<0x31>(low, high),
+        )
     }
 }
 
@@ -387,28 +451,29 @@ mod tests {
 
     #[test]
     fn matches_softmax_attention_over_the_filled_part_of_the_cache() {
-        // 64 is MusicGen's head width, which has loops of its own; 20 takes the general ones.
-        for d in [20, 64] {
+        // 64 is MusicGen's head width, which has loops of its own (eight keys at a time,
+        // then the rest: 19 takes both); 20 takes the general ones.
+        for (d, capacity, len) in [(20, 9, 7), (64, 9, 7), (64, 21, 19)] {
             let shape = Shape {
                 rows: 2,
                 heads: 3,
                 head_dim: d,
-                capacity: 9,
-                len: 7,
+                capacity,
+                len,
             };
             let q = random(2 * 3 * d, 1);
-            let k = random(2 * 3 * 9 * d, 2);
-            let mut v = random(2 * 3 * 9 * d, 3);
+            let k = random(2 * 3 * capacity * d, 2);
+            let mut v = random(2 * 3 * capacity * d, 3);
             // Positions past `len` must not count, however large.
             for (i, x) in v.iter_mut().enumerate() {
-                if (i / d) % 9 >= 7 {
+                if (i / d) % capacity >= len {
                     *x = 1e6;
                 }
             }
             // The second row fully masked, as the unconditional guidance row's text is.
-            let mut mask = vec![0f32; 2 * 7];
+            let mut mask = vec![0f32; 2 * len];
             mask[2] = -3.0;
-            for m in &mut mask[7..] {
+            for m in &mut mask[len..] {
                 *m = f32::MIN;
             }
             // An f16 cache attends over its own (rounded) values.
