@@ -12,10 +12,10 @@
 use super::blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
 use crate::gemv::{for_feature_tasks, MAX_ROWS};
 
-/// Output features per parallel task: whole tiles. Small tasks let the pool even
-/// out the two vCPUs when a neighbour slows one: against 32, `quant_matmul` ran q8 faster
-/// in three of three alternating runs and q4 in two of three; 128 was slower in all.
-const TASK_FEATURES: usize = 16;
+/// Output features per parallel task: whole tiles. Against 16 (best for the row-wise kernel
+/// before the tiles), `quant_matmul` ran q4 faster in five of five alternating runs and q8
+/// in four of five; 64 was mixed.
+const TASK_FEATURES: usize = 32;
 const _: () = assert!(TASK_FEATURES % TILE_ROWS == 0);
 
 /// One quantized activation row: values, per-block scales and per-block sums.
