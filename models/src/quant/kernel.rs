@@ -5,11 +5,11 @@
 //! Per block, the integer dot product of the 8-bit activations with the weight values is
 //! scaled by both blocks' scales; 4-bit weights add their offset times the activation
 //! block's sum. On x86-64 with AVX2 the dot products use `maddubs` on the tiles of
-//! [`BlockFormat`]: four activations broadcast to every lane times four weights of each of
+//! [`super::BlockFormat`]: four activations broadcast to every lane times four weights of each of
 //! eight rows, so every lane of every vector is one output's sum and none needs summing
 //! across lanes.
 
-use super::blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
+use super::blocks::{BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
 use crate::gemv::{for_feature_tasks, MAX_ROWS};
 
 /// Output features per parallel task: whole tiles. Against 16 (best for the row-wise kernel
@@ -59,12 +59,7 @@ fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
         if vector {
             // SAFETY: the CPU has AVX2, FMA and F16C, checked above; the slices'
             // lengths are checked inside.
-            unsafe {
-                match w.format {
-                    BlockFormat::Q8 => avx2::features::<M, false>(w, first, &rows, chunk),
-                    BlockFormat::Q4 => avx2::features::<M, true>(w, first, &rows, chunk),
-                }
-            };
+            unsafe { avx2::product::<M>(w, first, &rows, chunk) };
             return;
         }
         for (f, sums) in chunk.chunks_exact_mut(M).enumerate() {
@@ -100,10 +95,25 @@ fn dots_portable<const M: usize>(w: &BlockMatrix, r: usize, xs: &[Row; M]) -> [f
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockMatrix, Row, BLOCK, TILE_ROWS};
+    use crate::quant::blocks::BlockFormat;
     use std::arch::x86_64::*;
 
     /// How far ahead of the block being multiplied its weights are requested.
     const PREFETCH_BYTES: usize = 4096;
+
+    /// [`features`] for the matrix's format.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn product<const M: usize>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out: &mut [f32],
+    ) {
+        match w.format {
+            BlockFormat::Q8 => features::<M, false>(w, first, xs, out),
+            BlockFormat::Q4 => features::<M, true>(w, first, xs, out),
+        }
+    }
 
     /// Output features `first..` of the product (`first` starts a tile), `out` holding `M`
     /// sums a feature; `Q4` picks 4-bit weights with offsets over 8-bit ones. Per tile
@@ -111,7 +121,7 @@ mod avx2 {
     /// a row per lane, and one conversion and an FMA (two with offsets) scale them. All
     /// sums are NaN when an array lacks what the tiles need.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn features<const M: usize, const Q4: bool>(
+    unsafe fn features<const M: usize, const Q4: bool>(
         w: &BlockMatrix,
         first: usize,
         xs: &[Row; M],
@@ -227,6 +237,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::blocks::BlockFormat;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         crate::rng::Rng::new(seed).uniform_f32s(n, -0.5, 0.5)
