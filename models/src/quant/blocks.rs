@@ -96,6 +96,8 @@ impl BlockMatrix {
         let tile_bytes = blocks * format.tile_block_bytes();
         let mut values = vec![0u8; tiles * tile_bytes];
         let mut scales = vec![f16::ZERO; tiles * blocks * TILE_ROWS];
+        // Q8 has no offsets, but the parallel zip below needs a chunk per tile: it fills
+        // zeros, dropped after.
         let mut offsets = vec![f16::ZERO; scales.len()];
         weights
             .par_chunks(TILE_ROWS * cols)

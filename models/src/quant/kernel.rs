@@ -5,9 +5,9 @@
 //! Per block, the integer dot product of the 8-bit activations with the weight values is
 //! scaled by both blocks' scales; 4-bit weights add their offset times the activation
 //! block's sum. On x86-64 with AVX2 the dot products use `maddubs` on the tiles of
-//! [`super::BlockFormat`]: four activations broadcast to every lane times four weights of each of
-//! eight rows, so every lane of every vector is one output's sum and none needs summing
-//! across lanes.
+//! [`super::BlockFormat`]: four activations broadcast to every lane times four weights of
+//! each of eight rows, so every lane of every vector is one output's sum and none needs
+//! summing across lanes.
 
 use super::blocks::{BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
 use crate::gemv::{for_feature_tasks, MAX_ROWS};
@@ -189,8 +189,9 @@ mod avx2 {
     ///
     /// 8 bits: `maddubs` multiplies unsigned by signed bytes, so it takes
     /// `|w| * (x * sign(w))`, the magnitudes shared by every activation row; the products
-    /// can reach 2 * 127 * 127, so each step widens them to 32 bits. 4 bits: the weights are unsigned already, and the sixteen-bit sums
-    /// of a block's eight steps stay below 15 * 127 * 2 * 8 = 30480, so they widen once.
+    /// can reach 2 * 127 * 127, so each step widens them to 32 bits. 4 bits: the weights
+    /// are unsigned already, and the sixteen-bit sums of a block's eight steps stay below
+    /// 15 * 127 * 2 * 8 = 30480, so they widen once.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block_dots<const M: usize, const Q4: bool>(
@@ -266,7 +267,7 @@ mod tests {
     #[test]
     fn both_formats_compute_the_product_of_their_dequantized_values_for_every_row_count() {
         for format in [BlockFormat::Q8, BlockFormat::Q4] {
-            // 288 = nine blocks: a group of eight, then a last 4-bit block without a partner.
+            // 70, 33, 129, 1 and 5 rows end in a partial tile of eight; 288 is nine blocks.
             for (m, k, n) in [
                 (1, 1024, 70),
                 (2, 4096, 33),
