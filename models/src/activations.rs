@@ -31,6 +31,11 @@ pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Exact (erf) GELU of every element of `xs`, on the calling thread.
+pub(crate) fn gelu_erf_in_place(xs: &mut [f32]) {
+    map_in_place::<GeluErf>(xs);
+}
+
 /// A function applied to every element, in plain arithmetic the compiler vectorises.
 trait Activation {
     fn apply(x: f32) -> f32;

@@ -30,11 +30,19 @@ pub enum CacheRows<'a> {
     F16(&'a [f16]),
 }
 
-impl CacheRows<'_> {
+impl<'a> CacheRows<'a> {
     fn len(&self) -> usize {
         match self {
             Self::F32(rows) => rows.len(),
             Self::F16(rows) => rows.len(),
+        }
+    }
+
+    /// Elements `range`.
+    pub fn range(self, range: Range<usize>) -> CacheRows<'a> {
+        match self {
+            Self::F32(rows) => Self::F32(&rows[range]),
+            Self::F16(rows) => Self::F16(&rows[range]),
         }
     }
 
@@ -90,31 +98,46 @@ pub fn attend_one(
             let q = &q[index * head_dim..(index + 1) * head_dim];
             let filled = index * per_head..index * per_head + len * head_dim;
             let mask = mask.map(|m| &m[b * len..(b + 1) * len]);
-            scratch.scores.resize(len, 0.0);
-            #[cfg(target_arch = "x86_64")]
-            {
-                let scores = &mut scratch.scores;
-                let done = match (k, v) {
-                    (CacheRows::F32(k), CacheRows::F32(v)) => {
-                        let (k, v) = (&k[filled.clone()], &v[filled.clone()]);
-                        wide_head::run(q, k, v, mask, scale, scores, out)
-                    }
-                    (CacheRows::F16(k), CacheRows::F16(v)) => {
-                        let (k, v) = (&k[filled.clone()], &v[filled.clone()]);
-                        wide_head::run(q, k, v, mask, scale, scores, out)
-                    }
-                    _ => false,
-                };
-                if done {
-                    return;
-                }
-            }
-            let k = k.f32_range(filled.clone(), &mut scratch.keys);
-            let v = v.f32_range(filled, &mut scratch.values);
-            head(q, k, v, mask, scale, &mut scratch.scores, out);
+            let (k, v) = (k.range(filled.clone()), v.range(filled));
+            attend_head(q, k, v, mask, scale, scratch, out);
         },
     );
     Some(())
+}
+
+/// One head: `out = softmax(q . k[l] * scale + mask[l]) . v[l]` over the positions of `k`
+/// and `v` (`[len, head_dim]` each, `len >= 1`), with `mask` (if any) `[len]`; `scratch`
+/// is reused from head to head.
+pub fn attend_head(
+    q: &[f32],
+    k: CacheRows,
+    v: CacheRows,
+    mask: Option<&[f32]>,
+    scale: f32,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    scratch.scores.resize(k.len() / q.len().max(1), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let scores = &mut scratch.scores;
+        let done = match (k, v) {
+            (CacheRows::F32(k), CacheRows::F32(v)) => {
+                wide_head::run(q, k, v, mask, scale, scores, out)
+            }
+            (CacheRows::F16(k), CacheRows::F16(v)) => {
+                wide_head::run(q, k, v, mask, scale, scores, out)
+            }
+            _ => false,
+        };
+        if done {
+            return;
+        }
+    }
+    let all = 0..k.len();
+    let k = k.f32_range(all.clone(), &mut scratch.keys);
+    let v = v.f32_range(all, &mut scratch.values);
+    head(q, k, v, mask, scale, &mut scratch.scores, out);
 }
 
 /// MusicGen's 64-wide heads, over an f32 cache or an f16 one (widened in registers with
@@ -127,6 +150,8 @@ mod wide_head {
     use half::f16;
 
     const WIDTH: usize = 64;
+    /// How far ahead of the group of keys being scored their successors are requested.
+    const KEYS_AHEAD: usize = 2048;
 
     /// A cache element the head reads as f32, eight at a time.
     pub(super) trait Element: Copy {
@@ -190,7 +215,18 @@ mod wide_head {
         let keys = k.chunks_exact(WIDTH);
         let mut eights = scores.chunks_exact_mut(8);
         let mut l = 0;
+        let group_bytes = 8 * WIDTH * std::mem::size_of::<E>();
         for eight in &mut eights {
+            // Short streams (a head's keys are a few tens of kilobytes) leave the hardware
+            // prefetcher little time to ramp up: request the keys KEYS_AHEAD bytes on, and
+            // this group's values for the second pass.
+            let at = l * WIDTH;
+            let ahead = k.as_ptr().add(at).cast::<u8>().wrapping_add(KEYS_AHEAD);
+            let values = v.as_ptr().add(at).cast::<u8>();
+            for line in (0..group_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                _mm_prefetch::<_MM_HINT_T1>(values.add(line).cast());
+            }
             let sums: [__m256; 8] = std::array::from_fn(|j| dot(&q, &k[(l + j) * WIDTH..]));
             _mm256_storeu_ps(eight.as_mut_ptr(), sum_lanes_of_each(&sums));
             l += 8;
@@ -252,7 +288,7 @@ mod wide_head {
 
 /// One thread's buffers: a head's scores, and its keys and values widened from f16.
 #[derive(Default)]
-struct Scratch {
+pub struct Scratch {
     scores: Vec<f32>,
     keys: Vec<f32>,
     values: Vec<f32>,

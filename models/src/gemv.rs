@@ -9,7 +9,7 @@ use rayon::prelude::*;
 pub const MAX_ROWS: usize = 4;
 /// Output features per parallel task: enough work to amortise scheduling, small enough to
 /// spread a 1024-row matrix over the threads.
-const TASK_FEATURES: usize = 64;
+pub(crate) const TASK_FEATURES: usize = 64;
 /// Lanes accumulated side by side, so the compiler keeps them in vector registers.
 const LANES: usize = 16;
 
@@ -55,12 +55,20 @@ pub fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) ->
         return None;
     }
     for_feature_tasks(n, m, TASK_FEATURES, out, |first, chunk| {
-        for (f, sums) in chunk.chunks_exact_mut(m).enumerate() {
-            let row = &w[(first + f) * k..(first + f + 1) * k];
-            dots(x, k, row, sums);
-        }
+        features(x, m, w, first, chunk);
     });
     Some(())
+}
+
+/// Output features `first..` of `x w^T` for the `m` rows of `x` (`[m, k]`), as many as
+/// `sums` holds: `sums` is `[features, m]`, a feature's value for every row together.
+/// `w` (`[n, k]`) must hold every row asked for.
+pub(crate) fn features(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
+    let k = x.len() / m;
+    for (f, sums) in sums.chunks_exact_mut(m).enumerate() {
+        let row = &w[(first + f) * k..(first + f + 1) * k];
+        dots(x, k, row, sums);
+    }
 }
 
 /// Runs `task(first, sums)` in parallel over groups of `task_features` output features,

@@ -10,6 +10,7 @@ pub mod encodec;
 pub mod error;
 pub mod gemv;
 pub mod musicgen;
+pub mod phases;
 pub mod quant;
 pub mod random;
 pub mod rng;

@@ -6,6 +6,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm};
 use half::f16;
 
+mod cpu_step;
+
 use super::config::DecoderConfig;
 use crate::attention::{attend_one, CacheRows};
 use crate::cpu::cpu_data;
@@ -258,19 +260,25 @@ struct Layer {
     fc2: Proj,
 }
 
-/// One layer's cache: self-attention K/V preallocated to the job's length, and the
-/// cross-attention K/V of the job's text.
+/// One layer's cross-attention K/V, computed from the job's text once.
 struct LayerCache {
-    self_k: Tensor,
-    self_v: Tensor,
     cross_k: Tensor,
     cross_v: Tensor,
+}
+
+/// The self-attention K/V of every layer, preallocated to the job's length.
+enum SelfKv {
+    /// `[B, heads, capacity, head_dim]` tensors per layer, for the general path.
+    Tensors(Vec<(Tensor, Tensor)>),
+    /// Plain buffers for the CPU step ([`cpu_step`]), with its working buffers.
+    Host(Box<cpu_step::HostCache>),
 }
 
 /// Per-job decoder state: the KV caches and how many positions they hold. Each job owns
 /// its own, so jobs can be batched, cancelled and resumed independently.
 pub struct DecoderCache {
     layers: Vec<LayerCache>,
+    self_kv: SelfKv,
     /// Additive cross-attention mask `[B, 1, 1, T_text]` in f32 (most negative finite
     /// value on padding, so a fully masked row stays finite).
     cross_mask: Tensor,
@@ -389,28 +397,63 @@ impl Decoder {
 
     /// A fresh cache for one job: computes every layer's cross-attention K/V from the text
     /// states `[B, T, cross_in]` once, and preallocates `capacity` self-attention positions.
+    /// On the CPU in f32 the steps run as [`cpu_step`]'s phases, over plain buffers.
     pub fn new_cache(
         &self,
         text_states: &Tensor,
         text_mask_bt: &Tensor,
         capacity: usize,
     ) -> Result<DecoderCache> {
-        let (b, _, _) = text_states.dims3()?;
+        let rows = text_states.dim(0)?;
+        let on_cpu = text_states.device().is_cpu()
+            && self.dtype == DType::F32
+            && rows <= crate::gemv::MAX_ROWS;
+        let self_kv = match self.kv_dtype {
+            DType::F32 if on_cpu => {
+                SelfKv::Host(Box::new(cpu_step::HostCache::f32(self, rows, capacity)))
+            }
+            DType::F16 if on_cpu => {
+                SelfKv::Host(Box::new(cpu_step::HostCache::f16(self, rows, capacity)))
+            }
+            _ => self.self_kv_tensors(rows, capacity, text_states.device())?,
+        };
+        self.new_cache_with(text_states, text_mask_bt, capacity, self_kv)
+    }
+
+    /// Zeroed self-attention tensors for the general path.
+    fn self_kv_tensors(&self, rows: usize, capacity: usize, device: &Device) -> Result<SelfKv> {
+        let shape = (
+            rows,
+            self.cfg.num_attention_heads,
+            capacity,
+            self.cfg.head_dim(),
+        );
+        let layers = (0..self.layers.len())
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, self.kv_dtype, device)?,
+                    Tensor::zeros(shape, self.kv_dtype, device)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(SelfKv::Tensors(layers))
+    }
+
+    /// [`Self::new_cache`] with the self-attention cache given.
+    fn new_cache_with(
+        &self,
+        text_states: &Tensor,
+        text_mask_bt: &Tensor,
+        capacity: usize,
+        self_kv: SelfKv,
+    ) -> Result<DecoderCache> {
         let text_states = text_states.to_dtype(self.dtype)?;
-        let heads = self.cfg.num_attention_heads;
-        let head_dim = self.cfg.head_dim();
-        let device = text_states.device();
         let layers = self
             .layers
             .iter()
             .map(|layer| {
                 let (cross_k, cross_v) = layer.cross_attn.keys_values(&text_states)?;
-                Ok(LayerCache {
-                    self_k: Tensor::zeros((b, heads, capacity, head_dim), self.kv_dtype, device)?,
-                    self_v: Tensor::zeros((b, heads, capacity, head_dim), self.kv_dtype, device)?,
-                    cross_k,
-                    cross_v,
-                })
+                Ok(LayerCache { cross_k, cross_v })
             })
             .collect::<Result<Vec<_>>>()?;
         let mask = text_mask_bt.to_dtype(DType::F32)?;
@@ -419,6 +462,7 @@ impl Decoder {
             .unsqueeze(1)?;
         Ok(DecoderCache {
             layers,
+            self_kv,
             cross_mask,
             len: 0,
             capacity,
@@ -441,6 +485,13 @@ impl Decoder {
                 ),
             });
         }
+        let self_kv = match &mut cache.self_kv {
+            SelfKv::Tensors(layers) => layers,
+            SelfKv::Host(_) => {
+                let ids = ids_bkt.flatten_all()?.to_vec1::<u32>()?;
+                return self.forward_on_cpu(&ids, t, cache);
+            }
+        };
         let mut xs =
             self.embed_tokens[0].forward(&ids_bkt.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?;
         for (codebook, embed) in self.embed_tokens.iter().enumerate().take(k).skip(1) {
@@ -453,22 +504,17 @@ impl Decoder {
         } else {
             None
         };
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let caches = self.layers.iter().zip(&cache.layers).zip(self_kv.iter());
+        for ((layer, lc), (self_k, self_v)) in caches {
             // Self-attention over the cache plus the new positions.
             let normed = layer.self_attn_norm.forward(&xs)?;
             let (q, k_new, v_new) = layer.self_attn.queries_keys_values(&normed)?;
-            lc.self_k
-                .slice_set(&k_new.to_dtype(self.kv_dtype)?, 2, offset)?;
-            lc.self_v
-                .slice_set(&v_new.to_dtype(self.kv_dtype)?, 2, offset)?;
+            self_k.slice_set(&k_new.to_dtype(self_k.dtype())?, 2, offset)?;
+            self_v.slice_set(&v_new.to_dtype(self_v.dtype())?, 2, offset)?;
             xs = (&xs
-                + layer.self_attn.attend(
-                    &q,
-                    &lc.self_k,
-                    &lc.self_v,
-                    offset + t,
-                    causal.as_ref(),
-                )?)?;
+                + layer
+                    .self_attn
+                    .attend(&q, self_k, self_v, offset + t, causal.as_ref())?)?;
             // Cross-attention to the text.
             let normed = layer.cross_attn_norm.forward(&xs)?;
             let text_len = lc.cross_k.dim(2)?;

@@ -15,7 +15,7 @@ use crate::gemv::{for_feature_tasks, MAX_ROWS};
 /// Output features per parallel task: whole tiles. Against 16 (best for the row-wise kernel
 /// before the tiles), `quant_matmul` ran q4 faster in five of five alternating runs and q8
 /// in four of five; 64 was mixed.
-const TASK_FEATURES: usize = 32;
+pub const TASK_FEATURES: usize = 32;
 const _: () = assert!(TASK_FEATURES % TILE_ROWS == 0);
 
 /// One quantized activation row: values, per-block scales and per-block sums.
@@ -44,28 +44,58 @@ pub fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Optio
 
 /// The product for `M` rows.
 fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
-    let rows: [Row; M] = std::array::from_fn(|i| {
+    let rows = rows::<M>(x);
+    for_feature_tasks(w.rows, M, TASK_FEATURES, out, |first, chunk| {
+        features_of::<M>(w, first, &rows, chunk)
+    });
+}
+
+/// Output features `first..` (`first` a multiple of [`TILE_ROWS`]) of `x w^T`, as many
+/// as `sums` holds: `sums` is `[features, x.rows]`, a feature's value for every row
+/// together. `None`, leaving `sums` alone, when the shapes do not fit.
+pub fn features(x: &QuantizedRows, w: &BlockMatrix, first: usize, sums: &mut [f32]) -> Option<()> {
+    let m = x.rows;
+    let fits = (1..=MAX_ROWS).contains(&m)
+        && x.cols == w.cols
+        && first % TILE_ROWS == 0
+        && sums.len() % m == 0
+        && first + sums.len() / m <= w.rows;
+    if !fits {
+        return None;
+    }
+    match m {
+        1 => features_of::<1>(w, first, &rows::<1>(x), sums),
+        2 => features_of::<2>(w, first, &rows::<2>(x), sums),
+        3 => features_of::<3>(w, first, &rows::<3>(x), sums),
+        _ => features_of::<4>(w, first, &rows::<4>(x), sums),
+    }
+    Some(())
+}
+
+/// The first `M` rows of `x`.
+fn rows<const M: usize>(x: &QuantizedRows) -> [Row<'_>; M] {
+    std::array::from_fn(|i| {
         let (values, scales, sums) = x.row(i);
         Row {
             values,
             scales,
             sums,
         }
-    });
+    })
+}
+
+/// One task's features: the vector kernel where the CPU has it, else plain loops.
+fn features_of<const M: usize>(w: &BlockMatrix, first: usize, rows: &[Row; M], sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    let vector = crate::cpu::has_avx2_fma_f16c();
-    for_feature_tasks(w.rows, M, TASK_FEATURES, out, |first, chunk| {
-        #[cfg(target_arch = "x86_64")]
-        if vector {
-            // SAFETY: the CPU has AVX2, FMA and F16C, checked above; the slices'
-            // lengths are checked inside.
-            unsafe { avx2::product::<M>(w, first, &rows, chunk) };
-            return;
-        }
-        for (f, sums) in chunk.chunks_exact_mut(M).enumerate() {
-            sums.copy_from_slice(&dots_portable::<M>(w, first + f, &rows));
-        }
-    });
+    if crate::cpu::has_avx2_fma_f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C, checked just above; the slices' lengths
+        // are checked inside.
+        unsafe { avx2::product::<M>(w, first, rows, sums) };
+        return;
+    }
+    for (f, sums) in sums.chunks_exact_mut(M).enumerate() {
+        sums.copy_from_slice(&dots_portable::<M>(w, first + f, rows));
+    }
 }
 
 /// Row `r` of `w` times each activation row, in plain loops over the blocks' levels, for

@@ -119,6 +119,93 @@ impl Proj {
     }
 }
 
+impl Proj {
+    /// The weights as the CPU kernels read them, for a caller that runs the product's
+    /// tasks itself ([`crate::phases`]); `None` for weights off the CPU or not in f32.
+    pub fn cpu_weights(&self) -> candle_core::Result<Option<CpuWeights<'_>>> {
+        Ok(match self {
+            Self::Dense(linear) => {
+                let (rows, cols) = linear.weight().dims2()?;
+                crate::cpu::cpu_data::<f32>(linear.weight())?.map(|values| CpuWeights::Dense {
+                    values,
+                    rows,
+                    cols,
+                })
+            }
+            Self::Blocks(matrix) => Some(CpuWeights::Blocks(matrix)),
+            Self::Ggml(_) => None,
+        })
+    }
+}
+
+/// A projection's weights on the CPU, borrowed: dense f32 `[rows, cols]` or our blocks.
+pub enum CpuWeights<'a> {
+    Dense {
+        values: crate::cpu::CpuData<'a, f32>,
+        rows: usize,
+        cols: usize,
+    },
+    Blocks(&'a BlockMatrix),
+}
+
+impl CpuWeights<'_> {
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Dense { rows, .. } => *rows,
+            Self::Blocks(matrix) => matrix.rows,
+        }
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::Dense { cols, .. } => *cols,
+            Self::Blocks(matrix) => matrix.cols,
+        }
+    }
+
+    /// Whether the product reads activations quantized to 8 bits rather than f32.
+    pub fn reads_quantized(&self) -> bool {
+        matches!(self, Self::Blocks(_))
+    }
+
+    /// Output features one task computes: what each kernel measured best with.
+    pub fn task_features(&self) -> usize {
+        match self {
+            Self::Dense { .. } => crate::gemv::TASK_FEATURES,
+            Self::Blocks(_) => kernel::TASK_FEATURES,
+        }
+    }
+
+    /// Output features `first..` of the product with `m` activation rows, as many as
+    /// `sums` (`[features, m]`) holds: dense weights read the f32 rows `x` (`[m, cols]`),
+    /// blocks read `quantized`, the same rows quantized. `None` when the shapes do not
+    /// fit.
+    pub fn features(
+        &self,
+        x: &[f32],
+        m: usize,
+        quantized: &QuantizedRows,
+        first: usize,
+        sums: &mut [f32],
+    ) -> Option<()> {
+        match self {
+            Self::Dense { values, rows, cols } => {
+                let fits = (1..=crate::gemv::MAX_ROWS).contains(&m)
+                    && x.len() == m * cols
+                    && sums.len() % m == 0
+                    && first + sums.len() / m <= *rows;
+                fits.then(|| crate::gemv::features(x, m, values, first, sums))
+            }
+            Self::Blocks(matrix) if quantized.rows == m => {
+                kernel::features(quantized, matrix, first, sums)
+            }
+            Self::Blocks(_) => None,
+        }
+    }
+}
+
 impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {

@@ -1,0 +1,748 @@
+//! One decoder position on the CPU in f32, as a single run of [`crate::phases`]: per
+//! layer, eight phases (the fused query-key-value projection, the self-attention heads, the
+//! output projection, the cross-attention query, heads and output, and the two
+//! feed-forward projections), then the LM heads. Each phase's tasks are feature ranges of
+//! a projection or single heads; norms and the quantization of a projection's input run
+//! between phases on the thread that finished the phase before. The residual additions,
+//! GELU and the cache writes happen inside the tasks that produce their inputs.
+//!
+//! The math is the general path's ([`super::Decoder::forward`] over candle tensors, kept
+//! for GPUs and half-precision compute); a test holds the two together.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor};
+use candle_nn::LayerNorm;
+use half::f16;
+
+use super::{Decoder, Inputs, Layer, LAYER_NORM_EPS};
+use crate::attention::{attend_head, CacheRows, Scratch};
+use crate::cpu::{cpu_data, CpuData};
+use crate::error::{ModelError, Result};
+use crate::phases::{self, Shared, SharedSlice};
+use crate::quant::{CpuWeights, QuantizedRows};
+
+/// A cache element of the self-attention keys and values.
+trait KvElement: Copy + Default + Send + Sync {
+    fn from_f32(x: f32) -> Self;
+    fn rows(values: &[Self]) -> CacheRows<'_>;
+}
+
+impl KvElement for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn rows(values: &[Self]) -> CacheRows<'_> {
+        CacheRows::F32(values)
+    }
+}
+
+impl KvElement for f16 {
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn rows(values: &[Self]) -> CacheRows<'_> {
+        CacheRows::F16(values)
+    }
+}
+
+/// One layer's self-attention keys and values, `[rows, heads, capacity, head_dim]` each.
+struct LayerKv<E> {
+    keys: SharedSlice<E>,
+    values: SharedSlice<E>,
+}
+
+/// The self-attention cache of every layer, in f32 or f16.
+enum HostKv {
+    F32(Vec<LayerKv<f32>>),
+    F16(Vec<LayerKv<f16>>),
+}
+
+/// The buffers a step works in, allocated once per job.
+struct Buffers {
+    /// The residual stream `[rows, hidden]`.
+    x: SharedSlice<f32>,
+    /// A norm's output, the next projection's input `[rows, hidden]`.
+    normed: SharedSlice<f32>,
+    /// Self-attention queries, keys and values `[rows, 3 * hidden]`.
+    qkv: SharedSlice<f32>,
+    /// Cross-attention queries `[rows, hidden]`.
+    queries: SharedSlice<f32>,
+    /// The heads' outputs `[rows, hidden]`, the output projection's input.
+    attended: SharedSlice<f32>,
+    /// GELU of the first feed-forward projection `[rows, ffn]`.
+    hidden: SharedSlice<f32>,
+    /// The current projection's input quantized, for quantized weights.
+    quantized: Shared<QuantizedRows>,
+    /// `[rows, codebooks, vocab]`.
+    logits: SharedSlice<f32>,
+}
+
+/// The self-attention cache and step buffers of one job on the CPU.
+pub(super) struct HostCache {
+    kv: HostKv,
+    buffers: Buffers,
+    rows: usize,
+}
+
+impl HostCache {
+    /// Room for `capacity` positions of `rows` rows, keys and values stored as `E`.
+    fn new<E: KvElement>(
+        decoder: &Decoder,
+        rows: usize,
+        capacity: usize,
+        wrap: impl FnOnce(Vec<LayerKv<E>>) -> HostKv,
+    ) -> Self {
+        let cfg = &decoder.cfg;
+        let h = cfg.hidden_size;
+        let per_layer = rows * h * capacity;
+        let zeros = |n: usize| SharedSlice::new(vec![0f32; n]);
+        let kv = (0..cfg.num_hidden_layers)
+            .map(|_| LayerKv {
+                keys: SharedSlice::new(vec![E::default(); per_layer]),
+                values: SharedSlice::new(vec![E::default(); per_layer]),
+            })
+            .collect();
+        Self {
+            kv: wrap(kv),
+            buffers: Buffers {
+                x: zeros(rows * h),
+                normed: zeros(rows * h),
+                qkv: zeros(rows * 3 * h),
+                queries: zeros(rows * h),
+                attended: zeros(rows * h),
+                hidden: zeros(rows * cfg.ffn_dim),
+                quantized: Shared::new(QuantizedRows::default()),
+                logits: zeros(rows * decoder.lm_heads.len() * cfg.vocab_size),
+            },
+            rows,
+        }
+    }
+
+    /// A cache of f32 keys and values.
+    pub(super) fn f32(decoder: &Decoder, rows: usize, capacity: usize) -> Self {
+        Self::new::<f32>(decoder, rows, capacity, HostKv::F32)
+    }
+
+    /// A cache of f16 keys and values.
+    pub(super) fn f16(decoder: &Decoder, rows: usize, capacity: usize) -> Self {
+        Self::new::<f16>(decoder, rows, capacity, HostKv::F16)
+    }
+}
+
+/// A layer norm's parameters.
+struct Norm<'a> {
+    weight: CpuData<'a, f32>,
+    bias: CpuData<'a, f32>,
+}
+
+impl<'a> Norm<'a> {
+    fn new(norm: &'a LayerNorm) -> Result<Self> {
+        let bias = some(norm.bias(), "a norm without bias")?;
+        Ok(Self {
+            weight: some(cpu_data(norm.weight())?, NOT_ON_CPU)?,
+            bias: some(cpu_data(bias)?, NOT_ON_CPU)?,
+        })
+    }
+
+    /// Normalises each `width`-long row of `x` into `out`.
+    fn apply(&self, x: &[f32], width: usize, out: &mut [f32]) {
+        let n = width as f32;
+        for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let mean = row.iter().sum::<f32>() / n;
+            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let inverse = 1.0 / (variance + LAYER_NORM_EPS as f32).sqrt();
+            let params = self.weight.iter().zip(self.bias.iter());
+            for ((o, v), (w, b)) in out.iter_mut().zip(row).zip(params) {
+                *o = (v - mean) * inverse * w + b;
+            }
+        }
+    }
+}
+
+/// One layer's weights as the step reads them.
+struct LayerView<'a> {
+    self_norm: Norm<'a>,
+    qkv: CpuWeights<'a>,
+    self_out: CpuWeights<'a>,
+    cross_norm: Norm<'a>,
+    cross_query: CpuWeights<'a>,
+    cross_out: CpuWeights<'a>,
+    final_norm: Norm<'a>,
+    fc1: CpuWeights<'a>,
+    fc2: CpuWeights<'a>,
+}
+
+impl<'a> LayerView<'a> {
+    fn new(layer: &'a Layer) -> Result<Self> {
+        let (Inputs::Fused(qkv), Inputs::Separate { q: cross_query, .. }) =
+            (&layer.self_attn.inputs, &layer.cross_attn.inputs)
+        else {
+            return Err(unsupported("attention inputs laid out otherwise"));
+        };
+        let weights = |proj: &'a crate::quant::Proj| some(proj.cpu_weights()?, NOT_ON_CPU);
+        Ok(Self {
+            self_norm: Norm::new(&layer.self_attn_norm)?,
+            qkv: weights(qkv)?,
+            self_out: weights(&layer.self_attn.out)?,
+            cross_norm: Norm::new(&layer.cross_attn_norm)?,
+            cross_query: weights(cross_query)?,
+            cross_out: weights(&layer.cross_attn.out)?,
+            final_norm: Norm::new(&layer.final_norm)?,
+            fc1: weights(&layer.fc1)?,
+            fc2: weights(&layer.fc2)?,
+        })
+    }
+}
+
+const NOT_ON_CPU: &str = "a weight is not an f32 tensor on the CPU";
+
+/// `value`, or the error that the CPU step cannot run: the cache was made for it, so the
+/// decoder should have been able to.
+fn some<T>(value: Option<T>, why: &str) -> Result<T> {
+    value.ok_or_else(|| unsupported(why))
+}
+
+fn unsupported(why: &str) -> ModelError {
+    ModelError::UnsupportedConfig {
+        field: "decoder (CPU step)".into(),
+        message: why.into(),
+    }
+}
+
+/// The phases of a layer, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    SelfQkv,
+    SelfHeads,
+    SelfOut,
+    CrossQuery,
+    CrossHeads,
+    CrossOut,
+    Expand,
+    Contract,
+}
+
+const LAYER_PHASES: [Phase; 8] = [
+    Phase::SelfQkv,
+    Phase::SelfHeads,
+    Phase::SelfOut,
+    Phase::CrossQuery,
+    Phase::CrossHeads,
+    Phase::CrossOut,
+    Phase::Expand,
+    Phase::Contract,
+];
+
+/// What a projection task does with its sums.
+#[derive(Clone, Copy)]
+enum Epilogue {
+    Store,
+    /// Adds them to the residual stream.
+    Add,
+    /// Stores their exact GELU.
+    Gelu,
+}
+
+/// A projection's output: `buffer` rows of `width`, its features from column `column`.
+struct Target<'b> {
+    buffer: &'b SharedSlice<f32>,
+    width: usize,
+    column: usize,
+    epilogue: Epilogue,
+}
+
+/// One thread's scratch: a task's sums and a head's buffers.
+#[derive(Default)]
+struct TaskScratch {
+    sums: Vec<f32>,
+    attention: Scratch,
+}
+
+impl Decoder {
+    /// Feeds `ids` (`[rows, K, positions]`, row-major) at the cache's next positions, one
+    /// position at a time, and returns the last position's logits `[rows, K, vocab]`.
+    pub(super) fn forward_on_cpu(
+        &self,
+        ids: &[u32],
+        positions: usize,
+        cache: &mut super::DecoderCache,
+    ) -> Result<Tensor> {
+        let super::DecoderCache {
+            layers,
+            cross_mask,
+            self_kv,
+            len,
+            capacity,
+        } = cache;
+        let super::SelfKv::Host(host) = self_kv else {
+            return Err(unsupported("the cache holds tensors"));
+        };
+        let cross = layers
+            .iter()
+            .map(|layer| {
+                let keys = some(cpu_data(&layer.cross_k)?, NOT_ON_CPU)?;
+                let values = some(cpu_data(&layer.cross_v)?, NOT_ON_CPU)?;
+                Ok((keys, values))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let text_len = layers.first().map_or(Ok(0), |l| l.cross_k.dim(2))?;
+        let views = Views {
+            layers: self
+                .layers
+                .iter()
+                .map(LayerView::new)
+                .collect::<Result<_>>()?,
+            cross,
+            mask: some(cpu_data(cross_mask)?, NOT_ON_CPU)?,
+            final_norm: Norm::new(&self.final_norm)?,
+            heads: self
+                .lm_heads
+                .iter()
+                .map(|head| some(head.cpu_weights()?, NOT_ON_CPU))
+                .collect::<Result<_>>()?,
+            text_len,
+            capacity: *capacity,
+        };
+        let rows = host.rows;
+        for t in 0..positions {
+            let position = *len + t;
+            let column = |b: usize, k: usize| ids[(b * self.lm_heads.len() + k) * positions + t];
+            self.embed(column, position, host.buffers.x.as_mut_slice(), rows)?;
+            match &host.kv {
+                HostKv::F32(kv) => views.run(self, kv, &host.buffers, rows, position)?,
+                HostKv::F16(kv) => views.run(self, kv, &host.buffers, rows, position)?,
+            }
+        }
+        *len += positions;
+        let logits = host.buffers.logits.as_mut_slice().to_vec();
+        let shape = (rows, self.lm_heads.len(), self.cfg.vocab_size);
+        Ok(Tensor::from_vec(logits, shape, &Device::Cpu)?)
+    }
+
+    /// `x[b]` = the sum of row `b`'s codebook embeddings plus the position's sinusoid.
+    fn embed(
+        &self,
+        column: impl Fn(usize, usize) -> u32,
+        position: usize,
+        x: &mut [f32],
+        rows: usize,
+    ) -> Result<()> {
+        let h = self.cfg.hidden_size;
+        let positions = some(cpu_data::<f32>(&self.positions)?, NOT_ON_CPU)?;
+        for (b, x) in x.chunks_exact_mut(h).enumerate().take(rows) {
+            x.copy_from_slice(&positions[position * h..(position + 1) * h]);
+            for (k, table) in self.embed_tokens.iter().enumerate() {
+                let table = some(cpu_data::<f32>(table.embeddings())?, NOT_ON_CPU)?;
+                let id = column(b, k) as usize;
+                let Some(row) = table.get(id * h..(id + 1) * h) else {
+                    return Err(ModelError::UnsupportedConfig {
+                        field: format!("codebook {k} token"),
+                        message: format!("{id} is past the embedding's {} rows", table.len() / h),
+                    });
+                };
+                for (x, e) in x.iter_mut().zip(row) {
+                    *x += e;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The weights and text-side tensors every position of a call reads.
+struct Views<'a> {
+    layers: Vec<LayerView<'a>>,
+    /// Cross-attention keys and values per layer, `[rows, heads, text_len, head_dim]`.
+    cross: Vec<(CpuData<'a, f32>, CpuData<'a, f32>)>,
+    /// `[rows, text_len]`, added to the cross-attention scores.
+    mask: CpuData<'a, f32>,
+    final_norm: Norm<'a>,
+    heads: Vec<CpuWeights<'a>>,
+    text_len: usize,
+    capacity: usize,
+}
+
+impl Views<'_> {
+    /// Runs one position through every layer and the heads, from the embedded
+    /// `buffers.x` to `buffers.logits`.
+    fn run<E: KvElement>(
+        &self,
+        decoder: &Decoder,
+        kv: &[LayerKv<E>],
+        buffers: &Buffers,
+        rows: usize,
+        position: usize,
+    ) -> Result<()> {
+        let cfg = &decoder.cfg;
+        let step = Step {
+            views: self,
+            kv,
+            buffers,
+            rows,
+            hidden: cfg.hidden_size,
+            attention_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            vocab: cfg.vocab_size,
+            position,
+            scale: (cfg.head_dim() as f64).powf(-0.5) as f32,
+            failed: AtomicBool::new(false),
+        };
+        phases::run(
+            self.layers.len() * LAYER_PHASES.len() + 1,
+            |p| step.tasks(p),
+            // SAFETY: `phases::run` runs no task while a phase is prepared.
+            |p| unsafe { step.prepare(p) },
+            // SAFETY: see `Step::task`.
+            |scratch: &mut TaskScratch, p, i| unsafe { step.task(scratch, p, i) },
+            TaskScratch::default,
+        );
+        if step.failed.load(Ordering::Relaxed) {
+            return Err(unsupported("a projection's shapes do not fit its kernel"));
+        }
+        Ok(())
+    }
+}
+
+/// One position's run: what its phases read and write.
+struct Step<'a, E> {
+    views: &'a Views<'a>,
+    kv: &'a [LayerKv<E>],
+    buffers: &'a Buffers,
+    rows: usize,
+    hidden: usize,
+    attention_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    position: usize,
+    scale: f32,
+    /// Set when a kernel declined its shapes (the step's result is then wrong).
+    failed: AtomicBool,
+}
+
+impl<E: KvElement> Step<'_, E> {
+    /// Phase `p`'s layer and kind; `None` for the LM heads after the last layer.
+    fn phase(&self, p: usize) -> Option<(usize, Phase)> {
+        let layer = p / LAYER_PHASES.len();
+        (layer < self.views.layers.len()).then(|| (layer, LAYER_PHASES[p % LAYER_PHASES.len()]))
+    }
+
+    /// The projection phase `p` multiplies, its input and their width, and its output.
+    fn projection(&self, p: usize) -> Option<(&CpuWeights<'_>, &SharedSlice<f32>, Target<'_>)> {
+        let b = self.buffers;
+        let (h, ffn) = (self.hidden, b.hidden_width(self.rows));
+        let target = |buffer, width, epilogue| Target {
+            buffer,
+            width,
+            column: 0,
+            epilogue,
+        };
+        let (l, phase) = self.phase(p)?;
+        let layer = &self.views.layers[l];
+        Some(match phase {
+            Phase::SelfQkv => (
+                &layer.qkv,
+                &b.normed,
+                target(&b.qkv, 3 * h, Epilogue::Store),
+            ),
+            Phase::SelfOut => (&layer.self_out, &b.attended, target(&b.x, h, Epilogue::Add)),
+            Phase::CrossQuery => (
+                &layer.cross_query,
+                &b.normed,
+                target(&b.queries, h, Epilogue::Store),
+            ),
+            Phase::CrossOut => (
+                &layer.cross_out,
+                &b.attended,
+                target(&b.x, h, Epilogue::Add),
+            ),
+            Phase::Expand => (
+                &layer.fc1,
+                &b.normed,
+                target(&b.hidden, ffn, Epilogue::Gelu),
+            ),
+            Phase::Contract => (&layer.fc2, &b.hidden, target(&b.x, h, Epilogue::Add)),
+            Phase::SelfHeads | Phase::CrossHeads => return None,
+        })
+    }
+
+    /// Tasks of an LM head.
+    fn head_tasks(&self) -> usize {
+        self.views
+            .heads
+            .first()
+            .map_or(0, |w| w.rows().div_ceil(w.task_features()))
+    }
+
+    fn tasks(&self, p: usize) -> usize {
+        match self.phase(p) {
+            None => self.views.heads.len() * self.head_tasks(),
+            Some((_, Phase::SelfHeads | Phase::CrossHeads)) => self.rows * self.attention_heads,
+            Some(_) => self
+                .projection(p)
+                .map_or(0, |(w, _, _)| w.rows().div_ceil(w.task_features())),
+        }
+    }
+
+    /// Normalises the residual stream for the phases that start a block, and quantizes
+    /// the input of a projection of quantized weights.
+    ///
+    /// # Safety
+    /// No task may run meanwhile.
+    unsafe fn prepare(&self, p: usize) {
+        let b = self.buffers;
+        let h = self.hidden;
+        let norm = match self.phase(p) {
+            None => Some(&self.views.final_norm),
+            Some((l, Phase::SelfQkv)) => Some(&self.views.layers[l].self_norm),
+            Some((l, Phase::CrossQuery)) => Some(&self.views.layers[l].cross_norm),
+            Some((l, Phase::Expand)) => Some(&self.views.layers[l].final_norm),
+            Some(_) => None,
+        };
+        if let Some(norm) = norm {
+            let all = 0..self.rows * h;
+            norm.apply(b.x.slice(all.clone()), h, b.normed.slice_mut(all));
+        }
+        let (weights, input) = match self.projection(p) {
+            Some((w, input, _)) => (w, input),
+            None if self.phase(p).is_none() => match self.views.heads.first() {
+                Some(w) => (w, &b.normed),
+                None => return,
+            },
+            None => return,
+        };
+        if weights.reads_quantized() {
+            let cols = weights.cols();
+            let input = input.slice(0..self.rows * cols);
+            b.quantized.whole_mut().quantize(input, self.rows, cols);
+        }
+    }
+
+    /// Task `i` of phase `p`.
+    ///
+    /// # Safety
+    /// Called by [`phases::run`] once per task: each task writes only its own features or
+    /// heads, and reads only buffers no task of its phase writes.
+    unsafe fn task(&self, scratch: &mut TaskScratch, p: usize, i: usize) {
+        match self.phase(p) {
+            Some((l, Phase::SelfHeads)) => self.self_head(scratch, l, i),
+            Some((l, Phase::CrossHeads)) => self.cross_head(scratch, l, i),
+            Some(_) => {
+                if let Some((weights, input, target)) = self.projection(p) {
+                    self.project(scratch, weights, input, i, target);
+                }
+            }
+            None => {
+                let per_head = self.head_tasks();
+                let (codebook, index) = (i / per_head, i % per_head);
+                let target = Target {
+                    buffer: &self.buffers.logits,
+                    width: self.views.heads.len() * self.vocab,
+                    column: codebook * self.vocab,
+                    epilogue: Epilogue::Store,
+                };
+                let weights = &self.views.heads[codebook];
+                self.project(scratch, weights, &self.buffers.normed, index, target);
+            }
+        }
+    }
+
+    /// Task `index` of a projection: its features for every row, written to `target`.
+    unsafe fn project(
+        &self,
+        scratch: &mut TaskScratch,
+        weights: &CpuWeights,
+        input: &SharedSlice<f32>,
+        index: usize,
+        target: Target,
+    ) {
+        let m = self.rows;
+        let first = index * weights.task_features();
+        let count = weights.task_features().min(weights.rows() - first);
+        scratch.sums.resize(count * m, 0.0);
+        let x = input.slice(0..m * weights.cols());
+        let quantized = self.buffers.quantized.get();
+        if weights
+            .features(x, m, quantized, first, &mut scratch.sums)
+            .is_none()
+        {
+            self.failed.store(true, Ordering::Relaxed);
+            return;
+        }
+        for b in 0..m {
+            let start = b * target.width + target.column + first;
+            let out = target.buffer.slice_mut(start..start + count);
+            let sums = scratch.sums.iter().skip(b).step_by(m);
+            match target.epilogue {
+                Epilogue::Store => out.iter_mut().zip(sums).for_each(|(o, s)| *o = *s),
+                Epilogue::Add => out.iter_mut().zip(sums).for_each(|(o, s)| *o += *s),
+                Epilogue::Gelu => {
+                    out.iter_mut().zip(sums).for_each(|(o, s)| *o = *s);
+                    crate::activations::gelu_erf_in_place(out);
+                }
+            }
+        }
+    }
+
+    /// Self-attention head `i` (row `i / heads`): stores the position's key and value in
+    /// the head's part of the cache, then attends over every position so far.
+    unsafe fn self_head(&self, scratch: &mut TaskScratch, layer: usize, i: usize) {
+        let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
+        let (b, head) = (i / heads, i % heads);
+        let qkv = self.buffers.qkv.slice(b * 3 * h..(b + 1) * 3 * h);
+        let at = head * d;
+        let per_head = self.views.capacity * d;
+        let base = (b * heads + head) * per_head;
+        let kv = &self.kv[layer];
+        let keys = kv.keys.slice_mut(base..base + per_head);
+        let values = kv.values.slice_mut(base..base + per_head);
+        let row = self.position * d;
+        for j in 0..d {
+            keys[row + j] = E::from_f32(qkv[h + at + j]);
+            values[row + j] = E::from_f32(qkv[2 * h + at + j]);
+        }
+        let filled = row + d;
+        let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
+        let (k, v) = (E::rows(&keys[..filled]), E::rows(&values[..filled]));
+        let q = &qkv[at..at + d];
+        attend_head(q, k, v, None, self.scale, &mut scratch.attention, out);
+    }
+
+    /// Cross-attention head `i` (row `i / heads`) over the text, masked.
+    unsafe fn cross_head(&self, scratch: &mut TaskScratch, layer: usize, i: usize) {
+        let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
+        let (b, head) = (i / heads, i % heads);
+        let text = self.views.text_len;
+        let at = head * d;
+        let q = self.buffers.queries.slice(b * h + at..b * h + at + d);
+        let (keys, values) = &self.views.cross[layer];
+        let part = (b * heads + head) * text * d..(b * heads + head + 1) * text * d;
+        let (k, v) = (
+            CacheRows::F32(&keys[part.clone()]),
+            CacheRows::F32(&values[part]),
+        );
+        let mask = &self.views.mask[b * text..(b + 1) * text];
+        let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
+        attend_head(q, k, v, Some(mask), self.scale, &mut scratch.attention, out);
+    }
+}
+
+impl Buffers {
+    /// Width of the feed-forward hidden rows.
+    fn hidden_width(&self, rows: usize) -> usize {
+        self.hidden.len() / rows.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::super::{Decoder, DecoderCache, SelfKv};
+    use crate::musicgen::presets::preset;
+    use crate::quant::WeightFormat;
+    use crate::weights::Weights;
+
+    const TEXT_IN: usize = 32;
+
+    /// A small random decoder: hidden 128 in `heads` heads (2 heads are MusicGen's 64 wide,
+    /// 4 heads take the general head kernel), feed-forward 256, every projection
+    /// quantizable.
+    fn decoder(heads: usize, format: WeightFormat, kv: DType) -> Decoder {
+        let mut cfg = preset("tiny").unwrap().decoder;
+        cfg.hidden_size = 128;
+        cfg.ffn_dim = 256;
+        cfg.num_attention_heads = heads;
+        let weights = Weights::random(11, &Device::Cpu);
+        let vb = weights.root(DType::F32).pp("decoder");
+        let mut decoder = Decoder::new(&cfg, TEXT_IN, vb, format).unwrap();
+        decoder.set_kv_dtype(kv);
+        decoder
+    }
+
+    /// The step's cache and one on the general path for the same text: `rows` rows, the
+    /// first seeing 3 of 5 text positions, a second (guidance's unconditional row) none.
+    fn caches(decoder: &Decoder, rows: usize, capacity: usize) -> (DecoderCache, DecoderCache) {
+        let mut rng = crate::rng::Rng::new(5);
+        let states = rng.uniform_f32s(rows * 5 * TEXT_IN, -1.0, 1.0);
+        let states = Tensor::from_vec(states, (rows, 5, TEXT_IN), &Device::Cpu).unwrap();
+        let mask: Vec<f32> = (0..rows * 5)
+            .map(|i| if i < 3 { 1.0 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, 5), &Device::Cpu).unwrap();
+        let step = decoder.new_cache(&states, &mask, capacity).unwrap();
+        assert!(matches!(step.self_kv, SelfKv::Host(_)));
+        let tensors = decoder
+            .self_kv_tensors(rows, capacity, &Device::Cpu)
+            .unwrap();
+        let general = decoder
+            .new_cache_with(&states, &mask, capacity, tensors)
+            .unwrap();
+        (step, general)
+    }
+
+    /// Largest difference of the two logits over the largest logit.
+    fn relative_difference(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let peak = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(peak > 0.0 && worst.is_finite());
+        worst / peak
+    }
+
+    /// Five positions one at a time, then three at once (the step runs them in turn, the
+    /// general path with a causal mask): the logits agree with candle's composition of
+    /// the same layers, for dense and quantized weights, f32 and f16 caches, both head
+    /// kernels, with and without a guidance row. Dense weights agree to rounding.
+    #[test]
+    fn the_cpu_step_matches_the_general_path() {
+        for (heads, format, kv, rows, tolerance) in [
+            (2, WeightFormat::Dense, DType::F32, 2, 1e-5),
+            (4, WeightFormat::Dense, DType::F32, 1, 1e-5),
+            (2, WeightFormat::Dense, DType::F16, 2, 1e-4),
+            (4, WeightFormat::Dense, DType::F16, 2, 1e-4),
+            // The step normalises in two passes, candle in one: an activation an ulp
+            // apart can round to the next 8-bit level, which 4-bit weights turn into up to
+            // 1% of the logits. A wrong buffer or feature would be off by their size.
+            (2, WeightFormat::Q8, DType::F16, 2, 2e-2),
+            (2, WeightFormat::Q4, DType::F32, 2, 2e-2),
+        ] {
+            let case = format!("{heads} heads, {format:?}, {kv:?} cache, {rows} rows");
+            let decoder = decoder(heads, format, kv);
+            let (mut step, mut general) = caches(&decoder, rows, 10);
+            let k = decoder.cfg.num_codebooks;
+            for (position, width) in [1, 1, 1, 1, 1, 3].into_iter().enumerate() {
+                let ids: Vec<u32> = (0..rows * k * width)
+                    .map(|i| ((i * 7 + position * 13) % 50) as u32)
+                    .collect();
+                let ids = Tensor::from_vec(ids, (rows, k, width), &Device::Cpu).unwrap();
+                let ours = decoder.forward(&ids, &mut step).unwrap();
+                let theirs = decoder.forward(&ids, &mut general).unwrap();
+                let difference = relative_difference(&theirs, &ours);
+                assert!(
+                    difference <= tolerance,
+                    "{case}, call {position}: {difference}"
+                );
+                assert_eq!(step.len(), general.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_past_the_embeddings_is_an_error_naming_its_codebook() {
+        let decoder = decoder(2, WeightFormat::Dense, DType::F32);
+        let (mut step, _) = caches(&decoder, 1, 4);
+        let k = decoder.cfg.num_codebooks;
+        let mut ids = vec![0u32; k];
+        ids[1] = decoder.cfg.vocab_size as u32 + 1;
+        let ids = Tensor::from_vec(ids, (1, k, 1), &Device::Cpu).unwrap();
+        let error = decoder.forward(&ids, &mut step).unwrap_err().to_string();
+        assert!(error.contains("codebook 1"), "{error}");
+        assert_eq!(step.len(), 0, "a failed step leaves the cache's length");
+    }
+}
