@@ -46,6 +46,14 @@ impl<'a> CacheRows<'a> {
         }
     }
 
+    /// Where the elements start, and their size in bytes.
+    pub fn as_bytes(&self) -> (*const u8, usize) {
+        match self {
+            Self::F32(rows) => (rows.as_ptr().cast(), std::mem::size_of_val(*rows)),
+            Self::F16(rows) => (rows.as_ptr().cast(), std::mem::size_of_val(*rows)),
+        }
+    }
+
     /// `range` as f32: borrowed, or widened into `scratch`.
     fn f32_range<'s>(&'s self, range: Range<usize>, scratch: &'s mut Vec<f32>) -> &'s [f32] {
         match self {
@@ -91,6 +99,7 @@ pub fn attend_one(
     if !fits {
         return None;
     }
+    let (k_all, v_all) = (k, v);
     out.par_chunks_mut(head_dim).enumerate().for_each_init(
         Scratch::default,
         |scratch, (index, out)| {
@@ -98,35 +107,56 @@ pub fn attend_one(
             let q = &q[index * head_dim..(index + 1) * head_dim];
             let filled = index * per_head..index * per_head + len * head_dim;
             let mask = mask.map(|m| &m[b * len..(b + 1) * len]);
-            let (k, v) = (k.range(filled.clone()), v.range(filled));
-            attend_head(q, k, v, mask, scale, scratch, out);
+            let (k, v) = (k.range(filled.clone()), v.range(filled.clone()));
+            // The next head, probably this thread's next task (rayon splits ranges).
+            let next = (index + 1 < rows * heads).then(|| {
+                let filled = filled.start + per_head..filled.end + per_head;
+                NextHead {
+                    keys: k_all.range(filled.clone()).as_bytes(),
+                    values: v_all.range(filled).as_bytes(),
+                }
+            });
+            attend_head(q, k, v, mask, scale, next, scratch, out);
         },
     );
     Some(())
 }
 
+/// The keys and values of the head a thread takes next, as start addresses and lengths
+/// in bytes: only handed to prefetch instructions, which never fault, and never read (the
+/// memory may be another thread's to write).
+#[derive(Clone, Copy, Debug)]
+pub struct NextHead {
+    pub keys: (*const u8, usize),
+    pub values: (*const u8, usize),
+}
+
 /// One head: `out = softmax(q . k[l] * scale + mask[l]) . v[l]` over the positions of `k`
 /// and `v` (`[len, head_dim]` each, `len >= 1`), with `mask` (if any) `[len]`; `scratch`
-/// is reused from head to head.
+/// is reused from head to head. `next`, the keys and values of the head the thread takes
+/// next, are requested from memory meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_head(
     q: &[f32],
     k: CacheRows,
     v: CacheRows,
     mask: Option<&[f32]>,
     scale: f32,
+    next: Option<NextHead>,
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
+    let next = next.map(|n| (n.keys, n.values));
     scratch.scores.resize(k.len() / q.len().max(1), 0.0);
     #[cfg(target_arch = "x86_64")]
     {
         let scores = &mut scratch.scores;
         let done = match (k, v) {
             (CacheRows::F32(k), CacheRows::F32(v)) => {
-                wide_head::run(q, k, v, mask, scale, scores, out)
+                wide_head::run(q, k, v, mask, scale, next, scores, out)
             }
             (CacheRows::F16(k), CacheRows::F16(v)) => {
-                wide_head::run(q, k, v, mask, scale, scores, out)
+                wide_head::run(q, k, v, mask, scale, next, scores, out)
             }
             _ => false,
         };
@@ -176,12 +206,14 @@ mod wide_head {
 
     /// Runs the head and returns `true`, or returns `false` (touching nothing) when the
     /// CPU lacks AVX2, FMA or F16C or the head is not 64 wide.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn run<E: Element>(
         q: &[f32],
         k: &[E],
         v: &[E],
         mask: Option<&[f32]>,
         scale: f32,
+        next: Option<(Bytes, Bytes)>,
         scores: &mut [f32],
         out: &mut [f32],
     ) -> bool {
@@ -196,10 +228,25 @@ mod wide_head {
         }
         // SAFETY: the CPU has AVX2, FMA and F16C, and every slice has the length the
         // unchecked reads assume (both checked above).
-        unsafe { head(q, k, v, mask, scale, scores, out) };
+        unsafe { head(q, k, v, mask, scale, next, scores, out) };
         true
     }
 
+    /// Where a head's keys or values start, and their size in bytes: only prefetched.
+    pub(super) type Bytes = (*const u8, usize);
+
+    /// Requests the lines of `bytes` within `range` into the L2 cache (addresses past
+    /// its end are skipped; a prefetch never faults, so nothing here is read).
+    #[inline(always)]
+    unsafe fn prefetch_l2(bytes: Option<Bytes>, range: std::ops::Range<usize>) {
+        if let Some((start, len)) = bytes {
+            for line in range.step_by(64).take_while(|&at| at < len) {
+                _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line).cast());
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn head<E: Element>(
         q: &[f32],
@@ -207,9 +254,11 @@ mod wide_head {
         v: &[E],
         mask: Option<&[f32]>,
         scale: f32,
+        next: Option<(Bytes, Bytes)>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
+        let (next_keys, next_values) = (next.map(|n| n.0), next.map(|n| n.1));
         let q: [__m256; WIDTH / 8] =
             std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(g * 8)));
         let keys = k.chunks_exact(WIDTH);
@@ -227,6 +276,8 @@ mod wide_head {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
                 _mm_prefetch::<_MM_HINT_T1>(values.add(line).cast());
             }
+            let bytes = at * std::mem::size_of::<E>();
+            prefetch_l2(next_keys, bytes..bytes + group_bytes);
             let sums: [__m256; 8] = std::array::from_fn(|j| dot(&q, &k[(l + j) * WIDTH..]));
             _mm256_storeu_ps(eight.as_mut_ptr(), sum_lanes_of_each(&sums));
             l += 8;
@@ -241,7 +292,9 @@ mod wide_head {
         }
         let total = super::softmax_numerators(scores);
         let mut sum = [_mm256_setzero_ps(); WIDTH / 8];
-        for (&p, value) in scores.iter().zip(v.chunks_exact(WIDTH)) {
+        let row_bytes = WIDTH * std::mem::size_of::<E>();
+        for (l, (&p, value)) in scores.iter().zip(v.chunks_exact(WIDTH)).enumerate() {
+            prefetch_l2(next_values, l * row_bytes..(l + 1) * row_bytes);
             let p = _mm256_set1_ps(p);
             for (g, sum) in sum.iter_mut().enumerate() {
                 *sum = _mm256_fmadd_ps(p, E::eight(value, g), *sum);

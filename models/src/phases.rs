@@ -243,6 +243,12 @@ impl<E> SharedSlice<E> {
         self.cells.is_empty()
     }
 
+    /// Where the elements start, for prefetching: reads through it need the same care as
+    /// [`Self::slice`].
+    pub fn as_ptr(&self) -> *const E {
+        UnsafeCell::raw_get(self.cells.as_ptr())
+    }
+
     /// Every element, mutably, where no other reference exists.
     pub fn as_mut_slice(&mut self) -> &mut [E] {
         let len = self.cells.len();

@@ -16,7 +16,7 @@ use candle_nn::LayerNorm;
 use half::f16;
 
 use super::{Decoder, Inputs, Layer, LAYER_NORM_EPS};
-use crate::attention::{attend_head, CacheRows, Scratch};
+use crate::attention::{attend_head, CacheRows, NextHead, Scratch};
 use crate::cpu::{cpu_data, CpuData};
 use crate::error::{ModelError, Result};
 use crate::phases::{self, Shared, SharedSlice};
@@ -605,7 +605,19 @@ impl<E: KvElement> Step<'_, E> {
         let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
         let (k, v) = (E::rows(&keys[..filled]), E::rows(&values[..filled]));
         let q = &qkv[at..at + d];
-        attend_head(q, k, v, None, self.scale, &mut scratch.attention, out);
+        let next = self.next_head(kv, base + per_head, filled);
+        attend_head(q, k, v, None, self.scale, next, &mut scratch.attention, out);
+    }
+
+    /// The filled keys and values of the head whose part of the cache starts at `base`
+    /// (this thread's next task, unless its segment ends), to prefetch; `None` past the
+    /// cache.
+    fn next_head(&self, kv: &LayerKv<E>, base: usize, filled: usize) -> Option<NextHead> {
+        let size = std::mem::size_of::<E>();
+        (base + filled <= kv.keys.len()).then(|| NextHead {
+            keys: (kv.keys.as_ptr().wrapping_add(base).cast(), filled * size),
+            values: (kv.values.as_ptr().wrapping_add(base).cast(), filled * size),
+        })
     }
 
     /// Cross-attention head `i` (row `i / heads`) over the text, masked.
@@ -619,11 +631,16 @@ impl<E: KvElement> Step<'_, E> {
         let part = (b * heads + head) * text * d..(b * heads + head + 1) * text * d;
         let (k, v) = (
             CacheRows::F32(&keys[part.clone()]),
-            CacheRows::F32(&values[part]),
+            CacheRows::F32(&values[part.clone()]),
         );
         let mask = &self.views.mask[b * text..(b + 1) * text];
         let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
-        attend_head(q, k, v, Some(mask), self.scale, &mut scratch.attention, out);
+        let next = NextHead {
+            keys: CacheRows::F32(&keys[part.end..]).as_bytes(),
+            values: CacheRows::F32(&values[part.end..]).as_bytes(),
+        };
+        let (scale, scratch) = (self.scale, &mut scratch.attention);
+        attend_head(q, k, v, Some(mask), scale, Some(next), scratch, out);
     }
 }
 
