@@ -489,7 +489,7 @@ impl Decoder {
             SelfKv::Tensors(layers) => layers,
             SelfKv::Host(_) => {
                 let ids = ids_bkt.flatten_all()?.to_vec1::<u32>()?;
-                return self.forward_on_cpu(&ids, t, cache);
+                return self.forward_on_cpu(&ids, (b, k, t), cache);
             }
         };
         let mut xs =

@@ -260,12 +260,13 @@ struct TaskScratch {
 }
 
 impl Decoder {
-    /// Feeds `ids` (`[rows, K, positions]`, row-major) at the cache's next positions, one
-    /// position at a time, and returns the last position's logits `[rows, K, vocab]`.
+    /// Feeds `ids` (`[rows, codebooks, positions]`, row-major) at the cache's next
+    /// positions, one position at a time, and returns the last position's logits
+    /// `[rows, K, vocab]`.
     pub(super) fn forward_on_cpu(
         &self,
         ids: &[u32],
-        positions: usize,
+        (rows, codebooks, positions): (usize, usize, usize),
         cache: &mut super::DecoderCache,
     ) -> Result<Tensor> {
         let super::DecoderCache {
@@ -304,11 +305,22 @@ impl Decoder {
             text_len,
             capacity: *capacity,
         };
-        let rows = host.rows;
+        if rows != host.rows || codebooks > self.embed_tokens.len() {
+            return Err(ModelError::UnsupportedConfig {
+                field: "decoder ids".into(),
+                message: format!(
+                    "{rows} rows of {codebooks} codebooks for a cache of {} rows and a \
+                     decoder of {} codebooks",
+                    host.rows,
+                    self.embed_tokens.len()
+                ),
+            });
+        }
         for t in 0..positions {
             let position = *len + t;
-            let column = |b: usize, k: usize| ids[(b * self.lm_heads.len() + k) * positions + t];
-            self.embed(column, position, host.buffers.x.as_mut_slice(), rows)?;
+            let ids = |b: usize, k: usize| ids[(b * codebooks + k) * positions + t];
+            let x = host.buffers.x.as_mut_slice();
+            self.embed(ids, codebooks, position, x, rows)?;
             match &host.kv {
                 HostKv::F32(kv) => views.run(self, kv, &host.buffers, rows, position)?,
                 HostKv::F16(kv) => views.run(self, kv, &host.buffers, rows, position)?,
@@ -320,10 +332,12 @@ impl Decoder {
         Ok(Tensor::from_vec(logits, shape, &Device::Cpu)?)
     }
 
-    /// `x[b]` = the sum of row `b`'s codebook embeddings plus the position's sinusoid.
+    /// `x[b]` = the sum of the embeddings of row `b`'s tokens `ids(b, k)` of the first
+    /// `codebooks` codebooks, plus the position's sinusoid.
     fn embed(
         &self,
-        column: impl Fn(usize, usize) -> u32,
+        ids: impl Fn(usize, usize) -> u32,
+        codebooks: usize,
         position: usize,
         x: &mut [f32],
         rows: usize,
@@ -332,9 +346,9 @@ impl Decoder {
         let positions = some(cpu_data::<f32>(&self.positions)?, NOT_ON_CPU)?;
         for (b, x) in x.chunks_exact_mut(h).enumerate().take(rows) {
             x.copy_from_slice(&positions[position * h..(position + 1) * h]);
-            for (k, table) in self.embed_tokens.iter().enumerate() {
+            for (k, table) in self.embed_tokens.iter().enumerate().take(codebooks) {
                 let table = some(cpu_data::<f32>(table.embeddings())?, NOT_ON_CPU)?;
-                let id = column(b, k) as usize;
+                let id = ids(b, k) as usize;
                 let Some(row) = table.get(id * h..(id + 1) * h) else {
                     return Err(ModelError::UnsupportedConfig {
                         field: format!("codebook {k} token"),
@@ -761,5 +775,19 @@ mod tests {
         let error = decoder.forward(&ids, &mut step).unwrap_err().to_string();
         assert!(error.contains("codebook 1"), "{error}");
         assert_eq!(step.len(), 0, "a failed step leaves the cache's length");
+    }
+
+    #[test]
+    fn ids_for_other_rows_than_the_cache_holds_are_an_error() {
+        let decoder = decoder(2, WeightFormat::Dense, DType::F32);
+        let (mut step, _) = caches(&decoder, 2, 4);
+        let k = decoder.cfg.num_codebooks;
+        let ids = Tensor::from_vec(vec![0u32; k], (1, k, 1), &Device::Cpu).unwrap();
+        let error = decoder.forward(&ids, &mut step).unwrap_err().to_string();
+        assert!(
+            error.contains("1 rows") && error.contains("2 rows"),
+            "{error}"
+        );
+        assert_eq!(step.len(), 0);
     }
 }
