@@ -7,6 +7,8 @@ use candle_nn::{Embedding, LayerNorm};
 use half::f16;
 
 mod cpu_step;
+mod cpu_views;
+mod host_cache;
 
 use super::config::DecoderConfig;
 use crate::attention::{attend_one, CacheRows};
@@ -271,7 +273,7 @@ enum SelfKv {
     /// `[B, heads, capacity, head_dim]` tensors per layer, for the general path.
     Tensors(Vec<(Tensor, Tensor)>),
     /// Plain buffers for the CPU step ([`cpu_step`]), with its working buffers.
-    Host(Box<cpu_step::HostCache>),
+    Host(Box<host_cache::HostCache>),
 }
 
 /// Per-job decoder state: the KV caches and how many positions they hold. Each job owns
@@ -410,10 +412,10 @@ impl Decoder {
             && rows <= crate::gemv::MAX_ROWS;
         let self_kv = match self.kv_dtype {
             DType::F32 if on_cpu => {
-                SelfKv::Host(Box::new(cpu_step::HostCache::f32(self, rows, capacity)))
+                SelfKv::Host(Box::new(host_cache::HostCache::f32(self, rows, capacity)))
             }
             DType::F16 if on_cpu => {
-                SelfKv::Host(Box::new(cpu_step::HostCache::f16(self, rows, capacity)))
+                SelfKv::Host(Box::new(host_cache::HostCache::f16(self, rows, capacity)))
             }
             _ => self.self_kv_tensors(rows, capacity, text_states.device())?,
         };

@@ -12,203 +12,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
-use candle_nn::LayerNorm;
-use half::f16;
 
-use super::{Decoder, Inputs, Layer, LAYER_NORM_EPS};
+use super::cpu_views::{some, unsupported, LayerView, Norm, NOT_ON_CPU};
+use super::host_cache::{Buffers, HostKv, KvElement, LayerKv};
+use super::Decoder;
 use crate::attention::{attend_head, CacheRows, NextHead, Scratch};
 use crate::cpu::{cpu_data, CpuData};
 use crate::error::{ModelError, Result};
-use crate::phases::{self, Shared, SharedSlice};
-use crate::quant::{CpuWeights, QuantizedRows};
-
-/// A cache element of the self-attention keys and values.
-trait KvElement: Copy + Default + Send + Sync {
-    fn from_f32(x: f32) -> Self;
-    fn rows(values: &[Self]) -> CacheRows<'_>;
-}
-
-impl KvElement for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn rows(values: &[Self]) -> CacheRows<'_> {
-        CacheRows::F32(values)
-    }
-}
-
-impl KvElement for f16 {
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn rows(values: &[Self]) -> CacheRows<'_> {
-        CacheRows::F16(values)
-    }
-}
-
-/// One layer's self-attention keys and values, `[rows, heads, capacity, head_dim]` each.
-struct LayerKv<E> {
-    keys: SharedSlice<E>,
-    values: SharedSlice<E>,
-}
-
-/// The self-attention cache of every layer, in f32 or f16.
-enum HostKv {
-    F32(Vec<LayerKv<f32>>),
-    F16(Vec<LayerKv<f16>>),
-}
-
-/// The buffers a step works in, allocated once per job.
-struct Buffers {
-    /// The residual stream `[rows, hidden]`.
-    x: SharedSlice<f32>,
-    /// A norm's output, the next projection's input `[rows, hidden]`.
-    normed: SharedSlice<f32>,
-    /// Self-attention queries, keys and values `[rows, 3 * hidden]`.
-    qkv: SharedSlice<f32>,
-    /// Cross-attention queries `[rows, hidden]`.
-    queries: SharedSlice<f32>,
-    /// The heads' outputs `[rows, hidden]`, the output projection's input.
-    attended: SharedSlice<f32>,
-    /// GELU of the first feed-forward projection `[rows, ffn]`.
-    hidden: SharedSlice<f32>,
-    /// The current projection's input quantized, for quantized weights.
-    quantized: Shared<QuantizedRows>,
-    /// `[rows, codebooks, vocab]`.
-    logits: SharedSlice<f32>,
-}
-
-/// The self-attention cache and step buffers of one job on the CPU.
-pub(super) struct HostCache {
-    kv: HostKv,
-    buffers: Buffers,
-    rows: usize,
-}
-
-impl HostCache {
-    /// Room for `capacity` positions of `rows` rows, keys and values stored as `E`.
-    fn new<E: KvElement>(
-        decoder: &Decoder,
-        rows: usize,
-        capacity: usize,
-        wrap: impl FnOnce(Vec<LayerKv<E>>) -> HostKv,
-    ) -> Self {
-        let cfg = &decoder.cfg;
-        let h = cfg.hidden_size;
-        let per_layer = rows * h * capacity;
-        let zeros = |n: usize| SharedSlice::new(vec![0f32; n]);
-        let kv = (0..cfg.num_hidden_layers)
-            .map(|_| LayerKv {
-                keys: SharedSlice::new(vec![E::default(); per_layer]),
-                values: SharedSlice::new(vec![E::default(); per_layer]),
-            })
-            .collect();
-        Self {
-            kv: wrap(kv),
-            buffers: Buffers {
-                x: zeros(rows * h),
-                normed: zeros(rows * h),
-                qkv: zeros(rows * 3 * h),
-                queries: zeros(rows * h),
-                attended: zeros(rows * h),
-                hidden: zeros(rows * cfg.ffn_dim),
-                quantized: Shared::new(QuantizedRows::default()),
-                logits: zeros(rows * decoder.lm_heads.len() * cfg.vocab_size),
-            },
-            rows,
-        }
-    }
-
-    /// A cache of f32 keys and values.
-    pub(super) fn f32(decoder: &Decoder, rows: usize, capacity: usize) -> Self {
-        Self::new::<f32>(decoder, rows, capacity, HostKv::F32)
-    }
-
-    /// A cache of f16 keys and values.
-    pub(super) fn f16(decoder: &Decoder, rows: usize, capacity: usize) -> Self {
-        Self::new::<f16>(decoder, rows, capacity, HostKv::F16)
-    }
-}
-
-/// A layer norm's parameters.
-struct Norm<'a> {
-    weight: CpuData<'a, f32>,
-    bias: CpuData<'a, f32>,
-}
-
-impl<'a> Norm<'a> {
-    fn new(norm: &'a LayerNorm) -> Result<Self> {
-        let bias = some(norm.bias(), "a norm without bias")?;
-        Ok(Self {
-            weight: some(cpu_data(norm.weight())?, NOT_ON_CPU)?,
-            bias: some(cpu_data(bias)?, NOT_ON_CPU)?,
-        })
-    }
-
-    /// Normalises each `width`-long row of `x` into `out`.
-    fn apply(&self, x: &[f32], width: usize, out: &mut [f32]) {
-        let n = width as f32;
-        for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-            let mean = row.iter().sum::<f32>() / n;
-            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-            let inverse = 1.0 / (variance + LAYER_NORM_EPS as f32).sqrt();
-            let params = self.weight.iter().zip(self.bias.iter());
-            for ((o, v), (w, b)) in out.iter_mut().zip(row).zip(params) {
-                *o = (v - mean) * inverse * w + b;
-            }
-        }
-    }
-}
-
-/// One layer's weights as the step reads them.
-struct LayerView<'a> {
-    self_norm: Norm<'a>,
-    qkv: CpuWeights<'a>,
-    self_out: CpuWeights<'a>,
-    cross_norm: Norm<'a>,
-    cross_query: CpuWeights<'a>,
-    cross_out: CpuWeights<'a>,
-    final_norm: Norm<'a>,
-    fc1: CpuWeights<'a>,
-    fc2: CpuWeights<'a>,
-}
-
-impl<'a> LayerView<'a> {
-    fn new(layer: &'a Layer) -> Result<Self> {
-        let (Inputs::Fused(qkv), Inputs::Separate { q: cross_query, .. }) =
-            (&layer.self_attn.inputs, &layer.cross_attn.inputs)
-        else {
-            return Err(unsupported("attention inputs laid out otherwise"));
-        };
-        let weights = |proj: &'a crate::quant::Proj| some(proj.cpu_weights()?, NOT_ON_CPU);
-        Ok(Self {
-            self_norm: Norm::new(&layer.self_attn_norm)?,
-            qkv: weights(qkv)?,
-            self_out: weights(&layer.self_attn.out)?,
-            cross_norm: Norm::new(&layer.cross_attn_norm)?,
-            cross_query: weights(cross_query)?,
-            cross_out: weights(&layer.cross_attn.out)?,
-            final_norm: Norm::new(&layer.final_norm)?,
-            fc1: weights(&layer.fc1)?,
-            fc2: weights(&layer.fc2)?,
-        })
-    }
-}
-
-const NOT_ON_CPU: &str = "a weight is not an f32 tensor on the CPU";
-
-/// `value`, or the error that the CPU step cannot run: the cache was made for it, so the
-/// decoder should have been able to.
-fn some<T>(value: Option<T>, why: &str) -> Result<T> {
-    value.ok_or_else(|| unsupported(why))
-}
-
-fn unsupported(why: &str) -> ModelError {
-    ModelError::UnsupportedConfig {
-        field: "decoder (CPU step)".into(),
-        message: why.into(),
-    }
-}
+use crate::phases::{self, SharedSlice};
+use crate::quant::CpuWeights;
 
 /// The phases of a layer, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -655,13 +467,6 @@ impl<E: KvElement> Step<'_, E> {
         };
         let (scale, scratch) = (self.scale, &mut scratch.attention);
         attend_head(q, k, v, Some(mask), scale, Some(next), scratch, out);
-    }
-}
-
-impl Buffers {
-    /// Width of the feed-forward hidden rows.
-    fn hidden_width(&self, rows: usize) -> usize {
-        self.hidden.len() / rows.max(1)
     }
 }
 
