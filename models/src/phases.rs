@@ -18,8 +18,11 @@
 //! to run are taken by the others, so the work finishes on any number of threads, and two
 //! steps never wait on each other.
 
+use std::any::Any;
 use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Spins while waiting for the next phase before yielding the core to other threads.
 const SPINS_BEFORE_YIELD: u32 = 256;
@@ -42,23 +45,28 @@ pub fn run<S>(
     let threads = rayon::current_num_threads().max(1);
     let state = State {
         segments: (0..threads).map(|_| AtomicU64::new(0)).collect(),
-        phase: AtomicUsize::new(phases),
+        phase: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
         joined: AtomicUsize::new(0),
         phases,
+        panic: Mutex::new(None),
     };
     state.publish(state.next_with_tasks(0, &tasks, &prepare));
     let work = || state.work(&tasks, &prepare, &task, scratch());
     if threads == 1 || state.phase.load(Ordering::Relaxed) == phases {
         work();
-        return;
+    } else {
+        rayon::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(|_| work());
+            }
+            work();
+        });
     }
-    rayon::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(|_| work());
-        }
-        work();
-    });
+    let panic = state.panic.into_inner();
+    if let Some(payload) = panic.unwrap_or_else(PoisonError::into_inner) {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// A segment's counter: the phase in the high 32 bits, the segment's next task in the low
@@ -84,6 +92,9 @@ struct State {
     /// Threads that have joined, numbering them.
     joined: AtomicUsize,
     phases: usize,
+    /// The first panic of a task or a preparation, raised again on the calling thread once
+    /// every thread has stopped (it ends the run: no other thread waits for its phase).
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 impl State {
@@ -96,7 +107,9 @@ impl State {
         prepare: &impl Fn(usize),
     ) -> usize {
         while phase < self.phases {
-            prepare(phase);
+            if !self.guarded(|| prepare(phase)) {
+                return self.phases;
+            }
             if tasks(phase) > 0 {
                 break;
             }
@@ -105,14 +118,30 @@ impl State {
         phase
     }
 
-    /// Opens `phase`'s segments, then announces it. Release: what the phase before wrote
-    /// and what its preparation wrote reach every thread that claims one of its tasks.
+    /// Runs `f`; on a panic, keeps the first one and ends the run (returns `false`).
+    fn guarded(&self, f: impl FnOnce()) -> bool {
+        let Err(payload) = catch_unwind(AssertUnwindSafe(f)) else {
+            return true;
+        };
+        let mut panic = self.panic.lock().unwrap_or_else(PoisonError::into_inner);
+        panic.get_or_insert(payload);
+        drop(panic);
+        self.publish(self.phases);
+        false
+    }
+
+    /// Opens `phase`'s segments, then announces it (after a panic, the end instead).
+    /// Release: what the phase before wrote and what its preparation wrote reach every
+    /// thread that claims one of its tasks. The announced phase never goes back, even if
+    /// this thread is preempted between the two steps while later phases run.
     fn publish(&self, phase: usize) {
+        let panicked = self.panic.lock().map_or(true, |panic| panic.is_some());
+        let phase = if panicked { self.phases } else { phase };
         self.finished.store(0, Ordering::Relaxed);
         for segment in &self.segments {
             segment.store(pack(phase, 0), Ordering::Release);
         }
-        self.phase.store(phase, Ordering::Release);
+        self.phase.fetch_max(phase, Ordering::Release);
     }
 
     /// Tasks `range` of a phase of `count` tasks form segment `s`.
@@ -150,7 +179,9 @@ impl State {
                     if i >= range.len() {
                         break;
                     }
-                    task(&mut scratch, p, range.start + i);
+                    if !self.guarded(|| task(&mut scratch, p, range.start + i)) {
+                        return;
+                    }
                     // The last task's thread acquires every other task's writes through
                     // this counter, prepares the next phase and releases it.
                     if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == count {
@@ -320,6 +351,40 @@ mod tests {
             }
             let total: u64 = (0..phases).map(added).sum();
             assert!(unsafe { values.slice(0..n) }.iter().all(|&v| v == total));
+        }
+    }
+
+    /// A panicking task ends the run on every thread and is raised on the caller, rather
+    /// than leaving the others waiting for its phase to finish.
+    #[test]
+    fn a_panicking_task_is_raised_once_every_thread_has_stopped() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let ran_after = AtomicUsize::new(0);
+            let outcome = pool.install(|| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    run(
+                        6,
+                        |_| 8,
+                        |_| {},
+                        |_: &mut (), p, i| {
+                            if p == 2 && i == 5 {
+                                panic!("task 5 of phase 2");
+                            }
+                            if p > 2 {
+                                ran_after.fetch_add(1, Ordering::Relaxed);
+                            }
+                        },
+                        || (),
+                    )
+                }))
+            });
+            let payload = outcome.expect_err("the panic reaches the caller");
+            assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 5 of phase 2"));
+            assert_eq!(ran_after.load(Ordering::Relaxed), 0, "{threads} threads");
         }
     }
 

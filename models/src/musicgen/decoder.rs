@@ -476,6 +476,12 @@ impl Decoder {
     pub fn forward(&self, ids_bkt: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
         let (b, k, t) = ids_bkt.dims3()?;
         let offset = cache.len;
+        if t == 0 {
+            return Err(crate::ModelError::UnsupportedConfig {
+                field: "decoder ids".into(),
+                message: "no position to decode: the ids hold 0 columns".into(),
+            });
+        }
         if offset + t > cache.capacity || offset + t > self.cfg.max_position_embeddings {
             return Err(crate::ModelError::UnsupportedConfig {
                 field: "decoder.max_position_embeddings".into(),

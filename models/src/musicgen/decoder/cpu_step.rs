@@ -128,6 +128,22 @@ impl Decoder {
                 ),
             });
         }
+        let cfg = &self.cfg;
+        let cross_len = rows * cfg.num_attention_heads * text_len * cfg.head_dim();
+        let text_fits = views.mask.len() == rows * text_len
+            && views
+                .cross
+                .iter()
+                .all(|(k, v)| k.len() == cross_len && v.len() == cross_len);
+        if !text_fits {
+            return Err(ModelError::UnsupportedConfig {
+                field: "text conditioning".into(),
+                message: format!(
+                    "the cache's text mask or cross-attention keys do not hold {rows} rows of \
+                     {text_len} positions"
+                ),
+            });
+        }
         for t in 0..positions {
             let position = *len + t;
             let ids = |b: usize, k: usize| ids[(b * codebooks + k) * positions + t];
@@ -580,6 +596,22 @@ mod tests {
         let error = decoder.forward(&ids, &mut step).unwrap_err().to_string();
         assert!(error.contains("codebook 1"), "{error}");
         assert_eq!(step.len(), 0, "a failed step leaves the cache's length");
+    }
+
+    #[test]
+    fn a_text_mask_of_other_rows_or_no_columns_are_errors() {
+        let decoder = decoder(2, WeightFormat::Dense, DType::F32);
+        let states = Tensor::zeros((2, 5, TEXT_IN), DType::F32, &Device::Cpu).unwrap();
+        let mask = Tensor::ones((1, 5), DType::F32, &Device::Cpu).unwrap();
+        let mut cache = decoder.new_cache(&states, &mask, 4).unwrap();
+        let k = decoder.cfg.num_codebooks;
+        let ids = Tensor::zeros((2, k, 1), DType::U32, &Device::Cpu).unwrap();
+        let error = decoder.forward(&ids, &mut cache).unwrap_err().to_string();
+        assert!(error.contains("text mask"), "{error}");
+        let (mut step, _) = caches(&decoder, 2, 4);
+        let none = Tensor::zeros((2, k, 0), DType::U32, &Device::Cpu).unwrap();
+        let error = decoder.forward(&none, &mut step).unwrap_err().to_string();
+        assert!(error.contains("0 columns"), "{error}");
     }
 
     #[test]
