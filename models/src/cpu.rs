@@ -58,8 +58,9 @@ pub fn cpu_data<T: WithDType>(tensor: &Tensor) -> candle_core::Result<Option<Cpu
 
 /// Runs `f` on a thread of rayon's global pool. The parallel kernels `f` calls then share
 /// their work with the other pool threads from inside the pool; called from outside, each
-/// of them (a decoder step makes about 200) would hand its work over and wait, waking the
-/// pool every time and leaving the calling thread idle.
+/// of them (an EnCodec decode makes hundreds) would hand its work over and wait, waking
+/// the pool every time and leaving the calling thread idle. A CPU decoder step, one run of
+/// [`crate::phases`], then has the calling thread work alongside the others.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
