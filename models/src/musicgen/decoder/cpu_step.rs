@@ -172,10 +172,13 @@ impl Decoder {
     ) -> Result<()> {
         let h = self.cfg.hidden_size;
         let positions = some(cpu_data::<f32>(&self.positions)?, NOT_ON_CPU)?;
+        let tables = self.embed_tokens[..codebooks]
+            .iter()
+            .map(|table| some(cpu_data::<f32>(table.embeddings())?, NOT_ON_CPU))
+            .collect::<Result<Vec<_>>>()?;
         for (b, x) in x.chunks_exact_mut(h).enumerate().take(rows) {
             x.copy_from_slice(&positions[position * h..(position + 1) * h]);
-            for (k, table) in self.embed_tokens.iter().enumerate().take(codebooks) {
-                let table = some(cpu_data::<f32>(table.embeddings())?, NOT_ON_CPU)?;
+            for (k, table) in tables.iter().enumerate() {
                 let id = ids(b, k) as usize;
                 let Some(row) = table.get(id * h..(id + 1) * h) else {
                     return Err(ModelError::UnsupportedConfig {
@@ -223,6 +226,7 @@ impl Views<'_> {
             buffers,
             rows,
             hidden: cfg.hidden_size,
+            ffn: cfg.ffn_dim,
             attention_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             vocab: cfg.vocab_size,
@@ -253,6 +257,7 @@ struct Step<'a, E> {
     buffers: &'a Buffers,
     rows: usize,
     hidden: usize,
+    ffn: usize,
     attention_heads: usize,
     head_dim: usize,
     vocab: usize,
@@ -272,7 +277,7 @@ impl<E: KvElement> Step<'_, E> {
     /// The projection phase `p` multiplies, its input and their width, and its output.
     fn projection(&self, p: usize) -> Option<(&CpuWeights<'_>, &SharedSlice<f32>, Target<'_>)> {
         let b = self.buffers;
-        let (h, ffn) = (self.hidden, b.hidden_width(self.rows));
+        let (h, ffn) = (self.hidden, self.ffn);
         let target = |buffer, width, epilogue| Target {
             buffer,
             width,
@@ -345,15 +350,11 @@ impl<E: KvElement> Step<'_, E> {
             let all = 0..self.rows * h;
             norm.apply(b.x.slice(all.clone()), h, b.normed.slice_mut(all));
         }
-        let (weights, input) = match self.projection(p) {
-            Some((w, input, _)) => (w, input),
-            None if self.phase(p).is_none() => match self.views.heads.first() {
-                Some(w) => (w, &b.normed),
-                None => return,
-            },
-            None => return,
+        let product = match self.phase(p) {
+            None => self.views.heads.first().map(|w| (w, &b.normed)),
+            Some(_) => self.projection(p).map(|(w, input, _)| (w, input)),
         };
-        if weights.reads_quantized() {
+        if let Some((weights, input)) = product.filter(|(w, _)| w.reads_quantized()) {
             let cols = weights.cols();
             let input = input.slice(0..self.rows * cols);
             b.quantized.whole_mut().quantize(input, self.rows, cols);

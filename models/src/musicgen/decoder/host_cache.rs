@@ -116,10 +116,3 @@ impl HostCache {
         Self::new::<f16>(decoder, rows, capacity, HostKv::F16)
     }
 }
-
-impl Buffers {
-    /// Width of the feed-forward hidden rows.
-    pub(super) fn hidden_width(&self, rows: usize) -> usize {
-        self.hidden.len() / rows.max(1)
-    }
-}
