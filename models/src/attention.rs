@@ -146,7 +146,6 @@ pub fn attend_head(
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    let next = next.map(|n| (n.keys, n.values));
     scratch.scores.resize(k.len() / q.len().max(1), 0.0);
     #[cfg(target_arch = "x86_64")]
     {
@@ -178,6 +177,8 @@ mod wide_head {
     use std::arch::x86_64::*;
 
     use half::f16;
+
+    use super::NextHead;
 
     const WIDTH: usize = 64;
     /// How far ahead of the group of keys being scored their successors are requested.
@@ -213,7 +214,7 @@ mod wide_head {
         v: &[E],
         mask: Option<&[f32]>,
         scale: f32,
-        next: Option<(Bytes, Bytes)>,
+        next: Option<NextHead>,
         scores: &mut [f32],
         out: &mut [f32],
     ) -> bool {
@@ -232,13 +233,11 @@ mod wide_head {
         true
     }
 
-    /// Where a head's keys or values start, and their size in bytes: only prefetched.
-    pub(super) type Bytes = (*const u8, usize);
-
-    /// Requests the lines of `bytes` within `range` into the L2 cache (addresses past
-    /// its end are skipped; a prefetch never faults, so nothing here is read).
+    /// Requests the lines of `bytes` (a start and a length, [`NextHead`]'s) within `range`
+    /// into the L2 cache (addresses past its end are skipped; a prefetch never faults, so
+    /// nothing here is read).
     #[inline(always)]
-    unsafe fn prefetch_l2(bytes: Option<Bytes>, range: std::ops::Range<usize>) {
+    unsafe fn prefetch_l2(bytes: Option<(*const u8, usize)>, range: std::ops::Range<usize>) {
         if let Some((start, len)) = bytes {
             for line in range.step_by(64).take_while(|&at| at < len) {
                 _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line).cast());
@@ -254,11 +253,11 @@ mod wide_head {
         v: &[E],
         mask: Option<&[f32]>,
         scale: f32,
-        next: Option<(Bytes, Bytes)>,
+        next: Option<NextHead>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let (next_keys, next_values) = (next.map(|n| n.0), next.map(|n| n.1));
+        let (next_keys, next_values) = (next.map(|n| n.keys), next.map(|n| n.values));
         let q: [__m256; WIDTH / 8] =
             std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(g * 8)));
         let keys = k.chunks_exact(WIDTH);
