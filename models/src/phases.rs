@@ -311,16 +311,21 @@ impl<E> SharedSlice<E> {
 mod tests {
     use super::*;
 
+    /// A pool of its own, so the test controls how many threads join a run.
+    fn pool_of(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
     /// Phase `p` adds `p + 1` to every element of a shared array (one task per element),
     /// and its `prepare` records the array's sum before the phase, which only equals the
     /// expected total when every task of the phases before has finished and is visible.
     #[test]
     fn every_task_runs_once_per_phase_after_the_phase_before_it() {
         for threads in [1, 2, 4] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool_of(threads);
             let n = 97;
             let phases = 12;
             // Phase 5 has no tasks: it is prepared and skipped.
@@ -359,10 +364,7 @@ mod tests {
     #[test]
     fn a_panicking_task_is_raised_once_every_thread_has_stopped() {
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool_of(threads);
             let ran_after = AtomicUsize::new(0);
             let outcome = pool.install(|| {
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
