@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod flac;
+pub mod resample;
 
 pub use flac::encode_flac;
 

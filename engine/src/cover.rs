@@ -1,7 +1,7 @@
 //! Songs to cover: decoding an upload in any common format into mono samples at the
-//! analysis rate, with every limit checked and named.
+//! analysis rate, packet by packet, with every limit checked and named.
 
-use crate::audio::decode::{decode_audio, resample, to_mono, DecodeLimits};
+use crate::audio::decode::{decode_mono, DecodeLimits};
 use crate::error::EngineError;
 use crate::limits::Limits;
 
@@ -34,17 +34,11 @@ pub fn load_song(
     let decode_limits = DecodeLimits {
         max_seconds: limits.max_song_seconds,
         max_bytes: limits.max_song_bytes,
+        max_samples: limits.max_song_samples,
         ..DecodeLimits::default()
     };
-    let invalid =
-        |e: crate::audio::decode::DecodeError| EngineError::invalid("song", e.to_string());
-    let decoded = decode_audio(bytes, name_hint, &decode_limits).map_err(invalid)?;
-    let mono = to_mono(&decoded);
-    let mono = if decoded.sample_rate == ANALYSIS_RATE {
-        mono
-    } else {
-        resample(&mono, decoded.sample_rate, ANALYSIS_RATE).map_err(invalid)?
-    };
+    let mono = decode_mono(bytes, name_hint, &decode_limits, ANALYSIS_RATE)
+        .map_err(|e| EngineError::invalid("song", e.to_string()))?;
     Ok(Song {
         sample_rate: ANALYSIS_RATE,
         mono,

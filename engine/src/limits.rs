@@ -1,5 +1,7 @@
 //! The request limits, each a documented configuration value with its default.
 
+use crate::error::EngineError;
+
 /// Bounds every request is validated against. The model adds its own (positions,
 /// vocabulary); the tighter bound applies.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +21,10 @@ pub struct Limits {
     pub max_song_bytes: usize,
     /// Longest song to cover, in seconds (default 600).
     pub max_song_seconds: f64,
+    /// Most samples a song may decode to, every channel counted (default 120 M: 600 s of
+    /// 96 kHz stereo). Checked against the length the file declares and while decoding,
+    /// so a small file that claims or expands to hours of many-channel audio is refused.
+    pub max_song_samples: u64,
 }
 
 impl Default for Limits {
@@ -31,6 +37,29 @@ impl Default for Limits {
             max_guidance_scale: 20.0,
             max_song_bytes: 50 * 1024 * 1024,
             max_song_seconds: 600.0,
+            max_song_samples: 120_000_000,
         }
+    }
+}
+
+impl Limits {
+    /// The prompt without surrounding space, if it is not empty and within
+    /// `max_prompt_chars`. Cheap, so servers call it before copying or hashing a request.
+    pub fn check_prompt<'a>(&self, prompt: &'a str) -> Result<&'a str, EngineError> {
+        let prompt = prompt.trim();
+        if prompt.is_empty() {
+            return Err(EngineError::invalid("prompt", "must not be empty"));
+        }
+        let chars = prompt.chars().count();
+        if chars > self.max_prompt_chars {
+            return Err(EngineError::invalid(
+                "prompt",
+                format!(
+                    "{chars} characters is over the limit of {}",
+                    self.max_prompt_chars
+                ),
+            ));
+        }
+        Ok(prompt)
     }
 }

@@ -94,20 +94,7 @@ impl GenerateRequest {
                 model.id
             )));
         }
-        let prompt = self.prompt.trim();
-        if prompt.is_empty() {
-            return Err(EngineError::invalid("prompt", "must not be empty"));
-        }
-        let chars = prompt.chars().count();
-        if chars > limits.max_prompt_chars {
-            return Err(EngineError::invalid(
-                "prompt",
-                format!(
-                    "{chars} characters is over the limit of {}",
-                    limits.max_prompt_chars
-                ),
-            ));
-        }
+        let prompt = limits.check_prompt(&self.prompt)?;
         let max_frames = model
             .max_frames
             .min((limits.max_duration_s * model.frame_rate as f64).floor() as usize);

@@ -1,13 +1,14 @@
-//! Decoding uploaded audio (WAV, FLAC, MP3, Ogg Vorbis, AAC/M4A) to planar `f32` with
-//! symphonia, under limits on size, length, sample rate and channels; mixing to mono; and
-//! band-limited resampling with rubato. Garbage input gives an error, never a panic.
+//! Decoding uploaded audio (WAV, FLAC, MP3, Ogg Vorbis, AAC/M4A) with symphonia, packet by
+//! packet, under limits on size, length, decoded samples, sample rate and channels. A cover
+//! takes the song mixed to mono and resampled as each packet arrives ([`decode_mono`]), so
+//! memory follows the output, never what the file expands to. Samples are clamped to
+//! [-1, 1] (non-finite ones are 0). Garbage input gives an error, never a panic.
 
 use std::io::Cursor;
 
+use super::resample::StreamResampler;
 use super::Audio;
 
-use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Fft, FixedSync, Resampler};
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
@@ -20,14 +21,17 @@ pub const SILENCE_PEAK: f32 = 0.001;
 /// Consecutive undecodable packets after which a stream is given up.
 const MAX_BAD_PACKETS: usize = 64;
 
-/// What an upload may be. Decoded audio takes at most about
-/// `max_seconds * max_sample_rate * channels * 4` bytes of memory.
+/// What an upload may be. [`decode_mono`] holds `max_seconds` of mono output at its rate;
+/// [`decode_audio`] holds every channel at the file's rate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecodeLimits {
     /// Longest accepted audio in seconds (default 600).
     pub max_seconds: f64,
     /// Largest accepted file in bytes (default 50 MiB).
     pub max_bytes: usize,
+    /// Most samples, all channels counted, the file may decode to (default 120 M: 600 s of
+    /// 96 kHz stereo). It bounds the work an upload costs whatever its bytes claim.
+    pub max_samples: u64,
     /// Lowest accepted sample rate in Hz (default 8 kHz).
     pub min_sample_rate: u32,
     /// Highest accepted sample rate in Hz (default 192 kHz).
@@ -41,6 +45,7 @@ impl Default for DecodeLimits {
         Self {
             max_seconds: 600.0,
             max_bytes: 50 * 1024 * 1024,
+            max_samples: 120_000_000,
             min_sample_rate: 8_000,
             max_sample_rate: 192_000,
             max_channels: 8,
@@ -68,6 +73,18 @@ pub enum DecodeError {
         seconds: f64,
         /// The limit.
         limit: f64,
+    },
+    /// More decoded samples than [`DecodeLimits::max_samples`] (`samples` is what the
+    /// container declares, or how many were decoded before giving up).
+    #[error(
+        "the audio decodes to too many samples: {samples} or more (channels x rate x length; \
+         the limit is {limit})"
+    )]
+    TooManySamples {
+        /// Samples declared or decoded.
+        samples: u64,
+        /// The limit.
+        limit: u64,
     },
     /// Larger than [`DecodeLimits::max_bytes`].
     #[error("the file is too large: {bytes} bytes (the limit is {limit} bytes)")]
@@ -165,54 +182,118 @@ fn open<'a>(bytes: &'a [u8], name_hint: Option<&str>) -> Result<Opened<'a>, Deco
     Ok((format, decoder, id))
 }
 
-/// Decodes an uploaded file to planar `f32`. `name_hint` (a file name such as `song.mp3`)
-/// helps pick the format; content decides. A stream that breaks off part way keeps what was
-/// decoded before the break.
+/// Decodes an uploaded file to planar `f32` at its own rate. `name_hint` (a file name such
+/// as `song.mp3`) helps pick the format; content decides. A stream that breaks off part way
+/// keeps what was decoded before the break.
 pub fn decode_audio(
     bytes: &[u8],
     name_hint: Option<&str>,
     limits: &DecodeLimits,
 ) -> Result<Audio, DecodeError> {
+    let mut channels: Vec<Vec<f32>> = Vec::new();
+    let format = decode_packets(bytes, name_hint, limits, |planes, _| {
+        channels.resize_with(planes.len(), Vec::new);
+        for (channel, plane) in channels.iter_mut().zip(planes) {
+            channel.extend_from_slice(plane);
+        }
+        Ok(())
+    })?;
+    Ok(Audio {
+        sample_rate: format.rate,
+        channels,
+    })
+}
+
+/// Decodes an uploaded file to mono at `rate` Hz, mixing and resampling each packet as it
+/// is decoded: memory holds the mono output and one packet, whatever the file's rate and
+/// channels.
+pub fn decode_mono(
+    bytes: &[u8],
+    name_hint: Option<&str>,
+    limits: &DecodeLimits,
+    rate: u32,
+) -> Result<Vec<f32>, DecodeError> {
+    let mut resampler: Option<StreamResampler> = None;
+    let mut mono = Vec::new();
+    decode_packets(bytes, name_hint, limits, |planes, from| {
+        let resampler = match &mut resampler {
+            Some(resampler) => resampler,
+            None => resampler.insert(StreamResampler::new(from, rate)?),
+        };
+        let scale = 1.0 / planes.len() as f32;
+        mono.clear();
+        mono.resize(planes.first().map_or(0, Vec::len), 0.0);
+        for plane in planes {
+            for (sum, &sample) in mono.iter_mut().zip(plane) {
+                *sum += sample * scale;
+            }
+        }
+        resampler.push(&mono)
+    })?;
+    match resampler {
+        Some(resampler) => resampler.finish(),
+        None => Err(DecodeError::Empty),
+    }
+}
+
+/// Takes each decoded packet's planes (clamped) and their sample rate.
+type PacketSink<'a> = dyn FnMut(&[Vec<f32>], u32) -> Result<(), DecodeError> + 'a;
+
+/// What the packets were.
+struct PacketFormat {
+    /// Their sample rate.
+    rate: u32,
+}
+
+/// Checks the size, then runs [`decode_within_limits`]. The demuxers and decoders are fuzzed
+/// upstream; should one still panic on hostile input, the file is reported undecodable
+/// instead of taking the caller down.
+fn decode_packets(
+    bytes: &[u8],
+    name_hint: Option<&str>,
+    limits: &DecodeLimits,
+    mut sink: impl FnMut(&[Vec<f32>], u32) -> Result<(), DecodeError>,
+) -> Result<PacketFormat, DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
             bytes: bytes.len(),
             limit: limits.max_bytes,
         });
     }
-    // The demuxers and decoders are fuzzed upstream; should one still panic on hostile input,
-    // report the file as undecodable instead of taking the caller down.
-    std::panic::catch_unwind(|| decode_within_limits(bytes, name_hint, limits))
-        .unwrap_or(Err(DecodeError::NotAudio))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_within_limits(bytes, name_hint, limits, &mut sink)
+    }))
+    .unwrap_or(Err(DecodeError::NotAudio))
 }
 
-/// [`decode_audio`] after the size check.
+/// Checks what the container declares (rate, channels, length, samples), then hands each
+/// decoded packet's planes, clamped, to `sink`, counting length and samples as it goes.
+/// Fails on silence (judged on every channel's peak) and on a stream without samples.
 fn decode_within_limits(
     bytes: &[u8],
     name_hint: Option<&str>,
     limits: &DecodeLimits,
-) -> Result<Audio, DecodeError> {
+    sink: &mut PacketSink<'_>,
+) -> Result<PacketFormat, DecodeError> {
     let (mut format, mut decoder, track_id) = open(bytes, name_hint)?;
     if let Some(track) = format.tracks().iter().find(|t| t.id == track_id) {
         let params = track.codec_params.as_ref().and_then(|p| p.audio());
+        let channels = params.and_then(|p| p.channels.as_ref()).map(|c| c.count());
+        if let Some(channels) = channels {
+            check_channels(channels, limits)?;
+        }
         if let Some(rate) = params.and_then(|p| p.sample_rate) {
             check_rate(rate, limits)?;
             if let Some(frames) = track.num_frames {
-                let seconds = frames as f64 / f64::from(rate);
-                if seconds > limits.max_seconds {
-                    return Err(DecodeError::TooLong {
-                        seconds,
-                        limit: limits.max_seconds,
-                    });
-                }
+                check_length(frames, rate, limits)?;
+                check_samples(frames.saturating_mul(channels.unwrap_or(1) as u64), limits)?;
             }
         }
-        if let Some(channels) = params.and_then(|p| p.channels.as_ref()) {
-            check_channels(channels.count(), limits)?;
-        }
     }
-    let mut out: Vec<Vec<f32>> = Vec::new();
     let mut rate = 0u32;
-    let mut scratch: Vec<Vec<f32>> = Vec::new();
+    let mut channels = 0usize;
+    let (mut frames, mut peak) = (0u64, 0.0f32);
+    let mut planes: Vec<Vec<f32>> = Vec::new();
     let mut bad_packets = 0;
     // Stops at the end of the stream, a truncated file, or a chained stream we do not follow.
     while let Ok(Some(packet)) = format.next_packet() {
@@ -232,78 +313,66 @@ fn decode_within_limits(
         };
         bad_packets = 0;
         let spec = buffer.spec();
-        if out.is_empty() {
+        if frames == 0 && rate == 0 {
             rate = spec.rate();
+            channels = buffer.num_planes();
             check_rate(rate, limits)?;
-            check_channels(spec.channels().count(), limits)?;
-            out = vec![Vec::new(); buffer.num_planes()];
+            check_channels(channels, limits)?;
         }
-        if spec.rate() != rate || buffer.num_planes() != out.len() {
+        if spec.rate() != rate || buffer.num_planes() != channels {
             // A mid-stream format change: keep what we have.
             break;
         }
-        buffer.copy_to_vecs_planar(&mut scratch);
-        for (channel, plane) in out.iter_mut().zip(&scratch) {
-            channel.extend(plane.iter().map(|&s| if s.is_finite() { s } else { 0.0 }));
+        buffer.copy_to_vecs_planar(&mut planes);
+        let packet_frames = planes.first().map_or(0, Vec::len) as u64;
+        if packet_frames == 0 {
+            continue;
         }
-        let seconds = out[0].len() as f64 / f64::from(rate);
-        if seconds > limits.max_seconds {
-            return Err(DecodeError::TooLong {
-                seconds,
-                limit: limits.max_seconds,
-            });
+        frames += packet_frames;
+        check_length(frames, rate, limits)?;
+        check_samples(frames.saturating_mul(channels as u64), limits)?;
+        for plane in &mut planes {
+            for sample in plane.iter_mut() {
+                *sample = if sample.is_finite() {
+                    sample.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                };
+                peak = peak.max(sample.abs());
+            }
         }
+        sink(&planes, rate)?;
     }
-    if out.first().is_none_or(Vec::is_empty) {
+    if frames == 0 {
         return Err(DecodeError::Empty);
     }
-    let peak = out.iter().flatten().fold(0.0f32, |m, s| m.max(s.abs()));
     if peak < SILENCE_PEAK {
         return Err(DecodeError::Silent);
     }
-    Ok(Audio {
-        sample_rate: rate,
-        channels: out,
-    })
+    Ok(PacketFormat { rate })
 }
 
-/// The average of all channels.
-pub fn to_mono(audio: &Audio) -> Vec<f32> {
-    let n = audio.channels.len();
-    match n {
-        0 => Vec::new(),
-        1 => audio.channels[0].clone(),
-        _ => (0..audio.frames())
-            .map(|i| {
-                audio
-                    .channels
-                    .iter()
-                    .map(|c| c.get(i).copied().unwrap_or(0.0))
-                    .sum::<f32>()
-                    / n as f32
-            })
-            .collect(),
+/// Refuses audio longer than the limit (`frames` declared, or decoded so far).
+fn check_length(frames: u64, rate: u32, limits: &DecodeLimits) -> Result<(), DecodeError> {
+    let seconds = frames as f64 / f64::from(rate.max(1));
+    if seconds > limits.max_seconds {
+        return Err(DecodeError::TooLong {
+            seconds,
+            limit: limits.max_seconds,
+        });
     }
+    Ok(())
 }
 
-/// Resamples mono audio from `from` Hz to `to` Hz with rubato's FFT resampler (band-limited,
-/// delay compensated: the output has `len * to / from` samples, rounded up, aligned in time
-/// with the input).
-pub fn resample(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, DecodeError> {
-    let fail = |reason: String| DecodeError::Resample { from, to, reason };
-    if from == 0 || to == 0 {
-        return Err(fail("sample rates must be positive".into()));
+/// Refuses more samples than the limit (declared, or decoded so far).
+fn check_samples(samples: u64, limits: &DecodeLimits) -> Result<(), DecodeError> {
+    if samples > limits.max_samples {
+        return Err(DecodeError::TooManySamples {
+            samples,
+            limit: limits.max_samples,
+        });
     }
-    if from == to || mono.is_empty() {
-        return Ok(mono.to_vec());
-    }
-    let mut resampler = Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Both)
-        .map_err(|e| fail(e.to_string()))?;
-    let input = InterleavedSlice::new(mono, 1, mono.len()).map_err(|e| fail(e.to_string()))?;
-    let output = resampler
-        .process_all(&input, mono.len(), None)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(output.take_data())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -333,13 +402,6 @@ mod tests {
         (0..(rate as f32 * seconds) as usize)
             .map(|i| amp * (std::f32::consts::TAU * hz * i as f32 / rate as f32).sin())
             .collect()
-    }
-
-    /// Frequency from the zero crossings of the middle half of a signal.
-    fn zero_crossing_hz(x: &[f32], rate: u32) -> f32 {
-        let mid = &x[x.len() / 4..3 * x.len() / 4];
-        let crossings = mid.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
-        crossings as f32 * rate as f32 / mid.len() as f32
     }
 
     /// Deterministic pseudo-random bytes.
@@ -372,9 +434,17 @@ mod tests {
             .iter()
             .zip(&left)
             .all(|(a, b)| (a - b).abs() < 1e-3));
-        let mono = to_mono(&audio);
-        assert!((mono[100] - 0.5 * (audio.channels[0][100] + audio.channels[1][100])).abs() < 1e-6);
         assert!((audio.duration_s() - 1.0).abs() < 1e-3);
+        // The same file as mono, mixed and resampled packet by packet.
+        let mono = decode_mono(
+            &wav(22_050, &[left.clone(), sine(220.0, 22_050, 1.0, 0.25)]),
+            Some("x.wav"),
+            &DecodeLimits::default(),
+            22_050,
+        )
+        .unwrap();
+        assert_eq!(mono.len(), left.len());
+        assert!((mono[100] - 0.5 * (audio.channels[0][100] + audio.channels[1][100])).abs() < 1e-6);
     }
 
     #[test]
@@ -468,21 +538,78 @@ mod tests {
         let _ = decode_audio(&corrupted, None, &limits);
     }
 
+    /// A 32-bit float WAV of one channel, built in memory.
+    fn float_wav(rate: u32, samples: &[f32]) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 32,
+            sample_format: hound::SampleFormat::Float,
+        };
+        let mut cursor = Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut cursor, spec).unwrap();
+        for &s in samples {
+            writer.write_sample(s).unwrap();
+        }
+        writer.finalize().unwrap();
+        cursor.into_inner()
+    }
+
     #[test]
-    fn resampling_keeps_the_pitch() {
-        let x = sine(1000.0, 44_100, 1.0, 0.5);
-        let y = resample(&x, 44_100, 32_000).unwrap();
-        assert!((y.len() as i64 - 32_000).abs() <= 1, "{}", y.len());
-        let hz = zero_crossing_hz(&y, 32_000);
-        assert!((hz - 1000.0).abs() < 3.0, "{hz}");
-        // Band-limited: a 15 kHz tone cannot survive a conversion to 16 kHz.
-        let high = resample(&sine(15_000.0, 44_100, 0.5, 0.5), 44_100, 16_000).unwrap();
-        let peak = high[2000..high.len() - 2000]
-            .iter()
-            .fold(0.0f32, |m, s| m.max(s.abs()));
-        assert!(peak < 0.01, "{peak}");
-        assert_eq!(resample(&x, 44_100, 44_100).unwrap(), x);
-        assert!(resample(&x, 0, 16_000).is_err());
-        assert!(resample(&[], 44_100, 16_000).unwrap().is_empty());
+    fn samples_are_clamped_so_huge_floats_resample_without_a_panic() {
+        let hot: Vec<f32> = (0..44_100)
+            .map(|i| match i % 4 {
+                0 => 3e38,
+                1 => -3e38,
+                2 => f32::INFINITY,
+                _ => f32::NAN,
+            })
+            .collect();
+        let limits = DecodeLimits::default();
+        let audio = decode_audio(&float_wav(44_100, &hot), None, &limits).unwrap();
+        assert_eq!(&audio.channels[0][..4], &[1.0, -1.0, 0.0, 0.0]);
+        let mono = decode_mono(&float_wav(44_100, &hot), None, &limits, 22_050).unwrap();
+        assert_eq!(mono.len(), 22_050);
+        assert!(mono.iter().all(|s| s.is_finite() && s.abs() <= 2.0));
+    }
+
+    #[test]
+    fn the_sample_cap_is_checked_against_the_declared_length_and_the_running_count() {
+        let tone = wav(
+            16_000,
+            &[sine(300.0, 16_000, 1.0, 0.5), sine(200.0, 16_000, 1.0, 0.5)],
+        );
+        let capped = DecodeLimits {
+            max_samples: 20_000,
+            ..DecodeLimits::default()
+        };
+        // The WAV header declares 16,000 frames of 2 channels.
+        let err = decode_mono(&tone, None, &capped, 16_000).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooManySamples {
+                samples: 32_000,
+                limit: 20_000
+            }
+        );
+        assert!(err.to_string().contains("the limit is 20000"), "{err}");
+        // A FLAC whose STREAMINFO leaves the length unknown: the running count stops it.
+        let audio = Audio {
+            sample_rate: 16_000,
+            channels: vec![sine(300.0, 16_000, 1.0, 0.5), sine(200.0, 16_000, 1.0, 0.5)],
+        };
+        let mut streamed = crate::audio::encode_flac(&audio).unwrap();
+        // The 36-bit total sample count ends STREAMINFO's packed rate/channels/bits word.
+        let packed = u64::from_be_bytes(streamed[18..26].try_into().unwrap());
+        assert_eq!(packed & 0xF_FFFF_FFFF, 16_000);
+        streamed[18..26].copy_from_slice(&(packed & !0xF_FFFF_FFFF).to_be_bytes());
+        assert!(decode_mono(&streamed, None, &DecodeLimits::default(), 16_000).is_ok());
+        match decode_mono(&streamed, None, &capped, 16_000) {
+            Err(DecodeError::TooManySamples { samples, limit }) => {
+                assert_eq!(limit, 20_000);
+                assert!(samples > 20_000 && samples <= 32_000, "{samples}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
