@@ -7,7 +7,11 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// The status a client sees for an engine error.
 pub fn to_status(error: EngineError) -> Status {
-    let message = error.to_string();
+    if error.is_internal() {
+        // Paths and panic text go to the log, never to the client.
+        tracing::warn!("{error}");
+    }
+    let message = error.public_message();
     match error {
         EngineError::InvalidArgument { field, .. } => Status::with_error_details(
             Code::InvalidArgument,
@@ -33,11 +37,8 @@ pub fn to_status(error: EngineError) -> Status {
         }
         EngineError::Cancelled => Status::cancelled(message),
         EngineError::Unavailable(_) => Status::unavailable(message),
-        EngineError::Internal(_) | EngineError::Model(_) => Status::internal(message),
-        // The message names server paths: it goes to the log, not to the client.
-        EngineError::Output { .. } => {
-            tracing::warn!("{message}");
-            Status::internal("the server could not store or read the result; its log says why")
+        EngineError::Internal(_) | EngineError::Model(_) | EngineError::Output { .. } => {
+            Status::internal(message)
         }
     }
 }

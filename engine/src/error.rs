@@ -57,6 +57,28 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// What a client may be told: the error itself, except where it carries the server's
+    /// internals (file paths, panic and library text), which only the server's log gets.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Output { .. } => {
+                "the server could not store or read the result; its log says why".into()
+            }
+            Self::Internal(_) | Self::Model(_) => {
+                "the model failed while running; the server's log says why".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
+    /// Whether [`Self::public_message`] hides the details, so they belong in the log.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            Self::Output { .. } | Self::Internal(_) | Self::Model(_)
+        )
+    }
+
     /// A bad request field.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument {

@@ -30,7 +30,14 @@ pub struct Submission {
     /// A digest of the parameters, to tell a retry from a different request under the
     /// same key.
     pub fingerprint: u64,
+    /// The admission slot taken before expensive preparation (decoding an upload), from
+    /// [`Engine::reserve`](super::Engine::reserve); `None` is admitted as it comes.
+    pub reservation: Option<ReservationId>,
 }
+
+/// Names an admission slot held by a [`Reservation`](super::Reservation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReservationId(pub(crate) u64);
 
 /// An admitted job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,11 +91,16 @@ pub(crate) enum Command {
     Flush {
         reply: oneshot::Sender<()>,
     },
-    /// Whether a job from `tenant` would be admitted now (checked before expensive work
-    /// such as decoding an upload; the submit checks again).
-    CheckAdmission {
+    /// Takes an admission slot for a job from `tenant` (before expensive work such as
+    /// decoding an upload): it counts against the queue and the tenant's limits until a
+    /// submission uses it or it is released.
+    Reserve {
         tenant: String,
-        reply: oneshot::Sender<Result<(), EngineError>>,
+        reply: oneshot::Sender<Result<ReservationId, EngineError>>,
+    },
+    /// Gives an unused slot back (a used one is already gone).
+    Release {
+        id: ReservationId,
     },
     /// A finished job's log is on disk; the memory copy can go.
     Persisted {

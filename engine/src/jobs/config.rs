@@ -30,6 +30,12 @@ pub struct EngineConfig {
     pub audio_piece_bytes: usize,
     /// The model used when a request names none (default: the first model given).
     pub default_model: Option<String>,
+    /// Uploads one tenant may decode at once (default 1); the server decodes as many as
+    /// `max_running` at once overall, so one tenant's uploads cannot take every slot.
+    pub max_decodes_per_tenant: usize,
+    /// How long an upload may wait for a decode slot before the Cover is refused with
+    /// `ResourceExhausted` (default 30 s).
+    pub decode_wait: Duration,
 }
 
 impl EngineConfig {
@@ -45,6 +51,8 @@ impl EngineConfig {
             retention: Duration::from_secs(24 * 3600),
             audio_piece_bytes: 1024 * 1024,
             default_model: None,
+            max_decodes_per_tenant: 1,
+            decode_wait: Duration::from_secs(30),
         }
     }
 }

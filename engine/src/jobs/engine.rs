@@ -5,10 +5,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
-use super::command::{Admitted, Command, Feed, Submission};
+use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
+use super::decode_slots::DecodeSlots;
 use super::event::{EventBody, JobEvent, JobKind, JobState};
 use super::job::JobInfo;
 use super::registry::Registry;
@@ -32,9 +33,35 @@ pub struct Engine {
     models: Arc<Vec<ModelInfo>>,
     limits: Arc<Limits>,
     audio_piece_bytes: usize,
-    /// Uploads decoded at once (as many as jobs run), so floods of covers queue here
-    /// instead of taking every core.
-    decoding: Arc<Semaphore>,
+    /// Uploads decoded at once, overall and per tenant.
+    decoding: DecodeSlots,
+}
+
+/// An admission slot taken before a job is submitted; given back when dropped unless a
+/// submission used it.
+pub struct Reservation {
+    id: ReservationId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Reservation {
+    /// What a [`Submission`] names to use this slot.
+    pub fn id(&self) -> ReservationId {
+        self.id
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let release = Command::Release { id: self.id };
+        if let Err(mpsc::error::TrySendError::Full(release)) = self.commands.try_send(release) {
+            // A busy inbox: send it from a task rather than lose the slot.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let commands = self.commands.clone();
+                runtime.spawn(async move { commands.send(release).await });
+            }
+        }
+    }
 }
 
 /// A finished job's stored audio.
@@ -72,7 +99,11 @@ impl Engine {
         let infos = models.iter().map(|m| m.info().clone()).collect();
         let limits = Arc::new(config.limits.clone());
         let audio_piece_bytes = config.audio_piece_bytes.max(1);
-        let decoding = Arc::new(Semaphore::new(config.max_running.max(1)));
+        let decoding = DecodeSlots::new(
+            config.max_running.max(1),
+            config.max_decodes_per_tenant.max(1),
+            config.decode_wait,
+        );
         let registry = Registry::new(config, models, restored, work, store_tx);
         tokio::spawn(registry.run(inbox));
         Ok(Self {
@@ -100,13 +131,10 @@ impl Engine {
         self.audio_piece_bytes
     }
 
-    /// Decodes an uploaded song off the async runtime, within the upload limits.
-    pub async fn load_song(&self, bytes: Vec<u8>) -> Result<Arc<Song>, EngineError> {
-        let _permit = self
-            .decoding
-            .acquire()
-            .await
-            .map_err(|_| EngineError::Unavailable("the engine has stopped".into()))?;
+    /// Decodes `tenant`'s uploaded song off the async runtime, within the upload limits,
+    /// once a decode slot is free (see [`EngineConfig::decode_wait`]).
+    pub async fn load_song(&self, tenant: &str, bytes: Vec<u8>) -> Result<Arc<Song>, EngineError> {
+        let _slot = self.decoding.acquire(tenant).await?;
         let limits = Arc::clone(&self.limits);
         tokio::task::spawn_blocking(move || load_song(&bytes, None, &limits).map(Arc::new))
             .await
@@ -200,14 +228,21 @@ impl Engine {
         .await?
     }
 
-    /// Whether a job from `tenant` would be admitted now; for refusing early, before
-    /// expensive work such as decoding an upload (the submit decides).
-    pub async fn check_admission(&self, tenant: &str) -> Result<(), EngineError> {
-        self.ask(|reply| Command::CheckAdmission {
-            tenant: tenant.to_string(),
-            reply,
+    /// Takes an admission slot for a job from `tenant` before expensive work such as
+    /// decoding an upload, so that work is only done for a job that will be admitted. The
+    /// slot counts against the queue and the tenant's limits until a [`Submission`] names
+    /// it or the reservation is dropped.
+    pub async fn reserve(&self, tenant: &str) -> Result<Reservation, EngineError> {
+        let id = self
+            .ask(|reply| Command::Reserve {
+                tenant: tenant.to_string(),
+                reply,
+            })
+            .await??;
+        Ok(Reservation {
+            id,
+            commands: self.commands.clone(),
         })
-        .await?
     }
 
     /// Stops admitting jobs, cancels queued ones and waits for running ones to end.

@@ -185,19 +185,24 @@ pub(crate) fn is_job_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// A fresh job id: 128 random bits as 32 hex digits, from the process's hash randomness
-/// (unguessable enough that ids leak nothing; tenants are checked on every call anyway).
-pub(crate) fn new_job_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let half = |salt: u64| {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(count);
-        hasher.write_u64(salt);
-        hasher.write_i64(now_unix_ms());
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", half(1), half(2))
+/// A fresh job id: 128 bits from the operating system's secure generator as 32 hex digits,
+/// so an id says nothing about other jobs and cannot be guessed.
+pub(crate) fn new_job_id() -> Result<String, EngineError> {
+    let mut bits = [0u8; 16];
+    getrandom::fill(&mut bits)
+        .map_err(|e| EngineError::Internal(format!("the system's random generator failed: {e}")))?;
+    Ok(bits.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Refuses a `field` that cannot be a job id, echoing at most its first characters.
+pub fn check_job_id(field: &'static str, id: &str) -> Result<(), EngineError> {
+    if is_job_id(id) {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(40).collect();
+    let more = if id.chars().count() > 40 { "..." } else { "" };
+    Err(EngineError::invalid(
+        field,
+        format!("`{shown}{more}` is not a generation id (32 hexadecimal digits)"),
+    ))
 }

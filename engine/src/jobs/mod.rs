@@ -4,6 +4,7 @@
 
 mod command;
 mod config;
+mod decode_slots;
 mod engine;
 mod event;
 mod job;
@@ -12,14 +13,14 @@ mod restore;
 mod store;
 mod worker;
 
-pub use command::{Admitted, Submission};
+pub use command::{Admitted, ReservationId, Submission};
 pub use config::EngineConfig;
-pub use engine::{Engine, EventStream, StoredAudio};
+pub use engine::{Engine, EventStream, Reservation, StoredAudio};
 pub use event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, PcmChunk,
     ProgressReport, ResolvedParams,
 };
-pub use job::JobInfo;
+pub use job::{check_job_id, JobInfo};
 
 #[cfg(test)]
 mod tests;

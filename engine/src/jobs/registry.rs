@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::command::{Admitted, Command, Feed, Submission};
+use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
 use super::event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobStage, JobState, ProgressReport,
@@ -42,6 +42,9 @@ pub(crate) struct Registry {
     running: usize,
     /// Queued or running jobs per tenant.
     unfinished: HashMap<String, usize>,
+    /// Admission slots taken before a submission (covers decoding their upload), by tenant.
+    reserved: HashMap<ReservationId, String>,
+    next_reservation: u64,
     work: std_mpsc::Sender<WorkItem>,
     store: std_mpsc::Sender<StoreOp>,
     /// Work items of queued jobs, taken when they start.
@@ -67,6 +70,8 @@ impl Registry {
             queue: VecDeque::new(),
             running: 0,
             unfinished: HashMap::new(),
+            reserved: HashMap::new(),
+            next_reservation: 0,
             work,
             store,
             pending: HashMap::new(),
@@ -153,8 +158,17 @@ impl Registry {
             Command::Flush { reply } => {
                 let _ = self.store.send(StoreOp::Barrier(reply));
             }
-            Command::CheckAdmission { tenant, reply } => {
-                let _ = reply.send(self.admissible(&tenant).map(|_| ()));
+            Command::Reserve { tenant, reply } => {
+                let reservation = self.admissible(&tenant).map(|_| {
+                    self.next_reservation += 1;
+                    let id = ReservationId(self.next_reservation);
+                    self.reserved.insert(id, tenant);
+                    id
+                });
+                let _ = reply.send(reservation);
+            }
+            Command::Release { id } => {
+                self.reserved.remove(&id);
             }
             Command::Persisted { id } => {
                 if let Some(job) = self.jobs.get_mut(&id) {
@@ -200,7 +214,16 @@ impl Registry {
                 }
             }
         }
-        let starts_now = self.admissible(&submission.tenant)?;
+        let reserved = submission
+            .reservation
+            .is_some_and(|id| self.reserved.remove(&id).is_some());
+        let starts_now = if reserved {
+            // The slot was counted when it was taken.
+            self.refuse_if_draining()?;
+            self.running < self.config.max_running && self.queue.is_empty()
+        } else {
+            self.admissible(&submission.tenant)?
+        };
         let model = self.model(submission.model.as_deref())?;
         let request = submission
             .request
@@ -211,7 +234,7 @@ impl Registry {
                 "32-bit float is available in WAV only; FLAC stores 16-bit",
             ));
         }
-        let id = new_job_id();
+        let id = new_job_id()?;
         let queue_position = if starts_now {
             0
         } else {
@@ -274,15 +297,21 @@ impl Registry {
         })
     }
 
-    /// Whether a job from `tenant` is admitted now: `Ok(true)` if it would start at once,
-    /// `Ok(false)` if it would wait in the queue.
-    fn admissible(&self, tenant: &str) -> Result<bool, EngineError> {
+    fn refuse_if_draining(&self) -> Result<(), EngineError> {
         if self.draining {
             return Err(EngineError::Unavailable(
                 "the server is shutting down; submit to another instance or retry later".into(),
             ));
         }
-        let unfinished = self.unfinished.get(tenant).copied().unwrap_or(0);
+        Ok(())
+    }
+
+    /// Whether a job from `tenant` is admitted now: `Ok(true)` if it would start at once,
+    /// `Ok(false)` if it would wait in the queue. Reserved slots count as waiting jobs.
+    fn admissible(&self, tenant: &str) -> Result<bool, EngineError> {
+        self.refuse_if_draining()?;
+        let reserved = self.reserved.values().filter(|t| *t == tenant).count();
+        let unfinished = self.unfinished.get(tenant).copied().unwrap_or(0) + reserved;
         if unfinished >= self.config.max_jobs_per_tenant {
             return Err(EngineError::ResourceExhausted {
                 message: format!(
@@ -293,12 +322,10 @@ impl Registry {
             });
         }
         let starts_now = self.running < self.config.max_running && self.queue.is_empty();
-        if !starts_now && self.queue.len() >= self.config.max_queued {
+        let waiting = self.queue.len() + self.reserved.len();
+        if !starts_now && waiting >= self.config.max_queued {
             return Err(EngineError::ResourceExhausted {
-                message: format!(
-                    "the queue is full ({} waiting, the limit max_queued)",
-                    self.queue.len()
-                ),
+                message: format!("the queue is full ({waiting} waiting, the limit max_queued)"),
                 retry_after: self.retry_hint(),
             });
         }
@@ -525,11 +552,14 @@ impl Registry {
                             EngineError::InvalidArgument { .. } => FailureCode::InvalidArgument,
                             _ => FailureCode::Internal,
                         };
+                        if e.is_internal() {
+                            tracing::warn!(job = %id, "failed: {e}");
+                        }
                         self.end(
                             id,
                             EventBody::Failed {
                                 code,
-                                message: e.to_string(),
+                                message: e.public_message(),
                             },
                         );
                     }

@@ -156,6 +156,7 @@ fn submission(tenant: &str) -> Submission {
         format: AudioFormat::Wav,
         request_id: None,
         fingerprint: 0,
+        reservation: None,
     }
 }
 
@@ -323,4 +324,38 @@ async fn finished_jobs_expire_with_their_files() {
         assert!(std::time::Instant::now() < deadline, "files never deleted");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_reserved_slot_counts_before_its_job_exists_and_an_unused_one_is_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let engine = engine(dir.path(), &gate, 1, 1);
+    let running = engine.submit(submission("a")).await.unwrap();
+    // A cover decoding its upload holds the only queue place ...
+    let reservation = engine.reserve("b").await.unwrap();
+    let refused = engine.submit(submission("c")).await;
+    assert!(
+        matches!(&refused, Err(EngineError::ResourceExhausted { message, .. }) if message.contains("max_queued")),
+        "{:?}",
+        refused.err()
+    );
+    assert!(engine.reserve("c").await.is_err());
+    // ... which its submission then takes.
+    let cover = Submission {
+        reservation: Some(reservation.id()),
+        ..submission("b")
+    };
+    let queued = engine.submit(cover).await.unwrap();
+    drop(reservation);
+    assert!(engine.submit(submission("c")).await.is_err());
+    engine.cancel("b", &queued.id, "test").await.unwrap();
+    // A reservation dropped unused gives its place back.
+    let unused = engine.reserve("d").await.unwrap();
+    assert!(engine.reserve("e").await.is_err());
+    drop(unused);
+    let freed = engine.reserve("e").await;
+    assert!(freed.is_ok(), "{:?}", freed.err());
+    gate.grant(10);
+    engine.cancel("a", &running.id, "test").await.unwrap();
 }
