@@ -1,6 +1,6 @@
 //! `son1k serve`'s server: one port speaking gRPC over HTTP/2 and grpc-web over HTTP/1.1
-//! (with CORS), the page at `/`, `grpc.health.v1`, server reflection (v1 and v1alpha), and
-//! a graceful drain on SIGTERM or Ctrl-C.
+//! (with CORS), plain or over TLS, the page at `/`, `grpc.health.v1`, server reflection (v1
+//! and v1alpha), the transport's limits, and a graceful drain on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -11,18 +11,24 @@ use axum::routing::get;
 use son1k_engine::jobs::{Engine, EngineConfig};
 use son1k_engine::MusicModel;
 use tokio::net::TcpListener;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Tokens;
 use crate::proto::v1::generation_service_server::GenerationServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::service::GenerationApi;
+use crate::transport::host::{is_local_origin, loopback_only};
+use crate::transport::incoming::incoming;
+use crate::transport::{self, TransportLimits};
 
 /// The name health checks ask about.
-const SERVICE_NAME: &str = "son1k.v1.GenerationService";
+const SERVICE_NAME: &str = <GenerationServiceServer<GenerationApi> as NamedService>::NAME;
 
 /// Everything `son1k serve` needs.
 pub struct ServeConfig {
@@ -34,6 +40,35 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// How long running jobs may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Bounds on connections, streams and messages.
+    pub transport: TransportLimits,
+    /// The certificate chain and key to serve TLS with; `None` serves plain text.
+    pub tls: Option<Identity>,
+    /// Allows listening off loopback without TLS (tokens then cross the network in clear).
+    pub insecure_listen: bool,
+}
+
+/// Refuses a listening address the configuration does not make safe: an open server only
+/// on loopback, and off loopback only with TLS (or `--insecure-listen`).
+fn check_address(config: &ServeConfig) -> anyhow::Result<()> {
+    let addr = config.addr;
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.tokens.required() {
+        bail!(
+            "refusing to listen on {addr} without --tokens-file: an open server may only \
+             listen on loopback (127.0.0.1 or ::1)"
+        );
+    }
+    if config.tls.is_none() && !config.insecure_listen {
+        bail!(
+            "refusing to listen on {addr} without TLS: tokens, uploads and audio would cross \
+             the network in clear text. Give --tls-cert and --tls-key, put a TLS reverse proxy \
+             in front and listen on loopback, or say --insecure-listen"
+        );
+    }
+    Ok(())
 }
 
 /// Runs the server until SIGTERM or Ctrl-C. `load_models` runs on a blocking thread while
@@ -43,13 +78,7 @@ pub async fn serve(
     config: ServeConfig,
     load_models: impl FnOnce() -> anyhow::Result<Vec<Arc<dyn MusicModel>>> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !config.tokens.required() && !config.addr.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {} without --tokens-file: an open server may only listen \
-             on loopback (127.0.0.1 or ::1)",
-            config.addr
-        );
-    }
+    check_address(&config)?;
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
@@ -59,53 +88,41 @@ pub async fn serve(
     set_health(&health, ServingStatus::NotServing).await;
 
     let ready = Arc::new(OnceLock::new());
-    let api = GenerationApi::new(Arc::clone(&ready));
-    let max_message = config.engine.limits.max_song_bytes + 1024 * 1024;
-    let generation = GenerationServiceServer::new(api)
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let generation = tonic::service::interceptor::InterceptedService::new(
-        generation,
-        config.tokens.interceptor(),
-    );
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let grpc = Routes::new(generation)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .into_axum_router()
-        .layer(tonic_web::GrpcWebLayer::new());
-    let router = grpc
-        .route("/", get(crate::web::index))
-        .layer(cors(config.tokens.required()));
+    let router = routes(&config, Arc::clone(&ready), health_service)?;
 
     // Load the models while the server already answers health checks.
     let engine_config = config.engine;
     let loading = tokio::task::spawn_blocking(load_models);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = Server::builder()
+    let limits = &config.transport;
+    let mut builder = Server::builder()
         .accept_http1(true)
-        // Notice vanished peers, so their streams end (and cancel_on_disconnect fires).
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keepalive_interval(Some(transport::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(transport::HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.max_connection_age_grace);
+    let scheme = match config.tls.clone() {
+        Some(identity) => {
+            let tls = ServerTlsConfig::new()
+                .identity(identity)
+                .timeout(limits.header_read_timeout);
+            builder = builder
+                .tls_config(tls)
+                .context("the TLS certificate or key is not usable")?;
+            "https"
+        }
+        None => "http",
+    };
+    let server = builder
         .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming(listener, limits), async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        });
     let mut server = tokio::spawn(server);
     crate::cli::output::line(format_args!(
-        "son1k listening on http://{addr}/ (gRPC and grpc-web; open it in a browser for the page)"
+        "son1k listening on {scheme}://{addr}/ (gRPC and grpc-web; open it in a browser for \
+         the page)"
     ));
 
     // One signal listener for the whole life of the server, so no signal falls between two.
@@ -149,6 +166,56 @@ pub async fn serve(
     Ok(())
 }
 
+/// Every route: the generation service (Cover with room for an upload, every other method
+/// with small messages), health, reflection, grpc-web, the page and CORS; an open server
+/// also refuses requests that do not come from this machine.
+fn routes(
+    config: &ServeConfig,
+    ready: Arc<OnceLock<Engine>>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> anyhow::Result<axum::Router> {
+    let limits = &config.transport;
+    let api = GenerationApi::new(ready, limits.max_streams_per_tenant);
+    let small = GenerationServiceServer::new(api.clone())
+        .max_decoding_message_size(limits.max_message_bytes);
+    let cover = GenerationServiceServer::new(api).max_decoding_message_size(
+        config
+            .engine
+            .limits
+            .max_song_bytes
+            .saturating_add(limits.max_message_bytes),
+    );
+    let interceptor = config.tokens.interceptor();
+    let small = InterceptedService::new(small, interceptor.clone());
+    let cover = InterceptedService::new(cover, interceptor).map_request(
+        |request: http::Request<axum::body::Body>| request.map(tonic::body::Body::new),
+    );
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router = Routes::new(small)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .into_axum_router()
+        .route_service(&format!("/{SERVICE_NAME}/Cover"), cover)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .route("/", get(crate::web::index))
+        .layer(cors(config.tokens.required()));
+    Ok(if config.tokens.required() {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn(loopback_only))
+    })
+}
+
 /// CORS for browsers on other origins; the gRPC status headers must be readable by pages.
 /// With tokens, any origin may call (a bearer token, not a cookie, authenticates). An open
 /// server admits only pages served from this machine, so a web site a local user visits
@@ -185,25 +252,6 @@ fn cors(tokens_required: bool) -> CorsLayer {
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
     health.set_service_status(SERVICE_NAME, status).await;
     health.set_service_status("", status).await;
-}
-
-/// Whether an `Origin` is a page served from this machine.
-fn is_local_origin(origin: &[u8]) -> bool {
-    let Ok(origin) = std::str::from_utf8(origin) else {
-        return false;
-    };
-    let host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or_default();
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

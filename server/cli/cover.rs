@@ -99,9 +99,8 @@ fn run_on_server(args: CoverArgs, server: &str, format: AudioFormat) -> anyhow::
         sampling: Some(remote::sampling(None, None, None, None, args.seed)?),
         audio_format: remote::audio_format(format),
         sample_format: remote::sample_format(args.sample_format),
-        request_id: args.remote.request_id.unwrap_or_default(),
+        request_id: args.remote.request_id.clone().unwrap_or_default(),
         cancel_on_disconnect: false,
     };
-    let token = args.remote.token.as_deref();
-    remote::run(server, token, remote::Job::Cover(request), &args.out)
+    remote::run(server, &args.remote, remote::Job::Cover(request), &args.out)
 }

@@ -151,11 +151,15 @@ fn run_on_server(args: GenerateArgs, server: &str, format: AudioFormat) -> anyho
         )?),
         audio_format: remote::audio_format(format),
         sample_format: remote::sample_format(args.sample_format),
-        request_id: args.remote.request_id.unwrap_or_default(),
+        request_id: args.remote.request_id.clone().unwrap_or_default(),
         cancel_on_disconnect: false,
     };
-    let token = args.remote.token.as_deref();
-    remote::run(server, token, remote::Job::Generate(request), &args.out)
+    remote::run(
+        server,
+        &args.remote,
+        remote::Job::Generate(request),
+        &args.out,
+    )
 }
 
 /// Validates `request` for `model`, runs it with a progress bar, writes the audio file in

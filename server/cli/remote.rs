@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -13,7 +13,7 @@ use clap::Args;
 use son1k_engine::audio::{AudioFormat, SampleFormat};
 use son1k_engine::EngineError;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
 use super::progress::Bar;
@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// instead of starting another.
     #[arg(long, value_name = "ID", requires = "server")]
     pub request_id: Option<String>,
+    /// PEM certificate authority to trust for an https:// --server, besides the public
+    /// web roots (for a server whose certificate a private authority signed).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// A job for the server.
@@ -125,10 +129,10 @@ pub fn sample_format(format: SampleFormat) -> i32 {
 
 /// Runs `job` on the server at `server`, writes its audio file to `out` and prints what was
 /// made. Ctrl-C cancels the job on the server.
-pub fn run(server: &str, token: Option<&str>, job: Job, out: &Path) -> anyhow::Result<()> {
+pub fn run(server: &str, remote: &ServerArgs, job: Job, out: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let mut session = Session::connect(server, token).await?;
+        let mut session = Session::connect(server, remote).await?;
         let result = tokio::select! {
             result = session.run(job) => Some(result),
             () = interrupted() => None,
@@ -194,8 +198,9 @@ struct Session {
 }
 
 impl Session {
-    /// Connects to `server`.
-    async fn connect(server: &str, token: Option<&str>) -> anyhow::Result<Self> {
+    /// Connects to `server`, over TLS for an https:// URL.
+    async fn connect(server: &str, remote: &ServerArgs) -> anyhow::Result<Self> {
+        let token = remote.token.as_deref();
         let url = if server.contains("://") {
             server.to_string()
         } else {
@@ -207,6 +212,23 @@ impl Session {
                 format!("`{server}` is not a URL like http://127.0.0.1:50051 ({e})"),
             )
         })?;
+        let endpoint = if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(path) = &remote.tls_ca {
+                let pem = std::fs::read(path).with_context(|| {
+                    format!(
+                        "cannot read the certificate authority {} (--tls-ca)",
+                        path.display()
+                    )
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint
+                .tls_config(tls)
+                .context("cannot set up TLS (--tls-ca)")?
+        } else {
+            endpoint
+        };
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()

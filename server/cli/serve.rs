@@ -10,17 +10,32 @@ use clap::Args;
 use son1k_engine::jobs::EngineConfig;
 use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
-use son1k_engine::{DeviceChoice, KvCache, Limits, MusicModel, Precision};
+use son1k_engine::{DeviceChoice, EngineError, KvCache, Limits, MusicModel, Precision};
+
+use anyhow::Context;
+use tonic::transport::Identity;
 
 use crate::auth::Tokens;
 use crate::serve::{serve, ServeConfig};
+use crate::transport::TransportLimits;
 
 /// Arguments of `son1k serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Without --tokens-file only loopback addresses are allowed.
+    /// Address to listen on. Without --tokens-file only loopback addresses are allowed;
+    /// with it, an address off loopback needs TLS (or --insecure-listen).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
+    /// PEM certificate chain to serve gRPC and grpc-web over TLS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen off loopback without TLS: tokens, uploads and audio then cross the network in
+    /// clear text. Prefer --tls-cert/--tls-key or a TLS reverse proxy.
+    #[arg(long)]
+    pub insecure_listen: bool,
     /// A MusicGen checkpoint directory (Hugging Face layout) to serve; repeatable. The
     /// built-in synth is always served.
     #[arg(long = "model", value_name = "DIR")]
@@ -75,6 +90,77 @@ pub struct ServeArgs {
     /// Seconds running jobs may take to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub drain_timeout: f64,
+    /// Connections open at once; one more is closed when accepted.
+    #[arg(long, default_value_t = TransportLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = TransportLimits::default().max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
+    /// Streams (job events, audio downloads) one token may have open at once.
+    #[arg(long, default_value_t = TransportLimits::default().max_streams_per_tenant)]
+    pub max_streams_per_tenant: usize,
+    /// Largest request message of every method but Cover, in bytes.
+    #[arg(long, default_value_t = TransportLimits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Seconds a new connection may stay silent before it is closed (also bounds the TLS
+    /// handshake).
+    #[arg(long, value_name = "SECONDS", default_value_t = TransportLimits::default().header_read_timeout.as_secs_f64())]
+    pub header_read_timeout: f64,
+    /// Seconds a connection may go without traffic either way before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = TransportLimits::default().idle_timeout.as_secs_f64())]
+    pub idle_timeout: f64,
+    /// Seconds after which a connection is asked to close once its streams end.
+    #[arg(long, value_name = "SECONDS", default_value_t = TransportLimits::default().max_connection_age.as_secs_f64())]
+    pub max_connection_age: f64,
+    /// Seconds after that request when the connection is closed, streams or not.
+    #[arg(long, value_name = "SECONDS", default_value_t = TransportLimits::default().max_connection_age_grace.as_secs_f64())]
+    pub max_connection_age_grace: f64,
+}
+
+/// The longest duration a flag may give: a century, far past any sensible setting and
+/// far below where durations overflow.
+const MAX_FLAG_SECONDS: f64 = 100.0 * 365.25 * 24.0 * 3600.0;
+
+/// A flag's seconds as a duration: positive, finite and at most a century.
+fn seconds(flag: &str, value: f64) -> Result<Duration, EngineError> {
+    if value.is_finite() && value > 0.0 && value <= MAX_FLAG_SECONDS {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(EngineError::invalid(
+            "argument",
+            format!(
+                "--{flag} must be a positive number of at most {MAX_FLAG_SECONDS:.0} s (a \
+                 century), not {value}"
+            ),
+        ))
+    }
+}
+
+/// A flag's count: at least 1.
+fn count<T: PartialOrd + From<u8> + std::fmt::Display>(
+    flag: &str,
+    value: T,
+) -> Result<T, EngineError> {
+    if value >= T::from(1) {
+        Ok(value)
+    } else {
+        Err(EngineError::invalid(
+            "argument",
+            format!("--{flag} must be at least 1, not {value}"),
+        ))
+    }
+}
+
+/// Reads the TLS certificate and key, naming the file that fails.
+fn tls_identity(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<Identity> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the TLS {what} {}", path.display()))
+    };
+    Ok(Identity::from_pem(
+        read(cert, "certificate")?,
+        read(key, "key")?,
+    ))
 }
 
 /// Runs the command.
@@ -82,16 +168,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tokens = match &args.tokens_file {
         Some(path) => Tokens::load(path)?,
         None => Tokens::open(),
-    };
-    let positive = |name: &str, value: f64| {
-        if value.is_finite() && value > 0.0 {
-            Ok(Duration::from_secs_f64(value))
-        } else {
-            Err(son1k_engine::EngineError::invalid(
-                "argument",
-                format!("--{name} must be a positive number, not {value}"),
-            ))
-        }
     };
     let engine = EngineConfig {
         limits: Limits {
@@ -105,15 +181,38 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_running: args.max_running.max(1),
         max_queued: args.max_queued,
         max_jobs_per_tenant: args.max_jobs_per_tenant,
-        retention: positive("retention-hours", args.retention_hours * 3600.0)?,
+        retention: seconds("retention-hours", args.retention_hours * 3600.0)?,
         default_model: args.default_model.clone(),
         ..EngineConfig::new(&args.data_dir)
+    };
+    let transport = TransportLimits {
+        max_connections: count("max-connections", args.max_connections)?,
+        max_streams_per_connection: count(
+            "max-streams-per-connection",
+            args.max_streams_per_connection,
+        )?,
+        max_streams_per_tenant: count("max-streams-per-tenant", args.max_streams_per_tenant)?,
+        max_message_bytes: count("max-message-bytes", args.max_message_bytes)?,
+        header_read_timeout: seconds("header-read-timeout", args.header_read_timeout)?,
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+        max_connection_age: seconds("max-connection-age", args.max_connection_age)?,
+        max_connection_age_grace: seconds(
+            "max-connection-age-grace",
+            args.max_connection_age_grace,
+        )?,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_identity(cert, key)?),
+        _ => None,
     };
     let config = ServeConfig {
         addr: args.addr,
         tokens,
         engine,
-        drain_timeout: positive("drain-timeout", args.drain_timeout)?,
+        drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
+        transport,
+        tls,
+        insecure_listen: args.insecure_listen,
     };
     let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
     let load_models = move || -> anyhow::Result<Vec<Arc<dyn MusicModel>>> {

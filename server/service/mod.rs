@@ -4,10 +4,11 @@
 
 mod convert;
 mod requests;
+mod stream_slots;
 
 use std::sync::{Arc, OnceLock};
 
-use son1k_engine::jobs::{Engine, EventStream};
+use son1k_engine::jobs::{check_job_id, Engine, EventStream};
 use son1k_engine::EngineError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,6 +18,7 @@ use crate::auth::tenant;
 use crate::proto::v1 as pb;
 use crate::proto::v1::generation_service_server::GenerationService;
 use crate::status::to_status;
+use stream_slots::{StreamSlot, StreamSlots};
 
 pub use requests::{DEFAULT_DURATION_S, MAX_REQUEST_ID_BYTES};
 
@@ -32,15 +34,20 @@ const MAX_PAGE: usize = 500;
 #[derive(Clone)]
 pub struct GenerationApi {
     engine: Arc<OnceLock<Engine>>,
+    streams: StreamSlots,
 }
 
 /// A server stream of job events.
 pub type EventResponse = ReceiverStream<Result<pb::GenerationEvent, Status>>;
 
 impl GenerationApi {
-    /// The service over an engine that `ready` will hold once models are loaded.
-    pub fn new(ready: Arc<OnceLock<Engine>>) -> Self {
-        Self { engine: ready }
+    /// The service over an engine that `ready` will hold once models are loaded; each
+    /// tenant may have `max_streams_per_tenant` event streams open at once.
+    pub fn new(ready: Arc<OnceLock<Engine>>, max_streams_per_tenant: usize) -> Self {
+        Self {
+            engine: ready,
+            streams: StreamSlots::new(max_streams_per_tenant),
+        }
     }
 
     fn engine(&self) -> Result<&Engine, Status> {
@@ -57,6 +64,7 @@ impl GenerationApi {
         cancel_on_disconnect: bool,
     ) -> Result<Response<EventResponse>, Status> {
         let engine = self.engine()?;
+        let slot = self.streams.take(&tenant).map_err(to_status)?;
         let admitted = engine.submit(submission).await.map_err(to_status)?;
         let events = engine
             .watch(&tenant, &admitted.id, 0)
@@ -67,20 +75,24 @@ impl GenerationApi {
             tenant,
             events,
             cancel_on_disconnect,
+            slot,
         )))
     }
 }
 
-/// Forwards a job's events to the client on a task of its own. When the client goes away
-/// the job keeps running (it may re-attach with Watch) unless it asked to be cancelled.
+/// Forwards a job's events to the client on a task of its own, which holds the tenant's
+/// stream `slot` while it runs. When the client goes away the job keeps running (it may
+/// re-attach with Watch) unless it asked to be cancelled.
 fn forward(
     engine: Engine,
     tenant: String,
     mut events: EventStream,
     cancel_on_disconnect: bool,
+    slot: StreamSlot,
 ) -> EventResponse {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
+        let _slot = slot;
         let id = events.job_id().to_string();
         let kind = events.kind();
         loop {
@@ -119,6 +131,11 @@ impl GenerationService for GenerationApi {
     ) -> Result<Response<Self::GenerateStream>, Status> {
         let tenant = tenant(&request)?;
         let request = request.into_inner();
+        // Before the request is copied or hashed.
+        self.engine()?
+            .limits()
+            .check_prompt(&request.prompt)
+            .map_err(to_status)?;
         let submission = requests::generation(&tenant, &request).map_err(to_status)?;
         self.start(tenant, submission, request.cancel_on_disconnect)
             .await
@@ -148,21 +165,26 @@ impl GenerationService for GenerationApi {
                 ),
             )));
         }
-        // Refuse before decoding when the job could not be admitted anyway.
-        engine.check_admission(&tenant).await.map_err(to_status)?;
+        limits.check_prompt(&request.prompt).map_err(to_status)?;
+        // The admission slot is taken before the upload is decoded, so decoding is only
+        // done for a job that will run; it goes back if anything below fails.
+        let reservation = engine.reserve(&tenant).await.map_err(to_status)?;
         let bytes = std::mem::take(&mut request.song);
         let (bytes, song_digest) = tokio::task::spawn_blocking(move || {
             let digest = requests::digest(&bytes);
             (bytes, digest)
         })
         .await
-        .map_err(|e| Status::internal(format!("reading the upload stopped: {e}")))?;
-        let song = engine.load_song(bytes).await.map_err(to_status)?;
-        let submission =
+        .map_err(|_| Status::internal("reading the upload stopped"))?;
+        let song = engine.load_song(&tenant, bytes).await.map_err(to_status)?;
+        let mut submission =
             requests::cover(&tenant, &request, song, song_digest, limits.max_duration_s)
                 .map_err(to_status)?;
+        submission.reservation = Some(reservation.id());
         let cancel_on_disconnect = request.cancel_on_disconnect;
-        self.start(tenant, submission, cancel_on_disconnect).await
+        let started = self.start(tenant, submission, cancel_on_disconnect).await;
+        drop(reservation);
+        started
     }
 
     async fn watch(
@@ -172,6 +194,8 @@ impl GenerationService for GenerationApi {
         let tenant = tenant(&request)?;
         let engine = self.engine()?;
         let request = request.into_inner();
+        check_job_id("generation_id", &request.generation_id).map_err(to_status)?;
+        let slot = self.streams.take(&tenant).map_err(to_status)?;
         let events = engine
             .watch(&tenant, &request.generation_id, request.after_sequence)
             .await
@@ -181,6 +205,7 @@ impl GenerationService for GenerationApi {
             tenant,
             events,
             false,
+            slot,
         )))
     }
 
@@ -189,6 +214,7 @@ impl GenerationService for GenerationApi {
         request: Request<pb::GetGenerationRequest>,
     ) -> Result<Response<pb::Generation>, Status> {
         let tenant = tenant(&request)?;
+        check_job_id("generation_id", &request.get_ref().generation_id).map_err(to_status)?;
         let info = self
             .engine()?
             .get(&tenant, &request.get_ref().generation_id)
@@ -202,13 +228,16 @@ impl GenerationService for GenerationApi {
         request: Request<pb::GetAudioRequest>,
     ) -> Result<Response<Self::GetAudioStream>, Status> {
         let tenant = tenant(&request)?;
+        check_job_id("generation_id", &request.get_ref().generation_id).map_err(to_status)?;
         let engine = self.engine()?.clone();
+        let slot = self.streams.take(&tenant).map_err(to_status)?;
         let audio = engine
             .audio(&tenant, &request.get_ref().generation_id)
             .await
             .map_err(to_status)?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(async move {
+            let _slot = slot;
             let piece = engine.audio_piece_bytes() as u64;
             let mut offset = 0;
             while offset < audio.total_bytes {
@@ -239,6 +268,7 @@ impl GenerationService for GenerationApi {
         request: Request<pb::CancelGenerationRequest>,
     ) -> Result<Response<pb::CancelGenerationResponse>, Status> {
         let tenant = tenant(&request)?;
+        check_job_id("generation_id", &request.get_ref().generation_id).map_err(to_status)?;
         let state = self
             .engine()?
             .cancel(

@@ -153,6 +153,7 @@ fn submission(
         format,
         request_id: Some(fields.request_id.to_string()).filter(|k| !k.is_empty()),
         fingerprint: fields.fingerprint,
+        reservation: None,
     })
 }
 
