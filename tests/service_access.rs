@@ -286,9 +286,22 @@ async fn every_bad_field_is_invalid_argument_naming_it() {
             status.message()
         );
     }
+    // An id is checked at the boundary, and what is echoed back is cut short.
+    let long_id = "no-such-job/".repeat(1000);
     let status = client
         .watch(pb::WatchRequest {
-            generation_id: "no-such-job".into(),
+            generation_id: long_id,
+            after_sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("generation_id"), "{status:?}");
+    assert!(status.message().len() < 200, "{}", status.message());
+    // A well-formed id that names no job is not found.
+    let status = client
+        .watch(pb::WatchRequest {
+            generation_id: "0123456789abcdef0123456789abcdef".into(),
             after_sequence: 0,
         })
         .await

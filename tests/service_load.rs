@@ -16,7 +16,14 @@ async fn two_hundred_concurrent_streams_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         &dir.path().join("data"),
-        &["--max-queued", "256", "--max-jobs-per-tenant", "256"],
+        &[
+            "--max-queued",
+            "256",
+            "--max-jobs-per-tenant",
+            "256",
+            "--max-streams-per-tenant",
+            "256",
+        ],
     )
     .await;
     let mut clients = Vec::new();

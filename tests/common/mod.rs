@@ -56,4 +56,5 @@ pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<f32>) {
     };
     (spec, samples)
 }
+pub mod flac_bomb;
 pub mod server;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use son1k::proto::v1 as pb;
 use son1k::proto::v1::generation_event::Event;
 use son1k::proto::v1::generation_service_client::GenerationServiceClient;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 /// A gRPC client of the generation service.
@@ -19,18 +19,26 @@ pub type Client = GenerationServiceClient<Channel>;
 /// A running server; killed (SIGKILL) when dropped.
 pub struct Server {
     child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub url: String,
     /// `127.0.0.1:PORT`.
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// The certificate authority clients trust when the server speaks TLS.
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl Server {
     /// Starts `son1k serve` on a free loopback port with `data_dir` and `extra` flags, and
     /// waits until its health check says SERVING.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_with_tls(data_dir, extra, None).await
+    }
+
+    /// [`Server::start`] for a server that speaks TLS (its flags in `extra`) with a
+    /// certificate `tls_ca` signed.
+    pub async fn start_with_tls(data_dir: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
         let log = File::create(data_dir.with_extension("log")).expect("a log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_son1k"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
@@ -47,16 +55,17 @@ impl Server {
             .expect("the server prints its address");
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .trim_end_matches('/')
             .to_string();
-        let addr = url.trim_start_matches("http://").to_string();
+        let addr = url.split_once("://").expect("a scheme").1.to_string();
         let server = Server {
             child,
             url,
             addr,
             data_dir: data_dir.to_path_buf(),
+            tls_ca: tls_ca.map(<[u8]>::to_vec),
         };
         server.wait_serving().await;
         server
@@ -68,11 +77,7 @@ impl Server {
         use tonic_health::pb::HealthCheckRequest;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Ok(channel) = Channel::from_shared(self.url.clone())
-                .expect("url")
-                .connect()
-                .await
-            {
+            if let Ok(channel) = self.endpoint().connect().await {
                 let status = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: "son1k.v1.GenerationService".into(),
@@ -87,13 +92,48 @@ impl Server {
         }
     }
 
+    /// The server's endpoint, trusting its test certificate authority when it speaks TLS.
+    pub fn endpoint(&self) -> Endpoint {
+        let endpoint = Channel::from_shared(self.url.clone()).expect("url");
+        match &self.tls_ca {
+            Some(ca) => endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name("localhost"),
+                )
+                .expect("a TLS configuration"),
+            None => endpoint,
+        }
+    }
+
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
-            .expect("url")
+        self.endpoint()
             .connect()
             .await
             .expect("the server accepts connections")
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The most memory the server's process has held (its VmHWM), in bytes.
+    pub fn peak_memory_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("a VmHWM line");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM in kB");
+        kib * 1024
     }
 
     /// A connected client.
