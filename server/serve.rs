@@ -143,12 +143,13 @@ pub async fn serve(
     let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
     tracing::info!(models = ?names, %addr, "serving");
     let _ = ready.set(engine.clone());
-    set_health(&health, ServingStatus::Serving).await;
+    let following = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
 
     tokio::select! {
         result = &mut server => return Ok(result??),
         () = &mut shutdown => {}
     }
+    following.abort();
     tracing::info!("draining: no new jobs, waiting for running ones");
     set_health(&health, ServingStatus::NotServing).await;
     if tokio::time::timeout(config.drain_timeout, engine.drain())
@@ -246,6 +247,23 @@ fn cors(tokens_required: bool) -> CorsLayer {
         .allow_headers(allow)
         .expose_headers(expose)
         .max_age(Duration::from_secs(24 * 3600))
+}
+
+/// Reports SERVING while the engine's store can write and NOT_SERVING while it cannot (a
+/// full or read-only disk), until the task is stopped.
+async fn follow_store_health(engine: Engine, health: tonic_health::server::HealthReporter) {
+    let mut store = engine.store_health();
+    loop {
+        let status = if store.borrow_and_update().unwritable {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        set_health(&health, status).await;
+        if store.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Sets the status of the service and of the server as a whole (the empty name).

@@ -87,6 +87,9 @@ pub struct ServeArgs {
     /// Longest song to cover, in seconds.
     #[arg(long, default_value_t = Limits::default().max_song_seconds)]
     pub max_song_seconds: f64,
+    /// Free bytes the data directory must keep; under it, new jobs are refused.
+    #[arg(long, value_name = "BYTES", default_value_t = EngineConfig::new("").min_free_bytes)]
+    pub min_free_bytes: u64,
     /// Seconds running jobs may take to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub drain_timeout: f64,
@@ -183,6 +186,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_jobs_per_tenant: args.max_jobs_per_tenant,
         retention: seconds("retention-hours", args.retention_hours * 3600.0)?,
         default_model: args.default_model.clone(),
+        min_free_bytes: args.min_free_bytes,
         ..EngineConfig::new(&args.data_dir)
     };
     let transport = TransportLimits {

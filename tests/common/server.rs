@@ -25,6 +25,8 @@ pub struct Server {
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Where its stderr goes.
+    log: PathBuf,
     /// The certificate authority clients trust when the server speaks TLS.
     tls_ca: Option<Vec<u8>>,
 }
@@ -39,7 +41,45 @@ impl Server {
     /// [`Server::start`] for a server that speaks TLS (its flags in `extra`) with a
     /// certificate `tls_ca` signed.
     pub async fn start_with_tls(data_dir: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
-        let log = File::create(data_dir.with_extension("log")).expect("a log file");
+        let server = Self::launch(data_dir, &data_dir.with_extension("log"), extra, tls_ca);
+        server.wait_serving().await;
+        server
+    }
+
+    /// [`Server::start`] with its log in `log` (outside a data directory the test fills or
+    /// makes read-only).
+    pub async fn start_logging(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
+        let server = Self::launch(data_dir, log, extra, None);
+        server.wait_serving().await;
+        server
+    }
+
+    /// [`Server::start_logging`] for a server that comes up NOT_SERVING (its store cannot
+    /// write): waits until its models are loaded and it answers calls.
+    pub async fn start_unhealthy(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
+        let server = Self::launch(data_dir, log, extra, None);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(channel) = server.endpoint().connect().await {
+                let mut client = GenerationServiceClient::new(channel);
+                if client.list_models(pb::ListModelsRequest {}).await.is_ok() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never answered: {}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.wait_health(false).await;
+        server
+    }
+
+    /// Starts the process and reads the address it prints.
+    fn launch(data_dir: &Path, log_path: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
+        let log = File::create(log_path).expect("a log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_son1k"))
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -60,18 +100,22 @@ impl Server {
             .trim_end_matches('/')
             .to_string();
         let addr = url.split_once("://").expect("a scheme").1.to_string();
-        let server = Server {
+        Server {
             child,
             url,
             addr,
             data_dir: data_dir.to_path_buf(),
+            log: log_path.to_path_buf(),
             tls_ca: tls_ca.map(<[u8]>::to_vec),
-        };
-        server.wait_serving().await;
-        server
+        }
     }
 
     async fn wait_serving(&self) {
+        self.wait_health(true).await;
+    }
+
+    /// Waits until the health check says SERVING (`true`) or NOT_SERVING (`false`).
+    pub async fn wait_health(&self, serving: bool) {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
@@ -83,11 +127,21 @@ impl Server {
                         service: "son1k.v1.GenerationService".into(),
                     })
                     .await;
-                if matches!(status, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
+                let wanted = if serving {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                if matches!(status, Ok(r) if r.get_ref().status == wanted as i32) {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "the server never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "the server's health never became {}: {}",
+                if serving { "SERVING" } else { "NOT_SERVING" },
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -143,7 +197,7 @@ impl Server {
 
     /// What the server logged so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends SIGTERM (a graceful stop).

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::{JobEvent, JobKind, JobState};
 use super::job::JobInfo;
+use super::store::StoreReport;
 use super::worker::WorkerReport;
 use crate::audio::AudioFormat;
 use crate::error::EngineError;
@@ -102,10 +103,8 @@ pub(crate) enum Command {
     Release {
         id: ReservationId,
     },
-    /// A finished job's log is on disk; the memory copy can go.
-    Persisted {
-        id: String,
-    },
+    /// What the store thread has to say: logs on disk, failed writes, its health.
+    Store(StoreReport),
     Worker {
         id: String,
         report: WorkerReport,

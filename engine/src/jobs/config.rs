@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// How long an upload may wait for a decode slot before the Cover is refused with
     /// `ResourceExhausted` (default 30 s).
     pub decode_wait: Duration,
+    /// Free bytes the data directory's file system must keep; under it, submissions are
+    /// refused with `ResourceExhausted` (default 256 MiB), so running jobs still have room
+    /// to finish.
+    pub min_free_bytes: u64,
 }
 
 impl EngineConfig {
@@ -53,6 +57,7 @@ impl EngineConfig {
             default_model: None,
             max_decodes_per_tenant: 1,
             decode_wait: Duration::from_secs(30),
+            min_free_bytes: 256 << 20,
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
@@ -14,7 +14,7 @@ use super::event::{EventBody, JobEvent, JobKind, JobState};
 use super::job::JobInfo;
 use super::registry::Registry;
 use super::restore::restore;
-use super::store::{kept_after_end, Store};
+use super::store::{kept_after_end, Store, StoreHealth};
 use super::worker::spawn_workers;
 use crate::audio::AudioFormat;
 use crate::cover::{load_song, Song};
@@ -35,6 +35,8 @@ pub struct Engine {
     audio_piece_bytes: usize,
     /// Uploads decoded at once, overall and per tenant.
     decoding: DecodeSlots,
+    /// Whether the store can take new work, as the registry last heard.
+    health: watch::Receiver<StoreHealth>,
 }
 
 /// An admission slot taken before a job is submitted; given back when dropped unless a
@@ -90,10 +92,13 @@ impl Engine {
             path: config.data_dir.display().to_string(),
             message: e.to_string(),
         };
-        let store = Store::open(&config.data_dir).map_err(io_error)?;
-        let restored = restore(&store).map_err(io_error)?;
+        let store = Store::open(&config.data_dir);
+        let restored = restore(&store);
         let (commands, inbox) = mpsc::channel(INBOX);
-        let store_tx = store.spawn_writer(commands.clone()).map_err(io_error)?;
+        let store_tx = store
+            .spawn_writer(commands.clone(), config.min_free_bytes)
+            .map_err(io_error)?;
+        let (health_tx, health) = watch::channel(StoreHealth::default());
         let work = spawn_workers(config.max_running.max(1), store.clone(), commands.clone())
             .map_err(io_error)?;
         let infos = models.iter().map(|m| m.info().clone()).collect();
@@ -104,7 +109,7 @@ impl Engine {
             config.max_decodes_per_tenant.max(1),
             config.decode_wait,
         );
-        let registry = Registry::new(config, models, restored, work, store_tx);
+        let registry = Registry::new(config, models, restored, work, store_tx, health_tx);
         tokio::spawn(registry.run(inbox));
         Ok(Self {
             commands,
@@ -113,7 +118,14 @@ impl Engine {
             limits,
             audio_piece_bytes,
             decoding,
+            health,
         })
+    }
+
+    /// The store's health as it changes: a server reports itself not serving while the
+    /// store cannot write, and new jobs are refused meanwhile.
+    pub fn store_health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
     }
 
     /// The models this engine runs, the default first.

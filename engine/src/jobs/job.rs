@@ -62,6 +62,9 @@ pub(crate) struct Job {
     pub cancel: Arc<AtomicBool>,
     /// Why it is being cancelled, once a cancel was asked for.
     pub cancel_reason: Option<String>,
+    /// A write of this job to the store failed: it cannot complete, and its log stays in
+    /// memory.
+    pub store_failed: bool,
     /// Cancel calls waiting for the job to stop.
     pub cancel_waiters: Vec<oneshot::Sender<Result<JobState, EngineError>>>,
     /// When a worker started it.
@@ -80,6 +83,7 @@ impl Job {
             subscribers: Vec::new(),
             cancel: Arc::new(AtomicBool::new(false)),
             cancel_reason: None,
+            store_failed: false,
             cancel_waiters: Vec::new(),
             started: None,
             frames: 0,
@@ -90,6 +94,14 @@ impl Job {
     pub fn restored(info: JobInfo) -> Self {
         let mut job = Self::new(info);
         job.log_on_disk = true;
+        job
+    }
+
+    /// A job restored from the store whose log could not be written back: it is served
+    /// from memory.
+    pub fn restored_in_memory(info: JobInfo, log: Vec<JobEvent>) -> Self {
+        let mut job = Self::new(info);
+        job.log = log.into_iter().map(Arc::new).collect();
         job
     }
 

@@ -21,6 +21,7 @@ pub use event::{
     ProgressReport, ResolvedParams,
 };
 pub use job::{check_job_id, JobInfo};
+pub use store::StoreHealth;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
@@ -17,7 +17,7 @@ use super::event::{
 use super::job::{
     new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
 };
-use super::store::{kept_after_end, StoreOp};
+use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
 use super::worker::{WorkItem, WorkerReport};
 use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
@@ -30,6 +30,9 @@ pub(crate) const SUBSCRIBER_CAPACITY: usize = 256;
 const SWEEP_BOUNDS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
 /// Finished jobs whose run times inform the retry hint.
 const RECENT_RUNS: usize = 16;
+/// Why a job ends when the store cannot keep it (no path: clients see this).
+const STORE_FAILED: &str =
+    "the server could not store this generation (its disk is full or read-only); submit it again later";
 
 /// The registry's state; lives inside its task.
 pub(crate) struct Registry {
@@ -52,6 +55,8 @@ pub(crate) struct Registry {
     recent_runs: VecDeque<Duration>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// The store's health, as its thread last reported it; published to the server.
+    health: watch::Sender<StoreHealth>,
 }
 
 impl Registry {
@@ -61,6 +66,7 @@ impl Registry {
         restored: Vec<Job>,
         work: std_mpsc::Sender<WorkItem>,
         store: std_mpsc::Sender<StoreOp>,
+        health: watch::Sender<StoreHealth>,
     ) -> Self {
         let mut registry = Self {
             config,
@@ -78,6 +84,7 @@ impl Registry {
             recent_runs: VecDeque::new(),
             draining: false,
             drain_waiters: Vec::new(),
+            health,
         };
         for job in restored {
             if let Some(key) = &job.info.request_id {
@@ -170,13 +177,17 @@ impl Registry {
             Command::Release { id } => {
                 self.reserved.remove(&id);
             }
-            Command::Persisted { id } => {
+            Command::Store(StoreReport::Persisted(id)) => {
                 if let Some(job) = self.jobs.get_mut(&id) {
-                    if job.info.state.is_terminal() {
+                    if job.info.state.is_terminal() && !job.store_failed {
                         job.log = Vec::new();
                         job.log_on_disk = true;
                     }
                 }
+            }
+            Command::Store(StoreReport::WriteFailed(id)) => self.on_store_failure(&id),
+            Command::Store(StoreReport::Health(health)) => {
+                self.health.send_replace(health);
             }
             Command::Worker { id, report } => self.on_report(&id, report),
         }
@@ -310,6 +321,23 @@ impl Registry {
     /// `Ok(false)` if it would wait in the queue. Reserved slots count as waiting jobs.
     fn admissible(&self, tenant: &str) -> Result<bool, EngineError> {
         self.refuse_if_draining()?;
+        let health = *self.health.borrow();
+        if health.unwritable {
+            return Err(EngineError::Unavailable(
+                "the server cannot store results now (its disk is full or read-only); retry \
+                 later or submit to another instance"
+                    .into(),
+            ));
+        }
+        if health.low_on_space {
+            return Err(EngineError::ResourceExhausted {
+                message: format!(
+                    "the server's disk has less than {} MiB free (min_free_bytes)",
+                    self.config.min_free_bytes >> 20
+                ),
+                retry_after: self.config.retry_after,
+            });
+        }
         let reserved = self.reserved.values().filter(|t| *t == tenant).count();
         let unfinished = self.unfinished.get(tenant).copied().unwrap_or(0) + reserved;
         if unfinished >= self.config.max_jobs_per_tenant {
@@ -508,6 +536,12 @@ impl Registry {
             }
             WorkerReport::Finished(outcome) => {
                 self.running = self.running.saturating_sub(1);
+                // A job the store failed cannot complete, whatever the model did.
+                let outcome = if job.store_failed {
+                    Err(EngineError::Unavailable(STORE_FAILED.into()))
+                } else {
+                    outcome
+                };
                 if let Some(started) = job.started {
                     if self.recent_runs.len() == RECENT_RUNS {
                         self.recent_runs.pop_front();
@@ -571,6 +605,32 @@ impl Registry {
                 }
                 self.dispatch();
             }
+        }
+    }
+
+    /// A write of job `id` failed: its log stays in memory (the store will not report it
+    /// persisted), and an unfinished job ends Failed: at once if queued, when its worker
+    /// stops if running.
+    fn on_store_failure(&mut self, id: &str) {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        job.store_failed = true;
+        match job.info.state {
+            JobState::Queued => {
+                self.queue.retain(|queued| queued != id);
+                self.pending.remove(id);
+                self.end(
+                    id,
+                    EventBody::Failed {
+                        code: FailureCode::Internal,
+                        message: STORE_FAILED.into(),
+                    },
+                );
+                self.announce_positions();
+            }
+            JobState::Running => job.cancel.store(true, Ordering::Relaxed),
+            _ => {}
         }
     }
 

@@ -2,8 +2,6 @@
 //! terminal event was cut off by the process stopping: it is marked failed (interrupted),
 //! numbered past anything a client may have seen.
 
-use std::io;
-
 use super::event::{EventBody, FailureCode, JobEvent, JobState};
 use super::job::{now_unix_ms, state_after, Job, JobInfo};
 use super::store::Store;
@@ -15,10 +13,12 @@ pub(crate) const RESTART_GAP: u64 = 1000;
 /// What a restart tells a client about a job it cut off.
 const INTERRUPTED: &str = "the server stopped while this generation ran; submit it again";
 
-/// Loads every stored job, repairing what a crash left half-written.
-pub(crate) fn restore(store: &Store) -> io::Result<Vec<Job>> {
+/// Loads every stored job, repairing what a crash left half-written. Repairs are best
+/// effort: a job whose repair cannot be written (a full or read-only disk) keeps its
+/// repaired log in memory, and is served from there.
+pub(crate) fn restore(store: &Store) -> Vec<Job> {
     let mut jobs = Vec::new();
-    for (mut info, mut log) in store.load_all()? {
+    for (mut info, mut log) in store.load_all() {
         let last = log
             .iter()
             .map(|e| e.sequence)
@@ -38,7 +38,7 @@ pub(crate) fn restore(store: &Store) -> io::Result<Vec<Job>> {
             // The record has the end but the log lost it (a torn last line).
             None if info.state.is_terminal() => {
                 let body = ending_from_record(&info);
-                push_end(&mut info, &mut log, last + 1, body);
+                push_end(&mut info, &mut log, last.saturating_add(1), body);
                 true
             }
             None => {
@@ -46,19 +46,25 @@ pub(crate) fn restore(store: &Store) -> io::Result<Vec<Job>> {
                     code: FailureCode::Interrupted,
                     message: INTERRUPTED.into(),
                 };
-                push_end(&mut info, &mut log, last + RESTART_GAP, body);
+                push_end(&mut info, &mut log, last.saturating_add(RESTART_GAP), body);
                 tracing::info!(job = %info.id, tenant = %info.tenant, "interrupted by a restart");
                 true
             }
         };
         info.last_sequence = info.last_sequence.max(log.last().map_or(0, |e| e.sequence));
         if repaired {
-            store.rewrite_events(&info.id, &log)?;
-            store.write_record_now(&info)?;
+            let written = store
+                .rewrite_events(&info.id, &log)
+                .and_then(|()| store.write_record_now(&info));
+            if let Err(e) = written {
+                tracing::warn!(job = %info.id, "cannot store the repaired job; serving it from memory: {e}");
+                jobs.push(Job::restored_in_memory(info, log));
+                continue;
+            }
         }
         jobs.push(Job::restored(info));
     }
-    Ok(jobs)
+    jobs
 }
 
 /// Appends a terminal event and settles the record on it.
@@ -163,7 +169,7 @@ mod tests {
     #[test]
     fn a_cut_off_job_fails_interrupted_past_its_torn_log() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path());
         let id = "0123456789abcdef0123456789abcdef";
         let log = [event(1, progress()), event(2, progress())];
         store_job(
@@ -174,7 +180,7 @@ mod tests {
             "{\"sequence\":3,\"ti",
         );
 
-        let jobs = restore(&store).unwrap();
+        let jobs = restore(&store);
         assert_eq!(jobs.len(), 1);
         let restored = &jobs[0].info;
         assert_eq!(restored.state, JobState::Failed);
@@ -188,22 +194,40 @@ mod tests {
         let events = store.read_events(id).unwrap();
         assert_eq!(events.len(), 3);
         assert_eq!(events[2].sequence, 2 + RESTART_GAP);
-        let again = restore(&store).unwrap();
+        let again = restore(&store);
         assert_eq!(again[0].info, *restored);
         assert_eq!(store.read_events(id).unwrap(), events);
     }
 
     #[test]
+    fn sequence_numbers_near_the_top_saturate_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let id = "00000000000000000000000000000001";
+        let top = u64::MAX - 3;
+        store_job(
+            &store,
+            dir.path(),
+            &info(id, JobState::Running),
+            &[event(top, progress())],
+            "",
+        );
+        let jobs = restore(&store);
+        assert_eq!(jobs[0].info.state, JobState::Failed);
+        assert_eq!(jobs[0].info.last_sequence, u64::MAX);
+    }
+
+    #[test]
     fn a_record_behind_its_log_takes_the_logged_end() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path());
         let id = "fedcba9876543210fedcba9876543210";
         let cancelled = EventBody::Cancelled {
             reason: "by the client".into(),
         };
         let log = [event(1, progress()), event(2, cancelled)];
         store_job(&store, dir.path(), &info(id, JobState::Running), &log, "");
-        let jobs = restore(&store).unwrap();
+        let jobs = restore(&store);
         assert_eq!(jobs[0].info.state, JobState::Cancelled);
         assert_eq!(jobs[0].info.last_sequence, 2);
     }
@@ -211,7 +235,7 @@ mod tests {
     #[test]
     fn a_directory_whose_record_names_another_job_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path());
         let good = "00000000000000000000000000000001";
         store_job(
             &store,
@@ -233,7 +257,7 @@ mod tests {
             serde_json::to_vec(&record).unwrap(),
         )
         .unwrap();
-        let jobs = restore(&store).unwrap();
+        let jobs = restore(&store);
         let ids: Vec<&str> = jobs.iter().map(|j| j.info.id.as_str()).collect();
         assert_eq!(ids, [good]);
     }

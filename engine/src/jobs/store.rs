@@ -1,13 +1,18 @@
 //! The result store on disk: per job a directory with its record (`record.json`), its event
 //! log (`events.jsonl`, appended as events happen) and, once finished, its audio file.
-//! Writes happen on one store thread so the async registry never waits on the disk.
+//! Writes happen on one store thread so the async registry never waits on the disk. A write
+//! that fails is reported, never dropped in silence: the job's log then stays in memory, and
+//! the store's health (writable, room above the free-space floor) is probed until it
+//! recovers. Directories are created 0700 and files 0600; temporary files are created anew
+//! (never through an existing name or symlink) and strays are removed at start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
@@ -16,10 +21,38 @@ use super::event::{EventBody, JobEvent};
 use super::job::{is_job_id, JobInfo};
 use crate::audio::AudioFormat;
 
+/// How often the store thread checks its health (free space; writability once a write
+/// failed).
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// Longest event line read back; a longer one is corrupt, and the log ends before it.
+const MAX_EVENT_LINE: u64 = 16 << 20;
+/// What a temporary file's name ends with.
+const TMP_SUFFIX: &str = ".tmp";
+
 /// Where the jobs of one data directory live.
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
     jobs_dir: PathBuf,
+}
+
+/// Whether the store can take new work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The last write failed (disk full, read-only, gone) and no probe has succeeded since.
+    pub unwritable: bool,
+    /// The data directory's free space is under the configured floor.
+    pub low_on_space: bool,
+}
+
+/// What the store thread tells the registry.
+pub(crate) enum StoreReport {
+    /// A finished job's log is wholly on disk: the memory copy may go.
+    Persisted(String),
+    /// A write of this job failed: its log must stay in memory, and an unfinished job
+    /// cannot be kept.
+    WriteFailed(String),
+    /// The store's health changed.
+    Health(StoreHealth),
 }
 
 /// A write for the store thread.
@@ -38,11 +71,15 @@ pub(crate) enum StoreOp {
 }
 
 impl Store {
-    /// The store under `data_dir`, creating it.
-    pub fn open(data_dir: &Path) -> io::Result<Self> {
+    /// The store under `data_dir`, created if it can be: a directory that cannot be
+    /// created or written is reported by the store's health once writes are tried, and
+    /// what can be read is still served.
+    pub fn open(data_dir: &Path) -> Self {
         let jobs_dir = data_dir.join("jobs");
-        fs::create_dir_all(&jobs_dir)?;
-        Ok(Self { jobs_dir })
+        if let Err(e) = create_private_dir(&jobs_dir) {
+            tracing::warn!(dir = %jobs_dir.display(), "cannot create the job store: {e}");
+        }
+        Self { jobs_dir }
     }
 
     fn job_dir(&self, id: &str) -> PathBuf {
@@ -57,7 +94,7 @@ impl Store {
 
     /// Writes a job's audio file (atomically: a reader never sees half a file).
     pub fn write_audio(&self, id: &str, format: AudioFormat, bytes: &[u8]) -> io::Result<()> {
-        fs::create_dir_all(self.job_dir(id))?;
+        create_private_dir(&self.job_dir(id))?;
         write_atomically(&self.audio_path(id, format), bytes)
     }
 
@@ -78,10 +115,18 @@ impl Store {
 
     /// Every stored job with its log. Unreadable entries are skipped with a warning (a
     /// corrupt record must not stop the server from starting); so is a directory whose
-    /// record names another job, since ids become file paths.
-    pub fn load_all(&self) -> io::Result<Vec<(JobInfo, Vec<JobEvent>)>> {
+    /// record names another job, since ids become file paths. A store that cannot be read
+    /// at all has no jobs. Temporary files a crash left are removed.
+    pub fn load_all(&self) -> Vec<(JobInfo, Vec<JobEvent>)> {
         let mut jobs = Vec::new();
-        for entry in fs::read_dir(&self.jobs_dir)? {
+        let entries = match fs::read_dir(&self.jobs_dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %self.jobs_dir.display(), "cannot read the job store: {e}");
+                return jobs;
+            }
+        };
+        for entry in entries {
             let dir = match entry {
                 Ok(entry) => entry.path(),
                 Err(e) => {
@@ -90,6 +135,7 @@ impl Store {
                 }
             };
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            remove_stray_temporaries(&dir);
             let loaded = fs::read(dir.join("record.json"))
                 .and_then(|bytes| {
                     serde_json::from_slice::<JobInfo>(&bytes).map_err(io::Error::other)
@@ -110,20 +156,33 @@ impl Store {
                 Err(e) => tracing::warn!(dir = %dir.display(), "skipping a stored job: {e}"),
             }
         }
-        Ok(jobs)
+        jobs
     }
 
-    /// A job's logged events, up to the last complete line (a line cut short by a crash,
-    /// and anything after it, is dropped).
+    /// A job's logged events, read line by line up to the last complete one (a line cut
+    /// short by a crash, an oversized line, and anything after either, are dropped).
     pub fn read_events(&self, id: &str) -> io::Result<Vec<JobEvent>> {
-        let bytes = match fs::read(self.job_dir(id).join("events.jsonl")) {
-            Ok(bytes) => bytes,
+        let file = match File::open(self.job_dir(id).join("events.jsonl")) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
+        let mut reader = BufReader::new(file);
         let mut events = Vec::new();
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice::<JobEvent>(line) {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_EVENT_LINE)
+                .read_until(b'\n', &mut line)?;
+            if read == 0 || line.last() != Some(&b'\n') {
+                // The end, a torn last line, or one longer than any event.
+                break;
+            }
+            if line.len() == 1 {
+                continue;
+            }
+            match serde_json::from_slice::<JobEvent>(&line) {
                 Ok(event) => events.push(event),
                 Err(_) => break,
             }
@@ -147,70 +206,78 @@ impl Store {
     }
 
     /// Starts the store thread; writes sent to the returned channel happen in order.
-    /// `registry` hears when a finished job's log is safely on disk.
+    /// `registry` hears when a finished job's log is safely on disk, when a job's write
+    /// failed, and when the store's health changes; `min_free_bytes` is the free-space
+    /// floor under which the store reports itself low on space.
     pub fn spawn_writer(
         &self,
         registry: tokio_mpsc::Sender<Command>,
+        min_free_bytes: u64,
     ) -> io::Result<mpsc::Sender<StoreOp>> {
         let (tx, rx) = mpsc::channel::<StoreOp>();
         let store = self.clone();
+        let report = move |report: StoreReport| {
+            // The registry may be gone at shutdown: nothing to tell.
+            let _ = registry.blocking_send(Command::Store(report));
+        };
         std::thread::Builder::new()
             .name("son1k-store".into())
             .spawn(move || {
-                let mut logs = HashMap::new();
-                let mut waiting = Vec::new();
-                while let Ok(op) = rx.recv() {
-                    let mut batch = vec![op];
-                    // Batch whatever else is waiting, then flush once.
-                    batch.extend(rx.try_iter());
-                    for op in batch {
-                        match op {
-                            StoreOp::Barrier(reply) => waiting.push(Reply::Barrier(reply)),
-                            StoreOp::Close(id) => {
-                                store.apply(StoreOp::Close(id.clone()), &mut logs);
-                                waiting.push(Reply::Persisted(id));
-                            }
-                            op => store.apply(op, &mut logs),
+                let mut writer = Writer {
+                    store,
+                    logs: HashMap::new(),
+                    failed: HashSet::new(),
+                    health: StoreHealth::default(),
+                    min_free_bytes,
+                    report: Box::new(report),
+                };
+                // Whether the store can be written at all is known at once, not at the
+                // first job's failure.
+                writer.check_health(true);
+                let mut checked = Instant::now();
+                loop {
+                    match rx.recv_timeout(HEALTH_EVERY) {
+                        Ok(op) => {
+                            let mut batch = vec![op];
+                            // Batch whatever else is waiting, then flush once.
+                            batch.extend(rx.try_iter());
+                            writer.write(batch);
                         }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    flush_all(&mut logs);
-                    for reply in waiting.drain(..) {
-                        match reply {
-                            Reply::Barrier(reply) => {
-                                let _ = reply.send(());
-                            }
-                            Reply::Persisted(id) => {
-                                // The registry may be gone at shutdown: nothing to tell.
-                                let _ = registry.blocking_send(Command::Persisted { id });
-                            }
-                        }
+                    if checked.elapsed() >= HEALTH_EVERY {
+                        writer.check_health(false);
+                        checked = Instant::now();
                     }
                 }
             })?;
         Ok(tx)
     }
 
-    fn apply(&self, op: StoreOp, logs: &mut HashMap<String, BufWriter<File>>) {
-        let result = match op {
-            StoreOp::Record(info) => self.write_record(&info),
-            StoreOp::Event(id, event) => self.append_event(&id, &event, logs),
-            StoreOp::Close(id) => logs.remove(&id).map_or(Ok(()), |mut log| log.flush()),
-            StoreOp::Delete(id) => {
-                logs.remove(&id);
-                fs::remove_dir_all(self.job_dir(&id))
-            }
-            StoreOp::Barrier(reply) => {
-                let _ = reply.send(());
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(dir = %self.jobs_dir.display(), "cannot write a job to the store: {e}");
+    /// Whether a small file can be written and removed in the store now.
+    fn probe(&self) -> io::Result<()> {
+        create_private_dir(&self.jobs_dir)?;
+        let probe = self.jobs_dir.join("probe");
+        write_atomically(&probe, b"son1k")?;
+        fs::remove_file(probe)
+    }
+
+    /// Free bytes of the store's file system, where the platform says.
+    fn free_bytes(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            let stat = rustix::fs::statvfs(&self.jobs_dir).ok()?;
+            Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+        }
+        #[cfg(not(unix))]
+        {
+            None
         }
     }
 
     fn write_record(&self, info: &JobInfo) -> io::Result<()> {
-        fs::create_dir_all(self.job_dir(&info.id))?;
+        create_private_dir(&self.job_dir(&info.id))?;
         let json = serde_json::to_vec_pretty(info).map_err(io::Error::other)?;
         write_atomically(&self.job_dir(&info.id).join("record.json"), &json)
     }
@@ -224,8 +291,8 @@ impl Store {
         let log = match logs.entry(id.to_string()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                fs::create_dir_all(self.job_dir(id))?;
-                let file = OpenOptions::new()
+                create_private_dir(&self.job_dir(id))?;
+                let file = private_file()
                     .create(true)
                     .append(true)
                     .open(self.job_dir(id).join("events.jsonl"))?;
@@ -237,28 +304,224 @@ impl Store {
     }
 }
 
-/// An answer the store thread gives once a batch is flushed.
-enum Reply {
-    Barrier(oneshot::Sender<()>),
-    Persisted(String),
+/// The store thread's state: open logs, jobs whose writes failed, and the health last
+/// reported.
+struct Writer {
+    store: Store,
+    logs: HashMap<String, BufWriter<File>>,
+    /// Jobs with a failed write since they were last closed: their logs are not whole on
+    /// disk.
+    failed: HashSet<String>,
+    health: StoreHealth,
+    min_free_bytes: u64,
+    report: Box<dyn Fn(StoreReport) + Send>,
 }
 
-fn flush_all(logs: &mut HashMap<String, BufWriter<File>>) {
-    for log in logs.values_mut() {
-        if let Err(e) = log.flush() {
-            tracing::warn!("cannot flush a job's event log: {e}");
+impl Writer {
+    /// Applies a batch of operations, flushes every open log, then answers barriers and
+    /// reports closed jobs.
+    fn write(&mut self, batch: Vec<StoreOp>) {
+        let mut barriers = Vec::new();
+        let mut closed = Vec::new();
+        for op in batch {
+            match op {
+                StoreOp::Record(info) => {
+                    let result = self.store.write_record(&info);
+                    self.check(&info.id, result);
+                }
+                StoreOp::Event(id, event) => {
+                    let result = self.store.append_event(&id, &event, &mut self.logs);
+                    self.check(&id, result);
+                }
+                StoreOp::Close(id) => {
+                    let result = self.logs.remove(&id).map_or(Ok(()), |mut log| log.flush());
+                    self.check(&id, result);
+                    closed.push(id);
+                }
+                StoreOp::Delete(id) => {
+                    self.logs.remove(&id);
+                    self.failed.remove(&id);
+                    if let Err(e) = fs::remove_dir_all(self.store.job_dir(&id)) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            tracing::warn!(job = %id, "cannot remove an expired job: {e}");
+                        }
+                    }
+                }
+                StoreOp::Barrier(reply) => barriers.push(reply),
+            }
+        }
+        let flushed: Vec<(String, io::Result<()>)> = self
+            .logs
+            .iter_mut()
+            .map(|(id, log)| (id.clone(), log.flush()))
+            .collect();
+        for (id, result) in flushed {
+            self.check(&id, result);
+        }
+        for reply in barriers {
+            let _ = reply.send(());
+        }
+        for id in closed {
+            // A log with a failed write stays in the registry's memory.
+            if !self.failed.remove(&id) {
+                (self.report)(StoreReport::Persisted(id));
+            }
+        }
+    }
+
+    /// Reports a job's failed write once, and the store as unwritable.
+    fn check(&mut self, id: &str, result: io::Result<()>) {
+        let Err(e) = result else {
+            return;
+        };
+        tracing::warn!(job = %id, dir = %self.store.jobs_dir.display(), "cannot write a job to the store: {e}");
+        // A failed append may have left part of a line: start a fresh writer next time.
+        self.logs.remove(id);
+        if self.failed.insert(id.to_string()) {
+            (self.report)(StoreReport::WriteFailed(id.to_string()));
+        }
+        if !self.health.unwritable {
+            self.health.unwritable = true;
+            (self.report)(StoreReport::Health(self.health));
+        }
+    }
+
+    /// Probes the store (always, or only while it is unwritable) and measures free space;
+    /// reports a change.
+    fn check_health(&mut self, probe: bool) {
+        let mut health = self.health;
+        if probe || health.unwritable {
+            health.unwritable = match self.store.probe() {
+                Ok(()) => false,
+                Err(e) => {
+                    if !health.unwritable {
+                        tracing::warn!(dir = %self.store.jobs_dir.display(), "the job store cannot be written: {e}");
+                    }
+                    true
+                }
+            };
+        }
+        health.low_on_space = self
+            .store
+            .free_bytes()
+            .is_some_and(|free| free < self.min_free_bytes);
+        if health != self.health {
+            tracing::info!(?health, "the store's health changed");
+            self.health = health;
+            (self.report)(StoreReport::Health(health));
         }
     }
 }
 
-/// Writes `path` through a temporary file and a rename.
+/// Creates a directory (and its parents) readable by this user only.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Options for a file readable by this user only.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Removes the temporary files a crash left in a job's directory.
+fn remove_stray_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), "cannot remove a stray temporary file: {e}");
+            }
+        }
+    }
+}
+
+/// Writes `path` through a temporary file (created anew: an existing file or symlink of
+/// that name is removed, never followed), synced, then renamed over it.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(TMP_SUFFIX);
+    let tmp = path.with_file_name(name);
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let written = private_file()
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Whether an event is kept in a finished job's log (previews are not).
 pub(crate) fn kept_after_end(event: &JobEvent) -> bool {
     !matches!(event.body, EventBody::AudioChunk(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private_and_a_planted_symlink_is_replaced_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.jobs_dir), 0o700);
+        let id = "0123456789abcdef0123456789abcdef";
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        create_private_dir(&store.job_dir(id)).unwrap();
+        std::os::unix::fs::symlink(&victim, store.job_dir(id).join("audio.wav.tmp")).unwrap();
+        store.write_audio(id, AudioFormat::Wav, b"RIFF").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        let audio = store.audio_path(id, AudioFormat::Wav);
+        assert_eq!(fs::read(&audio).unwrap(), b"RIFF");
+        assert_eq!(mode(&audio), 0o600);
+        assert_eq!(mode(&store.job_dir(id)), 0o700);
+    }
+
+    #[test]
+    fn a_log_is_read_to_its_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let id = "0123456789abcdef0123456789abcdef";
+        create_private_dir(&store.job_dir(id)).unwrap();
+        let event = |sequence| JobEvent {
+            sequence,
+            time_unix_ms: 0,
+            body: EventBody::Cancelled { reason: "x".into() },
+        };
+        let mut text = Vec::new();
+        for sequence in [1, 2] {
+            serde_json::to_writer(&mut text, &event(sequence)).unwrap();
+            text.extend(b"\n\n");
+        }
+        text.extend(b"{\"sequence\": 3, \"torn");
+        fs::write(store.job_dir(id).join("events.jsonl"), &text).unwrap();
+        let events = store.read_events(id).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2]
+        );
+    }
 }
