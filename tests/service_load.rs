@@ -23,6 +23,8 @@ async fn two_hundred_concurrent_streams_lose_and_duplicate_nothing() {
             "256",
             "--max-streams-per-tenant",
             "256",
+            "--max-submits-per-minute",
+            "256",
         ],
     )
     .await;

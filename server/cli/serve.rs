@@ -87,6 +87,15 @@ pub struct ServeArgs {
     /// Longest song to cover, in seconds.
     #[arg(long, default_value_t = Limits::default().max_song_seconds)]
     pub max_song_seconds: f64,
+    /// Jobs one token may have stored (finished ones count until they expire).
+    #[arg(long, default_value_t = EngineConfig::new("").max_stored_jobs_per_tenant)]
+    pub max_stored_jobs_per_tenant: usize,
+    /// Bytes of finished audio one token may have stored.
+    #[arg(long, value_name = "BYTES", default_value_t = EngineConfig::new("").max_stored_bytes_per_tenant)]
+    pub max_stored_bytes_per_tenant: u64,
+    /// Jobs one token may submit a minute (in bursts of as many).
+    #[arg(long, default_value_t = EngineConfig::new("").max_submits_per_minute)]
+    pub max_submits_per_minute: u32,
     /// Free bytes the data directory must keep; under it, new jobs are refused.
     #[arg(long, value_name = "BYTES", default_value_t = EngineConfig::new("").min_free_bytes)]
     pub min_free_bytes: u64,
@@ -187,6 +196,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         retention: seconds("retention-hours", args.retention_hours * 3600.0)?,
         default_model: args.default_model.clone(),
         min_free_bytes: args.min_free_bytes,
+        max_stored_jobs_per_tenant: count(
+            "max-stored-jobs-per-tenant",
+            args.max_stored_jobs_per_tenant,
+        )?,
+        max_stored_bytes_per_tenant: args.max_stored_bytes_per_tenant,
+        max_submits_per_minute: count("max-submits-per-minute", args.max_submits_per_minute)?,
         ..EngineConfig::new(&args.data_dir)
     };
     let transport = TransportLimits {

@@ -8,7 +8,7 @@ mod stream_slots;
 
 use std::sync::{Arc, OnceLock};
 
-use son1k_engine::jobs::{check_job_id, Engine, EventStream};
+use son1k_engine::jobs::{check_job_id, Engine, EventStream, ListCursor};
 use son1k_engine::EngineError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -293,28 +293,19 @@ impl GenerationService for GenerationApi {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let jobs = self.engine()?.list(&tenant).await.map_err(to_status)?;
-        // The page token is the id of the last job of the previous page.
-        let start = if request.page_token.is_empty() {
-            0
-        } else {
-            jobs.iter()
-                .position(|job| job.id == request.page_token)
-                .map(|i| i + 1)
-                .ok_or_else(|| {
-                    to_status(EngineError::invalid(
-                        "page_token",
-                        "is not a token this server gave (or its generation expired)",
-                    ))
-                })?
+        // The page token is a cursor into the tenant's index: a page costs its size.
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(ListCursor::parse(token).map_err(to_status)?),
         };
-        let page: Vec<_> = jobs.iter().skip(start).take(page_size).collect();
-        let next_page_token = match page.last() {
-            Some(last) if start + page.len() < jobs.len() => last.id.clone(),
-            _ => String::new(),
-        };
+        let (page, next) = self
+            .engine()?
+            .list(&tenant, after, page_size)
+            .await
+            .map_err(to_status)?;
+        let next_page_token = next.map_or_else(String::new, |cursor| cursor.token());
         Ok(Response::new(pb::ListGenerationsResponse {
-            generations: page.into_iter().map(convert::generation).collect(),
+            generations: page.iter().map(convert::generation).collect(),
             next_page_token,
         }))
     }

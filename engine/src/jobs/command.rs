@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::event::{JobEvent, JobKind, JobState};
 use super::job::JobInfo;
 use super::store::StoreReport;
+use super::tenants::ListCursor;
 use super::worker::WorkerReport;
 use crate::audio::AudioFormat;
 use crate::error::EngineError;
@@ -75,9 +76,12 @@ pub(crate) enum Command {
         id: String,
         reply: oneshot::Sender<Result<JobInfo, EngineError>>,
     },
+    /// A page of the tenant's jobs, newest first, after a cursor.
     List {
         tenant: String,
-        reply: oneshot::Sender<Vec<JobInfo>>,
+        after: Option<ListCursor>,
+        size: usize,
+        reply: oneshot::Sender<(Vec<JobInfo>, Option<ListCursor>)>,
     },
     Cancel {
         tenant: String,

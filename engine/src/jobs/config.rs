@@ -40,6 +40,14 @@ pub struct EngineConfig {
     /// refused with `ResourceExhausted` (default 256 MiB), so running jobs still have room
     /// to finish.
     pub min_free_bytes: u64,
+    /// Jobs one tenant may have stored, finished ones included until they expire (default
+    /// 1000).
+    pub max_stored_jobs_per_tenant: usize,
+    /// Bytes of finished audio one tenant may have stored (default 1 GiB). Checked when a
+    /// job is submitted, so running jobs may take a tenant past it by their own output.
+    pub max_stored_bytes_per_tenant: u64,
+    /// Jobs one tenant may submit a minute, in bursts of as many (default 120).
+    pub max_submits_per_minute: u32,
 }
 
 impl EngineConfig {
@@ -58,6 +66,9 @@ impl EngineConfig {
             max_decodes_per_tenant: 1,
             decode_wait: Duration::from_secs(30),
             min_free_bytes: 256 << 20,
+            max_stored_jobs_per_tenant: 1000,
+            max_stored_bytes_per_tenant: 1 << 30,
+            max_submits_per_minute: 120,
         }
     }
 }

@@ -15,6 +15,7 @@ use super::job::JobInfo;
 use super::registry::Registry;
 use super::restore::restore;
 use super::store::{kept_after_end, Store, StoreHealth};
+use super::tenants::ListCursor;
 use super::worker::spawn_workers;
 use crate::audio::AudioFormat;
 use crate::cover::{load_song, Song};
@@ -214,10 +215,18 @@ impl Engine {
         .await?
     }
 
-    /// The tenant's jobs, newest first.
-    pub async fn list(&self, tenant: &str) -> Result<Vec<JobInfo>, EngineError> {
+    /// Up to `size` of the tenant's jobs, newest first, after `after`; and where the next
+    /// page starts, when there is one. A page costs its size, whatever the tenant stores.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        after: Option<ListCursor>,
+        size: usize,
+    ) -> Result<(Vec<JobInfo>, Option<ListCursor>), EngineError> {
         self.ask(|reply| Command::List {
             tenant: tenant.to_string(),
+            after,
+            size,
             reply,
         })
         .await

@@ -11,6 +11,7 @@ mod job;
 mod registry;
 mod restore;
 mod store;
+mod tenants;
 mod worker;
 
 pub use command::{Admitted, ReservationId, Submission};
@@ -22,6 +23,7 @@ pub use event::{
 };
 pub use job::{check_job_id, JobInfo};
 pub use store::StoreHealth;
+pub use tenants::ListCursor;
 
 #[cfg(test)]
 mod tests;

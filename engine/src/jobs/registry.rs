@@ -18,6 +18,7 @@ use super::job::{
     new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
 };
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
+use super::tenants::Tenants;
 use super::worker::{WorkItem, WorkerReport};
 use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
@@ -45,6 +46,8 @@ pub(crate) struct Registry {
     running: usize,
     /// Queued or running jobs per tenant.
     unfinished: HashMap<String, usize>,
+    /// Each tenant's job index, stored bytes and submission allowance.
+    tenants: Tenants,
     /// Admission slots taken before a submission (covers decoding their upload), by tenant.
     reserved: HashMap<ReservationId, String>,
     next_reservation: u64,
@@ -68,7 +71,13 @@ impl Registry {
         store: std_mpsc::Sender<StoreOp>,
         health: watch::Sender<StoreHealth>,
     ) -> Self {
+        let tenants = Tenants::new(
+            config.max_stored_jobs_per_tenant,
+            config.max_stored_bytes_per_tenant,
+            config.max_submits_per_minute,
+        );
         let mut registry = Self {
+            tenants,
             config,
             models,
             jobs: HashMap::new(),
@@ -87,6 +96,13 @@ impl Registry {
             health,
         };
         for job in restored {
+            let info = &job.info;
+            registry
+                .tenants
+                .add_job(&info.tenant, info.created_unix_ms, &info.id);
+            if let Some(result) = &info.result {
+                registry.tenants.add_bytes(&info.tenant, result.audio_bytes);
+            }
             if let Some(key) = &job.info.request_id {
                 registry
                     .keys
@@ -129,15 +145,19 @@ impl Registry {
             Command::Get { tenant, id, reply } => {
                 let _ = reply.send(self.job(&tenant, &id).map(|job| job.info.clone()));
             }
-            Command::List { tenant, reply } => {
-                let mut jobs: Vec<JobInfo> = self
-                    .jobs
-                    .values()
-                    .filter(|job| job.info.tenant == tenant)
+            Command::List {
+                tenant,
+                after,
+                size,
+                reply,
+            } => {
+                let (ids, next) = self.tenants.page(&tenant, after.as_ref(), size);
+                let jobs = ids
+                    .iter()
+                    .filter_map(|id| self.jobs.get(id))
                     .map(|job| job.info.clone())
                     .collect();
-                jobs.sort_by(|a, b| (b.created_unix_ms, &b.id).cmp(&(a.created_unix_ms, &a.id)));
-                let _ = reply.send(jobs);
+                let _ = reply.send((jobs, next));
             }
             Command::Cancel {
                 tenant,
@@ -166,7 +186,7 @@ impl Registry {
                 let _ = self.store.send(StoreOp::Barrier(reply));
             }
             Command::Reserve { tenant, reply } => {
-                let reservation = self.admissible(&tenant).map(|_| {
+                let reservation = self.admit(&tenant).map(|_| {
                     self.next_reservation += 1;
                     let id = ReservationId(self.next_reservation);
                     self.reserved.insert(id, tenant);
@@ -233,7 +253,7 @@ impl Registry {
             self.refuse_if_draining()?;
             self.running < self.config.max_running && self.queue.is_empty()
         } else {
-            self.admissible(&submission.tenant)?
+            self.admit(&submission.tenant)?
         };
         let model = self.model(submission.model.as_deref())?;
         let request = submission
@@ -279,6 +299,8 @@ impl Registry {
         job.cancel = Arc::clone(&item.cancel);
         job.frames = item.request.frames as u32;
         let model_id = job.info.model.clone();
+        self.tenants
+            .add_job(&job.info.tenant, job.info.created_unix_ms, &id);
         self.jobs.insert(id.clone(), job);
         *self
             .unfinished
@@ -318,8 +340,9 @@ impl Registry {
     }
 
     /// Whether a job from `tenant` is admitted now: `Ok(true)` if it would start at once,
-    /// `Ok(false)` if it would wait in the queue. Reserved slots count as waiting jobs.
-    fn admissible(&self, tenant: &str) -> Result<bool, EngineError> {
+    /// `Ok(false)` if it would wait in the queue. Reserved slots count as waiting jobs. An
+    /// admission takes one submission from the tenant's allowance.
+    fn admit(&mut self, tenant: &str) -> Result<bool, EngineError> {
         self.refuse_if_draining()?;
         let health = *self.health.borrow();
         if health.unwritable {
@@ -357,6 +380,9 @@ impl Registry {
                 retry_after: self.retry_hint(),
             });
         }
+        let (jobs, retention) = (&self.jobs, self.config.retention);
+        self.tenants
+            .admit(tenant, |tenant| oldest_expiry(jobs, tenant, retention))?;
         Ok(starts_now)
     }
 
@@ -497,8 +523,17 @@ impl Registry {
                 self.announce_positions();
             }
             JobState::Running => {
-                if let Some(job) = self.jobs.get_mut(id) {
-                    job.cancel.store(true, Ordering::Relaxed);
+                let Some(job) = self.jobs.get_mut(id) else {
+                    return;
+                };
+                job.cancel.store(true, Ordering::Relaxed);
+                let stage = job.info.progress.stage;
+                if matches!(stage, JobStage::Decoding | JobStage::Writing) {
+                    // No step loop checks the flag any more: the job ends now, and the
+                    // worker's result (it skips storing it) only frees the slot.
+                    self.end(id, EventBody::Cancelled { reason });
+                    let _ = reply.send(Ok(JobState::Cancelled));
+                } else {
                     job.cancel_reason.get_or_insert(reason);
                     job.cancel_waiters.push(reply);
                 }
@@ -524,6 +559,14 @@ impl Registry {
         let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
+        if job.info.state.is_terminal() {
+            // Cancelled while it decoded or wrote: the worker is done with it now.
+            if matches!(report, WorkerReport::Finished(_)) {
+                self.running = self.running.saturating_sub(1);
+                self.after_run();
+            }
+            return;
+        }
         match report {
             WorkerReport::Progress(progress) => {
                 let report = job.progress_for(progress);
@@ -598,14 +641,19 @@ impl Registry {
                         );
                     }
                 }
-                if self.draining && self.running == 0 {
-                    for waiter in self.drain_waiters.drain(..) {
-                        let _ = waiter.send(());
-                    }
-                }
-                self.dispatch();
+                self.after_run();
             }
         }
+    }
+
+    /// A worker is free: wakes drain waiters once none runs, and starts the next job.
+    fn after_run(&mut self) {
+        if self.draining && self.running == 0 {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        self.dispatch();
     }
 
     /// A write of job `id` failed: its log stays in memory (the store will not report it
@@ -672,7 +720,10 @@ impl Registry {
             job.info.state = state;
             job.info.finished_unix_ms = Some(now_unix_ms());
             match &body {
-                EventBody::Completed(result) => job.info.result = Some(result.clone()),
+                EventBody::Completed(result) => {
+                    self.tenants.add_bytes(&job.info.tenant, result.audio_bytes);
+                    job.info.result = Some(result.clone());
+                }
                 EventBody::Failed { code, message } => {
                     job.info.failure = Some((*code, message.clone()))
                 }
@@ -709,11 +760,31 @@ impl Registry {
             .collect();
         for id in expired {
             if let Some(job) = self.jobs.remove(&id) {
-                if let Some(key) = job.info.request_id {
-                    self.keys.remove(&(job.info.tenant, key));
+                let info = job.info;
+                let bytes = info.result.as_ref().map_or(0, |r| r.audio_bytes);
+                self.tenants
+                    .remove_job(&info.tenant, info.created_unix_ms, &info.id, bytes);
+                if let Some(key) = info.request_id {
+                    self.keys.remove(&(info.tenant, key));
                 }
             }
             let _ = self.store.send(StoreOp::Delete(id));
         }
     }
+}
+
+/// How long until the tenant's oldest finished job expires (and frees its stored quota).
+fn oldest_expiry(
+    jobs: &HashMap<String, Job>,
+    tenant: &str,
+    retention: Duration,
+) -> Option<Duration> {
+    let oldest = jobs
+        .values()
+        .filter(|job| job.info.tenant == tenant)
+        .filter_map(|job| job.info.finished_unix_ms)
+        .min()?;
+    let expires = oldest.saturating_add(retention.as_millis() as i64);
+    let left = expires.saturating_sub(now_unix_ms()).max(1000);
+    Some(Duration::from_millis(left as u64))
 }

@@ -57,6 +57,8 @@ impl Gate {
 struct GatedModel {
     info: ModelInfo,
     gate: Arc<Gate>,
+    /// When set, decoding (the session's finish) waits for one of its permits too.
+    decode_gate: Option<Arc<Gate>>,
 }
 
 impl GatedModel {
@@ -82,6 +84,7 @@ impl GatedModel {
                 },
             },
             gate,
+            decode_gate: None,
         }
     }
 }
@@ -97,6 +100,7 @@ impl MusicModel for GatedModel {
     ) -> Result<Box<dyn Session + 'a>, EngineError> {
         Ok(Box::new(GatedSession {
             gate: Arc::clone(&self.gate),
+            decode_gate: self.decode_gate.clone(),
             total: request.frames,
             done: 0,
         }))
@@ -105,6 +109,7 @@ impl MusicModel for GatedModel {
 
 struct GatedSession {
     gate: Arc<Gate>,
+    decode_gate: Option<Arc<Gate>>,
     total: usize,
     done: usize,
 }
@@ -125,6 +130,9 @@ impl Session for GatedSession {
     }
 
     fn finish(self: Box<Self>) -> Result<Audio, EngineError> {
+        if let Some(gate) = &self.decode_gate {
+            gate.take();
+        }
         Ok(Audio {
             sample_rate: 1000,
             channels: vec![vec![0.25; self.done * 100]],
@@ -358,4 +366,52 @@ async fn a_reserved_slot_counts_before_its_job_exists_and_an_unused_one_is_given
     assert!(freed.is_ok(), "{:?}", freed.err());
     gate.grant(10);
     engine.cancel("a", &running.id, "test").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancel_while_decoding_ends_the_job_at_once_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, decode) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    let model = GatedModel {
+        decode_gate: Some(Arc::clone(&decode)),
+        ..GatedModel::new(Arc::clone(&gate))
+    };
+    let config = EngineConfig {
+        max_running: 1,
+        ..EngineConfig::new(dir.path())
+    };
+    let engine = Engine::start(config, vec![Arc::new(model)]).unwrap();
+    let job = engine.submit(submission("t")).await.unwrap();
+    let mut events = engine.watch("t", &job.id, 0).await.unwrap();
+    gate.grant(10);
+    // The decode is blocked once the job reports its decoding stage.
+    loop {
+        match events.next().await.map(Result::unwrap).map(|e| e.body) {
+            Some(EventBody::Progress(p)) if p.stage == JobStage::Decoding => break,
+            Some(_) => {}
+            None => panic!("the job ended before decoding"),
+        }
+    }
+    // Answered while the decode still runs (it used to wait for the decode to end).
+    let cancel = engine.cancel("t", &job.id, "test");
+    let state = tokio::time::timeout(std::time::Duration::from_secs(10), cancel)
+        .await
+        .expect("the cancel is answered during the decode")
+        .unwrap();
+    assert_eq!(state, JobState::Cancelled);
+    // The model's slot frees once the decode returns; the next job runs in it.
+    let next = engine.submit(submission("t")).await.unwrap();
+    decode.grant(2);
+    gate.grant(10);
+    let mut events = engine.watch("t", &next.id, 0).await.unwrap();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = Some(event.unwrap().body);
+    }
+    assert!(matches!(last, Some(EventBody::Completed(_))), "{last:?}");
+    let cancelled = engine.get("t", &job.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(cancelled.result.is_none());
+    let audio = dir.path().join("jobs").join(&job.id).join("audio.wav");
+    assert!(!audio.exists());
 }

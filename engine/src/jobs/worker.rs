@@ -106,8 +106,16 @@ fn run_job(
             Update::Chunk(chunk) => report(WorkerReport::Chunk(to_pcm(&chunk))),
         },
     )?;
+    // A cancel during the decode or the encoding ended the job already: store nothing.
+    let cancelled = || item.cancel.load(std::sync::atomic::Ordering::Relaxed);
+    if cancelled() {
+        return Err(EngineError::Cancelled);
+    }
     report(WorkerReport::Writing);
     let bytes = encode_audio(&output.audio, item.format, item.request.sample_format)?;
+    if cancelled() {
+        return Err(EngineError::Cancelled);
+    }
     store
         .write_audio(&item.id, item.format, &bytes)
         .map_err(|e| EngineError::Output {
