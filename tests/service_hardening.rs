@@ -385,3 +385,44 @@ async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_pauses_instead_of_spinning_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_open_files(&dir.path().join("data"), 64, &[]).await;
+    // More connections than descriptors: the kernel queues them, accept() fails (EMFILE).
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(&server.addr).ok())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = server.cpu_time() - before;
+    // A loop retrying at once burns a whole core (2 s here); pausing costs next to nothing.
+    assert!(
+        spent < Duration::from_millis(500),
+        "{spent:?} of CPU in 2 s"
+    );
+    assert!(
+        server.log().contains("cannot accept connections"),
+        "{}",
+        server.log()
+    );
+    drop(flood);
+    // Descriptors free again: the server answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(channel) = server.endpoint().connect().await {
+            let mut client =
+                son1k::proto::v1::generation_service_client::GenerationServiceClient::new(channel);
+            if client.list_models(pb::ListModelsRequest {}).await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -41,7 +41,13 @@ impl Server {
     /// [`Server::start`] for a server that speaks TLS (its flags in `extra`) with a
     /// certificate `tls_ca` signed.
     pub async fn start_with_tls(data_dir: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
-        let server = Self::launch(data_dir, &data_dir.with_extension("log"), extra, tls_ca);
+        let server = Self::launch(
+            data_dir,
+            &data_dir.with_extension("log"),
+            extra,
+            tls_ca,
+            None,
+        );
         server.wait_serving().await;
         server
     }
@@ -49,7 +55,16 @@ impl Server {
     /// [`Server::start`] with its log in `log` (outside a data directory the test fills or
     /// makes read-only).
     pub async fn start_logging(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
-        let server = Self::launch(data_dir, log, extra, None);
+        let server = Self::launch(data_dir, log, extra, None, None);
+        server.wait_serving().await;
+        server
+    }
+
+    /// [`Server::start`] for a process that may hold at most `files` open file descriptors
+    /// (its connections among them).
+    pub async fn start_with_open_files(data_dir: &Path, files: u32, extra: &[&str]) -> Server {
+        let log = data_dir.with_extension("log");
+        let server = Self::launch(data_dir, &log, extra, None, Some(files));
         server.wait_serving().await;
         server
     }
@@ -57,7 +72,7 @@ impl Server {
     /// [`Server::start_logging`] for a server that comes up NOT_SERVING (its store cannot
     /// write): waits until its models are loaded and it answers calls.
     pub async fn start_unhealthy(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
-        let server = Self::launch(data_dir, log, extra, None);
+        let server = Self::launch(data_dir, log, extra, None, None);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(channel) = server.endpoint().connect().await {
@@ -78,9 +93,28 @@ impl Server {
     }
 
     /// Starts the process and reads the address it prints.
-    fn launch(data_dir: &Path, log_path: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
+    fn launch(
+        data_dir: &Path,
+        log_path: &Path,
+        extra: &[&str],
+        tls_ca: Option<&[u8]>,
+        open_files: Option<u32>,
+    ) -> Server {
         let log = File::create(log_path).expect("a log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_son1k"))
+        let binary = env!("CARGO_BIN_EXE_son1k");
+        let mut command = match open_files {
+            // The shell lowers the limit, then becomes the server (same process id).
+            Some(files) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                shell
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -172,6 +206,20 @@ impl Server {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The CPU time the server's process has used so far (user and system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("the server's /proc stat");
+        // Fields after the command name, which is in parentheses: utime and stime are the
+        // 12th and 13th of them, in clock ticks (100 a second on Linux).
+        let after_name = stat.rsplit_once(')').expect("a command name").1;
+        let fields: Vec<u64> = after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        Duration::from_millis((fields[11] + fields[12]) * 10)
     }
 
     /// The most memory the server's process has held (its VmHWM), in bytes.

@@ -57,6 +57,8 @@ impl Gate {
 struct GatedModel {
     info: ModelInfo,
     gate: Arc<Gate>,
+    /// When set, the first step panics with this text.
+    panic_with: Option<&'static str>,
     /// When set, decoding (the session's finish) waits for one of its permits too.
     decode_gate: Option<Arc<Gate>>,
 }
@@ -84,6 +86,7 @@ impl GatedModel {
                 },
             },
             gate,
+            panic_with: None,
             decode_gate: None,
         }
     }
@@ -98,6 +101,9 @@ impl MusicModel for GatedModel {
         &'a self,
         request: &ValidatedRequest,
     ) -> Result<Box<dyn Session + 'a>, EngineError> {
+        if let Some(text) = self.panic_with {
+            panic!("{text}");
+        }
         Ok(Box::new(GatedSession {
             gate: Arc::clone(&self.gate),
             decode_gate: self.decode_gate.clone(),
@@ -414,4 +420,29 @@ async fn a_cancel_while_decoding_ends_the_job_at_once_and_nothing_is_stored() {
     assert!(cancelled.result.is_none());
     let audio = dir.path().join("jobs").join(&job.id).join("audio.wav");
     assert!(!audio.exists());
+}
+
+#[tokio::test]
+async fn a_panicking_model_fails_its_job_without_telling_the_client_the_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = GatedModel {
+        panic_with: Some("index out of bounds in /home/builder/secret/model.rs"),
+        ..GatedModel::new(Arc::new(Gate::default()))
+    };
+    let engine = Engine::start(EngineConfig::new(dir.path()), vec![Arc::new(model)]).unwrap();
+    let job = engine.submit(submission("t")).await.unwrap();
+    let mut events = engine.watch("t", &job.id, 0).await.unwrap();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = Some(event.unwrap().body);
+    }
+    let Some(EventBody::Failed { code, message }) = last else {
+        panic!("expected Failed, got {last:?}");
+    };
+    assert_eq!(code, FailureCode::Internal);
+    assert!(
+        !message.contains("secret") && !message.contains('/'),
+        "{message}"
+    );
+    assert!(message.contains("log"), "{message}");
 }
