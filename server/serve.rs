@@ -23,6 +23,7 @@ use crate::auth::Tokens;
 use crate::proto::v1::generation_service_server::GenerationServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::service::GenerationApi;
+use crate::transport::activity;
 use crate::transport::host::{is_local_origin, loopback_only};
 use crate::transport::incoming::incoming;
 use crate::transport::{self, TransportLimits};
@@ -100,8 +101,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(transport::HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(transport::HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(limits.max_streams_per_connection)
-        .max_connection_age(limits.max_connection_age)
-        .max_connection_age_grace(limits.max_connection_age_grace);
+        // A GOAWAY at the age; the grace after it is enforced by the connection itself
+        // (tonic with a grace would skip the GOAWAY and only cut the connection).
+        .max_connection_age(limits.max_connection_age);
     let scheme = match config.tls.clone() {
         Some(identity) => {
             let tls = ServerTlsConfig::new()
@@ -193,23 +195,27 @@ fn routes(
     let cover = InterceptedService::new(cover, interceptor).map_request(
         |request: http::Request<axum::body::Body>| request.map(tonic::body::Body::new),
     );
+    let small_limit = limits.max_message_bytes;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(small_limit);
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .build_v1alpha()?
+        .max_decoding_message_size(small_limit);
     let router = Routes::new(small)
-        .add_service(health)
+        .add_service(health.max_decoding_message_size(small_limit))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .into_axum_router()
         .route_service(&format!("/{SERVICE_NAME}/Cover"), cover)
         .layer(tonic_web::GrpcWebLayer::new())
         .route("/", get(crate::web::index))
-        .layer(cors(config.tokens.required()));
+        .layer(cors(config.tokens.required()))
+        .layer(axum::middleware::from_fn(activity::track));
     Ok(if config.tokens.required() {
         router
     } else {

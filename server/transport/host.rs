@@ -18,21 +18,23 @@ pub async fn loopback_only(request: Request, next: Next) -> Response {
     }
 }
 
-/// Why a request is refused, if it is.
+/// Why a request is refused, if it is. Every name the request gives for its target (the
+/// `Host` header, and the HTTP/2 `:authority` or an absolute URI) must be loopback, and it
+/// must give one.
 fn refusal(request: &Request) -> Option<&'static str> {
-    let host = request
+    // A Host that is not text is not loopback: "" fails the check below.
+    let header = request
         .headers()
         .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    match host {
-        Some(host) if is_loopback_host(host) => {}
-        _ => {
-            return Some(
-                "this server has no tokens file, so it answers only requests addressed to \
-                 localhost or a loopback address",
-            )
-        }
+        .map(|value| value.to_str().unwrap_or_default());
+    let authority = request.uri().authority().map(|a| a.as_str());
+    let names = [header, authority];
+    let named = names.iter().any(Option::is_some);
+    if !named || names.iter().flatten().any(|name| !is_loopback_host(name)) {
+        return Some(
+            "this server has no tokens file, so it answers only requests addressed to \
+             localhost or a loopback address",
+        );
     }
     let origin = request.headers().get(http::header::ORIGIN);
     if origin.is_some_and(|origin| !is_local_origin(origin.as_bytes())) {

@@ -1,9 +1,10 @@
 //! Accepting connections under limits. Every accepted socket gets TCP_NODELAY (gRPC's small
-//! frames otherwise wait for Nagle and the peer's delayed ACK, about 40 ms a call) and TCP
-//! keepalive; at most `max_connections` are open at once (one more is closed as soon as it
-//! is accepted); accept errors such as running out of file descriptors pause the loop
-//! instead of spinning it; and a connection is closed when it stays silent: before its
-//! first byte for `header_read_timeout`, later for `idle_timeout`.
+//! frames otherwise may wait for Nagle and the peer's delayed ACK) and TCP keepalive; at
+//! most `max_connections` are open at once (one more is closed as soon as it is accepted);
+//! accept errors such as running out of file descriptors pause the loop instead of spinning
+//! it. A connection whose first request has not arrived `header_read_timeout` after it
+//! opened, or that has had no request in flight for `idle_timeout`, is closed; so is one
+//! `max_connection_age_grace` past its age (the server asked it to close at its age).
 
 use std::future::Future;
 use std::io;
@@ -17,8 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
+use super::activity::{Activity, ConnInfo, State};
 use super::{TransportLimits, TCP_KEEPALIVE};
 
 /// Accepted connections waiting for the server to pick them up.
@@ -35,8 +37,11 @@ pub fn incoming(listener: TcpListener, limits: &TransportLimits) -> Incoming {
     let (tx, rx) = mpsc::channel(BACKLOG);
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let timeouts = Timeouts {
-        first_byte: limits.header_read_timeout,
+        first_request: limits.header_read_timeout,
         idle: limits.idle_timeout,
+        closed_by: limits
+            .max_connection_age
+            .saturating_add(limits.max_connection_age_grace),
     };
     tokio::spawn(async move {
         let mut backoff = ACCEPT_BACKOFF.0;
@@ -99,51 +104,71 @@ fn tune(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// How long a connection may stay silent.
+/// How long a connection may wait for requests, and live.
 #[derive(Clone, Copy, Debug)]
 struct Timeouts {
-    first_byte: Duration,
+    first_request: Duration,
     idle: Duration,
+    /// Age at which the connection is closed, requests or not.
+    closed_by: Duration,
 }
 
 /// An accepted connection: holds one of the `max_connections` slots until it closes, and
-/// fails its reads once it has been silent too long.
+/// fails its reads and writes once it has waited too long for a request or lived too long.
 pub struct Conn {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     timeouts: Timeouts,
-    /// When a byte last went either way (or when the connection opened).
-    last_traffic: Instant,
-    spoken: bool,
+    opened: Instant,
+    activity: Arc<Activity>,
     timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
     fn new(stream: TcpStream, slot: OwnedSemaphorePermit, timeouts: Timeouts) -> Self {
-        let now = Instant::now();
+        let opened = Instant::now();
         Self {
             stream,
             _slot: slot,
             timeouts,
-            last_traffic: now,
-            spoken: false,
-            timer: Box::pin(tokio::time::sleep_until(now + timeouts.first_byte)),
+            opened,
+            activity: Activity::new(),
+            timer: Box::pin(tokio::time::sleep_until(opened + timeouts.first_request)),
         }
-    }
-
-    /// When the connection counts as abandoned.
-    fn deadline(&self) -> Instant {
-        let allowed = if self.spoken {
-            self.timeouts.idle
-        } else {
-            self.timeouts.first_byte
-        };
-        self.last_traffic + allowed
     }
 
     /// The socket, for inspecting its options.
     pub fn socket(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Its requests, as the server's middleware counts them.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// Why the connection must close now, if it must; else when to look again.
+    fn check(&self, now: Instant) -> Result<Instant, io::Error> {
+        let closed_by = self.opened + self.timeouts.closed_by;
+        let (deadline, why) = match self.activity.state() {
+            State::Opened => (self.opened + self.timeouts.first_request, "sent no request"),
+            State::IdleSince(since) => (since + self.timeouts.idle, "has been idle"),
+            // Nothing to wait for while a request runs; look again later.
+            State::Busy => (now + self.timeouts.idle, ""),
+        };
+        if now >= closed_by {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "closing a connection past its maximum age",
+            ));
+        }
+        if now >= deadline && !why.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("closing a connection that {why} for too long"),
+            ));
+        }
+        Ok(deadline.min(closed_by))
     }
 }
 
@@ -153,33 +178,23 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        let now = Instant::now();
+        let next_check = match self.check(now) {
+            Ok(next) => next,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.last_traffic = Instant::now();
-                    self.spoken = true;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                // The timer may have been set for an older deadline: traffic since moved it.
-                let deadline = self.deadline();
-                if Instant::now() >= deadline {
-                    let what = if self.spoken { "idle" } else { "silent" };
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("closing a {what} connection"),
-                    )));
+                // Wakes this read at the next deadline, which is still ahead (checked above).
+                if self.timer.deadline() != next_check {
+                    self.timer.as_mut().reset(next_check);
                 }
-                if self.timer.deadline() != deadline {
-                    self.timer.as_mut().reset(deadline);
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
                 }
-                // Registers the wake-up at the deadline; it cannot have passed (checked above).
-                let _ = self.timer.as_mut().poll(cx);
                 Poll::Pending
             }
+            ready => ready,
         }
     }
 }
@@ -190,11 +205,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, data);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.last_traffic = Instant::now();
+        if let Err(e) = self.check(Instant::now()) {
+            return Poll::Ready(Err(e));
         }
-        written
+        Pin::new(&mut self.stream).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -202,11 +216,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.last_traffic = Instant::now();
+        if let Err(e) = self.check(Instant::now()) {
+            return Poll::Ready(Err(e));
         }
-        written
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -223,10 +236,13 @@ impl AsyncWrite for Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            tcp: self.stream.connect_info(),
+            activity: Arc::clone(&self.activity),
+        }
     }
 }
 
@@ -273,31 +289,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_silent_connection_is_closed_after_the_first_byte_timeout_and_an_idle_one_later() {
+    async fn connections_close_without_a_first_request_when_idle_and_at_their_age_never_while_busy()
+    {
         let limits = TransportLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(100),
+            max_connection_age: Duration::from_secs(1000),
+            max_connection_age_grace: Duration::from_secs(500),
             ..TransportLimits::default()
         };
         let (addr, mut incoming) = listen(limits).await;
-        let _silent = TcpStream::connect(addr).await.unwrap();
-        let mut conn = incoming.next().await.unwrap().unwrap();
-        let opened = Instant::now();
         let mut buf = [0u8; 8];
-        let error = conn.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(opened.elapsed().as_secs(), 10);
+        let timed_out = |e: io::Error| assert_eq!(e.kind(), io::ErrorKind::TimedOut);
 
+        // Bytes are not a request: a connection that only talks is closed all the same.
         let mut talker = TcpStream::connect(addr).await.unwrap();
         let mut conn = incoming.next().await.unwrap().unwrap();
-        talker.write_all(b"hi").await.unwrap();
-        assert_eq!(conn.read(&mut buf).await.unwrap(), 2);
-        let spoke = Instant::now();
-        // Traffic the other way keeps it alive too.
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        conn.write_all(b"ok").await.unwrap();
-        let error = conn.read(&mut buf).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(spoke.elapsed().as_secs(), 160);
+        let opened = Instant::now();
+        talker.write_all(b"GET").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 3);
+        timed_out(conn.read(&mut buf).await.unwrap_err());
+        assert_eq!(opened.elapsed().as_secs(), 10);
+
+        // A request in flight keeps it open; once it ends, the idle time counts.
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        let opened = Instant::now();
+        let request = conn.activity().begin();
+        let reading = tokio::time::timeout(Duration::from_secs(300), conn.read(&mut buf)).await;
+        assert!(reading.is_err(), "the busy connection was closed");
+        drop(request);
+        let ended = Instant::now();
+        timed_out(conn.read(&mut buf).await.unwrap_err());
+        assert_eq!(ended.elapsed().as_secs(), 100);
+
+        // Busy or not, it closes at its age plus the grace.
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut conn = incoming.next().await.unwrap().unwrap();
+        let _forever = conn.activity().begin();
+        let opened_last = Instant::now();
+        timed_out(conn.read(&mut buf).await.unwrap_err());
+        assert_eq!(opened_last.elapsed().as_secs(), 1500);
+        assert!(conn.write_all(b"x").await.is_err());
+        let _ = opened;
     }
 }

@@ -1,7 +1,9 @@
 //! The transport's defences, below the gRPC service: which connections are accepted and how
-//! long they live ([`incoming`]), which hosts and origins an open server answers ([`host`]),
-//! and the limits that bound them ([`TransportLimits`]).
+//! long they live ([`incoming`], with the requests [`activity`] counts), which hosts and
+//! origins an open server answers ([`host`]), and the limits that bound them
+//! ([`TransportLimits`]).
 
+pub mod activity;
 pub mod host;
 pub mod incoming;
 
@@ -16,24 +18,25 @@ pub struct TransportLimits {
     /// Concurrent HTTP/2 streams per connection (default 128), announced in the server's
     /// SETTINGS; a client opens no more.
     pub max_streams_per_connection: u32,
-    /// Event streams (Generate, Cover, Watch) one tenant may have open at once (default
-    /// 128); one more is RESOURCE_EXHAUSTED.
+    /// Streams (Generate, Cover, Watch, GetAudio) one tenant may have open at once
+    /// (default 128); one more is RESOURCE_EXHAUSTED.
     pub max_streams_per_tenant: usize,
     /// Largest request message of every method but Cover (default 64 KiB). Cover accepts
     /// the song upload limit plus this.
     pub max_message_bytes: usize,
-    /// A connection that sends no byte this long after it opens is closed (default 10 s);
-    /// the TLS handshake has the same bound.
+    /// A connection whose first request's headers have not arrived this long after it
+    /// opened is closed (default 10 s); the TLS handshake has the same bound. Bytes that do
+    /// not make a request do not count.
     pub header_read_timeout: Duration,
-    /// A connection with no traffic either way this long is closed (default 300 s). Live
-    /// HTTP/2 clients answer the server's keepalive pings every 30 s, so only silent peers
-    /// reach it.
+    /// A connection with no request in flight for this long is closed (default 300 s). A
+    /// streaming response counts as in flight until it ends; HTTP/2 keepalive pings do not.
     pub idle_timeout: Duration,
-    /// A connection older than this is asked to close (HTTP/2 GOAWAY) once its streams end
-    /// (default 1 h), so no connection holds resources forever ...
+    /// A connection older than this is asked to close (HTTP/2 GOAWAY; HTTP/1.1 after its
+    /// response) and closes once its streams end (default 1 h), so no connection holds
+    /// resources forever ...
     pub max_connection_age: Duration,
-    /// ... and is closed this long after that request, streams or not (default 5 min;
-    /// clients re-attach to their jobs with Watch).
+    /// ... and is closed this long after that, streams or not (default 5 min; clients
+    /// re-attach to their jobs with Watch).
     pub max_connection_age_grace: Duration,
 }
 
