@@ -150,7 +150,8 @@ fn covers_keep_tempo_key_and_beat_chords() {
         .zip(["rock with guitars", "lofi with piano", "house"])
     {
         let bytes = song.wav(24.0);
-        let decoded = load_song(&bytes, Some("song.wav"), &limits).unwrap();
+        let decoded =
+            load_song(&bytes, Some("song.wav"), &limits, &AtomicBool::new(false)).unwrap();
         let request = GenerateRequest {
             seed: Some(5),
             song: Some(Arc::new(decoded)),
@@ -279,8 +280,13 @@ fn every_common_format_decodes_to_the_same_song() {
     for ext in ["flac", "mp3", "ogg", "m4a"] {
         let name = format!("pop-g-major-100bpm.{ext}");
         let bytes = std::fs::read(dir.join(&name)).unwrap();
-        let song = load_song(&bytes, Some(&name), &Limits::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let song = load_song(
+            &bytes,
+            Some(&name),
+            &Limits::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(
             (song.duration_s() - 8.0).abs() < 0.1,
             "{name}: {} s",

@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod cover;
 pub mod device;
+pub mod digest;
 pub mod error;
 pub mod jobs;
 pub mod limits;

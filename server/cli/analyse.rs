@@ -2,6 +2,7 @@
 //! loudness; the same measurements covers and the synth's tests use.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Args;
@@ -28,7 +29,7 @@ pub fn run(args: AnalyseArgs) -> anyhow::Result<()> {
     let decoded = decode_audio(&bytes, name, &Default::default())
         .map_err(|e| son1k_engine::EngineError::invalid("song", e.to_string()))?;
     let loudness = measure(&decoded.channels, decoded.sample_rate)?;
-    let song = load_song(&bytes, name, &limits)?;
+    let song = load_song(&bytes, name, &limits, &AtomicBool::new(false))?;
     let a = analyse(&song.mono, song.sample_rate)
         .map_err(|e| son1k_engine::EngineError::invalid("song", e.to_string()))?;
     let chords: Vec<String> = a

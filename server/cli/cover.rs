@@ -3,6 +3,7 @@
 //! and melody.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -74,7 +75,7 @@ pub fn run(args: CoverArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
     let name = args.input.file_name().and_then(|n| n.to_str());
-    let song = load_song(&bytes, name, &limits)?;
+    let song = load_song(&bytes, name, &limits, &AtomicBool::new(false))?;
     let seconds = args
         .duration
         .unwrap_or_else(|| song.duration_s().min(limits.max_duration_s));

@@ -185,9 +185,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_prompt_chars: args.max_prompt_chars,
             max_prompt_tokens: args.max_prompt_tokens,
-            max_duration_s: args.max_duration,
+            max_duration_s: seconds("max-duration", args.max_duration)?.as_secs_f64(),
             max_song_bytes: args.max_song_bytes,
-            max_song_seconds: args.max_song_seconds,
+            max_song_seconds: seconds("max-song-seconds", args.max_song_seconds)?.as_secs_f64(),
             ..Limits::default()
         },
         max_running: args.max_running.max(1),

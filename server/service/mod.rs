@@ -170,16 +170,9 @@ impl GenerationService for GenerationApi {
         // done for a job that will run; it goes back if anything below fails.
         let reservation = engine.reserve(&tenant).await.map_err(to_status)?;
         let bytes = std::mem::take(&mut request.song);
-        let (bytes, song_digest) = tokio::task::spawn_blocking(move || {
-            let digest = requests::digest(&bytes);
-            (bytes, digest)
-        })
-        .await
-        .map_err(|_| Status::internal("reading the upload stopped"))?;
         let song = engine.load_song(&tenant, bytes).await.map_err(to_status)?;
         let mut submission =
-            requests::cover(&tenant, &request, song, song_digest, limits.max_duration_s)
-                .map_err(to_status)?;
+            requests::cover(&tenant, &request, song, limits.max_duration_s).map_err(to_status)?;
         submission.reservation = Some(reservation.id());
         let cancel_on_disconnect = request.cancel_on_disconnect;
         let started = self.start(tenant, submission, cancel_on_disconnect).await;

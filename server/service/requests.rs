@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use son1k_engine::cover::Song;
+use son1k_engine::digest::{digest, fnv1a};
 use son1k_engine::jobs::{JobKind, Submission};
 use son1k_engine::{AudioFormat, EngineError, GenerateRequest, Length, SampleFormat};
 
@@ -41,13 +42,11 @@ pub fn generation(tenant: &str, request: &pb::GenerateRequest) -> Result<Submiss
     )
 }
 
-/// A Cover request (its `song` taken out and decoded; `song_digest` is
-/// [`digest`] of the upload) as the engine takes it.
+/// A Cover request (its `song` taken out and decoded) as the engine takes it.
 pub fn cover(
     tenant: &str,
     request: &pb::CoverRequest,
     song: Arc<Song>,
-    song_digest: u64,
     max_duration_s: f64,
 ) -> Result<Submission, EngineError> {
     let seconds = match request.duration_seconds {
@@ -58,7 +57,7 @@ pub fn cover(
     fingerprinted.song.clear();
     fingerprinted.request_id.clear();
     fingerprinted.cancel_on_disconnect = false;
-    let fingerprint = fnv1a(song_digest, &fingerprinted.encode_to_vec());
+    let fingerprint = fnv1a(song.digest, &fingerprinted.encode_to_vec());
     submission(
         tenant,
         JobKind::Cover,
@@ -74,11 +73,6 @@ pub fn cover(
         },
         Some(song),
     )
-}
-
-/// A digest of bytes (an upload) that stays the same across builds and restarts.
-pub fn digest(bytes: &[u8]) -> u64 {
-    fnv1a(FNV_OFFSET, bytes)
 }
 
 /// The fields Generate and Cover share.
@@ -154,16 +148,5 @@ fn submission(
         request_id: Some(fields.request_id.to_string()).filter(|k| !k.is_empty()),
         fingerprint: fields.fingerprint,
         reservation: None,
-    })
-}
-
-/// FNV-1a's starting value.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// 64-bit FNV-1a continued from `hash`: stable across builds and restarts (the standard
-/// library's hasher promises neither), so stored idempotency keys keep matching.
-fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, &b| {
-        (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }

@@ -5,6 +5,7 @@
 //! [-1, 1] (non-finite ones are 0). Garbage input gives an error, never a panic.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::resample::StreamResampler;
 use super::Audio;
@@ -112,16 +113,17 @@ pub enum DecodeError {
         /// The limit.
         max: usize,
     },
-    /// The resampler refused the conversion.
-    #[error("could not resample from {from} Hz to {to} Hz: {reason}")]
+    /// The resampler refused the conversion (what it said goes to the log).
+    #[error("could not resample from {from} Hz to {to} Hz")]
     Resample {
         /// Input rate.
         from: u32,
         /// Output rate.
         to: u32,
-        /// What rubato said.
-        reason: String,
     },
+    /// The caller stopped the decode (its request went away).
+    #[error("the decode was abandoned")]
+    Abandoned,
 }
 
 /// Checks a sample rate against the limits.
@@ -206,16 +208,20 @@ pub fn decode_audio(
 
 /// Decodes an uploaded file to mono at `rate` Hz, mixing and resampling each packet as it
 /// is decoded: memory holds the mono output and one packet, whatever the file's rate and
-/// channels.
+/// channels. Setting `stop` abandons the decode at the next packet.
 pub fn decode_mono(
     bytes: &[u8],
     name_hint: Option<&str>,
     limits: &DecodeLimits,
     rate: u32,
+    stop: &AtomicBool,
 ) -> Result<Vec<f32>, DecodeError> {
     let mut resampler: Option<StreamResampler> = None;
     let mut mono = Vec::new();
     decode_packets(bytes, name_hint, limits, |planes, from| {
+        if stop.load(Ordering::Relaxed) {
+            return Err(DecodeError::Abandoned);
+        }
         let resampler = match &mut resampler {
             Some(resampler) => resampler,
             None => resampler.insert(StreamResampler::new(from, rate)?),
@@ -441,6 +447,7 @@ mod tests {
             Some("x.wav"),
             &DecodeLimits::default(),
             22_050,
+            &AtomicBool::new(false),
         )
         .unwrap();
         assert_eq!(mono.len(), left.len());
@@ -538,6 +545,24 @@ mod tests {
         let _ = decode_audio(&corrupted, None, &limits);
     }
 
+    /// A stop flag that is never set.
+    fn go() -> AtomicBool {
+        AtomicBool::new(false)
+    }
+
+    #[test]
+    fn a_set_stop_flag_abandons_the_decode() {
+        let tone = wav(16_000, &[sine(300.0, 16_000, 1.0, 0.5)]);
+        let stopped = decode_mono(
+            &tone,
+            None,
+            &DecodeLimits::default(),
+            16_000,
+            &AtomicBool::new(true),
+        );
+        assert_eq!(stopped, Err(DecodeError::Abandoned));
+    }
+
     /// A 32-bit float WAV of one channel, built in memory.
     fn float_wav(rate: u32, samples: &[f32]) -> Vec<u8> {
         let spec = hound::WavSpec {
@@ -568,7 +593,7 @@ mod tests {
         let limits = DecodeLimits::default();
         let audio = decode_audio(&float_wav(44_100, &hot), None, &limits).unwrap();
         assert_eq!(&audio.channels[0][..4], &[1.0, -1.0, 0.0, 0.0]);
-        let mono = decode_mono(&float_wav(44_100, &hot), None, &limits, 22_050).unwrap();
+        let mono = decode_mono(&float_wav(44_100, &hot), None, &limits, 22_050, &go()).unwrap();
         assert_eq!(mono.len(), 22_050);
         assert!(mono.iter().all(|s| s.is_finite() && s.abs() <= 2.0));
     }
@@ -584,7 +609,7 @@ mod tests {
             ..DecodeLimits::default()
         };
         // The WAV header declares 16,000 frames of 2 channels.
-        let err = decode_mono(&tone, None, &capped, 16_000).unwrap_err();
+        let err = decode_mono(&tone, None, &capped, 16_000, &go()).unwrap_err();
         assert_eq!(
             err,
             DecodeError::TooManySamples {
@@ -603,8 +628,8 @@ mod tests {
         let packed = u64::from_be_bytes(streamed[18..26].try_into().unwrap());
         assert_eq!(packed & 0xF_FFFF_FFFF, 16_000);
         streamed[18..26].copy_from_slice(&(packed & !0xF_FFFF_FFFF).to_be_bytes());
-        assert!(decode_mono(&streamed, None, &DecodeLimits::default(), 16_000).is_ok());
-        match decode_mono(&streamed, None, &capped, 16_000) {
+        assert!(decode_mono(&streamed, None, &DecodeLimits::default(), 16_000, &go()).is_ok());
+        match decode_mono(&streamed, None, &capped, 16_000, &go()) {
             Err(DecodeError::TooManySamples { samples, limit }) => {
                 assert_eq!(limit, 20_000);
                 assert!(samples > 20_000 && samples <= 32_000, "{samples}");

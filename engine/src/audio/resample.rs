@@ -31,7 +31,7 @@ pub struct StreamResampler {
 impl StreamResampler {
     /// A resampler from `from` Hz to `to` Hz.
     pub fn new(from: u32, to: u32) -> Result<Self, DecodeError> {
-        let fail = |reason: String| DecodeError::Resample { from, to, reason };
+        let fail = |reason: String| resample_error(from, to, &reason);
         if from == 0 || to == 0 {
             return Err(fail("sample rates must be positive".into()));
         }
@@ -113,7 +113,7 @@ impl StreamResampler {
     /// Resamples one chunk (`partial` frames of it when short) and appends the output.
     fn chunk(&mut self, input: &[f32], partial: Option<usize>) -> Result<(), DecodeError> {
         let (from, to) = (self.from, self.to);
-        let fail = |reason: String| DecodeError::Resample { from, to, reason };
+        let fail = |reason: String| resample_error(from, to, &reason);
         let Some(fft) = &mut self.fft else {
             return Ok(());
         };
@@ -135,6 +135,12 @@ impl StreamResampler {
             .extend_from_slice(&self.chunk_out[trim..produced]);
         Ok(())
     }
+}
+
+/// The error of a refused conversion; rubato's words go to the log, not to clients.
+fn resample_error(from: u32, to: u32, reason: &str) -> DecodeError {
+    tracing::warn!("cannot resample from {from} Hz to {to} Hz: {reason}");
+    DecodeError::Resample { from, to }
 }
 
 /// Resamples a whole mono signal (what [`StreamResampler`] does, in one call).

@@ -3,6 +3,7 @@
 //! every event exactly once however slow it reads.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,6 +39,15 @@ pub struct Engine {
     decoding: DecodeSlots,
     /// Whether the store can take new work, as the registry last heard.
     health: watch::Receiver<StoreHealth>,
+}
+
+/// Sets its flag when dropped: an abandoned request stops the work it started.
+struct StopWhenDropped(Arc<AtomicBool>);
+
+impl Drop for StopWhenDropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// An admission slot taken before a job is submitted; given back when dropped unless a
@@ -145,13 +155,20 @@ impl Engine {
     }
 
     /// Decodes `tenant`'s uploaded song off the async runtime, within the upload limits,
-    /// once a decode slot is free (see [`EngineConfig::decode_wait`]).
+    /// once a decode slot is free (see [`EngineConfig::decode_wait`]). The slot is held
+    /// until the decode itself ends; if this future is dropped (the client went away) the
+    /// decode stops at its next packet.
     pub async fn load_song(&self, tenant: &str, bytes: Vec<u8>) -> Result<Arc<Song>, EngineError> {
-        let _slot = self.decoding.acquire(tenant).await?;
+        let slot = self.decoding.acquire(tenant).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop_when_dropped = StopWhenDropped(Arc::clone(&stop));
         let limits = Arc::clone(&self.limits);
-        tokio::task::spawn_blocking(move || load_song(&bytes, None, &limits).map(Arc::new))
-            .await
-            .map_err(|e| EngineError::Internal(format!("song decoding stopped: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            load_song(&bytes, None, &limits, &stop).map(Arc::new)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("song decoding stopped: {e}")))?
     }
 
     async fn ask<T>(

@@ -211,10 +211,20 @@ pub fn check_job_id(field: &'static str, id: &str) -> Result<(), EngineError> {
     if is_job_id(id) {
         return Ok(());
     }
-    let shown: String = id.chars().take(40).collect();
-    let more = if id.chars().count() > 40 { "..." } else { "" };
     Err(EngineError::invalid(
         field,
-        format!("`{shown}{more}` is not a generation id (32 hexadecimal digits)"),
+        format!(
+            "`{}` is not a generation id (32 hexadecimal digits)",
+            cut_short(id)
+        ),
     ))
+}
+
+/// A client's value as an error message may echo it: its first 40 characters.
+pub(crate) fn cut_short(value: &str) -> String {
+    const SHOWN: usize = 40;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &value[..end]),
+        None => value.to_string(),
+    }
 }

@@ -15,7 +15,7 @@ use super::event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobStage, JobState, ProgressReport,
 };
 use super::job::{
-    new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
+    cut_short, new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
 };
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
 use super::tenants::Tenants;
@@ -35,6 +35,13 @@ const RECENT_RUNS: usize = 16;
 const STORE_FAILED: &str =
     "the server could not store this generation (its disk is full or read-only); submit it again later";
 
+/// An admission slot held for a submission to come.
+struct Reserved {
+    tenant: String,
+    /// A worker was free for it when it was taken (else it holds a queue place).
+    starts: bool,
+}
+
 /// The registry's state; lives inside its task.
 pub(crate) struct Registry {
     config: EngineConfig,
@@ -49,7 +56,7 @@ pub(crate) struct Registry {
     /// Each tenant's job index, stored bytes and submission allowance.
     tenants: Tenants,
     /// Admission slots taken before a submission (covers decoding their upload), by tenant.
-    reserved: HashMap<ReservationId, String>,
+    reserved: HashMap<ReservationId, Reserved>,
     next_reservation: u64,
     work: std_mpsc::Sender<WorkItem>,
     store: std_mpsc::Sender<StoreOp>,
@@ -186,10 +193,10 @@ impl Registry {
                 let _ = self.store.send(StoreOp::Barrier(reply));
             }
             Command::Reserve { tenant, reply } => {
-                let reservation = self.admit(&tenant).map(|_| {
+                let reservation = self.admit(&tenant).map(|starts| {
                     self.next_reservation += 1;
                     let id = ReservationId(self.next_reservation);
-                    self.reserved.insert(id, tenant);
+                    self.reserved.insert(id, Reserved { tenant, starts });
                     id
                 });
                 let _ = reply.send(reservation);
@@ -251,7 +258,7 @@ impl Registry {
         let starts_now = if reserved {
             // The slot was counted when it was taken.
             self.refuse_if_draining()?;
-            self.running < self.config.max_running && self.queue.is_empty()
+            self.queue.is_empty() && self.starting_reservations() < self.free_workers()
         } else {
             self.admit(&submission.tenant)?
         };
@@ -330,6 +337,16 @@ impl Registry {
         })
     }
 
+    /// Reservations that were told their job would start at once: they hold free workers.
+    fn starting_reservations(&self) -> usize {
+        self.reserved.values().filter(|r| r.starts).count()
+    }
+
+    /// Workers not running a job.
+    fn free_workers(&self) -> usize {
+        self.config.max_running.saturating_sub(self.running)
+    }
+
     fn refuse_if_draining(&self) -> Result<(), EngineError> {
         if self.draining {
             return Err(EngineError::Unavailable(
@@ -361,7 +378,11 @@ impl Registry {
                 retry_after: self.config.retry_after,
             });
         }
-        let reserved = self.reserved.values().filter(|t| *t == tenant).count();
+        let reserved = self
+            .reserved
+            .values()
+            .filter(|r| r.tenant == tenant)
+            .count();
         let unfinished = self.unfinished.get(tenant).copied().unwrap_or(0) + reserved;
         if unfinished >= self.config.max_jobs_per_tenant {
             return Err(EngineError::ResourceExhausted {
@@ -372,8 +393,11 @@ impl Registry {
                 retry_after: self.retry_hint(),
             });
         }
-        let starts_now = self.running < self.config.max_running && self.queue.is_empty();
-        let waiting = self.queue.len() + self.reserved.len();
+        // Reservations made while a worker was free hold it; the rest count as waiting.
+        let free_workers = self.free_workers();
+        let starting = self.starting_reservations();
+        let starts_now = self.queue.is_empty() && starting < free_workers;
+        let waiting = self.queue.len() + (self.reserved.len() - starting);
         if !starts_now && waiting >= self.config.max_queued {
             return Err(EngineError::ResourceExhausted {
                 message: format!("the queue is full ({waiting} waiting, the limit max_queued)"),
@@ -381,8 +405,9 @@ impl Registry {
             });
         }
         let (jobs, retention) = (&self.jobs, self.config.retention);
-        self.tenants
-            .admit(tenant, |tenant| oldest_expiry(jobs, tenant, retention))?;
+        self.tenants.admit(tenant, reserved, |tenant| {
+            oldest_expiry(jobs, tenant, retention)
+        })?;
         Ok(starts_now)
     }
 
@@ -400,7 +425,7 @@ impl Registry {
                 "model",
                 format!(
                     "`{}` is not a model of this server (it runs: {})",
-                    id.unwrap_or(""),
+                    cut_short(id.unwrap_or("")),
                     known.join(", ")
                 ),
             )
@@ -557,6 +582,11 @@ impl Registry {
 
     fn on_report(&mut self, id: &str, report: WorkerReport) {
         let Some(job) = self.jobs.get_mut(id) else {
+            // Cancelled while it decoded, then expired before its worker returned.
+            if matches!(report, WorkerReport::Finished(_)) {
+                self.running = self.running.saturating_sub(1);
+                self.after_run();
+            }
             return;
         };
         if job.info.state.is_terminal() {
@@ -631,6 +661,10 @@ impl Registry {
                         };
                         if e.is_internal() {
                             tracing::warn!(job = %id, "failed: {e}");
+                        }
+                        if matches!(e, EngineError::Output { .. }) {
+                            // The audio could not be stored: is the store still writable?
+                            let _ = self.store.send(StoreOp::CheckHealth);
                         }
                         self.end(
                             id,

@@ -68,6 +68,8 @@ pub(crate) enum StoreOp {
     Delete(String),
     /// Answer once every earlier write is on disk.
     Barrier(oneshot::Sender<()>),
+    /// Probe whether the store can be written now (a worker failed to store audio).
+    CheckHealth,
 }
 
 impl Store {
@@ -323,6 +325,7 @@ impl Writer {
     fn write(&mut self, batch: Vec<StoreOp>) {
         let mut barriers = Vec::new();
         let mut closed = Vec::new();
+        let mut probe = false;
         for op in batch {
             match op {
                 StoreOp::Record(info) => {
@@ -348,7 +351,11 @@ impl Writer {
                     }
                 }
                 StoreOp::Barrier(reply) => barriers.push(reply),
+                StoreOp::CheckHealth => probe = true,
             }
+        }
+        if probe {
+            self.check_health(true);
         }
         let flushed: Vec<(String, io::Result<()>)> = self
             .logs

@@ -140,20 +140,22 @@ impl Tenants {
         (ids.into_iter().map(|c| c.id.clone()).collect(), next)
     }
 
-    /// Whether `tenant` may submit one more job: under its stored quotas and its rate.
-    /// Takes one submission from its allowance when it may. `oldest_expiry` is when its
-    /// oldest finished job expires, for the retry hint of a full store.
+    /// Whether `tenant` may submit one more job: under its stored quotas (counting its
+    /// `reserved` admission slots as jobs) and its rate. Takes one submission from its
+    /// allowance when it may. `oldest_expiry` is when its oldest finished job expires, for
+    /// the retry hint of a full store.
     pub fn admit(
         &mut self,
         tenant: &str,
+        reserved: usize,
         oldest_expiry: impl Fn(&str) -> Option<Duration>,
     ) -> Result<(), EngineError> {
         let (max_jobs, max_bytes, per_minute) = (self.max_jobs, self.max_bytes, self.per_minute);
         let books = self.books(tenant);
-        let full = if books.jobs.len() >= max_jobs {
+        let stored = books.jobs.len() + reserved;
+        let full = if stored >= max_jobs {
             Some(format!(
-                "this token stores {} generations, the limit (max_stored_jobs_per_tenant)",
-                books.jobs.len()
+                "this token stores {stored} generations, the limit (max_stored_jobs_per_tenant)"
             ))
         } else if books.stored_bytes >= max_bytes {
             Some(format!(
@@ -233,7 +235,7 @@ mod tests {
         let mut tenants = Tenants::new(2, 1000, 600);
         tenants.add_job("a", 1, &id(1));
         tenants.add_job("a", 2, &id(2));
-        match tenants.admit("a", hint) {
+        match tenants.admit("a", 0, hint) {
             Err(EngineError::ResourceExhausted {
                 message,
                 retry_after,
@@ -245,14 +247,14 @@ mod tests {
         }
         tenants.remove_job("a", 1, &id(1), 0);
         tenants.add_bytes("a", 1000);
-        let error = tenants.admit("a", hint).unwrap_err().to_string();
+        let error = tenants.admit("a", 0, hint).unwrap_err().to_string();
         assert!(error.contains("max_stored_bytes_per_tenant"), "{error}");
         // Another tenant is not affected; a burst of a minute's worth, then refusals.
         let mut slow = Tenants::new(100, u64::MAX, 3);
         for _ in 0..3 {
-            slow.admit("b", hint).unwrap();
+            slow.admit("b", 0, hint).unwrap();
         }
-        match slow.admit("b", hint) {
+        match slow.admit("b", 0, hint) {
             Err(EngineError::ResourceExhausted {
                 message,
                 retry_after,
@@ -262,6 +264,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(tenants.admit("c", hint).is_ok());
+        assert!(tenants.admit("c", 0, hint).is_ok());
     }
 }

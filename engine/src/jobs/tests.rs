@@ -446,3 +446,48 @@ async fn a_panicking_model_fails_its_job_without_telling_the_client_the_panic() 
     );
     assert!(message.contains("log"), "{message}");
 }
+
+#[tokio::test]
+async fn reservations_take_free_workers_first_and_then_count_against_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    // One worker, free; one queue place.
+    let engine = engine(dir.path(), &gate, 1, 1);
+    let starts = engine.reserve("a").await.unwrap();
+    let waits = engine.reserve("b").await.unwrap();
+    let refused = engine.reserve("c").await;
+    assert!(
+        matches!(&refused, Err(EngineError::ResourceExhausted { message, .. }) if message.contains("max_queued")),
+        "{:?}",
+        refused.err()
+    );
+    assert!(engine.submit(submission("d")).await.is_err());
+    // Each submission takes the place its reservation held.
+    let first = engine
+        .submit(Submission {
+            reservation: Some(starts.id()),
+            ..submission("a")
+        })
+        .await
+        .unwrap();
+    let second = engine
+        .submit(Submission {
+            reservation: Some(waits.id()),
+            ..submission("b")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.get("a", &first.id).await.unwrap().state,
+        JobState::Running
+    );
+    assert_eq!(
+        engine.get("b", &second.id).await.unwrap().state,
+        JobState::Queued
+    );
+    gate.grant(20);
+    for (tenant, id) in [("a", first.id), ("b", second.id)] {
+        let mut events = engine.watch(tenant, &id, 0).await.unwrap();
+        while events.next().await.is_some() {}
+    }
+}

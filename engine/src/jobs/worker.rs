@@ -116,15 +116,18 @@ fn run_job(
     if cancelled() {
         return Err(EngineError::Cancelled);
     }
+    let path = store.audio_path(&item.id, item.format);
     store
         .write_audio(&item.id, item.format, &bytes)
         .map_err(|e| EngineError::Output {
-            path: store
-                .audio_path(&item.id, item.format)
-                .display()
-                .to_string(),
+            path: path.display().to_string(),
             message: e.to_string(),
         })?;
+    if cancelled() {
+        // Cancelled while it was written: the file belongs to no result.
+        let _ = std::fs::remove_file(&path);
+        return Err(EngineError::Cancelled);
+    }
     let request = &output.request;
     Ok(JobResult {
         duration_s: output.audio.duration_s(),
