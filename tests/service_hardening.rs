@@ -139,6 +139,20 @@ async fn an_open_server_answers_only_loopback_hosts_and_local_origins() {
     );
     assert!(head(&foreign_page).starts_with("HTTP/1.1 403"));
 
+    // HTTP/2 names its target in `:authority`: a rebound name there is refused too.
+    let rebound_h2 = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .origin("http://rebind.evil.com:50051".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let status =
+        son1k::proto::v1::generation_service_client::GenerationServiceClient::new(rebound_h2)
+            .list_models(pb::ListModelsRequest {})
+            .await
+            .unwrap_err();
+    assert!(status.message().contains("403 Forbidden"), "{status:?}");
+
     // The same calls from this machine's own page work.
     let local = raw_exchange(
         addr,
@@ -258,6 +272,8 @@ fn flags_that_would_overflow_a_duration_are_clean_errors() {
         ("--retention-hours", "1e20"),
         ("--drain-timeout", "inf"),
         ("--idle-timeout", "0"),
+        ("--max-duration", "NaN"),
+        ("--max-song-seconds", "inf"),
         ("--max-connections", "0"),
     ] {
         let out = common::son1k(&["serve", "--data-dir", data.to_str().unwrap(), flag, value]);
@@ -281,7 +297,7 @@ async fn messages_are_small_except_covers_and_the_limit_is_named() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange);
-    // A prompt under the message limit but over the character limit is checked first.
+    // A prompt under the message limit but over the character limit names the prompt.
     let status = client
         .generate(generate(&"y".repeat(3000), 1.0, 1))
         .await
@@ -425,4 +441,102 @@ async fn out_of_file_descriptors_the_accept_loop_pauses_instead_of_spinning_and_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Reads HTTP/2 frames (type, flags, payload) until the server closes the connection or
+/// `within` passes.
+fn h2_frames_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        types.push(bytes[at + 3]);
+        at += 9 + length;
+    }
+    types
+}
+
+#[tokio::test]
+async fn a_connection_past_its_age_gets_a_goaway_and_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--max-connection-age",
+            "1",
+            "--max-connection-age-grace",
+            "30",
+            "--idle-timeout",
+            "60",
+        ],
+    )
+    .await;
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&preface).unwrap();
+    let opened = std::time::Instant::now();
+    let frames = h2_frames_until_closed(&mut stream, Duration::from_secs(20));
+    const GOAWAY: u8 = 7;
+    assert!(frames.contains(&GOAWAY), "frames {frames:?}");
+    let closed = opened.elapsed();
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(20),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_quiet_stream_outlives_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--idle-timeout",
+            "1",
+            "--max-running",
+            "1",
+            "--max-duration",
+            "600",
+        ],
+    )
+    .await;
+    let mut first = server.client().await;
+    let mut running = first
+        .generate(generate("a long drone", 600.0, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let running_id = running.message().await.unwrap().unwrap().generation_id;
+    // A second job waits in line on a connection of its own, where nothing moves.
+    let mut waiting_client = server.client().await;
+    let mut waiting = waiting_client
+        .generate(generate("next", 1.0, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let accepted = waiting.message().await.unwrap().unwrap();
+    assert!(matches!(
+        accepted.event,
+        Some(son1k::proto::v1::generation_event::Event::Accepted(_))
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first
+        .cancel_generation(pb::CancelGenerationRequest {
+            generation_id: running_id,
+        })
+        .await
+        .unwrap();
+    // Its stream is still there and carries the job to its end.
+    let events = collect(waiting).await.expect("the quiet stream survived");
+    common::server::completed(&events);
 }
