@@ -311,3 +311,81 @@ fn half_precision_compute_with_guidance_stays_finite_and_close() {
         "only {same} of {total} codes agree in f16"
     );
 }
+
+/// The checkpoint's EnCodec encoder, from its config and weights.
+fn encoder(dir: &Path) -> son1k_models::encodec::EncodecEncoder {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: son1k_models::encodec::Config =
+        serde_json::from_value(config["audio_encoder"].clone()).unwrap();
+    let weights = son1k_models::weights::Weights::from_dir(dir, &Device::Cpu).unwrap();
+    son1k_models::encodec::EncodecEncoder::new(&cfg, weights.root(DType::F32).pp("audio_encoder"))
+        .unwrap()
+}
+
+#[test]
+fn the_encoder_gives_transformers_codes_under_either_weight_norm_naming() {
+    let scratch = tempfile::tempdir().unwrap();
+    for name in ["musicgen-tiny-mono", "musicgen-tiny-stereo"] {
+        let dir = fixture(name);
+        let expected =
+            candle_core::safetensors::load(dir.join("encoder.safetensors"), &Device::Cpu).unwrap();
+        let legacy = scratch.path().join(name);
+        legacy_copy(&dir, &legacy);
+        let want: Vec<Vec<Vec<i64>>> = expected["codes"].to_vec3().unwrap();
+        for checkpoint in [dir.clone(), legacy] {
+            let encoder = encoder(&checkpoint);
+            let latents = encoder.encode_latents(&expected["audio"]).unwrap();
+            // The CPU path and candle's layers agree as well.
+            let by_candle = encoder
+                .encode_latents_with_candle(&expected["audio"])
+                .unwrap();
+            let apart = (&latents - by_candle)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                apart <= 1e-5,
+                "{name}: CPU and candle paths differ by {apart}"
+            );
+            let worst = (latents - &expected["latents"])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                worst <= AUDIO_TOLERANCE,
+                "{name}: latents differ by {worst}"
+            );
+            let codes: Vec<Vec<Vec<u32>>> = encoder
+                .encode(&expected["audio"])
+                .unwrap()
+                .to_vec3()
+                .unwrap();
+            let codes: Vec<Vec<Vec<i64>>> = codes
+                .iter()
+                .map(|b| {
+                    b.iter()
+                        .map(|k| k.iter().map(|&c| c as i64).collect())
+                        .collect()
+                })
+                .collect();
+            assert_eq!(codes, want, "{name} ({})", checkpoint.display());
+            // Audio of the wrong shape is an error, not a panic.
+            let stereo = Tensor::zeros((1, 2, 640), DType::F32, &Device::Cpu).unwrap();
+            let error = encoder.encode(&stereo).unwrap_err().to_string();
+            assert!(error.contains("2 channels"), "{error}");
+        }
+    }
+}

@@ -67,6 +67,19 @@ impl Conv1d {
         })
     }
 
+    /// A strided convolution (the encoder's downsampling layers): `spec` with `stride`.
+    pub(super) fn strided(
+        spec: &ConvSpec,
+        stride: usize,
+        cfg: &Config,
+        vb: &Vb<'_>,
+    ) -> Result<Self> {
+        Ok(Self {
+            stride: stride.max(1),
+            ..Self::new(spec, cfg, vb)?
+        })
+    }
+
     /// Input samples one output reads: `taps` spread by the dilation.
     pub(super) fn span(&self, taps: usize) -> usize {
         (taps - 1) * self.dilation + 1

@@ -1,5 +1,5 @@
-//! EnCodec's decoder on the CPU in f32, over plain time-major `[time, channels]` buffers,
-//! one batch item at a time. candle's convolutions first copy every shifted window of their
+//! EnCodec's layers (the decoder's and the encoder's) on the CPU in f32, over plain
+//! time-major `[time, channels]` buffers, one batch item at a time. candle's convolutions first copy every shifted window of their
 //! input (im2col: seven copies of a 20 MB signal for a 7-tap kernel at 32 kHz) and each of
 //! its LSTM steps is a dozen small tensor ops. Here:
 //! - an undilated convolution is one GEMM over the padded input, read in place (a frame's
@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{Conv1d, ConvTranspose1d};
@@ -402,4 +402,34 @@ impl Layer {
             Self::Resnet(block) => block.forward_cpu(x),
         }
     }
+}
+
+/// Runs `layers` on `[B, C, T]` (f32, on the CPU), one batch item at a time; the output has
+/// `out_channels` channels.
+pub(super) fn run_layers(
+    layers: &[Layer],
+    xs: &Tensor,
+    out_channels: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let (batch, channels, len) = xs.dims3()?;
+    if batch == 0 {
+        return Ok(Tensor::zeros((0, out_channels, 0), DType::F32, device)?);
+    }
+    let mut items = Vec::with_capacity(batch);
+    for b in 0..batch {
+        // Time-major: `[len, channels]`.
+        let data = xs.get(b)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut signal = Signal {
+            channels,
+            len,
+            data,
+        };
+        for layer in layers {
+            signal = layer.forward_cpu(signal)?;
+        }
+        let shape = (signal.len, signal.channels);
+        items.push(Tensor::from_vec(signal.data, shape, device)?.t()?);
+    }
+    Ok(Tensor::stack(&items, 0)?)
 }

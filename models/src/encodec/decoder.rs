@@ -4,7 +4,6 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::conv::{Conv1d, ConvTranspose1d};
-use super::cpu::Signal;
 use super::lstm::Lstm;
 use super::seanet::{decoder_plan, Layer, LayerSpec, ResnetBlock};
 use super::Config;
@@ -51,6 +50,11 @@ impl EncodecDecoder {
                 }
                 LayerSpec::Resnet { dim, dilation } => {
                     Layer::Resnet(ResnetBlock::new(dim, dilation, cfg, &lvb)?)
+                }
+                LayerSpec::StridedConv { .. } => {
+                    return Err(bad_codes(
+                        "the decoder plan has no strided convolution".into(),
+                    ))
                 }
             });
         }
@@ -166,30 +170,7 @@ impl EncodecDecoder {
 
     /// The layers on plain buffers ([`super::cpu`]), one batch item at a time.
     fn decode_on_cpu(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, channels, len) = xs.dims3()?;
-        if batch == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.config.audio_channels, 0),
-                DType::F32,
-                &self.device,
-            )?);
-        }
-        let mut items = Vec::with_capacity(batch);
-        for b in 0..batch {
-            // Time-major: `[len, channels]`.
-            let data = xs.get(b)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-            let mut signal = Signal {
-                channels,
-                len,
-                data,
-            };
-            for layer in &self.layers {
-                signal = layer.forward_cpu(signal)?;
-            }
-            let shape = (signal.len, signal.channels);
-            items.push(Tensor::from_vec(signal.data, shape, &self.device)?.t()?);
-        }
-        Ok(Tensor::stack(&items, 0)?)
+        super::cpu::run_layers(&self.layers, xs, self.config.audio_channels, &self.device)
     }
 }
 

@@ -1,22 +1,25 @@
-//! EnCodec's decoding path (residual-vector-quantizer lookup + SEANet decoder), an exact port
-//! of transformers 4.47.1 `EncodecModel.decode` for the models MusicGen ships (32 kHz,
-//! non-causal, reflect padding), loaded from the `audio_encoder` weights of a checkpoint.
+//! EnCodec for the models MusicGen ships (32 kHz, non-causal, reflect padding), loaded from
+//! the `audio_encoder` weights of a checkpoint: the decoding path (residual-vector-quantizer
+//! lookup + SEANet decoder) and the encoding path (SEANet encoder + greedy quantization), exact
+//! ports of transformers 4.47.1 `EncodecModel.decode` and `encode`.
 //!
 //! One role per file: `config` holds the codec [`Config`], `pad` and `conv` the padded
-//! (transposed) convolutions, `lstm` the LSTM, `seanet` the decoder's residual blocks and layer
-//! plan, `cpu` every layer's CPU path on plain buffers, and `decoder` the [`EncodecDecoder`]
-//! that runs the quantizer lookup and those layers.
+//! (strided, transposed) convolutions, `lstm` the LSTM, `seanet` the residual blocks and layer
+//! plans, `cpu` every decoder layer's CPU path on plain buffers, `decoder` the
+//! [`EncodecDecoder`] and `encoder` the [`EncodecEncoder`].
 
 mod config;
 mod conv;
 mod cpu;
 mod decoder;
+mod encoder;
 mod lstm;
 mod pad;
 mod seanet;
 
 pub use config::Config;
 pub use decoder::EncodecDecoder;
+pub use encoder::EncodecEncoder;
 pub use seanet::decoder_weight_shapes;
 
 /// Helpers shared by the unit tests of the EnCodec modules.

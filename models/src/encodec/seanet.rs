@@ -1,5 +1,6 @@
-//! The SEANet decoder's structure: residual blocks, the layer plan of transformers'
-//! `EncodecDecoder.__init__`, the checkpoint tensors it reads, and the layers it runs.
+//! SEANet's structure: residual blocks, the layer plans of transformers'
+//! `EncodecEncoder.__init__` and `EncodecDecoder.__init__`, the checkpoint tensors the
+//! decoder reads, and the layers both run.
 
 use candle_core::Tensor;
 
@@ -55,10 +56,16 @@ impl ResnetBlock {
     }
 }
 
-/// One entry of `decoder.layers`, in transformers' order; the index is its key.
+/// One entry of `encoder.layers` or `decoder.layers`, in transformers' order; the index is
+/// its key.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum LayerSpec {
     Conv(ConvSpec),
+    /// The encoder's downsampling: a convolution of `2 * stride` taps.
+    StridedConv {
+        conv: ConvSpec,
+        stride: usize,
+    },
     Lstm {
         dim: usize,
     },
@@ -72,6 +79,44 @@ pub(super) enum LayerSpec {
         dim: usize,
         dilation: usize,
     },
+}
+
+/// transformers' `EncodecEncoder.__init__`, as a list of layers: the decoder's mirror, with
+/// the ratios reversed and strided convolutions for transposed ones.
+pub(super) fn encoder_plan(cfg: &Config) -> Vec<LayerSpec> {
+    let mut plan = vec![LayerSpec::Conv(ConvSpec::new(
+        cfg.audio_channels,
+        cfg.num_filters,
+        cfg.kernel_size,
+        1,
+    ))];
+    let mut scaling = 1usize;
+    for &ratio in cfg.upsampling_ratios.iter().rev() {
+        let current = scaling * cfg.num_filters;
+        for j in 0..cfg.num_residual_layers {
+            plan.push(LayerSpec::Resnet {
+                dim: current,
+                dilation: growth_pow(cfg.dilation_growth_rate, j),
+            });
+        }
+        plan.push(LayerSpec::Elu);
+        plan.push(LayerSpec::StridedConv {
+            conv: ConvSpec::new(current, current * 2, ratio * 2, 1),
+            stride: ratio,
+        });
+        scaling *= 2;
+    }
+    plan.push(LayerSpec::Lstm {
+        dim: scaling * cfg.num_filters,
+    });
+    plan.push(LayerSpec::Elu);
+    plan.push(LayerSpec::Conv(ConvSpec::new(
+        scaling * cfg.num_filters,
+        cfg.hidden_size,
+        cfg.last_kernel_size,
+        1,
+    )));
+    plan
 }
 
 /// transformers' `EncodecDecoder.__init__`, as a list of layers.
@@ -154,7 +199,7 @@ pub fn decoder_weight_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
                     }
                 }
             }
-            LayerSpec::Elu => {}
+            LayerSpec::Elu | LayerSpec::StridedConv { .. } => {}
             LayerSpec::ConvTranspose { cin, cout, ratio } => {
                 // ConvTranspose1d weights are `[in, out, k]`; weight norm keeps dim 0.
                 convtr.push((format!("{prefix}.conv.weight_g"), vec![cin, 1, 1]));
