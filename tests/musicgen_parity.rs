@@ -389,3 +389,25 @@ fn the_encoder_gives_transformers_codes_under_either_weight_norm_naming() {
         }
     }
 }
+
+#[test]
+fn the_melody_chroma_equals_transformers_frame_for_frame() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let expected =
+        candle_core::safetensors::load(fixtures.join("melody-chroma.safetensors"), &Device::Cpu)
+            .unwrap();
+    for song in ["scale", "short", "gap"] {
+        let samples: Vec<i16> = expected[&format!("{song}.audio")].to_vec1().unwrap();
+        let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let one_hot: Vec<Vec<i64>> = expected[&format!("{song}.chroma")].to_vec2().unwrap();
+        let want: Vec<usize> = one_hot
+            .iter()
+            .map(|row| {
+                assert_eq!(row.iter().sum::<i64>(), 1, "{song}: not one-hot");
+                row.iter().position(|&v| v == 1).unwrap()
+            })
+            .collect();
+        let got = son1k_models::musicgen::chroma::melody_chroma(&audio);
+        assert_eq!(got, want, "{song}");
+    }
+}

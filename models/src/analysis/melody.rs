@@ -4,7 +4,7 @@
 //! of equal pitch merged, notes under 80 ms dropped) and snapped to sixteenths of the beat.
 
 use super::spectrum::{
-    for_each_frame, frame_size_for, hz_to_midi, normalising_gain, spectral_peaks,
+    for_each_frame, frame_size_for, hz_to_midi, normalising_gain, spectral_peaks, Edges,
 };
 
 /// Lowest and highest melody pitch considered (MIDI: G3 to F#6).
@@ -51,42 +51,49 @@ pub fn pitch_track(mono: &[f32], sample_rate: u32) -> PitchTrack {
     let top_hz = (sample_rate as f32 * 0.45).min(12_000.0);
     let mut best: Vec<(f32, f32)> = Vec::new();
     let mut salience = vec![0.0f32; bins];
-    for_each_frame(mono, n_fft, hop, normalising_gain(mono), |_, mags| {
-        salience.iter_mut().for_each(|s| *s = 0.0);
-        for p in spectral_peaks(mags, sample_rate, n_fft, (150.0, top_hz), 0.01, 4.0) {
-            let weight = p.magnitude.sqrt();
-            for h in 1..=HARMONICS {
-                let f0 = hz_to_midi(p.hz / h as f32);
-                let centre = (f0 - MELODY_RANGE.0) * BINS_PER_SEMITONE;
-                let gain = weight * HARMONIC_DECAY.powi(h as i32 - 1);
-                let lo = (centre - BINS_PER_SEMITONE / 2.0).ceil().max(0.0) as usize;
-                let hi = (centre + BINS_PER_SEMITONE / 2.0)
-                    .floor()
-                    .min(bins as f32 - 1.0);
-                if hi < 0.0 {
-                    continue;
-                }
-                for (b, slot) in salience
-                    .iter_mut()
-                    .enumerate()
-                    .take(hi as usize + 1)
-                    .skip(lo)
-                {
-                    let dev = (b as f32 - centre) / BINS_PER_SEMITONE;
-                    *slot += gain * (std::f32::consts::PI * dev).cos().powi(2);
+    for_each_frame(
+        mono,
+        n_fft,
+        hop,
+        normalising_gain(mono),
+        Edges::Zeros,
+        |_, mags| {
+            salience.iter_mut().for_each(|s| *s = 0.0);
+            for p in spectral_peaks(mags, sample_rate, n_fft, (150.0, top_hz), 0.01, 4.0) {
+                let weight = p.magnitude.sqrt();
+                for h in 1..=HARMONICS {
+                    let f0 = hz_to_midi(p.hz / h as f32);
+                    let centre = (f0 - MELODY_RANGE.0) * BINS_PER_SEMITONE;
+                    let gain = weight * HARMONIC_DECAY.powi(h as i32 - 1);
+                    let lo = (centre - BINS_PER_SEMITONE / 2.0).ceil().max(0.0) as usize;
+                    let hi = (centre + BINS_PER_SEMITONE / 2.0)
+                        .floor()
+                        .min(bins as f32 - 1.0);
+                    if hi < 0.0 {
+                        continue;
+                    }
+                    for (b, slot) in salience
+                        .iter_mut()
+                        .enumerate()
+                        .take(hi as usize + 1)
+                        .skip(lo)
+                    {
+                        let dev = (b as f32 - centre) / BINS_PER_SEMITONE;
+                        *slot += gain * (std::f32::consts::PI * dev).cos().powi(2);
+                    }
                 }
             }
-        }
-        let (mut arg, mut val) = (0usize, 0.0f32);
-        for (b, &s) in salience.iter().enumerate() {
-            // Slight preference for higher voices: +1 % per semitone.
-            let s = s * (1.0 + 0.01 * b as f32 / BINS_PER_SEMITONE);
-            if s > val {
-                (arg, val) = (b, s);
+            let (mut arg, mut val) = (0usize, 0.0f32);
+            for (b, &s) in salience.iter().enumerate() {
+                // Slight preference for higher voices: +1 % per semitone.
+                let s = s * (1.0 + 0.01 * b as f32 / BINS_PER_SEMITONE);
+                if s > val {
+                    (arg, val) = (b, s);
+                }
             }
-        }
-        best.push((MELODY_RANGE.0 + arg as f32 / BINS_PER_SEMITONE, val));
-    });
+            best.push((MELODY_RANGE.0 + arg as f32 / BINS_PER_SEMITONE, val));
+        },
+    );
     let hop_s = hop as f64 / f64::from(sample_rate);
     // Loudness reference: 90th percentile of the salience per ~1 s block, maxed over ±2 blocks.
     let block = ((1.0 / hop_s) as usize).max(1);

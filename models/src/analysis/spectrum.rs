@@ -29,15 +29,26 @@ pub fn normalising_gain(mono: &[f32]) -> f32 {
     }
 }
 
-/// Runs a Hann-windowed STFT over `mono` and calls `visit(frame_index, magnitudes)` for every
-/// frame. Frame `t` is centred on sample `t * hop` (the signal is zero-padded at both ends);
-/// magnitudes (bins `0..=n_fft/2`) are scaled so that a sine of amplitude `a` peaks near
-/// `a * gain`. Spectra are visited one at a time so long inputs need little memory.
+/// How a frame that reaches past either end of the signal is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edges {
+    /// With zeros.
+    Zeros,
+    /// With the signal mirrored about its end samples (torch's `reflect` padding).
+    Reflect,
+}
+
+/// Runs a periodic-Hann-windowed STFT over `mono` and calls `visit(frame_index, magnitudes)`
+/// for every frame. Frame `t` is centred on sample `t * hop` (the signal is extended at both
+/// ends as `edges` says); magnitudes (bins `0..=n_fft/2`) are scaled so that a sine of
+/// amplitude `a` peaks near `a * gain`. Spectra are visited one at a time so long inputs need
+/// little memory.
 pub fn for_each_frame(
     mono: &[f32],
     n_fft: usize,
     hop: usize,
     gain: f32,
+    edges: Edges,
     mut visit: impl FnMut(usize, &[f32]),
 ) {
     let (n_fft, hop) = (n_fft.max(16), hop.max(1));
@@ -57,12 +68,7 @@ pub fn for_each_frame(
     for t in 0..frames {
         let start = (t * hop) as isize - (n_fft / 2) as isize;
         for (i, slot) in input.iter_mut().enumerate() {
-            let idx = start + i as isize;
-            let sample = if idx >= 0 {
-                mono.get(idx as usize).copied().unwrap_or(0.0)
-            } else {
-                0.0
-            };
+            let sample = sample_at(mono, start + i as isize, edges);
             *slot = if sample.is_finite() {
                 sample * window[i]
             } else {
@@ -80,6 +86,31 @@ pub fn for_each_frame(
         }
         visit(t, &mags);
     }
+}
+
+/// The sample at `index`, which may lie past either end.
+fn sample_at(mono: &[f32], index: isize, edges: Edges) -> f32 {
+    let len = mono.len() as isize;
+    let index = match edges {
+        Edges::Zeros => index,
+        Edges::Reflect if len > 1 => {
+            // Mirror about the end samples until inside (one fold for pads shorter than
+            // the signal, as torch requires).
+            let period = 2 * (len - 1);
+            let folded = index.rem_euclid(period);
+            if folded < len {
+                folded
+            } else {
+                period - folded
+            }
+        }
+        Edges::Reflect => 0,
+    };
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| mono.get(i))
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// A spectral peak: interpolated frequency and magnitude.
@@ -201,7 +232,7 @@ pub fn chromagram(mono: &[f32], sample_rate: u32) -> Chromagram {
         hop_s: hop as f64 / f64::from(sample_rate),
         ..Default::default()
     };
-    for_each_frame(mono, n_fft, hop, gain, |_, mags| {
+    for_each_frame(mono, n_fft, hop, gain, Edges::Zeros, |_, mags| {
         let (mut full, mut bass) = ([0.0f32; 12], [0.0f32; 12]);
         for p in spectral_peaks(mags, sample_rate, n_fft, CHROMA_RANGE_HZ, 0.003, 3.0) {
             let midi = hz_to_midi(p.hz);
@@ -274,7 +305,7 @@ pub fn onset_strength(mono: &[f32], sample_rate: u32) -> OnsetEnvelope {
     let mut history: Vec<Vec<f32>> = Vec::new();
     let (mut flux, mut flux_high) = (Vec::new(), Vec::new());
     let gain = normalising_gain(mono);
-    for_each_frame(mono, n_fft, hop, gain, |_, mags| {
+    for_each_frame(mono, n_fft, hop, gain, Edges::Zeros, |_, mags| {
         let levels: Vec<f32> = (0..bands)
             .map(|b| {
                 let bins = &mags[edges[b].min(mags.len())..edges[b + 1].min(mags.len())];
@@ -323,7 +354,7 @@ mod tests {
         let n_fft = 2048;
         let x = sine(440.0, sr, 0.5);
         let mut found = vec![];
-        for_each_frame(&x, n_fft, 1024, 1.0, |t, mags| {
+        for_each_frame(&x, n_fft, 1024, 1.0, Edges::Zeros, |t, mags| {
             if t == 4 {
                 found = spectral_peaks(mags, sr, n_fft, (100.0, 2000.0), 0.1, 3.0);
             }

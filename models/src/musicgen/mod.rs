@@ -1,6 +1,7 @@
 //! MusicGen (text-to-music) from Hugging Face checkpoints: config, decoder, delay pattern,
 //! the model's step API and the per-job generation state.
 
+pub mod chroma;
 pub mod config;
 pub mod decoder;
 pub mod delay;
