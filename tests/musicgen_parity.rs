@@ -411,3 +411,72 @@ fn the_melody_chroma_equals_transformers_frame_for_frame() {
         assert_eq!(got, want, "{song}");
     }
 }
+
+#[test]
+fn a_continuation_keeps_the_prompt_and_generates_transformers_codes() {
+    for name in ["musicgen-tiny-mono", "musicgen-tiny-stereo"] {
+        let dir = fixture(name);
+        let recorded =
+            candle_core::safetensors::load(dir.join("continuation.safetensors"), &Device::Cpu)
+                .unwrap();
+        let model = MusicGen::load(&dir, &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
+        let ids: Vec<u32> = recorded["input_ids"]
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        let rows = |key: &str| -> Vec<Vec<u32>> {
+            recorded[key]
+                .squeeze(0)
+                .unwrap()
+                .to_vec2::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|row| row.into_iter().map(|c| c as u32).collect())
+                .collect()
+        };
+        let (prompt, want) = (rows("prompt_codes"), rows("codes"));
+        // The prompt as our encoder makes it from the clip (stereo: the clip on both sides).
+        let clip = &candle_core::safetensors::load(dir.join("encoder.safetensors"), &Device::Cpu)
+            .unwrap()["audio"];
+        let encoded: Vec<Vec<u32>> = encoder(&dir)
+            .encode(clip)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let channels = model.config().decoder.audio_channels;
+        let interleaved: Vec<Vec<u32>> = encoded
+            .iter()
+            .flat_map(|row| std::iter::repeat_n(row.clone(), channels))
+            .collect();
+        assert_eq!(interleaved, prompt, "{name}: prompt codes");
+        let params = GenerationParams {
+            frames: want[0].len(),
+            guidance_scale: 3.0,
+            sampling: SamplingParams::GREEDY,
+            seed: 0,
+        };
+        // Codes that cannot be a prompt are refused, not run.
+        for bad in [
+            vec![vec![0u32; 3]; 1],
+            vec![vec![4096u32; 3]; prompt.len()],
+            vec![vec![0u32; want[0].len() + 1]; prompt.len()],
+        ] {
+            let refused = Generation::continuing(&model, &ids, &params, bad).err();
+            assert!(
+                matches!(refused, Some(son1k_models::error::ModelError::BadPrompt(_))),
+                "{name}"
+            );
+        }
+        let mut job = Generation::continuing(&model, &ids, &params, prompt).unwrap();
+        while !job.is_done() {
+            job.step(&model).unwrap();
+        }
+        assert_eq!(job.frames(), want, "{name}: continued codes");
+    }
+}

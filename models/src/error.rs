@@ -93,6 +93,9 @@ pub enum ModelError {
         /// The decoder's dtype.
         dtype: candle_core::DType,
     },
+    /// Audio prompt codes that cannot start a continuation.
+    #[error("bad audio prompt: {0}")]
+    BadPrompt(String),
     /// A tensor operation failed (an internal error: shapes are validated at load).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -1,5 +1,7 @@
 //! One MusicGen job's state and its step: feed the last column, combine guidance rows,
-//! sample every codebook, apply the delay pattern.
+//! sample every codebook, apply the delay pattern. A continuation starts from prompt codes
+//! (an encoded clip): their frames are kept in the pattern, as transformers' delay-pattern
+//! mask keeps them, and the output includes them.
 
 use super::decoder::DecoderCache;
 use super::delay::DelayPattern;
@@ -29,11 +31,52 @@ pub struct Generation {
     /// `columns[s][k]`; column 0 is the start column.
     columns: Vec<Vec<u32>>,
     guided: Vec<f32>,
+    /// The prompt's frames, `[K][Tp]` (empty without an audio prompt).
+    prompt: Vec<Vec<u32>>,
 }
 
 impl Generation {
     /// Encodes the prompt ids and prepares the job; no decoder step runs yet.
     pub fn new(model: &MusicGen, prompt_ids: &[u32], params: &GenerationParams) -> Result<Self> {
+        Self::continuing(model, prompt_ids, params, Vec::new())
+    }
+
+    /// [`Self::new`] for a continuation of `prompt` (`[K][Tp]` codes, from the codec's
+    /// encoder): its `Tp` frames are the first of the `params.frames` the job returns, and
+    /// generation goes on from them.
+    pub fn continuing(
+        model: &MusicGen,
+        prompt_ids: &[u32],
+        params: &GenerationParams,
+        prompt: Vec<Vec<u32>>,
+    ) -> Result<Self> {
+        let d = &model.config().decoder;
+        let prompt_frames = prompt.first().map_or(0, Vec::len);
+        let codebook_size = model.config().audio_encoder.codebook_size;
+        let bad = |message: String| Err(ModelError::BadPrompt(message));
+        if !prompt.is_empty() {
+            if prompt.len() != d.num_codebooks
+                || prompt.iter().any(|row| row.len() != prompt_frames)
+            {
+                return bad(format!(
+                    "prompt codes must be {} rows of equal length",
+                    d.num_codebooks
+                ));
+            }
+            if prompt_frames > params.frames {
+                return bad(format!(
+                    "the prompt's {prompt_frames} frames exceed the {} to generate",
+                    params.frames
+                ));
+            }
+            if prompt
+                .iter()
+                .flatten()
+                .any(|&c| c as usize >= codebook_size)
+            {
+                return bad(format!("prompt codes must be below {codebook_size}"));
+            }
+        }
         let d = &model.config().decoder;
         let pattern = DelayPattern::new(
             d.num_codebooks,
@@ -51,7 +94,14 @@ impl Generation {
             guidance,
             columns: vec![vec![d.bos_token_id; d.num_codebooks]],
             guided: Vec::new(),
+            prompt,
         })
+    }
+
+    /// The prompt's code for codebook `k` at `column`, where the prompt decides it.
+    fn prompt_code(&self, column: usize, k: usize) -> Option<u32> {
+        let frame = self.pattern.frame_at(column, k)?;
+        self.prompt.get(k)?.get(frame).copied()
     }
 
     /// The job's delay pattern.
@@ -91,6 +141,9 @@ impl Generation {
         let next_column = self.columns.len();
         let column = (0..last.len())
             .map(|k| {
+                if let Some(code) = self.prompt_code(next_column, k) {
+                    return code;
+                }
                 let row = match self.guidance {
                     Some(scale) => {
                         apply_guidance(&logits[0][k], &logits[1][k], scale, &mut self.guided);
