@@ -340,30 +340,12 @@ fn the_encoder_gives_transformers_codes_under_either_weight_norm_naming() {
             let by_candle = encoder
                 .encode_latents_with_candle(&expected["audio"])
                 .unwrap();
-            let apart = (&latents - by_candle)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let apart = max_abs_diff(&latents, &by_candle);
             assert!(
                 apart <= 1e-5,
                 "{name}: CPU and candle paths differ by {apart}"
             );
-            let worst = (latents - &expected["latents"])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let worst = max_abs_diff(&latents, &expected["latents"]);
             assert!(
                 worst <= AUDIO_TOLERANCE,
                 "{name}: latents differ by {worst}"

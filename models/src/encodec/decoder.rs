@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::conv::{Conv1d, ConvTranspose1d};
 use super::lstm::Lstm;
-use super::seanet::{decoder_plan, Layer, LayerSpec, ResnetBlock};
+use super::seanet::{codebooks, decoder_plan, Layer, LayerSpec, ResnetBlock};
 use super::Config;
 use crate::error::{ModelError, Result};
 use crate::weights::Vb;
@@ -28,15 +28,7 @@ impl EncodecDecoder {
         // EnCodec is small next to the LM and sensitive to rounding: keep it in f32 whatever
         // dtype the rest of the model uses.
         let vb = vb.with_dtype(DType::F32);
-        let codebooks = (0..cfg.num_quantizers())
-            .map(|q| {
-                vb.pp("quantizer")
-                    .pp("layers")
-                    .pp(q)
-                    .pp("codebook")
-                    .get(&[cfg.codebook_size, cfg.codebook_dim()], "embed")
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let codebooks = codebooks(cfg, &vb)?;
         let layers_vb = vb.pp("decoder").pp("layers");
         let mut layers = Vec::new();
         for (n, spec) in decoder_plan(cfg).into_iter().enumerate() {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::conv::Conv1d;
 use super::lstm::Lstm;
-use super::seanet::{encoder_plan, Layer, LayerSpec, ResnetBlock};
+use super::seanet::{codebooks, encoder_plan, Layer, LayerSpec, ResnetBlock};
 use super::Config;
 use crate::error::{ModelError, Result};
 use crate::weights::Vb;
@@ -27,15 +27,7 @@ impl EncodecEncoder {
     pub fn new(cfg: &Config, vb: Vb<'_>) -> Result<Self> {
         cfg.validate()?;
         let vb = vb.with_dtype(DType::F32);
-        let codebooks = (0..cfg.num_quantizers())
-            .map(|q| {
-                vb.pp("quantizer")
-                    .pp("layers")
-                    .pp(q)
-                    .pp("codebook")
-                    .get(&[cfg.codebook_size, cfg.codebook_dim()], "embed")
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let codebooks = codebooks(cfg, &vb)?;
         let layers_vb = vb.pp("encoder").pp("layers");
         let mut layers = Vec::new();
         for (n, spec) in encoder_plan(cfg).into_iter().enumerate() {

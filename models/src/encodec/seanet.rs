@@ -56,6 +56,20 @@ impl ResnetBlock {
     }
 }
 
+/// The residual quantizer's codebooks, `quantizer.layers.{i}.codebook.embed`
+/// (`[codebook_size, codebook_dim]` each), which both the encoder and the decoder read.
+pub(super) fn codebooks(cfg: &Config, vb: &Vb<'_>) -> Result<Vec<Tensor>> {
+    (0..cfg.num_quantizers())
+        .map(|q| {
+            vb.pp("quantizer")
+                .pp("layers")
+                .pp(q)
+                .pp("codebook")
+                .get(&[cfg.codebook_size, cfg.codebook_dim()], "embed")
+        })
+        .collect()
+}
+
 /// One entry of `encoder.layers` or `decoder.layers`, in transformers' order; the index is
 /// its key.
 #[derive(Clone, Copy, Debug)]
