@@ -7,7 +7,7 @@
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::resample::StreamResampler;
+use super::resample::{ResampleError, StreamResampler};
 use super::Audio;
 
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
@@ -114,13 +114,8 @@ pub enum DecodeError {
         max: usize,
     },
     /// The resampler refused the conversion (what it said goes to the log).
-    #[error("could not resample from {from} Hz to {to} Hz")]
-    Resample {
-        /// Input rate.
-        from: u32,
-        /// Output rate.
-        to: u32,
-    },
+    #[error(transparent)]
+    Resample(#[from] ResampleError),
     /// The caller stopped the decode (its request went away).
     #[error("the decode was abandoned")]
     Abandoned,
@@ -234,10 +229,10 @@ pub fn decode_mono(
                 *sum += sample * scale;
             }
         }
-        resampler.push(&mono)
+        Ok(resampler.push(&mono)?)
     })?;
     match resampler {
-        Some(resampler) => resampler.finish(),
+        Some(resampler) => Ok(resampler.finish()?),
         None => Err(DecodeError::Empty),
     }
 }

@@ -6,7 +6,15 @@
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
 
-use super::decode::DecodeError;
+/// A conversion the resampler refused; what rubato said goes to the log, not to clients.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("could not resample from {from} Hz to {to} Hz")]
+pub struct ResampleError {
+    /// Input rate.
+    pub from: u32,
+    /// Output rate.
+    pub to: u32,
+}
 
 /// Input frames per FFT chunk.
 const CHUNK: usize = 1024;
@@ -30,7 +38,7 @@ pub struct StreamResampler {
 
 impl StreamResampler {
     /// A resampler from `from` Hz to `to` Hz.
-    pub fn new(from: u32, to: u32) -> Result<Self, DecodeError> {
+    pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
         let fail = |reason: String| resample_error(from, to, &reason);
         if from == 0 || to == 0 {
             return Err(fail("sample rates must be positive".into()));
@@ -63,7 +71,7 @@ impl StreamResampler {
     }
 
     /// Feeds samples.
-    pub fn push(&mut self, samples: &[f32]) -> Result<(), DecodeError> {
+    pub fn push(&mut self, samples: &[f32]) -> Result<(), ResampleError> {
         self.fed += samples.len() as u64;
         let Some(fft) = &self.fft else {
             self.output.extend_from_slice(samples);
@@ -92,7 +100,7 @@ impl StreamResampler {
     }
 
     /// Resamples what is left and returns the whole output.
-    pub fn finish(mut self) -> Result<Vec<f32>, DecodeError> {
+    pub fn finish(mut self) -> Result<Vec<f32>, ResampleError> {
         if self.fft.is_none() {
             return Ok(self.output);
         }
@@ -111,7 +119,7 @@ impl StreamResampler {
     }
 
     /// Resamples one chunk (`partial` frames of it when short) and appends the output.
-    fn chunk(&mut self, input: &[f32], partial: Option<usize>) -> Result<(), DecodeError> {
+    fn chunk(&mut self, input: &[f32], partial: Option<usize>) -> Result<(), ResampleError> {
         let (from, to) = (self.from, self.to);
         let fail = |reason: String| resample_error(from, to, &reason);
         let Some(fft) = &mut self.fft else {
@@ -137,14 +145,14 @@ impl StreamResampler {
     }
 }
 
-/// The error of a refused conversion; rubato's words go to the log, not to clients.
-fn resample_error(from: u32, to: u32, reason: &str) -> DecodeError {
+/// The error of a refused conversion, logging rubato's words.
+fn resample_error(from: u32, to: u32, reason: &str) -> ResampleError {
     tracing::warn!("cannot resample from {from} Hz to {to} Hz: {reason}");
-    DecodeError::Resample { from, to }
+    ResampleError { from, to }
 }
 
 /// Resamples a whole mono signal (what [`StreamResampler`] does, in one call).
-pub fn resample(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, DecodeError> {
+pub fn resample(mono: &[f32], from: u32, to: u32) -> Result<Vec<f32>, ResampleError> {
     let mut resampler = StreamResampler::new(from, to)?;
     resampler.push(mono)?;
     resampler.finish()
