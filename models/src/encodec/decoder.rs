@@ -3,9 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::conv::{Conv1d, ConvTranspose1d};
-use super::lstm::Lstm;
-use super::seanet::{codebooks, decoder_plan, Layer, LayerSpec, ResnetBlock};
+use super::seanet::{build_layers, codebooks, decoder_plan, Layer};
 use super::Config;
 use crate::error::{ModelError, Result};
 use crate::weights::Vb;
@@ -29,27 +27,7 @@ impl EncodecDecoder {
         // dtype the rest of the model uses.
         let vb = vb.with_dtype(DType::F32);
         let codebooks = codebooks(cfg, &vb)?;
-        let layers_vb = vb.pp("decoder").pp("layers");
-        let mut layers = Vec::new();
-        for (n, spec) in decoder_plan(cfg).into_iter().enumerate() {
-            let lvb = layers_vb.pp(n);
-            layers.push(match spec {
-                LayerSpec::Conv(c) => Layer::Conv(Conv1d::new(&c, cfg, &lvb)?),
-                LayerSpec::Lstm { dim } => Layer::Lstm(Lstm::new(dim, cfg, &lvb)?),
-                LayerSpec::Elu => Layer::Elu,
-                LayerSpec::ConvTranspose { cin, cout, ratio } => {
-                    Layer::ConvTranspose(ConvTranspose1d::new(cin, cout, ratio, cfg, &lvb)?)
-                }
-                LayerSpec::Resnet { dim, dilation } => {
-                    Layer::Resnet(ResnetBlock::new(dim, dilation, cfg, &lvb)?)
-                }
-                LayerSpec::StridedConv { .. } => {
-                    return Err(bad_codes(
-                        "the decoder plan has no strided convolution".into(),
-                    ))
-                }
-            });
-        }
+        let layers = build_layers(decoder_plan(cfg), cfg, &vb.pp("decoder").pp("layers"))?;
         Ok(Self {
             config: cfg.clone(),
             codebooks,

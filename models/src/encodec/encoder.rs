@@ -5,9 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::conv::Conv1d;
-use super::lstm::Lstm;
-use super::seanet::{codebooks, encoder_plan, Layer, LayerSpec, ResnetBlock};
+use super::seanet::{build_layers, codebooks, encoder_plan, Layer};
 use super::Config;
 use crate::error::{ModelError, Result};
 use crate::weights::Vb;
@@ -28,27 +26,7 @@ impl EncodecEncoder {
         cfg.validate()?;
         let vb = vb.with_dtype(DType::F32);
         let codebooks = codebooks(cfg, &vb)?;
-        let layers_vb = vb.pp("encoder").pp("layers");
-        let mut layers = Vec::new();
-        for (n, spec) in encoder_plan(cfg).into_iter().enumerate() {
-            let lvb = layers_vb.pp(n);
-            layers.push(match spec {
-                LayerSpec::Conv(c) => Layer::Conv(Conv1d::new(&c, cfg, &lvb)?),
-                LayerSpec::StridedConv { conv, stride } => {
-                    Layer::Conv(Conv1d::strided(&conv, stride, cfg, &lvb)?)
-                }
-                LayerSpec::Lstm { dim } => Layer::Lstm(Lstm::new(dim, cfg, &lvb)?),
-                LayerSpec::Elu => Layer::Elu,
-                LayerSpec::Resnet { dim, dilation } => {
-                    Layer::Resnet(ResnetBlock::new(dim, dilation, cfg, &lvb)?)
-                }
-                LayerSpec::ConvTranspose { .. } => {
-                    return Err(bad_audio(
-                        "the encoder plan has no transposed convolution".into(),
-                    ))
-                }
-            });
-        }
+        let layers = build_layers(encoder_plan(cfg), cfg, &vb.pp("encoder").pp("layers"))?;
         Ok(Self {
             config: cfg.clone(),
             codebooks,

@@ -243,7 +243,32 @@ pub fn decoder_weight_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     shapes
 }
 
-/// A built decoder layer.
+/// Builds the layers of `plan` from `vb` (`encoder.layers` or `decoder.layers`), each under
+/// its index.
+pub(super) fn build_layers(plan: Vec<LayerSpec>, cfg: &Config, vb: &Vb<'_>) -> Result<Vec<Layer>> {
+    plan.into_iter()
+        .enumerate()
+        .map(|(n, spec)| {
+            let vb = vb.pp(n);
+            Ok(match spec {
+                LayerSpec::Conv(c) => Layer::Conv(Conv1d::new(&c, cfg, &vb)?),
+                LayerSpec::StridedConv { conv, stride } => {
+                    Layer::Conv(Conv1d::strided(&conv, stride, cfg, &vb)?)
+                }
+                LayerSpec::Lstm { dim } => Layer::Lstm(Lstm::new(dim, cfg, &vb)?),
+                LayerSpec::Elu => Layer::Elu,
+                LayerSpec::ConvTranspose { cin, cout, ratio } => {
+                    Layer::ConvTranspose(ConvTranspose1d::new(cin, cout, ratio, cfg, &vb)?)
+                }
+                LayerSpec::Resnet { dim, dilation } => {
+                    Layer::Resnet(ResnetBlock::new(dim, dilation, cfg, &vb)?)
+                }
+            })
+        })
+        .collect()
+}
+
+/// A built layer (of the encoder or the decoder).
 pub(super) enum Layer {
     Conv(Conv1d),
     Lstm(Lstm),
