@@ -43,13 +43,7 @@ async fn assert_refused(client: &mut common::server::Client, token: &str, limit:
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains(limit), "{}", status.message());
-    let retry_after: u64 = status
-        .metadata()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("a retry-after hint");
-    assert!(retry_after >= 1);
+    assert!(common::server::retry_after_secs(&status) >= 1);
 }
 
 #[tokio::test]

@@ -305,6 +305,16 @@ pub fn generate(prompt: &str, seconds: f64, seed: u64) -> pb::GenerateRequest {
     }
 }
 
+/// The `retry-after` hint of a refusal, in seconds (panics when it has none).
+pub fn retry_after_secs(status: &Status) -> u64 {
+    status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry-after hint")
+}
+
 /// Every event of a stream until it ends.
 pub async fn collect(
     mut stream: Streaming<pb::GenerationEvent>,
