@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use son1k_models::musicgen::{Generation, GenerationParams, MusicGen};
+use son1k_models::musicgen::{AudioConditions, Generation, GenerationParams, MusicGen};
 use son1k_models::quant::WeightFormat;
 use son1k_models::sampling::{apply_guidance, SamplingParams};
 
@@ -146,7 +146,7 @@ fn assert_matches_reference(model: &MusicGen, fixture_dir: &Path, label: &str) {
         );
 
         // First step's guided logits.
-        let text = model.encode_text(&ids, true).unwrap();
+        let text = model.condition(&ids, None, true).unwrap();
         let mut cache = model.new_cache(&text, 4).unwrap();
         let k = model.config().decoder.num_codebooks;
         let logits = model
@@ -449,16 +449,120 @@ fn a_continuation_keeps_the_prompt_and_generates_transformers_codes() {
             vec![vec![4096u32; 3]; prompt.len()],
             vec![vec![0u32; want[0].len() + 1]; prompt.len()],
         ] {
-            let refused = Generation::continuing(&model, &ids, &params, bad).err();
+            let audio = AudioConditions {
+                prompt: bad,
+                chroma: None,
+            };
+            let refused = Generation::conditioned(&model, &ids, &params, audio).err();
             assert!(
                 matches!(refused, Some(son1k_models::error::ModelError::BadPrompt(_))),
                 "{name}"
             );
         }
-        let mut job = Generation::continuing(&model, &ids, &params, prompt).unwrap();
+        let audio = AudioConditions {
+            prompt,
+            chroma: None,
+        };
+        let mut job = Generation::conditioned(&model, &ids, &params, audio).unwrap();
         while !job.is_done() {
             job.step(&model).unwrap();
         }
         assert_eq!(job.frames(), want, "{name}: continued codes");
     }
+}
+
+/// MusicGen-Melody (tools/make_melody_fixtures.py): the song's chroma equals the
+/// extractor's, and greedy generation with guidance 3.0, with the song and without one,
+/// gives transformers' codes and waveform, mono and stereo, under either weight-norm naming.
+#[test]
+fn melody_checkpoints_match_transformers_with_and_without_a_song() {
+    for name in ["musicgen-tiny-melody", "musicgen-tiny-melody-stereo"] {
+        let dir = fixture(name);
+        let recorded =
+            candle_core::safetensors::load(dir.join("melody.safetensors"), &Device::Cpu).unwrap();
+        let song: Vec<f32> = recorded["song"]
+            .to_vec1::<i16>()
+            .unwrap()
+            .into_iter()
+            .map(|s| f32::from(s) / 32768.0)
+            .collect();
+        let chroma = son1k_models::musicgen::chroma::melody_chroma(&song);
+        let want_chroma: Vec<usize> = recorded["chroma"]
+            .squeeze(0)
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        assert_eq!(chroma, want_chroma, "{name}: chroma");
+        let ids: Vec<u32> = recorded["input_ids"]
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        let scratch = tempfile::tempdir().unwrap();
+        let legacy = scratch.path().join("legacy");
+        legacy_copy(&dir, &legacy);
+        for checkpoint in [&dir, &legacy] {
+            let model =
+                MusicGen::load(checkpoint, &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
+            assert!(model.config().is_melody(), "{name}");
+            for (key, chroma) in [("melody", Some(chroma.clone())), ("text", None)] {
+                let want = to_u32_rows(&recorded[&format!("{key}.codes")]);
+                let params = GenerationParams {
+                    frames: want[0].len(),
+                    guidance_scale: 3.0,
+                    sampling: SamplingParams::GREEDY,
+                    seed: 0,
+                };
+                let audio = AudioConditions {
+                    prompt: Vec::new(),
+                    chroma,
+                };
+                let mut job = Generation::conditioned(&model, &ids, &params, audio).unwrap();
+                while !job.is_done() {
+                    job.step(&model).unwrap();
+                }
+                let frames = job.into_frames();
+                assert_eq!(frames, want, "{name} {key}: codes");
+                let audio = model.decode_audio(&frames).unwrap();
+                let want_audio = recorded[&format!("{key}.audio")].squeeze(0).unwrap();
+                let diff = max_abs_diff(&audio, &want_audio);
+                assert!(
+                    diff <= AUDIO_TOLERANCE,
+                    "{name} {key}: waveform differs by {diff}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_melody_for_a_model_without_melody_is_refused() {
+    let dir = fixture("musicgen-tiny-mono");
+    let model = MusicGen::load(&dir, &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
+    let params = GenerationParams {
+        frames: 4,
+        guidance_scale: 3.0,
+        sampling: SamplingParams::GREEDY,
+        seed: 0,
+    };
+    let audio = AudioConditions {
+        prompt: Vec::new(),
+        chroma: Some(vec![3; 20]),
+    };
+    let error = Generation::conditioned(&model, &[5, 1], &params, audio)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("no melody") && error.contains("`musicgen`"),
+        "{error}"
+    );
 }

@@ -27,7 +27,7 @@ const GUIDANCE: f32 = 3.0;
 /// Guided logits of `STEPS` steps, each fed the reference's greedy column: (per step, the
 /// K x vocab guided logits).
 fn guided_logits(model: &MusicGen, ids: &[u32], columns: &[Vec<u32>]) -> Vec<Vec<f32>> {
-    let text = model.encode_text(ids, true).unwrap();
+    let text = model.condition(ids, None, true).unwrap();
     let mut cache = model.new_cache(&text, columns.len()).unwrap();
     let mut out = Vec::new();
     for column in columns {
@@ -56,7 +56,7 @@ fn reference_columns(model: &MusicGen, ids: &[u32]) -> Vec<Vec<u32>> {
     let k = model.config().decoder.num_codebooks;
     let vocab = model.config().decoder.vocab_size;
     let start = model.config().decoder.bos_token_id;
-    let text = model.encode_text(ids, true).unwrap();
+    let text = model.condition(ids, None, true).unwrap();
     let mut cache = model.new_cache(&text, STEPS).unwrap();
     let mut columns = vec![vec![start; k]];
     while columns.len() < STEPS {

@@ -64,7 +64,7 @@ impl MusicGenModel {
             sample_rate: model.sample_rate(),
             channels: model.channels(),
             frame_rate: config.frame_rate(),
-            max_frames: config.max_frames(),
+            max_frames: config.max_frames(0),
             extra_steps: config.decoder.channel_codebooks() - 1,
             vocab_size: config.decoder.vocab_size,
             defaults,

@@ -96,6 +96,20 @@ pub enum ModelError {
     /// Audio prompt codes that cannot start a continuation.
     #[error("bad audio prompt: {0}")]
     BadPrompt(String),
+    /// A melody for a model without melody conditioning.
+    #[error("this model has no melody conditioning (model_type `{model_type}`)")]
+    NoMelody {
+        /// The checkpoint's `model_type`.
+        model_type: String,
+    },
+    /// More frames than one generation's positions hold.
+    #[error("{frames} frames do not fit one generation; it holds at most {max}")]
+    TooManyFrames {
+        /// Frames asked for.
+        frames: usize,
+        /// The most that fit, after the delay columns and any prefix.
+        max: usize,
+    },
     /// A tensor operation failed (an internal error: shapes are validated at load).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -6,15 +6,31 @@ use std::path::Path;
 use crate::error::{ModelError, Result};
 use crate::{encodec, t5};
 
-/// The top-level `config.json` of a `MusicgenForConditionalGeneration` checkpoint.
+/// `model_type` of a MusicGen checkpoint: its decoder cross-attends to the text.
+pub const MUSICGEN: &str = "musicgen";
+/// `model_type` of a MusicGen-Melody checkpoint: chroma and text are a decoder prefix.
+pub const MUSICGEN_MELODY: &str = "musicgen_melody";
+
+/// The top-level `config.json` of a `MusicgenForConditionalGeneration` or
+/// `MusicgenMelodyForConditionalGeneration` checkpoint.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct Config {
+    /// `musicgen` or `musicgen_melody` (absent in hand-written configs: `musicgen`).
+    #[serde(default = "defaults::model_type")]
+    pub model_type: String,
     /// The T5 text encoder.
     pub text_encoder: t5::Config,
     /// The EnCodec audio codec.
     pub audio_encoder: encodec::Config,
     /// The MusicGen decoder.
     pub decoder: DecoderConfig,
+    /// Melody: chroma classes per frame (12).
+    #[serde(default = "defaults::num_chroma")]
+    pub num_chroma: usize,
+    /// Melody: chroma frames of the decoder prefix (235: 30 s at hop 4096); a shorter
+    /// song's chroma is tiled to it.
+    #[serde(default = "defaults::chroma_length")]
+    pub chroma_length: usize,
 }
 
 /// The `decoder` sub-config (transformers' `MusicgenDecoderConfig`), with its defaults.
@@ -62,6 +78,15 @@ pub struct DecoderConfig {
 }
 
 mod defaults {
+    pub fn model_type() -> String {
+        super::MUSICGEN.to_string()
+    }
+    pub fn num_chroma() -> usize {
+        crate::musicgen::chroma::NUM_CHROMA
+    }
+    pub fn chroma_length() -> usize {
+        235
+    }
     pub fn vocab_size() -> usize {
         2048
     }
@@ -113,11 +138,13 @@ impl DecoderConfig {
     }
 
     /// Decoder weights one step reads: per layer the self-attention Q, K, V and O, the
-    /// cross-attention Q and O (its K and V are computed once per job) and the feed-forward
-    /// pair; then the LM heads. Embedding lookups read one row each and are left out.
-    pub fn weights_read_per_step(&self) -> usize {
+    /// cross-attention Q and O where the layers have it (its K and V are computed once per
+    /// job) and the feed-forward pair; then the LM heads. Embedding lookups read one row
+    /// each and are left out.
+    pub fn weights_read_per_step(&self, cross_attention: bool) -> usize {
         let d = self.hidden_size;
-        let per_layer = 6 * d * d + 2 * d * self.ffn_dim;
+        let attention = if cross_attention { 6 } else { 4 };
+        let per_layer = attention * d * d + 2 * d * self.ffn_dim;
         self.num_hidden_layers * per_layer + self.num_codebooks * d * self.vocab_size
     }
 
@@ -136,8 +163,44 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether this is a MusicGen-Melody checkpoint.
+    pub fn is_melody(&self) -> bool {
+        self.model_type == MUSICGEN_MELODY
+    }
+
     /// Checks the config describes a model this implementation runs exactly.
     pub fn validate(&self) -> Result<()> {
+        if self.model_type != MUSICGEN && self.model_type != MUSICGEN_MELODY {
+            return Err(unsupported(
+                "model_type",
+                format!(
+                    "`{}` is not a MusicGen checkpoint ({MUSICGEN} or {MUSICGEN_MELODY} is)",
+                    self.model_type
+                ),
+            ));
+        }
+        if self.is_melody() {
+            let bins = crate::musicgen::chroma::NUM_CHROMA;
+            if self.num_chroma != bins {
+                return Err(unsupported(
+                    "num_chroma",
+                    format!(
+                        "{} chroma classes; the chroma extractor makes {bins}",
+                        self.num_chroma
+                    ),
+                ));
+            }
+            if self.chroma_length == 0 || self.chroma_length >= self.decoder.max_position_embeddings
+            {
+                return Err(unsupported(
+                    "chroma_length",
+                    format!(
+                        "{} must be positive and below decoder.max_position_embeddings {}",
+                        self.chroma_length, self.decoder.max_position_embeddings
+                    ),
+                ));
+            }
+        }
         self.text_encoder.validate()?;
         self.audio_encoder.validate()?;
         let d = &self.decoder;
@@ -210,8 +273,30 @@ impl Config {
 
     /// Whether `enc_to_dec_proj` exists: the text hidden size differs from the decoder's.
     pub fn has_enc_to_dec_proj(&self) -> bool {
-        self.decoder.cross_attention_hidden_size.is_none()
+        (self.is_melody() || self.decoder.cross_attention_hidden_size.is_none())
             && self.text_encoder.d_model != self.decoder.hidden_size
+    }
+
+    /// Melody: whether `audio_enc_to_dec_proj` exists (the chroma width differs from the
+    /// decoder's).
+    pub fn has_audio_enc_to_dec_proj(&self) -> bool {
+        self.is_melody() && self.num_chroma != self.decoder.hidden_size
+    }
+
+    /// Positions the decoder's prefix takes before the audio for `text_tokens` tokens: the
+    /// chroma and the text for melody, none where the text is cross-attended.
+    pub fn prefix_positions(&self, text_tokens: usize) -> usize {
+        if self.is_melody() {
+            self.chroma_length + text_tokens
+        } else {
+            0
+        }
+    }
+
+    /// Decoder weights one step reads ([`DecoderConfig::weights_read_per_step`]); melody
+    /// decoders have no cross-attention.
+    pub fn weights_read_per_step(&self) -> usize {
+        self.decoder.weights_read_per_step(!self.is_melody())
     }
 
     /// Audio frames per second (50 for the 32 kHz EnCodec).
@@ -219,9 +304,12 @@ impl Config {
         self.audio_encoder.frame_rate()
     }
 
-    /// The most audio frames one generation can hold: positions minus the delay columns.
-    pub fn max_frames(&self) -> usize {
-        self.decoder.max_position_embeddings - self.decoder.channel_codebooks()
+    /// The most audio frames one generation can hold: positions minus the delay columns
+    /// (and, for melody, minus the prefix of `text_tokens` tokens).
+    pub fn max_frames(&self, text_tokens: usize) -> usize {
+        self.decoder
+            .max_position_embeddings
+            .saturating_sub(self.decoder.channel_codebooks() + self.prefix_positions(text_tokens))
     }
 }
 

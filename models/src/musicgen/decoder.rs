@@ -1,6 +1,8 @@
 //! The MusicGen decoder: summed codebook embeddings, exact sinusoidal positions, pre-norm
 //! layers with causal self-attention (KV cache) and cross-attention to the text (K/V computed
-//! once per job), a final norm and one head per codebook.
+//! once per job), a final norm and one head per codebook. MusicGen-Melody's decoder has no
+//! cross-attention: its conditioning is a prefix of states run through the layers before the
+//! first audio token ([`Conditioning::Prefix`]).
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm};
@@ -252,14 +254,33 @@ impl Attention {
     }
 }
 
+/// A layer's cross-attention block: its norm and attention.
+struct CrossBlock {
+    norm: LayerNorm,
+    attn: Attention,
+}
+
 struct Layer {
     self_attn_norm: LayerNorm,
     self_attn: Attention,
-    cross_attn_norm: LayerNorm,
-    cross_attn: Attention,
+    /// `None` in MusicGen-Melody's decoder.
+    cross: Option<CrossBlock>,
     final_norm: LayerNorm,
     fc1: Proj,
     fc2: Proj,
+}
+
+/// What a job's decoder is conditioned on, for [`Decoder::new_cache`].
+#[derive(Clone, Copy)]
+pub enum Conditioning<'a> {
+    /// Cross-attention to `states` `[B, T, cross_in]` under `mask` `[B, T]` (1 for tokens).
+    CrossAttention {
+        states: &'a Tensor,
+        mask: &'a Tensor,
+    },
+    /// States `[B, P, hidden]` that take the first `P` positions, before the audio tokens,
+    /// seen through self-attention alone (MusicGen-Melody's chroma and text).
+    Prefix(&'a Tensor),
 }
 
 /// One layer's cross-attention K/V, computed from the job's text once.
@@ -279,11 +300,13 @@ enum SelfKv {
 /// Per-job decoder state: the KV caches and how many positions they hold. Each job owns
 /// its own, so jobs can be batched, cancelled and resumed independently.
 pub struct DecoderCache {
+    /// Cross-attention K/V per layer; empty for a decoder without cross-attention.
     layers: Vec<LayerCache>,
     self_kv: SelfKv,
     /// Additive cross-attention mask `[B, 1, 1, T_text]` in f32 (most negative finite
-    /// value on padding, so a fully masked row stays finite).
-    cross_mask: Tensor,
+    /// value on padding, so a fully masked row stays finite); `None` without
+    /// cross-attention.
+    cross_mask: Option<Tensor>,
     len: usize,
     capacity: usize,
 }
@@ -321,9 +344,15 @@ pub struct Decoder {
 
 impl Decoder {
     /// Loads the decoder from the `decoder` prefix; `cross_in` is the hidden size of the
-    /// (projected) text states. The projections a step reads (attention, feed-forward, LM
-    /// heads) are stored in `format`; embeddings and norms stay in the dtype.
-    pub fn new(cfg: &DecoderConfig, cross_in: usize, vb: Vb, format: WeightFormat) -> Result<Self> {
+    /// (projected) text states, `None` for a decoder without cross-attention (MusicGen-
+    /// Melody's). The projections a step reads (attention, feed-forward, LM heads) are
+    /// stored in `format`; embeddings and norms stay in the dtype.
+    pub fn new(
+        cfg: &DecoderConfig,
+        cross_in: Option<usize>,
+        vb: Vb,
+        format: WeightFormat,
+    ) -> Result<Self> {
         format.check_dtype(vb.dtype())?;
         let h = cfg.hidden_size;
         let heads = cfg.num_attention_heads;
@@ -340,17 +369,24 @@ impl Decoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = model.pp("layers").pp(i);
+                let cross = cross_in
+                    .map(|cross_in| -> Result<CrossBlock> {
+                        Ok(CrossBlock {
+                            norm: layer_norm(h, l.pp("encoder_attn_layer_norm"))?,
+                            attn: Attention::cross_attention(
+                                h,
+                                cross_in,
+                                heads,
+                                l.pp("encoder_attn"),
+                                format,
+                            )?,
+                        })
+                    })
+                    .transpose()?;
                 Ok(Layer {
                     self_attn_norm: layer_norm(h, l.pp("self_attn_layer_norm"))?,
                     self_attn: Attention::self_attention(h, heads, l.pp("self_attn"), format)?,
-                    cross_attn_norm: layer_norm(h, l.pp("encoder_attn_layer_norm"))?,
-                    cross_attn: Attention::cross_attention(
-                        h,
-                        cross_in,
-                        heads,
-                        l.pp("encoder_attn"),
-                        format,
-                    )?,
+                    cross,
                     final_norm: layer_norm(h, l.pp("final_layer_norm"))?,
                     fc1: proj(h, cfg.ffn_dim, l.pp("fc1"), format)?,
                     fc2: proj(cfg.ffn_dim, h, l.pp("fc2"), format)?,
@@ -397,19 +433,22 @@ impl Decoder {
         self.kv_dtype = dtype;
     }
 
-    /// A fresh cache for one job: computes every layer's cross-attention K/V from the text
-    /// states `[B, T, cross_in]` once, and preallocates `capacity` self-attention positions.
-    /// On the CPU in f32 the steps run as [`cpu_step`]'s phases, over plain buffers.
-    pub fn new_cache(
-        &self,
-        text_states: &Tensor,
-        text_mask_bt: &Tensor,
-        capacity: usize,
-    ) -> Result<DecoderCache> {
-        let rows = text_states.dim(0)?;
-        let on_cpu = text_states.device().is_cpu()
-            && self.dtype == DType::F32
-            && rows <= crate::gemv::MAX_ROWS;
+    /// Whether the layers attend to text states (every MusicGen but Melody).
+    pub fn has_cross_attention(&self) -> bool {
+        self.layers.iter().any(|layer| layer.cross.is_some())
+    }
+
+    /// A fresh cache for one job with room for `capacity` audio positions. Cross-attention
+    /// conditioning computes every layer's K/V from the text once; a prefix is run through
+    /// the layers now, taking the first positions. On the CPU in f32 the steps run as
+    /// [`cpu_step`]'s phases, over plain buffers.
+    pub fn new_cache(&self, conditioning: Conditioning, capacity: usize) -> Result<DecoderCache> {
+        let (rows, device, prefix) = match conditioning {
+            Conditioning::CrossAttention { states, .. } => (states.dim(0)?, states.device(), 0),
+            Conditioning::Prefix(states) => (states.dim(0)?, states.device(), states.dim(1)?),
+        };
+        let capacity = prefix + capacity;
+        let on_cpu = device.is_cpu() && self.dtype == DType::F32 && rows <= crate::gemv::MAX_ROWS;
         let self_kv = match self.kv_dtype {
             DType::F32 if on_cpu => {
                 SelfKv::Host(Box::new(host_cache::HostCache::f32(self, rows, capacity)))
@@ -417,9 +456,9 @@ impl Decoder {
             DType::F16 if on_cpu => {
                 SelfKv::Host(Box::new(host_cache::HostCache::f16(self, rows, capacity)))
             }
-            _ => self.self_kv_tensors(rows, capacity, text_states.device())?,
+            _ => self.self_kv_tensors(rows, capacity, device)?,
         };
-        self.new_cache_with(text_states, text_mask_bt, capacity, self_kv)
+        self.new_cache_with(conditioning, capacity, self_kv)
     }
 
     /// Zeroed self-attention tensors for the general path.
@@ -441,34 +480,114 @@ impl Decoder {
         Ok(SelfKv::Tensors(layers))
     }
 
-    /// [`Self::new_cache`] with the self-attention cache given.
+    /// [`Self::new_cache`] with the self-attention cache given (`capacity` counts the
+    /// prefix).
     fn new_cache_with(
         &self,
-        text_states: &Tensor,
-        text_mask_bt: &Tensor,
+        conditioning: Conditioning,
         capacity: usize,
         self_kv: SelfKv,
     ) -> Result<DecoderCache> {
-        let text_states = text_states.to_dtype(self.dtype)?;
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| {
-                let (cross_k, cross_v) = layer.cross_attn.keys_values(&text_states)?;
-                Ok(LayerCache { cross_k, cross_v })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mask = text_mask_bt.to_dtype(DType::F32)?;
-        let cross_mask = ((1.0 - mask)? * f32::MIN as f64)?
-            .unsqueeze(1)?
-            .unsqueeze(1)?;
-        Ok(DecoderCache {
-            layers,
-            self_kv,
-            cross_mask,
-            len: 0,
-            capacity,
-        })
+        let mismatch = |message: &str| crate::ModelError::UnsupportedConfig {
+            field: "conditioning".into(),
+            message: message.into(),
+        };
+        match conditioning {
+            Conditioning::CrossAttention { states, mask } => {
+                if !self.has_cross_attention() {
+                    return Err(mismatch(
+                        "this decoder has no cross-attention: its text goes in a prefix",
+                    ));
+                }
+                let states = states.to_dtype(self.dtype)?;
+                let layers = self
+                    .layers
+                    .iter()
+                    .filter_map(|layer| layer.cross.as_ref())
+                    .map(|cross| {
+                        let (cross_k, cross_v) = cross.attn.keys_values(&states)?;
+                        Ok(LayerCache { cross_k, cross_v })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mask = mask.to_dtype(DType::F32)?;
+                let cross_mask = ((1.0 - mask)? * f32::MIN as f64)?
+                    .unsqueeze(1)?
+                    .unsqueeze(1)?;
+                Ok(DecoderCache {
+                    layers,
+                    self_kv,
+                    cross_mask: Some(cross_mask),
+                    len: 0,
+                    capacity,
+                })
+            }
+            Conditioning::Prefix(states) => {
+                if self.has_cross_attention() {
+                    return Err(mismatch(
+                        "this decoder cross-attends to its text; a prefix is for decoders without",
+                    ));
+                }
+                let mut cache = DecoderCache {
+                    layers: Vec::new(),
+                    self_kv,
+                    cross_mask: None,
+                    len: 0,
+                    capacity,
+                };
+                self.prefill(states, &mut cache)?;
+                Ok(cache)
+            }
+        }
+    }
+
+    /// Runs the prefix `states` `[B, P, hidden]` at positions `0..P` of an empty cache: one
+    /// causal pass over all of them (as the reference runs them with the first token), whose
+    /// keys and values the steps then attend to. No logits are needed from it.
+    fn prefill(&self, states: &Tensor, cache: &mut DecoderCache) -> Result<()> {
+        let (rows, p, _) = states.dims3()?;
+        if p == 0 {
+            return Ok(());
+        }
+        if p > cache.capacity || p > self.cfg.max_position_embeddings {
+            return Err(crate::ModelError::UnsupportedConfig {
+                field: "decoder.max_position_embeddings".into(),
+                message: format!(
+                    "a prefix of {p} positions does not fit the model's {} positions",
+                    self.cfg.max_position_embeddings
+                ),
+            });
+        }
+        let mut xs = states
+            .to_dtype(self.dtype)?
+            .broadcast_add(&self.positions.narrow(0, 0, p)?)?;
+        let causal = causal_mask(p, 0, xs.device())?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let normed = layer.self_attn_norm.forward(&xs)?;
+            let (q, k, v) = layer.self_attn.queries_keys_values(&normed)?;
+            match &mut cache.self_kv {
+                SelfKv::Tensors(layers) => {
+                    let (self_k, self_v) = &layers[index];
+                    self_k.slice_set(&k.to_dtype(self_k.dtype())?, 2, 0)?;
+                    self_v.slice_set(&v.to_dtype(self_v.dtype())?, 2, 0)?;
+                }
+                SelfKv::Host(host) => host.store_prefix(index, &k, &v, rows)?,
+            }
+            xs = (&xs
+                + layer.self_attn.attend(
+                    &q,
+                    &k.contiguous()?,
+                    &v.contiguous()?,
+                    p,
+                    Some(&causal),
+                )?)?;
+            let normed = layer.final_norm.forward(&xs)?;
+            let ff = layer
+                .fc2
+                .forward(&crate::activations::gelu_erf(&layer.fc1.forward(&normed)?)?)?;
+            xs = (xs + ff)?;
+        }
+        cache.len = p;
+        Ok(())
     }
 
     /// Runs `ids_bkt` (u32 `[B, K, T]`) at the cache's next positions and returns the
@@ -512,8 +631,8 @@ impl Decoder {
         } else {
             None
         };
-        let caches = self.layers.iter().zip(&cache.layers).zip(self_kv.iter());
-        for ((layer, lc), (self_k, self_v)) in caches {
+        let mut cross_caches = cache.layers.iter();
+        for (layer, (self_k, self_v)) in self.layers.iter().zip(self_kv.iter()) {
             // Self-attention over the cache plus the new positions.
             let normed = layer.self_attn_norm.forward(&xs)?;
             let (q, k_new, v_new) = layer.self_attn.queries_keys_values(&normed)?;
@@ -524,16 +643,20 @@ impl Decoder {
                     .self_attn
                     .attend(&q, self_k, self_v, offset + t, causal.as_ref())?)?;
             // Cross-attention to the text.
-            let normed = layer.cross_attn_norm.forward(&xs)?;
-            let text_len = lc.cross_k.dim(2)?;
-            let cross = layer.cross_attn.attend(
-                &layer.cross_attn.queries(&normed)?,
-                &lc.cross_k,
-                &lc.cross_v,
-                text_len,
-                Some(&cache.cross_mask),
-            )?;
-            xs = (xs + cross)?;
+            if let (Some(cross), Some(lc), Some(mask)) =
+                (&layer.cross, cross_caches.next(), &cache.cross_mask)
+            {
+                let normed = cross.norm.forward(&xs)?;
+                let text_len = lc.cross_k.dim(2)?;
+                let attended = cross.attn.attend(
+                    &cross.attn.queries(&normed)?,
+                    &lc.cross_k,
+                    &lc.cross_v,
+                    text_len,
+                    Some(mask),
+                )?;
+                xs = (xs + attended)?;
+            }
             // Feed-forward with exact (erf) GELU.
             let normed = layer.final_norm.forward(&xs)?;
             let ff = layer

@@ -1,7 +1,7 @@
 //! One MusicGen job's state and its step: feed the last column, combine guidance rows,
 //! sample every codebook, apply the delay pattern. A continuation starts from prompt codes
 //! (an encoded clip): their frames are kept in the pattern, as transformers' delay-pattern
-//! mask keeps them, and the output includes them.
+//! mask keeps them, and the output includes them. A melody model takes the song's chroma.
 
 use super::decoder::DecoderCache;
 use super::delay::DelayPattern;
@@ -22,6 +22,16 @@ pub struct GenerationParams {
     pub seed: u64,
 }
 
+/// What conditions a generation besides its text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AudioConditions {
+    /// Codes of a clip to continue, `[K][Tp]` (from the codec's encoder); empty for none.
+    pub prompt: Vec<Vec<u32>>,
+    /// Melody models: the song's chroma class per frame
+    /// ([`melody_chroma`](super::chroma::melody_chroma)); `None` for no song.
+    pub chroma: Option<Vec<usize>>,
+}
+
 /// A job in progress: its cache, sampler and the columns decoded so far.
 pub struct Generation {
     pattern: DelayPattern,
@@ -36,20 +46,29 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Encodes the prompt ids and prepares the job; no decoder step runs yet.
+    /// Encodes the prompt ids and prepares the job; no decoder step runs yet (a melody
+    /// model's prefix runs now).
     pub fn new(model: &MusicGen, prompt_ids: &[u32], params: &GenerationParams) -> Result<Self> {
-        Self::continuing(model, prompt_ids, params, Vec::new())
+        Self::conditioned(model, prompt_ids, params, AudioConditions::default())
     }
 
-    /// [`Self::new`] for a continuation of `prompt` (`[K][Tp]` codes, from the codec's
-    /// encoder): its `Tp` frames are the first of the `params.frames` the job returns, and
-    /// generation goes on from them.
-    pub fn continuing(
+    /// [`Self::new`] with audio conditions: a continuation's prompt codes are the first
+    /// `Tp` of the `params.frames` frames the job returns, and generation goes on from
+    /// them; a melody model is conditioned on the chroma.
+    pub fn conditioned(
         model: &MusicGen,
         prompt_ids: &[u32],
         params: &GenerationParams,
-        prompt: Vec<Vec<u32>>,
+        audio: AudioConditions,
     ) -> Result<Self> {
+        let AudioConditions { prompt, chroma } = audio;
+        let max = model.config().max_frames(prompt_ids.len());
+        if params.frames > max {
+            return Err(ModelError::TooManyFrames {
+                frames: params.frames,
+                max,
+            });
+        }
         let d = &model.config().decoder;
         let prompt_frames = prompt.first().map_or(0, Vec::len);
         let codebook_size = model.config().audio_encoder.codebook_size;
@@ -85,8 +104,8 @@ impl Generation {
             d.pad_token_id,
         );
         let guidance = (params.guidance_scale != 1.0).then_some(params.guidance_scale);
-        let text = model.encode_text(prompt_ids, guidance.is_some())?;
-        let cache = model.new_cache(&text, pattern.steps())?;
+        let conditioning = model.condition(prompt_ids, chroma.as_deref(), guidance.is_some())?;
+        let cache = model.new_cache(&conditioning, pattern.steps())?;
         Ok(Self {
             pattern,
             cache,

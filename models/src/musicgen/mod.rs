@@ -12,5 +12,5 @@ pub mod tokenizer;
 
 pub use config::{Config, DecoderConfig, GenerationConfig};
 pub use delay::DelayPattern;
-pub use generation::{Generation, GenerationParams};
-pub use model::MusicGen;
+pub use generation::{AudioConditions, Generation, GenerationParams};
+pub use model::{Conditioning, MusicGen};

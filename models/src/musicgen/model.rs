@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use super::config::{Config, GenerationConfig};
-use super::decoder::{Decoder, DecoderCache};
+use super::decoder::{self, Decoder, DecoderCache};
 use super::tokenizer::PromptTokenizer;
 use crate::encodec::EncodecDecoder;
 use crate::error::{ModelError, Result};
@@ -31,6 +31,25 @@ pub struct TextConditioning {
     pub mask: Tensor,
 }
 
+/// What a job's decoder is conditioned on, one row per guidance branch.
+pub enum Conditioning {
+    /// The projected text, cross-attended (MusicGen).
+    CrossAttention(TextConditioning),
+    /// Chroma then text, `[rows, chroma_length + T, hidden]`, run before the audio tokens
+    /// (MusicGen-Melody).
+    Prefix(Tensor),
+}
+
+impl Conditioning {
+    /// Positions the conditioning takes in the decoder before the audio.
+    pub fn prefix_positions(&self) -> Result<usize> {
+        match self {
+            Self::CrossAttention(_) => Ok(0),
+            Self::Prefix(states) => Ok(states.dim(1)?),
+        }
+    }
+}
+
 /// A loaded MusicGen model. Immutable once loaded: per-job state lives in
 /// [`super::Generation`] and [`DecoderCache`].
 pub struct MusicGen {
@@ -39,6 +58,9 @@ pub struct MusicGen {
     tokenizer: Option<PromptTokenizer>,
     text_encoder: T5Encoder,
     enc_to_dec_proj: Option<Linear>,
+    /// Melody: `audio_enc_to_dec_proj`, the chroma's projection (`None` where the chroma is
+    /// as wide as the decoder, and for plain MusicGen).
+    chroma_proj: Option<Linear>,
     decoder: Decoder,
     audio: EncodecDecoder,
     device: Device,
@@ -91,10 +113,21 @@ impl MusicGen {
         } else {
             None
         };
-        let cross_in = if config.has_enc_to_dec_proj() {
-            h
+        let chroma_proj = if config.has_audio_enc_to_dec_proj() {
+            let vb = f32_root.pp("audio_enc_to_dec_proj");
+            Some(Linear::new(
+                vb.get(&[h, config.num_chroma], "weight")?,
+                Some(vb.get(&[h], "bias")?),
+            ))
         } else {
-            config.decoder.cross_attention_hidden_size.unwrap_or(d_text)
+            None
+        };
+        let cross_in = if config.is_melody() {
+            None
+        } else if config.has_enc_to_dec_proj() {
+            Some(h)
+        } else {
+            Some(config.decoder.cross_attention_hidden_size.unwrap_or(d_text))
         };
         let decoder = Decoder::new(&config.decoder, cross_in, root.pp("decoder"), format)?;
         let audio = EncodecDecoder::new(&config.audio_encoder, f32_root.pp("audio_encoder"))?;
@@ -105,6 +138,7 @@ impl MusicGen {
             tokenizer,
             text_encoder,
             enc_to_dec_proj,
+            chroma_proj,
             decoder,
             audio,
         })
@@ -217,9 +251,78 @@ impl MusicGen {
         }
     }
 
-    /// A decoder cache for a job of `columns` decoder positions.
-    pub fn new_cache(&self, text: &TextConditioning, columns: usize) -> Result<DecoderCache> {
-        self.decoder.new_cache(&text.states, &text.mask, columns)
+    /// A job's conditioning: the text alone for MusicGen; for MusicGen-Melody the chroma
+    /// of the song (`chroma`: a class per frame, from
+    /// [`melody_chroma`](super::chroma::melody_chroma); `None` for no song) projected and
+    /// tiled to `chroma_length`, then the text. With `guidance`, a second row is the
+    /// unconditional branch: no text, and the one-hot-0 chroma.
+    pub fn condition(
+        &self,
+        ids: &[u32],
+        chroma: Option<&[usize]>,
+        guidance: bool,
+    ) -> Result<Conditioning> {
+        let text = self.encode_text(ids, guidance)?;
+        if !self.config.is_melody() {
+            return match chroma {
+                Some(_) => Err(ModelError::NoMelody {
+                    model_type: self.config.model_type.clone(),
+                }),
+                None => Ok(Conditioning::CrossAttention(text)),
+            };
+        }
+        let silent = [0usize];
+        let mut rows = vec![self.chroma_states(chroma.unwrap_or(&silent))?];
+        if guidance {
+            rows.push(self.chroma_states(&silent)?);
+        }
+        let chroma = Tensor::cat(&rows, 0)?;
+        Ok(Conditioning::Prefix(Tensor::cat(
+            &[&chroma, &text.states],
+            1,
+        )?))
+    }
+
+    /// One row of projected chroma `[1, chroma_length, hidden]`: the one-hot `classes`
+    /// projected, repeated until long enough, then cut to length.
+    fn chroma_states(&self, classes: &[usize]) -> Result<Tensor> {
+        let bins = self.config.num_chroma;
+        let length = self.config.chroma_length;
+        if let Some(bad) = classes.iter().find(|&&c| c >= bins) {
+            return Err(ModelError::BadPrompt(format!(
+                "chroma class {bad} is past the {bins} classes"
+            )));
+        }
+        let classes = if classes.is_empty() {
+            &[0][..]
+        } else {
+            classes
+        };
+        let mut one_hot = vec![0f32; classes.len() * bins];
+        for (frame, &class) in classes.iter().enumerate() {
+            one_hot[frame * bins + class] = 1.0;
+        }
+        let one_hot = Tensor::from_vec(one_hot, (1, classes.len(), bins), &self.device)?;
+        let projected = match &self.chroma_proj {
+            Some(proj) => proj.forward(&one_hot)?,
+            None => one_hot,
+        };
+        let repeats = length.div_ceil(classes.len());
+        let tiled = Tensor::cat(&vec![&projected; repeats], 1)?;
+        Ok(tiled.narrow(1, 0, length)?)
+    }
+
+    /// A decoder cache for a job of `columns` audio positions (after any prefix, which
+    /// runs now).
+    pub fn new_cache(&self, conditioning: &Conditioning, columns: usize) -> Result<DecoderCache> {
+        let input = match conditioning {
+            Conditioning::CrossAttention(text) => decoder::Conditioning::CrossAttention {
+                states: &text.states,
+                mask: &text.mask,
+            },
+            Conditioning::Prefix(states) => decoder::Conditioning::Prefix(states),
+        };
+        self.decoder.new_cache(input, columns)
     }
 
     /// One decoder pass: feeds `column` (one token per codebook) to every row of the cache

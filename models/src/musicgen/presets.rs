@@ -21,12 +21,32 @@ pub const PRESET_NAMES: &[&str] = &[
     "musicgen-stereo-small",
     "musicgen-stereo-medium",
     "musicgen-stereo-large",
+    "musicgen-melody",
+    "musicgen-melody-large",
+    "musicgen-stereo-melody",
+    "musicgen-stereo-melody-large",
     "tiny",
     "tiny-stereo",
+    "tiny-melody",
 ];
 
-/// The config of a named shape, or `None` for an unknown name.
+/// The config of a named shape, or `None` for an unknown name. The melody shapes are the
+/// published ones: `musicgen-melody` is medium-sized, `-large` large.
 pub fn preset(name: &str) -> Option<Config> {
+    let melody_size = match name {
+        "musicgen-melody" | "musicgen-stereo-melody" => Some("musicgen-medium"),
+        "musicgen-melody-large" | "musicgen-stereo-melody-large" => Some("musicgen-large"),
+        "tiny-melody" => Some("tiny"),
+        _ => None,
+    };
+    if let Some(size) = melody_size {
+        let mut config = preset(size)?;
+        if name.starts_with("musicgen-stereo-") {
+            config = preset(&size.replace("musicgen-", "musicgen-stereo-"))?;
+        }
+        config.model_type = super::config::MUSICGEN_MELODY.to_string();
+        return Some(config);
+    }
     let (stereo, size) = match name.strip_prefix("musicgen-stereo-") {
         Some(size) => (true, size),
         None => (false, name.strip_prefix("musicgen-").unwrap_or(name)),
@@ -149,10 +169,23 @@ fn hf_config_json(config: &Config) -> Result<serde_json::Value> {
     let mut decoder = to_value(serde_json::to_value(&config.decoder))?;
     text["model_type"] = json!("t5");
     audio["model_type"] = json!("encodec");
+    if config.is_melody() {
+        decoder["model_type"] = json!("musicgen_melody_decoder");
+        return Ok(json!({
+            "architectures": ["MusicgenMelodyForConditionalGeneration"],
+            "model_type": config.model_type,
+            "is_encoder_decoder": false,
+            "num_chroma": config.num_chroma,
+            "chroma_length": config.chroma_length,
+            "text_encoder": text,
+            "audio_encoder": audio,
+            "decoder": decoder,
+        }));
+    }
     decoder["model_type"] = json!("musicgen_decoder");
     Ok(json!({
         "architectures": ["MusicgenForConditionalGeneration"],
-        "model_type": "musicgen",
+        "model_type": config.model_type,
         "is_encoder_decoder": true,
         "text_encoder": text,
         "audio_encoder": audio,
@@ -168,8 +201,9 @@ mod tests {
     fn a_small_step_reads_361m_weights_as_the_reference_counts() {
         // performance.md: 361 M weights per step for musicgen-small (cross-attention K/V
         // cached), 419 M parameters in the decoder in all.
-        let small = preset("musicgen-small").unwrap().decoder;
+        let small = preset("musicgen-small").unwrap();
         assert_eq!(small.weights_read_per_step(), 360_710_144);
+        let small = small.decoder;
         // f32 KV with guidance: 393 KB per step of history.
         assert_eq!(small.kv_elements_read_at(1, 2) * 4, 393_216);
     }
@@ -193,5 +227,30 @@ mod tests {
             (8, 2)
         );
         assert!(preset("musicgen-huge").is_none());
+        let melody = preset("musicgen-stereo-melody-large").unwrap();
+        assert!(melody.is_melody());
+        assert_eq!(
+            (melody.decoder.hidden_size, melody.decoder.num_codebooks),
+            (2048, 8)
+        );
+        assert_eq!(preset("musicgen-melody").unwrap().decoder.hidden_size, 1536);
+    }
+
+    /// A random melody checkpoint written in the published layout loads back as a melody
+    /// model whose prefix holds the chroma and the text.
+    #[test]
+    fn a_random_melody_checkpoint_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = preset("tiny-melody").unwrap();
+        write_random_checkpoint(dir.path(), &config, 3).unwrap();
+        let model =
+            MusicGen::load(dir.path(), &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
+        assert!(model.config().is_melody());
+        let text: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(text["model_type"], "musicgen_melody");
+        let with_song = model.condition(&[3, 1], Some(&[4, 7]), true).unwrap();
+        assert_eq!(with_song.prefix_positions().unwrap(), 235 + 2);
     }
 }

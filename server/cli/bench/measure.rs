@@ -234,7 +234,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     // Every projection a step reads has rows of `hidden` or `ffn_dim` weights; both take the
     // same block format at the published sizes.
     let per_weight = format.bytes_per_weight(decoder.hidden_size, dtype, &device);
-    let weight_bytes_per_step = (decoder.weights_read_per_step() as f64 * per_weight) as u64;
+    let weight_bytes_per_step = (model.config().weights_read_per_step() as f64 * per_weight) as u64;
     // Mean KV position over the steps the ratio describes.
     let mean_position = match steps {
         Some(n) => (n + 1) as f64 / 2.0,

@@ -107,7 +107,10 @@ impl Decoder {
                 .map(LayerView::new)
                 .collect::<Result<_>>()?,
             cross,
-            mask: some(cpu_data(cross_mask)?, NOT_ON_CPU)?,
+            mask: match cross_mask {
+                Some(mask) => Some(some(cpu_data(mask)?, NOT_ON_CPU)?),
+                None => None,
+            },
             final_norm: Norm::new(&self.final_norm)?,
             heads: self
                 .lm_heads
@@ -130,7 +133,7 @@ impl Decoder {
         }
         let cfg = &self.cfg;
         let cross_len = rows * cfg.num_attention_heads * text_len * cfg.head_dim();
-        let text_fits = views.mask.len() == rows * text_len
+        let text_fits = views.mask.as_ref().map_or(0, |m| m.len()) == rows * text_len
             && views
                 .cross
                 .iter()
@@ -200,8 +203,9 @@ struct Views<'a> {
     layers: Vec<LayerView<'a>>,
     /// Cross-attention keys and values per layer, `[rows, heads, text_len, head_dim]`.
     cross: Vec<(CpuData<'a, f32>, CpuData<'a, f32>)>,
-    /// `[rows, text_len]`, added to the cross-attention scores.
-    mask: CpuData<'a, f32>,
+    /// `[rows, text_len]`, added to the cross-attention scores; `None` without
+    /// cross-attention.
+    mask: Option<CpuData<'a, f32>>,
     final_norm: Norm<'a>,
     heads: Vec<CpuWeights<'a>>,
     text_len: usize,
@@ -294,12 +298,12 @@ impl<E: KvElement> Step<'_, E> {
             ),
             Phase::SelfOut => (&layer.self_out, &b.attended, target(&b.x, h, Epilogue::Add)),
             Phase::CrossQuery => (
-                &layer.cross_query,
+                &layer.cross.as_ref()?.query,
                 &b.normed,
                 target(&b.queries, h, Epilogue::Store),
             ),
             Phase::CrossOut => (
-                &layer.cross_out,
+                &layer.cross.as_ref()?.out,
                 &b.attended,
                 target(&b.x, h, Epilogue::Add),
             ),
@@ -324,7 +328,11 @@ impl<E: KvElement> Step<'_, E> {
     fn tasks(&self, p: usize) -> usize {
         match self.phase(p) {
             None => self.views.heads.len() * self.head_tasks(),
-            Some((_, Phase::SelfHeads | Phase::CrossHeads)) => self.rows * self.attention_heads,
+            Some((_, Phase::SelfHeads)) => self.rows * self.attention_heads,
+            Some((l, Phase::CrossHeads)) => match self.views.layers[l].cross {
+                Some(_) => self.rows * self.attention_heads,
+                None => 0,
+            },
             Some(_) => self
                 .projection(p)
                 .map_or(0, |(w, _, _)| w.rows().div_ceil(w.task_features())),
@@ -342,7 +350,7 @@ impl<E: KvElement> Step<'_, E> {
         let norm = match self.phase(p) {
             None => Some(&self.views.final_norm),
             Some((l, Phase::SelfQkv)) => Some(&self.views.layers[l].self_norm),
-            Some((l, Phase::CrossQuery)) => Some(&self.views.layers[l].cross_norm),
+            Some((l, Phase::CrossQuery)) => self.views.layers[l].cross.as_ref().map(|c| &c.norm),
             Some((l, Phase::Expand)) => Some(&self.views.layers[l].final_norm),
             Some(_) => None,
         };
@@ -476,7 +484,10 @@ impl<E: KvElement> Step<'_, E> {
             CacheRows::F32(&keys[part.clone()]),
             CacheRows::F32(&values[part.clone()]),
         );
-        let mask = &self.views.mask[b * text..(b + 1) * text];
+        let Some(mask) = &self.views.mask else {
+            return;
+        };
+        let mask = &mask[b * text..(b + 1) * text];
         let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
         let next = NextHead {
             keys: CacheRows::F32(&keys[part.end..]).as_bytes(),
@@ -491,7 +502,7 @@ impl<E: KvElement> Step<'_, E> {
 mod tests {
     use candle_core::{DType, Device, Tensor};
 
-    use super::super::{Decoder, DecoderCache, SelfKv};
+    use super::super::{Conditioning, Decoder, DecoderCache, SelfKv};
     use crate::musicgen::presets::preset;
     use crate::quant::WeightFormat;
     use crate::weights::Weights;
@@ -502,13 +513,23 @@ mod tests {
     /// 4 heads take the general head kernel), feed-forward 256, every projection
     /// quantizable.
     fn decoder(heads: usize, format: WeightFormat, kv: DType) -> Decoder {
+        decoder_with(heads, format, kv, Some(TEXT_IN))
+    }
+
+    /// [`decoder`] with cross-attention from `cross_in`-wide states, or without.
+    fn decoder_with(
+        heads: usize,
+        format: WeightFormat,
+        kv: DType,
+        cross_in: Option<usize>,
+    ) -> Decoder {
         let mut cfg = preset("tiny").unwrap().decoder;
         cfg.hidden_size = 128;
         cfg.ffn_dim = 256;
         cfg.num_attention_heads = heads;
         let weights = Weights::random(11, &Device::Cpu);
         let vb = weights.root(DType::F32).pp("decoder");
-        let mut decoder = Decoder::new(&cfg, TEXT_IN, vb, format).unwrap();
+        let mut decoder = Decoder::new(&cfg, cross_in, vb, format).unwrap();
         decoder.set_kv_dtype(kv);
         decoder
     }
@@ -523,13 +544,27 @@ mod tests {
             .map(|i| if i < 3 { 1.0 } else { 0.0 })
             .collect();
         let mask = Tensor::from_vec(mask, (rows, 5), &Device::Cpu).unwrap();
-        let step = decoder.new_cache(&states, &mask, capacity).unwrap();
+        let conditioning = Conditioning::CrossAttention {
+            states: &states,
+            mask: &mask,
+        };
+        both_caches(decoder, conditioning, rows, capacity)
+    }
+
+    /// A cache for the CPU step and one for the general path, for the same conditioning.
+    fn both_caches(
+        decoder: &Decoder,
+        conditioning: Conditioning,
+        rows: usize,
+        capacity: usize,
+    ) -> (DecoderCache, DecoderCache) {
+        let step = decoder.new_cache(conditioning, capacity).unwrap();
         assert!(matches!(step.self_kv, SelfKv::Host(_)));
         let tensors = decoder
-            .self_kv_tensors(rows, capacity, &Device::Cpu)
+            .self_kv_tensors(rows, step.capacity(), &Device::Cpu)
             .unwrap();
         let general = decoder
-            .new_cache_with(&states, &mask, capacity, tensors)
+            .new_cache_with(conditioning, step.capacity(), tensors)
             .unwrap();
         (step, general)
     }
@@ -586,6 +621,50 @@ mod tests {
         }
     }
 
+    /// A decoder without cross-attention (MusicGen-Melody's), conditioned on a prefix of 6
+    /// states: the prefix fills the first positions of both caches, and steps after it
+    /// agree on both paths. Cross-attention states for it, or a prefix for a decoder with
+    /// cross-attention, are refused.
+    #[test]
+    fn a_prefix_decoder_steps_alike_on_both_paths() {
+        let hidden = 128;
+        for kv in [DType::F32, DType::F16] {
+            let decoder = decoder_with(2, WeightFormat::Dense, kv, None);
+            let rows = 2;
+            let mut rng = crate::rng::Rng::new(9);
+            let prefix = rng.uniform_f32s(rows * 6 * hidden, -1.0, 1.0);
+            let prefix = Tensor::from_vec(prefix, (rows, 6, hidden), &Device::Cpu).unwrap();
+            let (mut step, mut general) =
+                both_caches(&decoder, Conditioning::Prefix(&prefix), rows, 4);
+            assert_eq!((step.len(), step.capacity()), (6, 10));
+            let k = decoder.cfg.num_codebooks;
+            for position in 0..4 {
+                let ids: Vec<u32> = (0..rows * k)
+                    .map(|i| ((i * 5 + position) % 40) as u32)
+                    .collect();
+                let ids = Tensor::from_vec(ids, (rows, k, 1), &Device::Cpu).unwrap();
+                let ours = decoder.forward(&ids, &mut step).unwrap();
+                let theirs = decoder.forward(&ids, &mut general).unwrap();
+                let difference = relative_difference(&theirs, &ours);
+                assert!(
+                    difference <= 1e-4,
+                    "{kv:?} cache, step {position}: {difference}"
+                );
+            }
+            let states = Tensor::zeros((1, 3, TEXT_IN), DType::F32, &Device::Cpu).unwrap();
+            let mask = Tensor::ones((1, 3), DType::F32, &Device::Cpu).unwrap();
+            let cross = Conditioning::CrossAttention {
+                states: &states,
+                mask: &mask,
+            };
+            assert!(decoder.new_cache(cross, 4).is_err());
+            let with_cross = decoder_with(2, WeightFormat::Dense, kv, Some(TEXT_IN));
+            assert!(with_cross
+                .new_cache(Conditioning::Prefix(&prefix), 4)
+                .is_err());
+        }
+    }
+
     #[test]
     fn a_token_past_the_embeddings_is_an_error_naming_its_codebook() {
         let decoder = decoder(2, WeightFormat::Dense, DType::F32);
@@ -604,7 +683,11 @@ mod tests {
         let decoder = decoder(2, WeightFormat::Dense, DType::F32);
         let states = Tensor::zeros((2, 5, TEXT_IN), DType::F32, &Device::Cpu).unwrap();
         let mask = Tensor::ones((1, 5), DType::F32, &Device::Cpu).unwrap();
-        let mut cache = decoder.new_cache(&states, &mask, 4).unwrap();
+        let conditioning = Conditioning::CrossAttention {
+            states: &states,
+            mask: &mask,
+        };
+        let mut cache = decoder.new_cache(conditioning, 4).unwrap();
         let k = decoder.cfg.num_codebooks;
         let ids = Tensor::zeros((2, k, 1), DType::U32, &Device::Cpu).unwrap();
         let error = decoder.forward(&ids, &mut cache).unwrap_err().to_string();

@@ -43,29 +43,45 @@ pub(super) struct LayerView<'a> {
     pub(super) self_norm: Norm<'a>,
     pub(super) qkv: CpuWeights<'a>,
     pub(super) self_out: CpuWeights<'a>,
-    pub(super) cross_norm: Norm<'a>,
-    pub(super) cross_query: CpuWeights<'a>,
-    pub(super) cross_out: CpuWeights<'a>,
+    /// `None` for a decoder without cross-attention.
+    pub(super) cross: Option<CrossView<'a>>,
     pub(super) final_norm: Norm<'a>,
     pub(super) fc1: CpuWeights<'a>,
     pub(super) fc2: CpuWeights<'a>,
 }
 
+/// A layer's cross-attention block as the step reads it.
+pub(super) struct CrossView<'a> {
+    pub(super) norm: Norm<'a>,
+    pub(super) query: CpuWeights<'a>,
+    pub(super) out: CpuWeights<'a>,
+}
+
 impl<'a> LayerView<'a> {
     pub(super) fn new(layer: &'a Layer) -> Result<Self> {
-        let (Inputs::Fused(qkv), Inputs::Separate { q: cross_query, .. }) =
-            (&layer.self_attn.inputs, &layer.cross_attn.inputs)
-        else {
-            return Err(unsupported("attention inputs laid out otherwise"));
+        let laid_out_otherwise = || unsupported("attention inputs laid out otherwise");
+        let Inputs::Fused(qkv) = &layer.self_attn.inputs else {
+            return Err(laid_out_otherwise());
         };
         let weights = |proj: &'a crate::quant::Proj| some(proj.cpu_weights()?, NOT_ON_CPU);
+        let cross = match &layer.cross {
+            Some(cross) => {
+                let Inputs::Separate { q, .. } = &cross.attn.inputs else {
+                    return Err(laid_out_otherwise());
+                };
+                Some(CrossView {
+                    norm: Norm::new(&cross.norm)?,
+                    query: weights(q)?,
+                    out: weights(&cross.attn.out)?,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             self_norm: Norm::new(&layer.self_attn_norm)?,
             qkv: weights(qkv)?,
             self_out: weights(&layer.self_attn.out)?,
-            cross_norm: Norm::new(&layer.cross_attn_norm)?,
-            cross_query: weights(cross_query)?,
-            cross_out: weights(&layer.cross_attn.out)?,
+            cross,
             final_norm: Norm::new(&layer.final_norm)?,
             fc1: weights(&layer.fc1)?,
             fc2: weights(&layer.fc2)?,

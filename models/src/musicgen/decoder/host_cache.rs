@@ -2,10 +2,12 @@
 //! layer as plain buffers, in f32 or f16, and the buffers a step works in, allocated once
 //! per job.
 
+use candle_core::Tensor;
 use half::f16;
 
 use super::Decoder;
 use crate::attention::CacheRows;
+use crate::error::Result;
 use crate::phases::{Shared, SharedSlice};
 use crate::quant::QuantizedRows;
 
@@ -39,6 +41,26 @@ pub(super) struct LayerKv<E> {
     pub(super) values: SharedSlice<E>,
 }
 
+impl<E: KvElement> LayerKv<E> {
+    /// Writes `keys` and `values` (`[rows, heads, P, head_dim]`, row-major) at positions
+    /// `0..P` of each head's `capacity` positions.
+    fn store_prefix(&mut self, keys: &[f32], values: &[f32], span: usize, capacity: usize) {
+        for (cache, prefix) in [
+            (self.keys.as_mut_slice(), keys),
+            (self.values.as_mut_slice(), values),
+        ] {
+            for (head, prefix) in cache
+                .chunks_exact_mut(capacity)
+                .zip(prefix.chunks_exact(span))
+            {
+                for (slot, value) in head.iter_mut().zip(prefix) {
+                    *slot = E::from_f32(*value);
+                }
+            }
+        }
+    }
+}
+
 /// The self-attention cache of every layer, in f32 or f16.
 pub(super) enum HostKv {
     F32(Vec<LayerKv<f32>>),
@@ -70,6 +92,8 @@ pub(super) struct HostCache {
     pub(super) kv: HostKv,
     pub(super) buffers: Buffers,
     pub(super) rows: usize,
+    /// Positions each head holds.
+    capacity: usize,
 }
 
 impl HostCache {
@@ -103,12 +127,45 @@ impl HostCache {
                 logits: zeros(rows * decoder.lm_heads.len() * cfg.vocab_size),
             },
             rows,
+            capacity,
         }
     }
 
     /// A cache of f32 keys and values.
     pub(super) fn f32(decoder: &Decoder, rows: usize, capacity: usize) -> Self {
         Self::new::<f32>(decoder, rows, capacity, HostKv::F32)
+    }
+
+    /// Writes layer `layer`'s prefix keys and values (`[rows, heads, P, head_dim]` f32
+    /// tensors) at the first positions.
+    pub(super) fn store_prefix(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+        rows: usize,
+    ) -> Result<()> {
+        let (_, heads, positions, head_dim) = keys.dims4()?;
+        let read = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let (keys, values) = (read(keys)?, read(values)?);
+        let span = positions * head_dim;
+        let capacity = self.capacity * head_dim;
+        let fits = keys.len() == rows * heads * span && rows == self.rows;
+        match (&mut self.kv, fits) {
+            (HostKv::F32(kv), true) => kv[layer].store_prefix(&keys, &values, span, capacity),
+            (HostKv::F16(kv), true) => kv[layer].store_prefix(&keys, &values, span, capacity),
+            _ => {
+                return Err(crate::ModelError::UnsupportedConfig {
+                    field: "decoder prefix".into(),
+                    message: format!("{rows} rows for a cache of {}", self.rows),
+                })
+            }
+        }
+        Ok(())
     }
 
     /// A cache of f16 keys and values.
