@@ -9,7 +9,7 @@ use candle_nn::Linear;
 use super::config::{Config, GenerationConfig};
 use super::decoder::{self, Decoder, DecoderCache};
 use super::tokenizer::PromptTokenizer;
-use crate::encodec::EncodecDecoder;
+use crate::encodec::{EncodecDecoder, EncodecEncoder};
 use crate::error::{ModelError, Result};
 use crate::quant::WeightFormat;
 use crate::t5::T5Encoder;
@@ -63,6 +63,8 @@ pub struct MusicGen {
     chroma_proj: Option<Linear>,
     decoder: Decoder,
     audio: EncodecDecoder,
+    /// EnCodec's encoder, for audio prompts.
+    audio_in: EncodecEncoder,
     device: Device,
 }
 
@@ -131,6 +133,7 @@ impl MusicGen {
         };
         let decoder = Decoder::new(&config.decoder, cross_in, root.pp("decoder"), format)?;
         let audio = EncodecDecoder::new(&config.audio_encoder, f32_root.pp("audio_encoder"))?;
+        let audio_in = EncodecEncoder::new(&config.audio_encoder, f32_root.pp("audio_encoder"))?;
         Ok(Self {
             device: weights.device().clone(),
             config,
@@ -141,6 +144,7 @@ impl MusicGen {
             chroma_proj,
             decoder,
             audio,
+            audio_in,
         })
     }
 
@@ -332,6 +336,22 @@ impl MusicGen {
         let ids: Vec<u32> = (0..rows).flat_map(|_| column.iter().copied()).collect();
         let ids = Tensor::from_vec(ids, (rows, k, 1), &self.device)?;
         crate::cpu::on_pool(|| self.decoder.forward(&ids, cache))
+    }
+
+    /// Encodes a mono clip at the model's rate into prompt codes `[K][ceil(T / hop)]` for a
+    /// continuation; a stereo model gets the clip on both channels, its codebooks
+    /// interleaved L/R as the decoder reads them.
+    pub fn encode_prompt(&self, mono: &[f32]) -> Result<Vec<Vec<u32>>> {
+        let audio = Tensor::from_slice(mono, (1, 1, mono.len()), &self.device)?;
+        let codes = crate::cpu::on_pool(|| self.audio_in.encode(&audio))?;
+        let rows: Vec<Vec<u32>> = codes.squeeze(0)?.to_vec2()?;
+        let channels = self.channels();
+        let per_channel = self.config.decoder.channel_codebooks();
+        Ok(rows
+            .into_iter()
+            .take(per_channel)
+            .flat_map(|row| std::iter::repeat_n(row, channels))
+            .collect())
     }
 
     /// Decodes frames (`[K][N]`, codebooks interleaved L/R for stereo) to audio
