@@ -105,7 +105,11 @@ fn bad_request_fields_are_named() {
             vec!["prompt", "tokens", "limit of 4"],
         ),
         (vec!["rock", "--duration", "0"], vec!["duration"]),
-        (vec!["rock", "--duration", "31"], vec!["duration", "30"]),
+        (vec!["rock", "--duration", "301"], vec!["duration", "300"]),
+        (
+            vec!["rock", "--extend-stride", "30"],
+            vec!["extend_stride", "30 s window"],
+        ),
         (vec!["rock", "--duration", "-1"], vec!["duration"]),
         (
             vec!["rock", "--max-new-tokens", "2"],

@@ -157,3 +157,68 @@ fn bench_reports_the_documented_json_schema() {
     let time = |f: &str| report[f].as_f64().unwrap();
     assert!(time("first_audio_ms") >= time("encodec_ms") + time("text_encode_ms"));
 }
+
+/// `son1k cover` with a MusicGen checkpoint: a continuation of a clip of a WAV song, the
+/// sampling flags of `generate` accepted, exactly the requested length; melody mode on a
+/// model without it is refused naming the modes it has, before the song is read.
+#[test]
+fn cover_continues_a_clip_locally_and_names_the_modes_a_model_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    tiny_model(&model, false);
+    let song = dir.path().join("song.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(&song, spec).unwrap();
+    for i in 0..3 * 44_100 {
+        let x = (0.3 * (i as f32 * 0.05).sin() * 32767.0) as i16;
+        writer.write_sample(x).unwrap();
+        writer.write_sample(x).unwrap();
+    }
+    writer.finalize().unwrap();
+    let out = dir.path().join("cover.wav");
+    let cover = |extra: &[&str]| {
+        let mut args = vec![
+            "cover",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            song.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        son1k(&args)
+    };
+    let run = cover(&[
+        "--mode",
+        "continuation",
+        "--clip-start",
+        "0.5",
+        "--clip-end",
+        "1.5",
+        "--duration",
+        "2.5",
+        "--top-k",
+        "50",
+        "--temperature",
+        "0.8",
+        "--guidance-scale",
+        "2",
+        "--seed",
+        "3",
+        "jazz",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (spec, samples) = read_wav(&out);
+    assert_eq!((spec.channels, spec.sample_rate), (1, 32000));
+    assert_eq!(samples.len(), 125 * 640);
+    let refused = cover(&["--mode", "melody", "jazz"]);
+    common::assert_clean_failure(&refused, &["melody", "its cover modes: continuation"]);
+    let refused = cover(&["--clip-start", "5", "jazz"]);
+    common::assert_clean_failure(&refused, &["clip_start", "5 s"]);
+}

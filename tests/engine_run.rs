@@ -116,3 +116,85 @@ fn cancel_stops_every_model_within_one_step() {
         );
     }
 }
+
+fn melody_model() -> MusicGenModel {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny-melody");
+    MusicGenModel::load(&dir, DeviceChoice::Cpu, Precision::F32, KvCache::Compute).unwrap()
+}
+
+/// The progress reports of a run, checked to be one monotonic count that ends at its total.
+fn run_to_end(
+    model: &dyn MusicModel,
+    request: &son1k_engine::ValidatedRequest,
+) -> (son1k_engine::GenerationOutput, usize) {
+    let mut steps = Vec::new();
+    let output = generate(model, request, &AtomicBool::new(false), &mut |u| {
+        if let Update::Progress(p) = u {
+            steps.push((p.steps_done, p.steps_total));
+        }
+    })
+    .unwrap();
+    let total = steps[0].1;
+    assert!(steps.iter().all(|&(_, t)| t == total), "one total");
+    assert!(steps.windows(2).all(|w| w[0].0 <= w[1].0), "monotonic");
+    assert_eq!(steps.last().map(|s| s.0), Some(total));
+    (output, total)
+}
+
+/// 70 s at 50 frames/s past a 30 s window, stride 18 s: windows of 1500 frames at 0, 900
+/// and 1800, then 800 at 2700 (each after the first prompted with 600 frames of the one
+/// before), every one with its 3 delay columns: 5312 steps in one progress count, and
+/// exactly 70 s of audio.
+#[test]
+fn seventy_seconds_run_through_four_windows_to_the_exact_length() {
+    let model = musicgen();
+    let request = request(&model, 70.0);
+    let (output, total) = run_to_end(&model, &request);
+    assert_eq!(total, 1500 + 1500 + 1500 + 800 + 4 * 3);
+    assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
+    // A cancel in the third window stops it there.
+    let cancel = AtomicBool::new(false);
+    let mut last = 0;
+    let result = generate(&model, &request, &cancel, &mut |u| {
+        if let Update::Progress(p) = u {
+            last = p.steps_done;
+            if p.steps_done == 3500 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    assert!(matches!(result, Err(EngineError::Cancelled)));
+    assert_eq!(last, 3500);
+}
+
+/// A melody cover of a 40 s song for 70 s: the same windows, the song's chroma taken
+/// afresh for each (wrapping past its end), exactly 70 s long.
+#[test]
+fn a_melody_cover_of_a_song_past_thirty_seconds_runs_in_windows() {
+    let model = melody_model();
+    let rate = 32_000;
+    let mono: Vec<f32> = (0..40 * rate)
+        .map(|i| {
+            let note = [220.0, 247.0, 262.0, 294.0][(i / rate) % 4];
+            0.5 * (2.0 * std::f32::consts::PI * note * i as f32 / rate as f32).sin()
+        })
+        .collect();
+    let song = son1k_engine::cover::Song {
+        sample_rate: rate as u32,
+        mono,
+        digest: 0,
+    };
+    let request = GenerateRequest {
+        seed: Some(2),
+        cover: Some(son1k_engine::CoverRequest {
+            mode: Some(son1k_engine::CoverMode::Melody),
+            ..son1k_engine::CoverRequest::new(std::sync::Arc::new(song))
+        }),
+        ..GenerateRequest::new("jazz", Length::Seconds(70.0))
+    }
+    .validate(&Limits::default(), model.info())
+    .unwrap();
+    let (output, total) = run_to_end(&model, &request);
+    assert_eq!(total, 1500 + 1500 + 1500 + 800 + 4 * 3);
+    assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
+}

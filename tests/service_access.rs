@@ -193,7 +193,7 @@ async fn every_bad_field_is_invalid_argument_naming_it() {
         (
             "duration",
             pb::GenerateRequest {
-                duration_seconds: 31.0,
+                duration_seconds: 301.0,
                 ..base.clone()
             },
         ),
@@ -360,11 +360,17 @@ async fn covers_stream_like_generations_and_garbage_songs_are_refused() {
         assert!(status.message().contains(needle), "{}", status.message());
     }
 
-    // A cover on a model that cannot make one.
+    // A cover in a mode the model lacks, refused before the song is decoded.
     let mut on_musicgen = cover(song);
     on_musicgen.model = "tiny".into();
+    on_musicgen.mode = pb::CoverMode::Melody as i32;
     let status = client.cover(on_musicgen).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("its cover modes: continuation"),
+        "{}",
+        status.message()
+    );
 
     // The server keeps serving, MusicGen included.
     let models = client

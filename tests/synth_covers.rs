@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use common::{assert_clean_failure, son1k};
-use son1k_engine::cover::load_song;
+use son1k_engine::cover::{load_song, ANALYSIS_RATE};
 use son1k_engine::synth::SynthModel;
-use son1k_engine::{generate, GenerateRequest, Length, Limits, MusicModel};
+use son1k_engine::{generate, CoverRequest, GenerateRequest, Length, Limits, MusicModel};
 use son1k_models::analysis::analyse;
 use son1k_models::synth::theory::{midi_to_hz, Chord, ChordQuality, Key, Mode};
 
@@ -150,11 +150,17 @@ fn covers_keep_tempo_key_and_beat_chords() {
         .zip(["rock with guitars", "lofi with piano", "house"])
     {
         let bytes = song.wav(24.0);
-        let decoded =
-            load_song(&bytes, Some("song.wav"), &limits, &AtomicBool::new(false)).unwrap();
+        let decoded = load_song(
+            &bytes,
+            Some("song.wav"),
+            &limits,
+            ANALYSIS_RATE,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         let request = GenerateRequest {
             seed: Some(5),
-            song: Some(Arc::new(decoded)),
+            cover: Some(CoverRequest::new(Arc::new(decoded))),
             ..GenerateRequest::new(style, Length::Seconds(24.0))
         }
         .validate(&limits, model.info())
@@ -284,6 +290,7 @@ fn every_common_format_decodes_to_the_same_song() {
             &bytes,
             Some(&name),
             &Limits::default(),
+            ANALYSIS_RATE,
             &AtomicBool::new(false),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));

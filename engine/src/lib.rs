@@ -16,9 +16,10 @@ pub mod run;
 pub mod synth;
 
 pub use audio::{Audio, AudioChunk, AudioFormat, SampleFormat};
+pub use cover::CoverMode;
 pub use device::{DeviceChoice, KvCache, Precision};
 pub use error::EngineError;
 pub use limits::Limits;
 pub use model::{ModelInfo, ModelKind, MusicModel, Session};
-pub use request::{GenerateRequest, Length, ValidatedRequest};
+pub use request::{CoverRequest, GenerateRequest, Length, ValidatedRequest};
 pub use run::{generate, GenerationOutput, Progress, Stage, Update};

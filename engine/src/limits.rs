@@ -10,8 +10,8 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     /// Longest prompt in text-encoder tokens, end token included (default 256).
     pub max_prompt_tokens: usize,
-    /// Longest audio in seconds (default 30, MusicGen's training length; a model with fewer
-    /// positions lowers it).
+    /// Longest audio in seconds (default 300: MusicGen generates past its 30 s window in
+    /// windows, so this alone bounds a job's length).
     pub max_duration_s: f64,
     /// Highest sampling temperature (default 5).
     pub max_temperature: f32,
@@ -32,7 +32,7 @@ impl Default for Limits {
         Self {
             max_prompt_chars: 2000,
             max_prompt_tokens: 256,
-            max_duration_s: 30.0,
+            max_duration_s: 300.0,
             max_temperature: 5.0,
             max_guidance_scale: 20.0,
             max_song_bytes: 50 * 1024 * 1024,

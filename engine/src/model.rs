@@ -2,6 +2,7 @@
 //! job runs through (start, one step at a time, finish), never a closed loop.
 
 use crate::audio::{Audio, AudioChunk};
+use crate::cover::CoverMode;
 use crate::error::EngineError;
 use crate::request::ValidatedRequest;
 
@@ -22,7 +23,8 @@ pub struct ModelInfo {
     pub channels: usize,
     /// Audio frames per second of generated audio.
     pub frame_rate: usize,
-    /// The most frames one generation can hold.
+    /// The most frames one job can make (MusicGen generates past its window in windows, so
+    /// only the engine's duration limit bounds it).
     pub max_frames: usize,
     /// Decoder passes beyond the frame count (MusicGen's delay columns minus one), so a
     /// step count maps to frames: `frames = steps - extra_steps`.
@@ -31,8 +33,29 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     /// Default sampling when the request leaves it unset.
     pub defaults: SamplingDefaults,
+    /// How the model covers a song, the default first; empty if it makes no covers.
+    pub cover_modes: Vec<CoverMode>,
+    /// The sample rate the model reads songs at (they are decoded to it).
+    pub song_rate: u32,
+    /// The longest continuation clip, in frames (one window; 0 without continuation).
+    pub max_clip_frames: usize,
+}
+
+impl ModelInfo {
     /// Whether the model makes covers of an input song.
-    pub covers: bool,
+    pub fn covers(&self) -> bool {
+        !self.cover_modes.is_empty()
+    }
+
+    /// The cover modes as a list for messages: `melody, continuation`.
+    pub fn cover_mode_names(&self) -> String {
+        let names: Vec<&str> = self.cover_modes.iter().map(|m| m.name()).collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
 }
 
 /// The model families the engine runs.

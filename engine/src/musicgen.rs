@@ -1,20 +1,33 @@
 //! MusicGen as an engine model: validates the prompt's token count, runs the generation
-//! one decoder pass per step, decodes with EnCodec at the end.
+//! one decoder pass per step over as many windows as the length needs, decodes with
+//! EnCodec at the end. Covers: any MusicGen continues a clip of the song; MusicGen-Melody
+//! also follows the song's melody.
 
 use std::path::Path;
 
-use son1k_models::musicgen::{Generation, GenerationParams, MusicGen};
+use son1k_models::musicgen::{GenerationParams, LongGeneration, MusicGen, Windows};
+use son1k_models::ModelError;
 
 use crate::audio::Audio;
+use crate::cover::CoverMode;
 use crate::device::{DeviceChoice, KvCache, Precision};
 use crate::error::EngineError;
 use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
 
+/// The longest window of one generation, in seconds: MusicGen's 30 s training segment
+/// (audiocraft's `max_duration`).
+pub const WINDOW_SECONDS: f64 = 30.0;
+
+/// How far each window of a long generation starts after the one before, in seconds
+/// (audiocraft's `extend_stride`); the default of `--extend-stride`.
+pub const DEFAULT_EXTEND_STRIDE_SECONDS: f64 = 18.0;
+
 /// A loaded MusicGen checkpoint.
 pub struct MusicGenModel {
     model: MusicGen,
     info: ModelInfo,
+    windows: Windows,
 }
 
 impl MusicGenModel {
@@ -56,6 +69,13 @@ impl MusicGenModel {
             temperature: generation.temperature,
             guidance_scale: generation.guidance_scale,
         };
+        let frame_rate = config.frame_rate();
+        let window = ((WINDOW_SECONDS * frame_rate as f64) as usize).min(config.max_frames(0));
+        let cover_modes = if config.is_melody() {
+            vec![CoverMode::Melody, CoverMode::Continuation]
+        } else {
+            vec![CoverMode::Continuation]
+        };
         let info = ModelInfo {
             id,
             kind: ModelKind::MusicGen,
@@ -63,15 +83,41 @@ impl MusicGenModel {
             streams_audio: false,
             sample_rate: model.sample_rate(),
             channels: model.channels(),
-            frame_rate: config.frame_rate(),
-            max_frames: config.max_frames(0),
+            frame_rate,
+            // Windows carry generation past the positions; the duration limit bounds it.
+            max_frames: usize::MAX,
             extra_steps: config.decoder.channel_codebooks() - 1,
             vocab_size: config.decoder.vocab_size,
             defaults,
-            // Covers with MusicGen need the melody variant (chroma conditioning).
-            covers: false,
+            cover_modes,
+            song_rate: model.sample_rate(),
+            max_clip_frames: window,
         };
-        Self { model, info }
+        let stride = ((DEFAULT_EXTEND_STRIDE_SECONDS * frame_rate as f64) as usize)
+            .min(window.saturating_sub(1))
+            .max(1);
+        Self {
+            model,
+            info,
+            windows: Windows { window, stride },
+        }
+    }
+
+    /// Sets how far each window of a long generation starts after the one before: more
+    /// than 0 and under the window's seconds.
+    pub fn with_extend_stride(mut self, seconds: f64) -> Result<Self, EngineError> {
+        let frames = (seconds * self.info.frame_rate as f64).round();
+        if !seconds.is_finite() || frames < 1.0 || frames as usize >= self.windows.window {
+            return Err(EngineError::invalid(
+                "extend_stride",
+                format!(
+                    "{seconds} s must be above 0 and under the {} s window",
+                    self.windows.window as f64 / self.info.frame_rate as f64
+                ),
+            ));
+        }
+        self.windows.stride = frames as usize;
+        Ok(self)
     }
 
     /// The underlying model.
@@ -106,7 +152,25 @@ impl MusicModel for MusicGenModel {
             sampling: request.sampling,
             seed: request.seed,
         };
-        let generation = Generation::new(&self.model, &ids, &params)?;
+        let (prompt, song) = match &request.cover {
+            Some(cover) if cover.mode == CoverMode::Continuation => {
+                let clip = cover.song.mono.get(cover.clip.clone()).ok_or_else(|| {
+                    EngineError::invalid("clip_end", "the clip is outside the song")
+                })?;
+                (self.model.encode_prompt(clip)?, None)
+            }
+            Some(cover) => (Vec::new(), Some(cover.song.mono.clone())),
+            None => (Vec::new(), None),
+        };
+        let generation =
+            LongGeneration::new(&self.model, &ids, &params, prompt, song, self.windows).map_err(
+                |e| match e {
+                    // The request's clip or length, where validation could not know the
+                    // prompt's token count.
+                    ModelError::BadPrompt(message) => EngineError::invalid("clip_end", message),
+                    e => e.into(),
+                },
+            )?;
         Ok(Box::new(MusicGenSession {
             model: &self.model,
             generation,
@@ -116,7 +180,7 @@ impl MusicModel for MusicGenModel {
 
 struct MusicGenSession<'a> {
     model: &'a MusicGen,
-    generation: Generation,
+    generation: LongGeneration,
 }
 
 impl Session for MusicGenSession<'_> {

@@ -5,6 +5,7 @@ use son1k_models::analysis::analyse;
 use son1k_models::synth::{SynthJob, SAMPLE_RATE};
 
 use crate::audio::{Audio, AudioChunk};
+use crate::cover::{CoverMode, ANALYSIS_RATE};
 use crate::error::EngineError;
 use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
@@ -38,7 +39,9 @@ impl Default for SynthModel {
                 max_frames: MAX_SECONDS * FRAME_RATE,
                 extra_steps: 0,
                 vocab_size: 0,
-                covers: true,
+                cover_modes: vec![CoverMode::Melody],
+                song_rate: ANALYSIS_RATE,
+                max_clip_frames: 0,
                 // The synth does not sample tokens; these are reported, not used.
                 defaults: SamplingDefaults {
                     top_k: 0,
@@ -61,8 +64,9 @@ impl MusicModel for SynthModel {
         request: &ValidatedRequest,
     ) -> Result<Box<dyn Session + 'a>, EngineError> {
         let duration_s = request.frames as f64 / FRAME_RATE as f64;
-        let job = match &request.song {
-            Some(song) => {
+        let job = match &request.cover {
+            Some(cover) => {
+                let song = &cover.song;
                 let analysis = analyse(&song.mono, song.sample_rate)
                     .map_err(|e| EngineError::invalid("song", e.to_string()))?;
                 SynthJob::cover(&request.prompt, &analysis, duration_s, request.seed)

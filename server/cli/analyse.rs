@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use clap::Args;
 use son1k_engine::audio::decode::decode_audio;
-use son1k_engine::cover::load_song;
+use son1k_engine::cover::{load_song, ANALYSIS_RATE};
 use son1k_engine::Limits;
 use son1k_models::analysis::analyse;
 use son1k_models::synth::master::measure;
@@ -29,7 +29,13 @@ pub fn run(args: AnalyseArgs) -> anyhow::Result<()> {
     let decoded = decode_audio(&bytes, name, &Default::default())
         .map_err(|e| son1k_engine::EngineError::invalid("song", e.to_string()))?;
     let loudness = measure(&decoded.channels, decoded.sample_rate)?;
-    let song = load_song(&bytes, name, &limits, &AtomicBool::new(false))?;
+    let song = load_song(
+        &bytes,
+        name,
+        &limits,
+        ANALYSIS_RATE,
+        &AtomicBool::new(false),
+    )?;
     let a = analyse(&song.mono, song.sample_rate)
         .map_err(|e| son1k_engine::EngineError::invalid("song", e.to_string()))?;
     let chords: Vec<String> = a

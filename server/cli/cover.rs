@@ -1,6 +1,6 @@
-//! `son1k cover`: re-renders a song in the style the prompt asks for with the built-in
-//! synth (in this process, or on a server with `--server`), keeping its tempo, key, harmony
-//! and melody.
+//! `son1k cover`: covers a song in the style the prompt asks for, in this process or on a
+//! server with `--server`. The built-in synth re-renders it keeping its tempo, key, harmony
+//! and melody; MusicGen continues a clip of it, and MusicGen-Melody also follows its melody.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -10,10 +10,11 @@ use anyhow::Context;
 use clap::Args;
 use son1k_engine::audio::AudioFormat;
 use son1k_engine::cover::load_song;
-use son1k_engine::synth::SynthModel;
-use son1k_engine::{GenerateRequest, Length, Limits, SampleFormat};
+use son1k_engine::request::check_cover_mode;
+use son1k_engine::{CoverMode, CoverRequest, Limits};
 
-use super::generate::run_job;
+use super::generate::{run_job, wire_duration};
+use super::job_args::{ModelArgs, SamplingArgs};
 use super::output::{format_for, parse_format};
 use super::remote::{self, ServerArgs};
 use crate::proto::v1 as pb;
@@ -32,20 +33,23 @@ pub struct CoverArgs {
     /// Container of the output: wav or flac (default: FLAC for a .flac --out, else WAV).
     #[arg(long, value_name = "wav|flac", value_parser = parse_format)]
     pub format: Option<AudioFormat>,
-    /// With --server: the id of the server's model to run (one that makes covers; default:
-    /// the server's default).
-    #[arg(long, value_name = "ID", requires = "server")]
-    pub model_id: Option<String>,
-    /// Seconds of the cover (default: the song's length, within --max-duration; with
-    /// --server, 0 also means the song's length).
+    /// How to cover: melody (the synth, MusicGen-Melody) or continuation (any MusicGen);
+    /// default: the model's first.
+    #[arg(long, value_name = "melody|continuation", value_parser = parse_mode)]
+    pub mode: Option<CoverMode>,
+    /// Continuation: where the clip that begins the cover starts in the song, in seconds
+    /// (default 0).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-    pub duration: Option<f64>,
-    /// Seed of the arrangement (random when unset; printed either way).
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-    /// Output samples: s16 or f32.
-    #[arg(long, default_value = "s16", value_name = "s16|f32")]
-    pub sample_format: SampleFormat,
+    pub clip_start: Option<f64>,
+    /// Continuation: where the clip ends (default: 10 s after its start, or the song's end).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub clip_end: Option<f64>,
+    /// The model and how it runs.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Length and sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Longest output in seconds.
     #[arg(long, default_value_t = Limits::default().max_duration_s, conflicts_with = "server")]
     pub max_duration: f64,
@@ -60,6 +64,10 @@ pub struct CoverArgs {
     pub remote: ServerArgs,
 }
 
+fn parse_mode(name: &str) -> Result<CoverMode, String> {
+    CoverMode::from_name(name).ok_or_else(|| format!("`{name}` is not melody or continuation"))
+}
+
 /// Runs the command.
 pub fn run(args: CoverArgs) -> anyhow::Result<()> {
     let format = format_for(args.format, &args.out);
@@ -72,36 +80,55 @@ pub fn run(args: CoverArgs) -> anyhow::Result<()> {
         max_song_bytes: args.max_song_bytes,
         ..Limits::default()
     };
+    let model = args.model.load()?;
+    // The mode is checked before the song is read and decoded.
+    check_cover_mode(args.mode, model.info())?;
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
     let name = args.input.file_name().and_then(|n| n.to_str());
-    let song = load_song(&bytes, name, &limits, &AtomicBool::new(false))?;
-    let seconds = args
-        .duration
-        .unwrap_or_else(|| song.duration_s().min(limits.max_duration_s));
-    let request = GenerateRequest {
-        seed: args.seed,
-        sample_format: args.sample_format,
-        song: Some(Arc::new(song)),
-        ..GenerateRequest::new(args.prompt, Length::Seconds(seconds))
+    let song = load_song(
+        &bytes,
+        name,
+        &limits,
+        model.info().song_rate,
+        &AtomicBool::new(false),
+    )?;
+    let song_seconds = song.duration_s().min(limits.max_duration_s);
+    let request = son1k_engine::GenerateRequest {
+        cover: Some(CoverRequest {
+            mode: args.mode,
+            clip_start_s: args.clip_start,
+            clip_end_s: args.clip_end,
+            ..CoverRequest::new(Arc::new(song))
+        }),
+        ..args.sampling.request(args.prompt, song_seconds)
     };
-    run_job(&SynthModel::default(), &request, &limits, &args.out, format)
+    run_job(model.as_ref(), &request, &limits, &args.out, format)
 }
 
 /// Uploads the song to the server at `server` (`--server`) and has it make the cover.
 fn run_on_server(args: CoverArgs, server: &str, format: AudioFormat) -> anyhow::Result<()> {
     let song = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let mode = match args.mode {
+        None => pb::CoverMode::Unspecified,
+        Some(CoverMode::Melody) => pb::CoverMode::Melody,
+        Some(CoverMode::Continuation) => pb::CoverMode::Continuation,
+    };
     let request = pb::CoverRequest {
         song,
         prompt: args.prompt,
-        model: args.model_id.unwrap_or_default(),
-        duration_seconds: args.duration.unwrap_or(0.0),
-        sampling: Some(remote::sampling(None, None, None, None, args.seed)?),
+        model: args.model.model_id.clone().unwrap_or_default(),
+        // The wire's 0 is the song's length.
+        duration_seconds: wire_duration(args.sampling.duration)?.unwrap_or(0.0),
+        sampling: Some(args.sampling.wire()?),
         audio_format: remote::audio_format(format),
-        sample_format: remote::sample_format(args.sample_format),
+        sample_format: remote::sample_format(args.sampling.sample_format),
         request_id: args.remote.request_id.clone().unwrap_or_default(),
         cancel_on_disconnect: false,
+        mode: mode as i32,
+        clip_start_seconds: args.clip_start,
+        clip_end_seconds: args.clip_end,
     };
     remote::run(server, &args.remote, remote::Job::Cover(request), &args.out)
 }

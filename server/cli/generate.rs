@@ -7,13 +7,9 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use clap::Args;
 use son1k_engine::audio::{encode_audio, AudioFormat};
-use son1k_engine::musicgen::MusicGenModel;
-use son1k_engine::synth::SynthModel;
-use son1k_engine::{
-    generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, MusicModel,
-    Precision, SampleFormat, Update,
-};
+use son1k_engine::{generate, EngineError, GenerateRequest, Limits, MusicModel, Update};
 
+use super::job_args::{ModelArgs, SamplingArgs};
 use super::output::{format_for, parse_format};
 use super::progress::Bar;
 use super::remote::{self, ServerArgs};
@@ -27,59 +23,18 @@ const DEFAULT_SECONDS: f64 = 10.0;
 pub struct GenerateArgs {
     /// What to generate, e.g. "lofi hip hop with a mellow piano".
     pub prompt: String,
-    /// A MusicGen checkpoint directory in the Hugging Face layout; without it the
-    /// built-in synth plays (no weights needed).
-    #[arg(long, value_name = "DIR", conflicts_with = "server")]
-    pub model: Option<PathBuf>,
-    /// With --server: the id of the server's model to run (default: the server's default).
-    #[arg(long, value_name = "ID", requires = "server")]
-    pub model_id: Option<String>,
     /// Output file, WAV or FLAC.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Container of the output: wav or flac (default: FLAC for a .flac --out, else WAV).
     #[arg(long, value_name = "wav|flac", value_parser = parse_format)]
     pub format: Option<AudioFormat>,
-    /// Seconds of audio (default 10).
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        conflicts_with = "max_new_tokens",
-        allow_negative_numbers = true
-    )]
-    pub duration: Option<f64>,
-    /// Decoder steps, delay columns included, as transformers' `max_new_tokens` counts them.
-    #[arg(long, value_name = "N", conflicts_with = "server")]
-    pub max_new_tokens: Option<usize>,
-    /// Sample among the K most likely tokens (0 = no limit, 1 = greedy; default from the
-    /// checkpoint, else 250).
-    #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
-    /// Sample among the most likely tokens reaching probability P (0 = off).
-    #[arg(long, value_name = "P", allow_negative_numbers = true)]
-    pub top_p: Option<f32>,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, value_name = "T", allow_negative_numbers = true)]
-    pub temperature: Option<f32>,
-    /// Classifier-free guidance scale (1 = off; default from the checkpoint, else 3).
-    #[arg(long, value_name = "G", allow_negative_numbers = true)]
-    pub guidance_scale: Option<f32>,
-    /// Sampler seed (random when unset; printed either way).
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-    /// Output samples: s16 (16-bit PCM) or f32 (32-bit float).
-    #[arg(long, default_value = "s16", value_name = "s16|f32")]
-    pub sample_format: SampleFormat,
-    /// cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu", conflicts_with = "server")]
-    pub device: DeviceChoice,
-    /// Decoder precision: f32, f16, bf16, or q8 / q4 (weights quantized at load).
-    #[arg(long, default_value = "f32", conflicts_with = "server")]
-    pub dtype: Precision,
-    /// Self-attention cache: `compute` (the decoder's precision) or `f16` (half the bytes
-    /// each step reads from it).
-    #[arg(long, default_value = "compute", conflicts_with = "server")]
-    pub kv_cache: KvCache,
+    /// The model and how it runs.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Length and sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Longest prompt in tokens.
     #[arg(long, default_value_t = Limits::default().max_prompt_tokens, conflicts_with = "server")]
     pub max_prompt_tokens: usize,
@@ -102,55 +57,32 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_duration_s: args.max_duration,
         ..Limits::default()
     };
-    let length = match (args.duration, args.max_new_tokens) {
-        (_, Some(steps)) => Length::Steps(steps),
-        (Some(seconds), None) => Length::Seconds(seconds),
-        (None, None) => Length::Seconds(DEFAULT_SECONDS),
-    };
-    let request = GenerateRequest {
-        top_k: args.top_k,
-        top_p: args.top_p,
-        temperature: args.temperature,
-        guidance_scale: args.guidance_scale,
-        seed: args.seed,
-        sample_format: args.sample_format,
-        ..GenerateRequest::new(args.prompt, length)
-    };
-    let model: Box<dyn MusicModel> = match &args.model {
-        Some(dir) => Box::new(MusicGenModel::load(
-            dir,
-            args.device,
-            args.dtype,
-            args.kv_cache,
-        )?),
-        None => Box::new(SynthModel::default()),
-    };
+    let request = args.sampling.request(args.prompt, DEFAULT_SECONDS);
+    let model = args.model.load()?;
     run_job(model.as_ref(), &request, &limits, &args.out, format)
+}
+
+/// A duration for the wire, which reads 0 as "the server's default": a value that is not
+/// positive is refused here as a local run would refuse it.
+pub(super) fn wire_duration(duration: Option<f64>) -> Result<Option<f64>, EngineError> {
+    match duration {
+        Some(s) if !s.is_finite() || s <= 0.0 => Err(EngineError::invalid(
+            "duration",
+            format!("{s} s must be positive"),
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Sends the job to the server at `server` (`--server`).
 fn run_on_server(args: GenerateArgs, server: &str, format: AudioFormat) -> anyhow::Result<()> {
-    let duration_seconds = match args.duration {
-        // The wire reads 0 as "the server's default": refuse it here as a local run would.
-        Some(s) if !s.is_finite() || s <= 0.0 => {
-            return Err(EngineError::invalid("duration", format!("{s} s must be positive")).into())
-        }
-        Some(s) => s,
-        None => DEFAULT_SECONDS,
-    };
     let request = pb::GenerateRequest {
         prompt: args.prompt,
-        model: args.model_id.unwrap_or_default(),
-        duration_seconds,
-        sampling: Some(remote::sampling(
-            args.top_k,
-            args.top_p,
-            args.temperature,
-            args.guidance_scale,
-            args.seed,
-        )?),
+        model: args.model.model_id.unwrap_or_default(),
+        duration_seconds: wire_duration(args.sampling.duration)?.unwrap_or(DEFAULT_SECONDS),
+        sampling: Some(args.sampling.wire()?),
         audio_format: remote::audio_format(format),
-        sample_format: remote::sample_format(args.sample_format),
+        sample_format: remote::sample_format(args.sampling.sample_format),
         request_id: args.remote.request_id.clone().unwrap_or_default(),
         cancel_on_disconnect: false,
     };

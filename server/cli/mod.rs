@@ -4,6 +4,7 @@ mod analyse;
 pub mod bench;
 mod cover;
 mod generate;
+mod job_args;
 pub(crate) mod output;
 mod progress;
 mod remote;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use son1k_engine::jobs::EngineConfig;
-use son1k_engine::musicgen::MusicGenModel;
+use son1k_engine::musicgen::{MusicGenModel, DEFAULT_EXTEND_STRIDE_SECONDS};
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{DeviceChoice, EngineError, KvCache, Limits, MusicModel, Precision};
 
@@ -78,9 +78,13 @@ pub struct ServeArgs {
     /// Longest prompt in text-encoder tokens.
     #[arg(long, default_value_t = Limits::default().max_prompt_tokens)]
     pub max_prompt_tokens: usize,
-    /// Longest output in seconds.
+    /// Longest output in seconds. MusicGen generates past its 30 s window in windows,
+    /// each prompted with the end of the one before.
     #[arg(long, default_value_t = Limits::default().max_duration_s)]
     pub max_duration: f64,
+    /// MusicGen past 30 s: seconds each window starts after the one before.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_EXTEND_STRIDE_SECONDS)]
+    pub extend_stride: f64,
     /// Largest song upload for a cover, in bytes.
     #[arg(long, default_value_t = Limits::default().max_song_bytes)]
     pub max_song_bytes: usize,
@@ -234,11 +238,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         insecure_listen: args.insecure_listen,
     };
     let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
+    let extend_stride = args.extend_stride;
     let load_models = move || -> anyhow::Result<Vec<Arc<dyn MusicModel>>> {
         let mut models: Vec<Arc<dyn MusicModel>> = vec![Arc::new(SynthModel::default())];
         for dir in &dirs {
             tracing::info!(dir = %dir.display(), "loading");
-            models.push(Arc::new(MusicGenModel::load(dir, device, dtype, kv_cache)?));
+            let model = MusicGenModel::load(dir, device, dtype, kv_cache)?
+                .with_extend_stride(extend_stride)?;
+            models.push(Arc::new(model));
         }
         Ok(models)
     };

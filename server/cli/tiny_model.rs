@@ -16,18 +16,24 @@ pub struct TinyModelArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A stereo model (8 interleaved codebooks).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "melody")]
     pub stereo: bool,
+    /// A MusicGen-Melody model (covers follow the song's melody).
+    #[arg(long)]
+    pub melody: bool,
 }
 
 /// Runs the command.
 pub fn run(args: TinyModelArgs) -> anyhow::Result<()> {
-    let name = if args.stereo { "tiny-stereo" } else { "tiny" };
+    let (name, what) = match (args.stereo, args.melody) {
+        (true, _) => ("tiny-stereo", "stereo MusicGen"),
+        (false, true) => ("tiny-melody", "MusicGen-Melody"),
+        (false, false) => ("tiny", "mono MusicGen"),
+    };
     let config = preset(name).with_context(|| format!("preset {name} is missing"))?;
     write_random_checkpoint(&args.out, &config, args.seed)?;
     super::output::line(format_args!(
-        "wrote a tiny {} MusicGen checkpoint to {}",
-        if args.stereo { "stereo" } else { "mono" },
+        "wrote a tiny {what} checkpoint to {}",
         args.out.display()
     ));
     Ok(())

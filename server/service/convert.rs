@@ -4,7 +4,7 @@ use son1k_engine::jobs::{
     EventBody, FailureCode, JobEvent, JobInfo, JobKind, JobResult, JobStage, JobState,
     ProgressReport,
 };
-use son1k_engine::{AudioFormat, ModelInfo, ModelKind};
+use son1k_engine::{AudioFormat, CoverMode, EngineError, ModelInfo, ModelKind};
 
 use crate::proto::v1 as pb;
 
@@ -69,8 +69,14 @@ pub fn generation(info: &JobInfo) -> pb::Generation {
 /// A model on the wire.
 pub fn model(info: &ModelInfo, max_duration_s: f64) -> pb::Model {
     let mut capabilities = vec![pb::Capability::Text as i32];
-    if info.covers {
+    if info.covers() {
         capabilities.push(pb::Capability::Cover as i32);
+    }
+    for mode in &info.cover_modes {
+        capabilities.push(match mode {
+            CoverMode::Melody => pb::Capability::CoverMelody,
+            CoverMode::Continuation => pb::Capability::CoverContinuation,
+        } as i32);
     }
     if info.streams_audio {
         capabilities.push(pb::Capability::StreamingAudio as i32);
@@ -86,6 +92,19 @@ pub fn model(info: &ModelInfo, max_duration_s: f64) -> pb::Model {
         channels: info.channels as u32,
         max_duration_seconds: max_duration_s.min(info.max_frames as f64 / info.frame_rate as f64),
         device: info.device.clone(),
+    }
+}
+
+/// A cover mode from the wire; unspecified leaves the model's default.
+pub fn cover_mode(mode: i32) -> Result<Option<CoverMode>, EngineError> {
+    match pb::CoverMode::try_from(mode) {
+        Ok(pb::CoverMode::Unspecified) => Ok(None),
+        Ok(pb::CoverMode::Melody) => Ok(Some(CoverMode::Melody)),
+        Ok(pb::CoverMode::Continuation) => Ok(Some(CoverMode::Continuation)),
+        Err(_) => Err(EngineError::invalid(
+            "mode",
+            format!("{mode} is not a known cover mode (MELODY = 1, CONTINUATION = 2)"),
+        )),
     }
 }
 

@@ -9,6 +9,7 @@ mod stream_slots;
 use std::sync::{Arc, OnceLock};
 
 use son1k_engine::jobs::{check_job_id, Engine, EventStream, ListCursor};
+use son1k_engine::request::check_cover_mode;
 use son1k_engine::EngineError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -166,11 +167,20 @@ impl GenerationService for GenerationApi {
             )));
         }
         limits.check_prompt(&request.prompt).map_err(to_status)?;
+        // The model and its cover mode are checked before the upload is decoded (at the
+        // model's song rate), so a cover the model cannot make costs no decode.
+        let mode = convert::cover_mode(request.mode).map_err(to_status)?;
+        let model = engine.model(&request.model).map_err(to_status)?;
+        check_cover_mode(mode, model).map_err(to_status)?;
+        let song_rate = model.song_rate;
         // The admission slot is taken before the upload is decoded, so decoding is only
         // done for a job that will run; it goes back if anything below fails.
         let reservation = engine.reserve(&tenant).await.map_err(to_status)?;
         let bytes = std::mem::take(&mut request.song);
-        let song = engine.load_song(&tenant, bytes).await.map_err(to_status)?;
+        let song = engine
+            .load_song(&tenant, bytes, song_rate)
+            .await
+            .map_err(to_status)?;
         let mut submission =
             requests::cover(&tenant, &request, song, limits.max_duration_s).map_err(to_status)?;
         submission.reservation = Some(reservation.id());

@@ -7,8 +7,9 @@ use prost::Message;
 use son1k_engine::cover::Song;
 use son1k_engine::digest::{digest, fnv1a};
 use son1k_engine::jobs::{JobKind, Submission};
-use son1k_engine::{AudioFormat, EngineError, GenerateRequest, Length, SampleFormat};
+use son1k_engine::{AudioFormat, CoverRequest, EngineError, GenerateRequest, Length, SampleFormat};
 
+use super::convert;
 use crate::proto::v1 as pb;
 
 /// Length of a generation whose request leaves `duration_seconds` at 0.
@@ -58,6 +59,12 @@ pub fn cover(
     fingerprinted.request_id.clear();
     fingerprinted.cancel_on_disconnect = false;
     let fingerprint = fnv1a(song.digest, &fingerprinted.encode_to_vec());
+    let cover = CoverRequest {
+        song,
+        mode: convert::cover_mode(request.mode)?,
+        clip_start_s: request.clip_start_seconds,
+        clip_end_s: request.clip_end_seconds,
+    };
     submission(
         tenant,
         JobKind::Cover,
@@ -71,7 +78,7 @@ pub fn cover(
             request_id: &request.request_id,
             fingerprint,
         },
-        Some(song),
+        Some(cover),
     )
 }
 
@@ -91,7 +98,7 @@ fn submission(
     tenant: &str,
     kind: JobKind,
     fields: Common<'_>,
-    song: Option<Arc<Song>>,
+    cover: Option<CoverRequest>,
 ) -> Result<Submission, EngineError> {
     let format = match pb::AudioFormat::try_from(fields.audio_format) {
         Ok(pb::AudioFormat::Unspecified | pb::AudioFormat::Wav) => AudioFormat::Wav,
@@ -136,7 +143,7 @@ fn submission(
         guidance_scale: sampling.guidance_scale,
         seed: sampling.seed,
         sample_format,
-        song,
+        cover,
         ..GenerateRequest::new(fields.prompt, Length::Seconds(fields.seconds))
     };
     Ok(Submission {

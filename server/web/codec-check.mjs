@@ -35,6 +35,8 @@ const GT = {
   // two models: capabilities packed in the first, unpacked in the second
   models: '0a280a0b736f6e316b2d73796e746810011a030102032080f7022802310000000000003e403a036370750a2b0a0e6d7573696367656e2d736d616c6c1002180118022080fa012801310000000000003e403a0463756461',
   watch: '0a0267311029',
+  // a continuation cover: mode 2, clip from an explicit 0 s to 5.5 s
+  coverRequest: '0a0201021201785002590000000000000000610000000000001640',
   negInt64: '20fbffffffffffffffff01',
 };
 
@@ -56,6 +58,12 @@ await check('decode GenerateRequest', () => {
   assert.equal(r.sampling.top_k, undefined, 'unset optional stays unset');
   assert.equal(r.audio_format, 2); assert.equal(r.sample_format, 0); assert.equal(r.request_id, 'r1');
   assert.equal(r.cancel_on_disconnect, true);
+});
+await check('encode CoverRequest with a mode and a clip', () => {
+  const req = { song: new Uint8Array([1, 2]), prompt: 'x', mode: 2, clip_start_seconds: 0, clip_end_seconds: 5.5 };
+  assert.equal(toHex(C.encode('CoverRequest', req)), GT.coverRequest);
+  const r = C.decode('CoverRequest', hex(GT.coverRequest));
+  assert.equal(r.mode, 2); assert.equal(r.clip_start_seconds, 0); assert.equal(r.clip_end_seconds, 5.5);
 });
 await check('proto3 defaults are not sent; optional zero is', () => {
   assert.equal(C.encode('GenerateRequest', { prompt: '', duration_seconds: 0, cancel_on_disconnect: false }).length, 0);

@@ -12,7 +12,7 @@ use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
 use super::decode_slots::DecodeSlots;
 use super::event::{EventBody, JobEvent, JobKind, JobState};
-use super::job::JobInfo;
+use super::job::{pick_model, JobInfo};
 use super::registry::Registry;
 use super::restore::restore;
 use super::store::{kept_after_end, Store, StoreHealth};
@@ -33,6 +33,8 @@ pub struct Engine {
     commands: mpsc::Sender<Command>,
     store: Store,
     models: Arc<Vec<ModelInfo>>,
+    /// The configured default model's id.
+    default_model: Option<String>,
     limits: Arc<Limits>,
     audio_piece_bytes: usize,
     /// Uploads decoded at once, overall and per tenant.
@@ -113,6 +115,7 @@ impl Engine {
         let work = spawn_workers(config.max_running.max(1), store.clone(), commands.clone())
             .map_err(io_error)?;
         let infos = models.iter().map(|m| m.info().clone()).collect();
+        let default_model = config.default_model.clone();
         let limits = Arc::new(config.limits.clone());
         let audio_piece_bytes = config.audio_piece_bytes.max(1);
         let decoding = DecodeSlots::new(
@@ -126,6 +129,7 @@ impl Engine {
             commands,
             store,
             models: Arc::new(infos),
+            default_model,
             limits,
             audio_piece_bytes,
             decoding,
@@ -139,9 +143,17 @@ impl Engine {
         self.health.clone()
     }
 
-    /// The models this engine runs, the default first.
+    /// The models this engine runs (the first is the default unless the configuration
+    /// names another).
     pub fn models(&self) -> &[ModelInfo] {
         &self.models
+    }
+
+    /// The model a request's `id` names (empty: the default), as the job would run on.
+    pub fn model(&self, id: &str) -> Result<&ModelInfo, EngineError> {
+        let infos: Vec<&ModelInfo> = self.models.iter().collect();
+        let index = pick_model(&infos, Some(id), self.default_model.as_deref())?;
+        Ok(&self.models[index])
     }
 
     /// The request limits.
@@ -154,18 +166,23 @@ impl Engine {
         self.audio_piece_bytes
     }
 
-    /// Decodes `tenant`'s uploaded song off the async runtime, within the upload limits,
-    /// once a decode slot is free (see [`EngineConfig::decode_wait`]). The slot is held
-    /// until the decode itself ends; if this future is dropped (the client went away) the
-    /// decode stops at its next packet.
-    pub async fn load_song(&self, tenant: &str, bytes: Vec<u8>) -> Result<Arc<Song>, EngineError> {
+    /// Decodes `tenant`'s uploaded song to mono at `sample_rate` (the model's song rate)
+    /// off the async runtime, within the upload limits, once a decode slot is free (see
+    /// [`EngineConfig::decode_wait`]). The slot is held until the decode itself ends; if
+    /// this future is dropped (the client went away) the decode stops at its next packet.
+    pub async fn load_song(
+        &self,
+        tenant: &str,
+        bytes: Vec<u8>,
+        sample_rate: u32,
+    ) -> Result<Arc<Song>, EngineError> {
         let slot = self.decoding.acquire(tenant).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let _stop_when_dropped = StopWhenDropped(Arc::clone(&stop));
         let limits = Arc::clone(&self.limits);
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            load_song(&bytes, None, &limits, &stop).map(Arc::new)
+            load_song(&bytes, None, &limits, sample_rate, &stop).map(Arc::new)
         })
         .await
         .map_err(|e| EngineError::Internal(format!("song decoding stopped: {e}")))?

@@ -12,6 +12,7 @@ use super::event::{
     EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, ProgressReport,
 };
 use crate::error::EngineError;
+use crate::model::ModelInfo;
 use crate::run::{Progress, Stage};
 
 /// A job's state as clients poll it, and as the store keeps it.
@@ -221,6 +222,32 @@ pub fn check_job_id(field: &'static str, id: &str) -> Result<(), EngineError> {
 }
 
 /// A client's value as an error message may echo it: its first 40 characters.
+/// The index in `models` of the model a request names by `id`: when it names none, the
+/// configured `default`, else the first. An unknown id is an invalid `model` listing the
+/// models there are.
+pub(crate) fn pick_model(
+    models: &[&ModelInfo],
+    id: Option<&str>,
+    default: Option<&str>,
+) -> Result<usize, EngineError> {
+    let id = id.filter(|id| !id.is_empty()).or(default);
+    match id {
+        None => (!models.is_empty()).then_some(0),
+        Some(id) => models.iter().position(|m| m.id == id),
+    }
+    .ok_or_else(|| {
+        let known: Vec<&str> = models.iter().map(|m| m.id.as_str()).collect();
+        EngineError::invalid(
+            "model",
+            format!(
+                "`{}` is not a model of this server (it runs: {})",
+                cut_short(id.unwrap_or("")),
+                known.join(", ")
+            ),
+        )
+    })
+}
+
 pub(crate) fn cut_short(value: &str) -> String {
     const SHOWN: usize = 40;
     match value.char_indices().nth(SHOWN) {

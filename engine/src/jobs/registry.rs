@@ -15,14 +15,15 @@ use super::event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobStage, JobState, ProgressReport,
 };
 use super::job::{
-    cut_short, new_job_id, now_unix_ms, queued_progress, state_after, Job, JobInfo, WRITING_PERCENT,
+    new_job_id, now_unix_ms, pick_model, queued_progress, state_after, Job, JobInfo,
+    WRITING_PERCENT,
 };
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
 use super::tenants::Tenants;
 use super::worker::{WorkItem, WorkerReport};
 use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
-use crate::model::MusicModel;
+use crate::model::{ModelInfo, MusicModel};
 
 /// Events a subscriber's channel holds; a subscriber further behind is dropped and
 /// re-subscribes from its last sequence, so nobody waits for a slow client.
@@ -412,24 +413,9 @@ impl Registry {
     }
 
     fn model(&self, id: Option<&str>) -> Result<&Arc<dyn MusicModel>, EngineError> {
-        let id = id
-            .filter(|id| !id.is_empty())
-            .or(self.config.default_model.as_deref());
-        match id {
-            None => self.models.first(),
-            Some(id) => self.models.iter().find(|m| m.info().id == id),
-        }
-        .ok_or_else(|| {
-            let known: Vec<&str> = self.models.iter().map(|m| m.info().id.as_str()).collect();
-            EngineError::invalid(
-                "model",
-                format!(
-                    "`{}` is not a model of this server (it runs: {})",
-                    cut_short(id.unwrap_or("")),
-                    known.join(", ")
-                ),
-            )
-        })
+        let infos: Vec<&ModelInfo> = self.models.iter().map(|m| m.info()).collect();
+        let index = pick_model(&infos, id, self.config.default_model.as_deref())?;
+        Ok(&self.models[index])
     }
 
     /// A guess at when a slot frees: the recent mean run time per running slot.

@@ -77,7 +77,9 @@ impl GatedModel {
                 max_frames: 1000,
                 extra_steps: 0,
                 vocab_size: 0,
-                covers: false,
+                cover_modes: Vec::new(),
+                song_rate: 32000,
+                max_clip_frames: 0,
                 defaults: SamplingDefaults {
                     top_k: 0,
                     top_p: 0.0,
