@@ -142,29 +142,29 @@ fn run_to_end(
 }
 
 /// 70 s at 50 frames/s past a 30 s window, stride 18 s: windows of 1500 frames at 0, 900
-/// and 1800, then 800 at 2700 (each after the first prompted with 600 frames of the one
-/// before), every one with its 3 delay columns: 5312 steps in one progress count, and
-/// exactly 70 s of audio.
+/// and 1800, then 800 at 2700, each after the first prompted with 600 frames of the one
+/// before (fed in its first pass), every one with its 3 delay columns: 3512 steps in one
+/// progress count, and exactly 70 s of audio.
 #[test]
 fn seventy_seconds_run_through_four_windows_to_the_exact_length() {
     let model = musicgen();
     let request = request(&model, 70.0);
     let (output, total) = run_to_end(&model, &request);
-    assert_eq!(total, 1500 + 1500 + 1500 + 800 + 4 * 3);
+    assert_eq!(total, 1500 + 900 + 900 + 200 + 4 * 3);
     assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
-    // A cancel in the third window stops it there.
+    // A cancel in the third window (steps 2407 to 3309) stops it there.
     let cancel = AtomicBool::new(false);
     let mut last = 0;
     let result = generate(&model, &request, &cancel, &mut |u| {
         if let Update::Progress(p) = u {
             last = p.steps_done;
-            if p.steps_done == 3500 {
+            if p.steps_done == 2500 {
                 cancel.store(true, Ordering::Relaxed);
             }
         }
     });
     assert!(matches!(result, Err(EngineError::Cancelled)));
-    assert_eq!(last, 3500);
+    assert_eq!(last, 2500);
 }
 
 /// A melody cover of a 40 s song for 70 s: the same windows, the song's chroma taken
@@ -195,6 +195,6 @@ fn a_melody_cover_of_a_song_past_thirty_seconds_runs_in_windows() {
     .validate(&Limits::default(), model.info())
     .unwrap();
     let (output, total) = run_to_end(&model, &request);
-    assert_eq!(total, 1500 + 1500 + 1500 + 800 + 4 * 3);
+    assert_eq!(total, 1500 + 900 + 900 + 200 + 4 * 3);
     assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
 }

@@ -307,6 +307,8 @@ pub struct DecoderCache {
     /// value on padding, so a fully masked row stays finite); `None` without
     /// cross-attention.
     cross_mask: Option<Tensor>,
+    /// States `[B, P, hidden]` that take the first positions, run with the first call.
+    prefix: Option<Tensor>,
     len: usize,
     capacity: usize,
 }
@@ -439,8 +441,9 @@ impl Decoder {
     }
 
     /// A fresh cache for one job with room for `capacity` audio positions. Cross-attention
-    /// conditioning computes every layer's K/V from the text once; a prefix is run through
-    /// the layers now, taking the first positions. On the CPU in f32 the steps run as
+    /// conditioning computes every layer's K/V from the text once; a prefix waits in the
+    /// cache and runs with the first call, taking the first positions. On the CPU in f32
+    /// the steps after the first run as
     /// [`cpu_step`]'s phases, over plain buffers.
     pub fn new_cache(&self, conditioning: Conditioning, capacity: usize) -> Result<DecoderCache> {
         let (rows, device, prefix) = match conditioning {
@@ -517,6 +520,7 @@ impl Decoder {
                     layers,
                     self_kv,
                     cross_mask: Some(cross_mask),
+                    prefix: None,
                     len: 0,
                     capacity,
                 })
@@ -527,104 +531,59 @@ impl Decoder {
                         "this decoder cross-attends to its text; a prefix is for decoders without",
                     ));
                 }
-                let mut cache = DecoderCache {
+                Ok(DecoderCache {
                     layers: Vec::new(),
                     self_kv,
                     cross_mask: None,
+                    prefix: Some(states.to_dtype(self.dtype)?),
                     len: 0,
                     capacity,
-                };
-                self.prefill(states, &mut cache)?;
-                Ok(cache)
+                })
             }
         }
-    }
-
-    /// Runs the prefix `states` `[B, P, hidden]` at positions `0..P` of an empty cache: one
-    /// causal pass over all of them (as the reference runs them with the first token), whose
-    /// keys and values the steps then attend to. No logits are needed from it.
-    fn prefill(&self, states: &Tensor, cache: &mut DecoderCache) -> Result<()> {
-        let (rows, p, _) = states.dims3()?;
-        if p == 0 {
-            return Ok(());
-        }
-        if p > cache.capacity || p > self.cfg.max_position_embeddings {
-            return Err(crate::ModelError::UnsupportedConfig {
-                field: "decoder.max_position_embeddings".into(),
-                message: format!(
-                    "a prefix of {p} positions does not fit the model's {} positions",
-                    self.cfg.max_position_embeddings
-                ),
-            });
-        }
-        let mut xs = states
-            .to_dtype(self.dtype)?
-            .broadcast_add(&self.positions.narrow(0, 0, p)?)?;
-        let causal = causal_mask(p, 0, xs.device())?;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let normed = layer.self_attn_norm.forward(&xs)?;
-            let (q, k, v) = layer.self_attn.queries_keys_values(&normed)?;
-            match &mut cache.self_kv {
-                SelfKv::Tensors(layers) => {
-                    let (self_k, self_v) = &layers[index];
-                    self_k.slice_set(&k.to_dtype(self_k.dtype())?, 2, 0)?;
-                    self_v.slice_set(&v.to_dtype(self_v.dtype())?, 2, 0)?;
-                }
-                SelfKv::Host(host) => host.store_prefix(index, &k, &v, rows)?,
-            }
-            xs = (&xs
-                + layer.self_attn.attend(
-                    &q,
-                    &k.contiguous()?,
-                    &v.contiguous()?,
-                    p,
-                    Some(&causal),
-                )?)?;
-            let normed = layer.final_norm.forward(&xs)?;
-            let ff = layer
-                .fc2
-                .forward(&crate::activations::gelu_erf(&layer.fc1.forward(&normed)?)?)?;
-            xs = (xs + ff)?;
-        }
-        cache.len = p;
-        Ok(())
     }
 
     /// Runs `ids_bkt` (u32 `[B, K, T]`) at the cache's next positions and returns the
-    /// logits of the last position, `[B, K, vocab]` in f32.
+    /// logits of the last position, `[B, K, vocab]` in f32. A prefix waiting in the cache
+    /// runs first, in the same pass (as the reference runs it with the first token).
     pub fn forward(&self, ids_bkt: &Tensor, cache: &mut DecoderCache) -> Result<Tensor> {
         let (b, k, t) = ids_bkt.dims3()?;
         let offset = cache.len;
+        let prefix_len = cache.prefix.as_ref().map_or(Ok(0), |p| p.dim(1))?;
         if t == 0 {
             return Err(crate::ModelError::UnsupportedConfig {
                 field: "decoder ids".into(),
                 message: "no position to decode: the ids hold 0 columns".into(),
             });
         }
-        if offset + t > cache.capacity || offset + t > self.cfg.max_position_embeddings {
+        let end = offset + prefix_len + t;
+        if end > cache.capacity || end > self.cfg.max_position_embeddings {
             return Err(crate::ModelError::UnsupportedConfig {
                 field: "decoder.max_position_embeddings".into(),
                 message: format!(
-                    "position {} is past the cache capacity {} or the model's {} positions",
-                    offset + t,
-                    cache.capacity,
-                    self.cfg.max_position_embeddings
+                    "position {end} is past the cache capacity {} or the model's {} positions",
+                    cache.capacity, self.cfg.max_position_embeddings
                 ),
             });
         }
-        let self_kv = match &mut cache.self_kv {
-            SelfKv::Tensors(layers) => layers,
-            SelfKv::Host(_) => {
+        // The CPU step takes one position at a time: it serves every call but the first
+        // of a job with a prefix or several columns, which one batched pass serves better.
+        if let SelfKv::Host(_) = cache.self_kv {
+            if offset > 0 || (prefix_len == 0 && t == 1) {
                 let ids = ids_bkt.flatten_all()?.to_vec1::<u32>()?;
                 return self.forward_on_cpu(&ids, (b, k, t), cache);
             }
-        };
+        }
         let mut xs =
             self.embed_tokens[0].forward(&ids_bkt.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)?;
         for (codebook, embed) in self.embed_tokens.iter().enumerate().take(k).skip(1) {
             xs = (xs
                 + embed.forward(&ids_bkt.narrow(1, codebook, 1)?.squeeze(1)?.contiguous()?)?)?;
         }
+        if let Some(prefix) = cache.prefix.take() {
+            xs = Tensor::cat(&[&prefix, &xs], 1)?;
+        }
+        let t = prefix_len + t;
         xs = xs.broadcast_add(&self.positions.narrow(0, offset, t)?)?;
         let causal = if t > 1 {
             Some(causal_mask(t, offset, xs.device())?)
@@ -632,16 +591,31 @@ impl Decoder {
             None
         };
         let mut cross_caches = cache.layers.iter();
-        for (layer, (self_k, self_v)) in self.layers.iter().zip(self_kv.iter()) {
+        for (index, layer) in self.layers.iter().enumerate() {
             // Self-attention over the cache plus the new positions.
             let normed = layer.self_attn_norm.forward(&xs)?;
             let (q, k_new, v_new) = layer.self_attn.queries_keys_values(&normed)?;
-            self_k.slice_set(&k_new.to_dtype(self_k.dtype())?, 2, offset)?;
-            self_v.slice_set(&v_new.to_dtype(self_v.dtype())?, 2, offset)?;
-            xs = (&xs
-                + layer
-                    .self_attn
-                    .attend(&q, self_k, self_v, offset + t, causal.as_ref())?)?;
+            let attended = match &mut cache.self_kv {
+                SelfKv::Tensors(layers) => {
+                    let (self_k, self_v) = &layers[index];
+                    self_k.slice_set(&k_new.to_dtype(self_k.dtype())?, 2, offset)?;
+                    self_v.slice_set(&v_new.to_dtype(self_v.dtype())?, 2, offset)?;
+                    layer
+                        .self_attn
+                        .attend(&q, self_k, self_v, offset + t, causal.as_ref())?
+                }
+                // A first pass (offset 0): the new positions are all there is to attend.
+                // Attended as stored (an f16 cache rounds them), as every later step sees them.
+                SelfKv::Host(host) => {
+                    host.store_prefix(index, &k_new, &v_new, b)?;
+                    let (k, v) = (
+                        k_new.to_dtype(self.kv_dtype)?,
+                        v_new.to_dtype(self.kv_dtype)?,
+                    );
+                    layer.self_attn.attend(&q, &k, &v, t, causal.as_ref())?
+                }
+            };
+            xs = (&xs + attended)?;
             // Cross-attention to the text.
             if let (Some(cross), Some(lc), Some(mask)) =
                 (&layer.cross, cross_caches.next(), &cache.cross_mask)

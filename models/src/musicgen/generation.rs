@@ -38,8 +38,13 @@ pub struct Generation {
     cache: DecoderCache,
     sampler: Sampler,
     guidance: Option<f32>,
-    /// `columns[s][k]`; column 0 is the start column.
+    /// `columns[s][k]`; column 0 is the start column. A continuation's first columns,
+    /// which its prompt decides, are here from the start.
     columns: Vec<Vec<u32>>,
+    /// Columns fed to the decoder so far.
+    fed: usize,
+    /// Decoder passes done.
+    passes: usize,
     guided: Vec<f32>,
     /// The prompt's frames, `[K][Tp]` (empty without an audio prompt).
     prompt: Vec<Vec<u32>>,
@@ -106,15 +111,29 @@ impl Generation {
         let guidance = (params.guidance_scale != 1.0).then_some(params.guidance_scale);
         let conditioning = model.condition(prompt_ids, chroma.as_deref(), guidance.is_some())?;
         let cache = model.new_cache(&conditioning, pattern.steps())?;
-        Ok(Self {
+        let mut job = Self {
             pattern,
             cache,
             sampler: Sampler::new(params.sampling, params.seed),
             guidance,
             columns: vec![vec![d.bos_token_id; d.num_codebooks]],
+            fed: 0,
+            passes: 0,
             guided: Vec::new(),
             prompt,
-        })
+        };
+        // Columns 1..=Tp hold prompt frames or padding in every codebook: nothing in them
+        // is sampled, so the first pass feeds them with the start column.
+        for column in 1..=prompt_frames.min(job.pattern.steps()) {
+            let known = (0..d.num_codebooks)
+                .map(|k| {
+                    job.prompt_code(column, k)
+                        .unwrap_or_else(|| job.pattern.mask(column, k, d.pad_token_id))
+                })
+                .collect();
+            job.columns.push(known);
+        }
+        Ok(job)
     }
 
     /// The prompt's code for codebook `k` at `column`, where the prompt decides it.
@@ -130,17 +149,27 @@ impl Generation {
 
     /// Decoder passes done.
     pub fn steps_done(&self) -> usize {
-        self.columns.len() - 1
+        self.passes
     }
 
-    /// Decoder passes in total.
+    /// Decoder passes in total: one per column to sample, a continuation's prompt
+    /// columns all fed in the first.
     pub fn total_steps(&self) -> usize {
-        self.pattern.steps()
+        self.pattern.steps() + 1 - self.columns_at_start()
+    }
+
+    /// Columns known before the first pass (the start column and the prompt's).
+    fn columns_at_start(&self) -> usize {
+        1 + self
+            .prompt
+            .first()
+            .map_or(0, Vec::len)
+            .min(self.pattern.steps())
     }
 
     /// Whether every frame has been sampled.
     pub fn is_done(&self) -> bool {
-        self.steps_done() >= self.total_steps()
+        self.columns.len() > self.pattern.steps()
     }
 
     /// Runs one decoder pass and appends the sampled column. Does nothing once done.
@@ -149,16 +178,20 @@ impl Generation {
             return Ok(());
         }
         let rows = if self.guidance.is_some() { 2 } else { 1 };
-        let last = self.columns.last().cloned().unwrap_or_default();
-        let logits = model.step(&last, &mut self.cache, rows)?.to_vec3::<f32>()?;
+        let unfed: Vec<&[u32]> = self.columns[self.fed..].iter().map(Vec::as_slice).collect();
+        let logits = model
+            .step_columns(&unfed, &mut self.cache, rows)?
+            .to_vec3::<f32>()?;
+        self.fed = self.columns.len();
         if !logits.iter().flatten().flatten().all(|x| x.is_finite()) {
             return Err(ModelError::NonFiniteLogits {
                 step: self.steps_done(),
                 dtype: model.decoder_dtype(),
             });
         }
+        let codebooks = self.columns[0].len();
         let next_column = self.columns.len();
-        let column = (0..last.len())
+        let column = (0..codebooks)
             .map(|k| {
                 if let Some(code) = self.prompt_code(next_column, k) {
                     return code;
@@ -175,6 +208,7 @@ impl Generation {
             })
             .collect();
         self.columns.push(column);
+        self.passes += 1;
         Ok(())
     }
 

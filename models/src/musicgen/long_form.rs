@@ -161,7 +161,8 @@ impl LongGeneration {
         let prompt_frames = prompt.first().map_or(0, Vec::len);
         let plan = windows.plan(params.frames, prompt_frames)?;
         let extra = config.decoder.channel_codebooks() - 1;
-        let total_steps = plan.iter().map(|w| w.frames + extra).sum();
+        // A window's prompt columns are fed in its first pass.
+        let total_steps = plan.iter().map(|w| w.frames + extra - w.prompt).sum();
         let hop = (model.sample_rate() as usize / config.frame_rate().max(1)).max(1);
         let setup = Setup {
             ids: ids.to_vec(),

@@ -332,9 +332,28 @@ impl MusicGen {
     /// One decoder pass: feeds `column` (one token per codebook) to every row of the cache
     /// and returns the logits of the next column, `[rows, K, vocab]`.
     pub fn step(&self, column: &[u32], cache: &mut DecoderCache, rows: usize) -> Result<Tensor> {
-        let k = column.len();
-        let ids: Vec<u32> = (0..rows).flat_map(|_| column.iter().copied()).collect();
-        let ids = Tensor::from_vec(ids, (rows, k, 1), &self.device)?;
+        self.step_columns(&[column], cache, rows)
+    }
+
+    /// One decoder pass over several columns (`columns[t][k]`), as a job's first pass
+    /// feeds its start column and a continuation's prompt; returns the logits after the
+    /// last, `[rows, K, vocab]`.
+    pub fn step_columns(
+        &self,
+        columns: &[&[u32]],
+        cache: &mut DecoderCache,
+        rows: usize,
+    ) -> Result<Tensor> {
+        let k = columns.first().map_or(0, |c| c.len());
+        if columns.iter().any(|c| c.len() != k) {
+            return Err(ModelError::BadPrompt(
+                "columns of different codebook counts".into(),
+            ));
+        }
+        let t = columns.len();
+        let one_row = (0..k).flat_map(|codebook| columns.iter().map(move |c| c[codebook]));
+        let ids: Vec<u32> = (0..rows).flat_map(|_| one_row.clone()).collect();
+        let ids = Tensor::from_vec(ids, (rows, k, t), &self.device)?;
         crate::cpu::on_pool(|| self.decoder.forward(&ids, cache))
     }
 

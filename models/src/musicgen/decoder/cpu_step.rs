@@ -87,7 +87,11 @@ impl Decoder {
             self_kv,
             len,
             capacity,
+            prefix,
         } = cache;
+        if prefix.is_some() {
+            return Err(unsupported("a prefix runs in the first, batched pass"));
+        }
         let super::SelfKv::Host(host) = self_kv else {
             return Err(unsupported("the cache holds tensors"));
         };
@@ -583,8 +587,9 @@ mod tests {
         worst / peak
     }
 
-    /// Five positions one at a time, then three at once (the step runs them in turn, the
-    /// general path with a causal mask): the logits agree with candle's composition of
+    /// Three positions in a first, batched pass (written into the step's buffers), three
+    /// one at a time, then three at once (the step runs them in turn, the general path with
+    /// a causal mask): the logits agree with candle's composition of
     /// the same layers, for dense and quantized weights, f32 and f16 caches, both head
     /// kernels, with and without a guidance row. Dense weights agree to rounding.
     #[test]
@@ -622,9 +627,9 @@ mod tests {
     }
 
     /// A decoder without cross-attention (MusicGen-Melody's), conditioned on a prefix of 6
-    /// states: the prefix fills the first positions of both caches, and steps after it
-    /// agree on both paths. Cross-attention states for it, or a prefix for a decoder with
-    /// cross-attention, are refused.
+    /// states: the first call runs the prefix and its columns in one pass into either
+    /// cache, and steps after it agree on both paths. Cross-attention states for it, or a
+    /// prefix for a decoder with cross-attention, are refused.
     #[test]
     fn a_prefix_decoder_steps_alike_on_both_paths() {
         let hidden = 128;
@@ -635,14 +640,15 @@ mod tests {
             let prefix = rng.uniform_f32s(rows * 6 * hidden, -1.0, 1.0);
             let prefix = Tensor::from_vec(prefix, (rows, 6, hidden), &Device::Cpu).unwrap();
             let (mut step, mut general) =
-                both_caches(&decoder, Conditioning::Prefix(&prefix), rows, 4);
-            assert_eq!((step.len(), step.capacity()), (6, 10));
+                both_caches(&decoder, Conditioning::Prefix(&prefix), rows, 6);
+            assert_eq!((step.len(), step.capacity()), (0, 12));
             let k = decoder.cfg.num_codebooks;
-            for position in 0..4 {
-                let ids: Vec<u32> = (0..rows * k)
+            // The first call runs the prefix and three columns in one pass.
+            for (position, width) in [3, 1, 1, 1].into_iter().enumerate() {
+                let ids: Vec<u32> = (0..rows * k * width)
                     .map(|i| ((i * 5 + position) % 40) as u32)
                     .collect();
-                let ids = Tensor::from_vec(ids, (rows, k, 1), &Device::Cpu).unwrap();
+                let ids = Tensor::from_vec(ids, (rows, k, width), &Device::Cpu).unwrap();
                 let ours = decoder.forward(&ids, &mut step).unwrap();
                 let theirs = decoder.forward(&ids, &mut general).unwrap();
                 let difference = relative_difference(&theirs, &ours);
@@ -650,7 +656,9 @@ mod tests {
                     difference <= 1e-4,
                     "{kv:?} cache, step {position}: {difference}"
                 );
+                assert_eq!(step.len(), general.len());
             }
+            assert_eq!(step.len(), 6 + 6);
             let states = Tensor::zeros((1, 3, TEXT_IN), DType::F32, &Device::Cpu).unwrap();
             let mask = Tensor::ones((1, 3), DType::F32, &Device::Cpu).unwrap();
             let cross = Conditioning::CrossAttention {
