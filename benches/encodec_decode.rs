@@ -1,11 +1,13 @@
 //! Benchmark of the EnCodec 32 kHz decoder of MusicGen (random weights of the published
-//! shape): time to decode seconds of codes into audio, best and median of a few runs.
+//! shape): time to decode seconds of codes into audio, best and median of a few runs, and
+//! the memory the decode adds to the process's peak (Linux).
 //!
 //! `cargo bench --bench encodec_decode -- [--duration SECONDS] [--repeat N]`
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use son1k::cli::bench::machine::{peak_rss_bytes, reset_peak_rss};
 use son1k_models::encodec::EncodecDecoder;
 use son1k_models::musicgen::presets::preset;
 use son1k_models::weights::Weights;
@@ -33,6 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let codes = Tensor::from_vec(codes, (1, books, frames), &Device::Cpu)?;
     let mut times = Vec::new();
+    reset_peak_rss();
+    let before = peak_rss_bytes();
     for _ in 0..repeat.max(1) {
         let start = Instant::now();
         let audio = decoder.decode(&codes)?;
@@ -41,9 +45,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     times.sort_by(f64::total_cmp);
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    let added = match (before, peak_rss_bytes()) {
+        (Some(before), Some(after)) => format!("{} MiB", after.saturating_sub(before) >> 20),
+        _ => "unknown".into(),
+    };
     println!(
         "EnCodec 32 kHz, {duration} s of audio ({frames} frames), RAYON_NUM_THREADS={threads}: \
-         best {:.2} s, median {:.2} s",
+         best {:.2} s, median {:.2} s; peak memory added by the decode {added}",
         times[0],
         times[times.len() / 2]
     );

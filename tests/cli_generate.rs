@@ -119,6 +119,7 @@ fn bench_reports_the_documented_json_schema() {
     assert_eq!(report["dtype"], "f32");
     // 0.4 s is 20 frames, plus the 3 delay columns of 4 codebooks.
     assert_eq!(report["steps"], 23);
+    assert_eq!(report["windows"], 1);
     assert!((report["audio_s"].as_f64().unwrap() - 0.4).abs() < 1e-9);
     for field in [
         "step_ms_median",

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use son1k_models::musicgen::long_form::EXTEND_STRIDE_SECONDS;
 use son1k_models::musicgen::{GenerationParams, LongGeneration, MusicGen, Windows};
 use son1k_models::ModelError;
 
@@ -15,13 +16,9 @@ use crate::error::EngineError;
 use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
 use crate::request::ValidatedRequest;
 
-/// The longest window of one generation, in seconds: MusicGen's 30 s training segment
-/// (audiocraft's `max_duration`).
-pub const WINDOW_SECONDS: f64 = 30.0;
-
 /// How far each window of a long generation starts after the one before, in seconds
 /// (audiocraft's `extend_stride`); the default of `--extend-stride`.
-pub const DEFAULT_EXTEND_STRIDE_SECONDS: f64 = 18.0;
+pub const DEFAULT_EXTEND_STRIDE_SECONDS: f64 = EXTEND_STRIDE_SECONDS;
 
 /// A loaded MusicGen checkpoint.
 pub struct MusicGenModel {
@@ -70,7 +67,7 @@ impl MusicGenModel {
             guidance_scale: generation.guidance_scale,
         };
         let frame_rate = config.frame_rate();
-        let window = ((WINDOW_SECONDS * frame_rate as f64) as usize).min(config.max_frames(0));
+        let windows = Windows::audiocraft(config);
         let cover_modes = if config.is_melody() {
             vec![CoverMode::Melody, CoverMode::Continuation]
         } else {
@@ -91,15 +88,12 @@ impl MusicGenModel {
             defaults,
             cover_modes,
             song_rate: model.sample_rate(),
-            max_clip_frames: window,
+            max_clip_frames: windows.window,
         };
-        let stride = ((DEFAULT_EXTEND_STRIDE_SECONDS * frame_rate as f64) as usize)
-            .min(window.saturating_sub(1))
-            .max(1);
         Self {
             model,
             info,
-            windows: Windows { window, stride },
+            windows,
         }
     }
 

@@ -8,6 +8,16 @@ use super::Config;
 use crate::error::{ModelError, Result};
 use crate::weights::Vb;
 
+/// Frames decoded at once after the LSTM (10 s at 50 frames/s): the upsampling layers'
+/// buffers grow with the chunk, not with the piece, whose intermediate signals would
+/// otherwise take gigabytes (64 channels at 32 kHz are 245 MB a second... of 30 s).
+pub const CHUNK_FRAMES: usize = 500;
+
+/// Frames of context a chunk is decoded with on each side: more than the receptive field
+/// of the layers after the LSTM (under two frames), so every kept sample is the whole
+/// decode's.
+const CHUNK_CONTEXT_FRAMES: usize = 4;
+
 /// EnCodec's decoding path: codebook lookup and sum (the residual vector quantizer's decode),
 /// then the SEANet decoder, always in f32.
 pub struct EncodecDecoder {
@@ -120,27 +130,57 @@ impl EncodecDecoder {
     }
 
     /// The SEANet decoder alone: latents `[B, hidden_size, N]` -> audio
-    /// `[B, audio_channels, N * hop_length]`.
+    /// `[B, audio_channels, N * hop_length]`. The layers up to the LSTM run over the whole
+    /// piece; the upsampling ones in chunks of [`CHUNK_FRAMES`] with context on each side.
     pub fn decode_embeddings(&self, embeddings: &Tensor) -> Result<Tensor> {
-        let xs = embeddings.to_dtype(DType::F32)?.to_device(&self.device)?;
-        if self.device.is_cpu() {
-            self.decode_on_cpu(&xs)
-        } else {
-            self.decode_with_candle(xs)
-        }
+        self.decode_in_chunks(embeddings, CHUNK_FRAMES)
     }
 
-    /// The layers as candle ops, on any device.
-    fn decode_with_candle(&self, mut xs: Tensor) -> Result<Tensor> {
-        for layer in &self.layers {
+    /// [`Self::decode_embeddings`] in chunks of `chunk` frames.
+    fn decode_in_chunks(&self, embeddings: &Tensor, chunk: usize) -> Result<Tensor> {
+        let xs = embeddings.to_dtype(DType::F32)?.to_device(&self.device)?;
+        let split = self
+            .layers
+            .iter()
+            .position(|layer| matches!(layer, Layer::Lstm(_)))
+            .map_or(0, |lstm| lstm + 1);
+        let (head, tail) = self.layers.split_at(split);
+        let lstm_channels = self.config.num_filters << self.config.upsampling_ratios.len();
+        let latents = self.run(head, &xs, lstm_channels)?;
+        let frames = latents.dim(2)?;
+        let chunk = chunk.max(1);
+        if frames <= chunk.saturating_add(2 * CHUNK_CONTEXT_FRAMES) {
+            return self.run(tail, &latents, self.config.audio_channels);
+        }
+        let hop = self.hop_length();
+        let pieces = (0..frames)
+            .step_by(chunk)
+            .map(|start| {
+                let end = (start + chunk).min(frames);
+                let from = start.saturating_sub(CHUNK_CONTEXT_FRAMES);
+                let to = (end + CHUNK_CONTEXT_FRAMES).min(frames);
+                let audio = self.run(
+                    tail,
+                    &latents.narrow(2, from, to - from)?,
+                    self.config.audio_channels,
+                )?;
+                Ok(audio.narrow(2, (start - from) * hop, (end - start) * hop)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&pieces, 2)?)
+    }
+
+    /// `layers` on `[B, C, T]`: on plain buffers ([`super::cpu`]) on the CPU, else as candle
+    /// ops; the output has `out_channels` channels.
+    fn run(&self, layers: &[Layer], xs: &Tensor, out_channels: usize) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            return super::cpu::run_layers(layers, xs, out_channels, &self.device);
+        }
+        let mut xs = xs.clone();
+        for layer in layers {
             xs = layer.forward(&xs)?;
         }
         Ok(xs)
-    }
-
-    /// The layers on plain buffers ([`super::cpu`]), one batch item at a time.
-    fn decode_on_cpu(&self, xs: &Tensor) -> Result<Tensor> {
-        super::cpu::run_layers(&self.layers, xs, self.config.audio_channels, &self.device)
     }
 }
 
@@ -217,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_path_matches_the_candle_layers_in_every_padding_and_layout() -> Result<()> {
+    fn cpu_path_and_chunks_match_the_candle_layers_in_every_padding_and_layout() -> Result<()> {
         // Two residual layers give dilations 1 and 2 (the one-product and the per-tap
         // convolutions); the shortcut, causal trimming, other padding modes and stereo
         // output each take their own branch.
@@ -241,12 +281,30 @@ mod tests {
             // Short inputs too: reflect padding of fewer samples than the padding.
             for frames in [1, 2, 7] {
                 let latents = random(&[2, cfg.hidden_size, frames], frames as u64, 1.0)?;
-                let ours = decoder.decode_on_cpu(&latents)?;
-                let theirs = decoder.decode_with_candle(latents.clone())?;
+                let ours = crate::encodec::cpu::run_layers(
+                    &decoder.layers,
+                    &latents,
+                    cfg.audio_channels,
+                    &Device::Cpu,
+                )?;
+                let mut theirs = latents.clone();
+                for layer in &decoder.layers {
+                    theirs = layer.forward(&theirs)?;
+                }
                 assert_eq!(ours.dims(), theirs.dims());
                 let diff = max_diff(&ours, &theirs);
                 assert!(diff < 1e-5, "{cfg:?}, {frames} frames: differs by {diff}");
             }
+            // Chunks of 3 frames with their context give the whole decode's samples.
+            let latents = random(&[1, cfg.hidden_size, 23], 5, 1.0)?;
+            let whole = decoder.decode_in_chunks(&latents, usize::MAX)?;
+            let chunked = decoder.decode_in_chunks(&latents, 3)?;
+            assert_eq!(
+                whole.dims(),
+                [1, cfg.audio_channels, 23 * decoder.hop_length()]
+            );
+            let diff = max_diff(&whole, &chunked);
+            assert!(diff < 1e-6, "{cfg:?}: chunks differ by {diff}");
         }
         Ok(())
     }

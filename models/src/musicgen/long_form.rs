@@ -5,9 +5,18 @@
 //! One monotonic step count runs over every window.
 
 use super::chroma::melody_chroma;
+use super::config::Config;
 use super::generation::{AudioConditions, Generation, GenerationParams};
 use super::model::MusicGen;
 use crate::error::{ModelError, Result};
+
+/// The longest window of one generation, in seconds: MusicGen's 30 s training segment
+/// (audiocraft's `max_duration`).
+pub const WINDOW_SECONDS: f64 = 30.0;
+
+/// How far each window of a long generation starts after the one before, in seconds, by
+/// default (audiocraft's `extend_stride`).
+pub const EXTEND_STRIDE_SECONDS: f64 = 18.0;
 
 /// How a long generation is cut into windows, in frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +39,17 @@ pub struct Window {
 }
 
 impl Windows {
+    /// audiocraft's windows for a model: [`WINDOW_SECONDS`] (or fewer, where the model's
+    /// positions hold less) starting [`EXTEND_STRIDE_SECONDS`] apart.
+    pub fn audiocraft(config: &Config) -> Self {
+        let rate = config.frame_rate() as f64;
+        let window = ((WINDOW_SECONDS * rate) as usize).min(config.max_frames(0));
+        let stride = ((EXTEND_STRIDE_SECONDS * rate) as usize)
+            .min(window.saturating_sub(1))
+            .max(1);
+        Self { window, stride }
+    }
+
     /// The windows of a generation of `total` frames, the first `prompt` of them given.
     /// A generation that fits one window is one window; otherwise each starts `stride`
     /// after the one before, as long as frames are missing.

@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
-use son1k_models::musicgen::{Generation, GenerationConfig, GenerationParams, MusicGen};
+use son1k_models::musicgen::{
+    Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, Windows,
+};
 use son1k_models::sampling::SamplingParams;
 use son1k_models::weights::Weights;
 
@@ -49,8 +51,11 @@ pub struct BenchReport {
     pub step_ms_median: f64,
     /// Decoder step: 95th percentile, ms.
     pub step_ms_p95: f64,
-    /// Steps of the end-to-end run (frames plus the delay columns).
+    /// Decoder passes of the end-to-end run (frames plus the delay columns, per window; a
+    /// window's prompt columns go in its first pass).
     pub steps: Option<usize>,
+    /// Windows of the end-to-end run (MusicGen past 30 s runs in windows).
+    pub windows: Option<usize>,
     /// Mean step over the whole end-to-end clip (the KV cache grows along it), ms.
     pub loop_step_ms_mean: Option<f64>,
     /// EnCodec decode of the whole clip, ms.
@@ -105,6 +110,8 @@ struct Run {
     total_ms: f64,
     audio_s: f64,
     steps: usize,
+    /// Each window's passes and the cache position of its first: `(passes, first)`.
+    windows: Vec<(usize, usize)>,
 }
 
 /// Runs the measurement.
@@ -195,10 +202,19 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             ));
             bar.set_position(0);
             let t = Instant::now();
-            let mut job = Generation::new(&model, &prompt, &params(frames))?;
+            // Past 30 s in audiocraft's windows, as the engine runs it.
+            let windows = Windows::audiocraft(model.config());
+            let mut job =
+                LongGeneration::new(&model, &prompt, &params(frames), Vec::new(), None, windows)?;
             device.synchronize()?;
             let text_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_length(job.total_steps() as u64);
+            let extra = model.config().decoder.channel_codebooks() - 1;
+            let window_passes = job
+                .plan()
+                .iter()
+                .map(|w| (w.frames + extra - w.prompt, w.prompt + 1))
+                .collect();
             while !job.is_done() {
                 job.step(&model)?;
                 bar.inc(1);
@@ -216,6 +232,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 total_ms,
                 audio_s: audio.dim(1)? as f64 / model.sample_rate() as f64,
                 steps,
+                windows: window_passes,
             });
         }
     }
@@ -229,15 +246,24 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     let pick = |f: fn(&Run) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
     let steps = runs.first().map(|r| r.steps);
+    let windows = runs.first().map(|r| r.windows.len());
     let loop_step_ms_mean = pick(|r| r.loop_ms / r.steps as f64);
     let decoder = &model.config().decoder;
     // Every projection a step reads has rows of `hidden` or `ffn_dim` weights; both take the
     // same block format at the published sizes.
     let per_weight = format.bytes_per_weight(decoder.hidden_size, dtype, &device);
     let weight_bytes_per_step = (model.config().weights_read_per_step() as f64 * per_weight) as u64;
-    // Mean KV position over the steps the ratio describes.
-    let mean_position = match steps {
-        Some(n) => (n + 1) as f64 / 2.0,
+    // Mean KV position over the steps the ratio describes; each window starts its cache
+    // afresh, its first pass at the position after its prompt.
+    let mean_position = match runs.first() {
+        Some(run) => {
+            let sum: f64 = run
+                .windows
+                .iter()
+                .map(|&(passes, first)| passes as f64 * (first as f64 + (passes - 1) as f64 / 2.0))
+                .sum();
+            sum / run.steps.max(1) as f64
+        }
         None => 2.0 + args.steps as f64 / 2.0,
     };
     let kv_bytes_per_step = (decoder.kv_elements_read_at(1, 2) as f64 * mean_position) as u64
@@ -269,6 +295,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         step_ms_median,
         step_ms_p95: percentile(&step_ms, 0.95),
         steps,
+        windows,
         loop_step_ms_mean,
         encodec_ms: pick(|r| r.encodec_ms),
         first_audio_ms: pick(|r| r.total_ms),

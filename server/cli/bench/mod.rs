@@ -4,7 +4,7 @@
 //! the real-time factor, peak memory, and how close a step comes to the memory-bandwidth
 //! floor, as a table or as JSON (schema `son1k.bench.v1`, documented in the README).
 
-mod machine;
+pub mod machine;
 mod measure;
 
 use std::path::PathBuf;
@@ -80,9 +80,11 @@ fn print_table(r: &BenchReport) {
         "decoder step", r.step_ms_median, r.step_ms_p95
     ));
     if let (Some(steps), Some(mean)) = (r.steps, r.loop_step_ms_mean) {
+        let windows = r.windows.unwrap_or(1);
         line(format!(
-            "{:<28}{steps} steps, {mean:.2} ms per step",
-            "generation loop"
+            "{:<28}{steps} steps in {windows} window{}, {mean:.2} ms per step",
+            "generation loop",
+            if windows == 1 { "" } else { "s" }
         ));
     }
     line(format!("{:<28}{}", "EnCodec decode", ms(r.encodec_ms)));
