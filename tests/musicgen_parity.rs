@@ -395,7 +395,7 @@ fn the_melody_chroma_equals_transformers_frame_for_frame() {
 }
 
 #[test]
-fn a_continuation_keeps_the_prompt_and_generates_transformers_codes() {
+fn a_continuation_keeps_the_prompt_and_generates_transformers_codes_and_waveform() {
     for name in ["musicgen-tiny-mono", "musicgen-tiny-stereo"] {
         let dir = fixture(name);
         let recorded =
@@ -467,7 +467,14 @@ fn a_continuation_keeps_the_prompt_and_generates_transformers_codes() {
         while !job.is_done() {
             job.step(&model).unwrap();
         }
-        assert_eq!(job.frames(), want, "{name}: continued codes");
+        let frames = job.into_frames();
+        assert_eq!(frames, want, "{name}: continued codes");
+        let audio = model.decode_audio(&frames).unwrap();
+        let diff = max_abs_diff(&audio, &recorded["audio"].squeeze(0).unwrap());
+        assert!(
+            diff <= AUDIO_TOLERANCE,
+            "{name}: waveform differs by {diff}"
+        );
     }
 }
 

@@ -14,7 +14,8 @@ the clip given as `input_values` as the processor would (stereo checkpoints take
 * `input_ids`, `attention_mask` [1, L] i64: the text prompt, tokenised;
 * `max_new_tokens` [1] i64;
 * `prompt_codes` [1, K, Tp] i64: the clip's codes as generate() fed them (K = 8 interleaved L/R for stereo);
-* `codes` [1, K, F] i64: the codes generate() hands to EnCodec, the prompt's frames included.
+* `codes` [1, K, F] i64: the codes generate() hands to EnCodec, the prompt's frames included;
+* `audio` [1, C, F * 640] f32: the waveform generate() returns (the prompt re-synthesised, then the new frames).
 
 How to run (from the repository root; CPU only, a few seconds), with the pinned versions of make_fixtures.py:
 
@@ -96,7 +97,7 @@ def continuation(model, directory: Path, audio: torch.Tensor) -> None:
 
     model.audio_encoder.decode = hooked
     with torch.no_grad():
-        model.generate(
+        waveform = model.generate(
             input_ids=text["input_ids"],
             attention_mask=text["attention_mask"],
             input_values=prompt_audio,
@@ -118,6 +119,7 @@ def continuation(model, directory: Path, audio: torch.Tensor) -> None:
             "max_new_tokens": torch.tensor([CONTINUATION_NEW_TOKENS], dtype=torch.int64),
             "prompt_codes": prompt_codes.to(torch.int64).contiguous(),
             "codes": codes.to(torch.int64).contiguous(),
+            "audio": waveform.float().contiguous(),
         },
         directory / "continuation.safetensors",
     )
