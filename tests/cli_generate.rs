@@ -168,19 +168,7 @@ fn cover_continues_a_clip_locally_and_names_the_modes_a_model_lacks() {
     let model = dir.path().join("tiny");
     tiny_model(&model, false);
     let song = dir.path().join("song.wav");
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 44_100,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut writer = hound::WavWriter::create(&song, spec).unwrap();
-    for i in 0..3 * 44_100 {
-        let x = (0.3 * (i as f32 * 0.05).sin() * 32767.0) as i16;
-        writer.write_sample(x).unwrap();
-        writer.write_sample(x).unwrap();
-    }
-    writer.finalize().unwrap();
+    write_song(&song);
     let out = dir.path().join("cover.wav");
     let cover = |extra: &[&str]| {
         let mut args = vec![
@@ -220,6 +208,37 @@ fn cover_continues_a_clip_locally_and_names_the_modes_a_model_lacks() {
     assert_eq!(samples.len(), 125 * 640);
     let refused = cover(&["--mode", "melody", "jazz"]);
     common::assert_clean_failure(&refused, &["melody", "its cover modes: continuation"]);
+    // Before the song is read: a missing file is not what the error is about.
+    std::fs::remove_file(&song).unwrap();
+    let refused = cover(&["--mode", "melody", "jazz"]);
+    common::assert_clean_failure(&refused, &["its cover modes: continuation"]);
+    assert!(
+        !stderr(&refused).contains("song.wav"),
+        "{}",
+        stderr(&refused)
+    );
+    write_song(&song);
+    // With neither clip nor duration: the song's first half, continued to its length.
+    let run = cover(&["--seed", "1", "jazz"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(read_wav(&out).1.len(), 150 * 640);
     let refused = cover(&["--clip-start", "5", "jazz"]);
     common::assert_clean_failure(&refused, &["clip_start", "5 s"]);
+}
+
+/// Writes 3 s of a 44.1 kHz stereo tone to `path`.
+fn write_song(path: &std::path::Path) {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 44_100,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..3 * 44_100 {
+        let x = (0.3 * (i as f32 * 0.05).sin() * 32767.0) as i16;
+        writer.write_sample(x).unwrap();
+        writer.write_sample(x).unwrap();
+    }
+    writer.finalize().unwrap();
 }

@@ -143,16 +143,16 @@ fn run_to_end(
 
 /// 70 s at 50 frames/s past a 30 s window, stride 18 s: windows of 1500 frames at 0, 900
 /// and 1800, then 800 at 2700, each after the first prompted with 600 frames of the one
-/// before (fed in its first pass), every one with its 3 delay columns: 3512 steps in one
-/// progress count, and exactly 70 s of audio.
+/// before (fed with the start column in 10 passes of at most 64 columns), every one with
+/// its 3 delay columns: 3539 passes in one progress count, and exactly 70 s of audio.
 #[test]
 fn seventy_seconds_run_through_four_windows_to_the_exact_length() {
     let model = musicgen();
     let request = request(&model, 70.0);
     let (output, total) = run_to_end(&model, &request);
-    assert_eq!(total, 1500 + 900 + 900 + 200 + 4 * 3);
+    assert_eq!(total, 1503 + 3 * 9 + (903 + 903 + 203));
     assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
-    // A cancel in the third window (steps 2407 to 3309) stops it there.
+    // A cancel in the third window (steps 2416 to 3327) stops it there.
     let cancel = AtomicBool::new(false);
     let mut last = 0;
     let result = generate(&model, &request, &cancel, &mut |u| {
@@ -167,8 +167,9 @@ fn seventy_seconds_run_through_four_windows_to_the_exact_length() {
     assert_eq!(last, 2500);
 }
 
-/// A melody cover of a 40 s song for 70 s: the same windows, the song's chroma taken
-/// afresh for each (wrapping past its end), exactly 70 s long.
+/// A melody cover of a 40 s song for 70 s runs in the same windows, with one monotonic
+/// progress, to exactly 70 s (which part of the song each window reads is checked in
+/// `long_form`'s tests).
 #[test]
 fn a_melody_cover_of_a_song_past_thirty_seconds_runs_in_windows() {
     let model = melody_model();
@@ -195,6 +196,6 @@ fn a_melody_cover_of_a_song_past_thirty_seconds_runs_in_windows() {
     .validate(&Limits::default(), model.info())
     .unwrap();
     let (output, total) = run_to_end(&model, &request);
-    assert_eq!(total, 1500 + 900 + 900 + 200 + 4 * 3);
+    assert_eq!(total, 1503 + 3 * 9 + (903 + 903 + 203));
     assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
 }

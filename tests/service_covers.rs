@@ -109,8 +109,15 @@ async fn capabilities(client: &mut Client, id: &str) -> Vec<i32> {
 async fn an_mp3_is_covered_in_each_mode_with_progress_and_the_final_audio() {
     let dir = tempfile::tempdir().unwrap();
     let song = mp3_song(dir.path(), 12);
-    let server = server(dir.path(), &[]).await;
+    let server = server(dir.path(), &["--default-model", "plain"]).await;
     let mut client = server.client().await;
+    let listed = client
+        .list_models(authed(pb::ListModelsRequest {}, Some(TOKEN)))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(listed[0].id, "plain", "the default is listed first");
     let (melody, continuation) = (
         pb::Capability::CoverMelody as i32,
         pb::Capability::CoverContinuation as i32,
@@ -134,9 +141,17 @@ async fn an_mp3_is_covered_in_each_mode_with_progress_and_the_final_audio() {
     let mut continued = cover(&song, "plain", pb::CoverMode::Continuation, 5.0);
     continued.clip_start_seconds = Some(2.0);
     continued.clip_end_seconds = Some(4.0);
-    for (label, request) in [
-        ("melody", cover(&song, "melody", pb::CoverMode::Melody, 5.0)),
-        ("continuation", continued),
+    // Everything left to the server: its default model's first mode (continuation), the
+    // song's first half as the clip, as long as the song.
+    let defaults = cover(&song, "", pb::CoverMode::Unspecified, 0.0);
+    for (label, request, seconds) in [
+        (
+            "melody",
+            cover(&song, "melody", pb::CoverMode::Melody, 5.0),
+            5,
+        ),
+        ("continuation", continued, 5),
+        ("defaults", defaults, 12),
     ] {
         let stream = client
             .cover(authed(request, Some(TOKEN)))
@@ -160,11 +175,15 @@ async fn an_mp3_is_covered_in_each_mode_with_progress_and_the_final_audio() {
             "{label}: monotonic"
         );
         let done = completed(&events);
-        assert_eq!(done.duration_seconds, 5.0, "{label}");
+        assert_eq!(done.duration_seconds, seconds as f64, "{label}");
         let wav = audio_file(&events);
         let reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
         assert_eq!(reader.spec().sample_rate, RATE, "{label}");
-        assert_eq!(reader.duration(), 5 * RATE, "{label}: exact to the sample");
+        assert_eq!(
+            reader.duration(),
+            seconds * RATE,
+            "{label}: exact to the sample"
+        );
     }
 }
 

@@ -42,7 +42,24 @@ impl Default for Limits {
     }
 }
 
+/// The highest duration limit a configuration may set, in seconds (an hour: MusicGen's
+/// output alone is then 920 MB of f32 stereo, and its windows 200).
+pub const MAX_DURATION_LIMIT_S: f64 = 3600.0;
+
 impl Limits {
+    /// `seconds` as a duration limit (`--max-duration`): positive and at most
+    /// [`MAX_DURATION_LIMIT_S`].
+    pub fn duration_limit(seconds: f64) -> Result<f64, EngineError> {
+        if seconds.is_finite() && seconds > 0.0 && seconds <= MAX_DURATION_LIMIT_S {
+            Ok(seconds)
+        } else {
+            Err(EngineError::invalid(
+                "max_duration",
+                format!("{seconds} s must be above 0 and at most {MAX_DURATION_LIMIT_S} s"),
+            ))
+        }
+    }
+
     /// The prompt without surrounding space, if it is not empty and within
     /// `max_prompt_chars`. Cheap, so servers call it before copying or hashing a request.
     pub fn check_prompt<'a>(&self, prompt: &'a str) -> Result<&'a str, EngineError> {

@@ -21,8 +21,8 @@ pub enum Length {
     Steps(usize),
 }
 
-/// The continuation clip a cover takes when the request names none: the song's first
-/// seconds, up to this many.
+/// The continuation clip a cover takes when the request names none: from its start, this
+/// many seconds, or half of the rest of the song if that is shorter.
 pub const DEFAULT_CLIP_SECONDS: f64 = 10.0;
 
 /// A cover's song and how to cover it, as a client states it.
@@ -35,7 +35,7 @@ pub struct CoverRequest {
     /// Continuation: where the clip starts in the song, in seconds (unset: 0).
     pub clip_start_s: Option<f64>,
     /// Continuation: where it ends (unset: [`DEFAULT_CLIP_SECONDS`] after its start, or
-    /// the song's end).
+    /// half-way to the song's end if that comes first).
     pub clip_end_s: Option<f64>,
 }
 
@@ -160,7 +160,7 @@ impl GenerateRequest {
                 frames
             }
             Length::Steps(steps) => {
-                let max_steps = max_frames + model.extra_steps;
+                let max_steps = max_frames.saturating_add(model.extra_steps);
                 if steps <= model.extra_steps || steps > max_steps {
                     return Err(EngineError::invalid(
                         "max_new_tokens",
@@ -284,9 +284,11 @@ fn validate_cover(
             format!("{start_s} s is outside the song's 0 to {length_s:.2} s"),
         ));
     }
+    // By default the clip is at most half of the rest of the song, so a cover as long as
+    // the song continues it for at least as long again.
     let end_s = cover
         .clip_end_s
-        .unwrap_or((start_s + DEFAULT_CLIP_SECONDS).min(length_s));
+        .unwrap_or(start_s + DEFAULT_CLIP_SECONDS.min((length_s - start_s) / 2.0));
     if !end_s.is_finite() || end_s <= start_s || end_s > length_s {
         return Err(EngineError::invalid(
             "clip_end",
@@ -299,6 +301,15 @@ fn validate_cover(
     let hop = (model.song_rate as usize / model.frame_rate.max(1)).max(1);
     let clip_frames = clip.len().div_ceil(hop);
     let clip_s = clip.len() as f64 / rate;
+    if clip.len() < hop {
+        return Err(EngineError::invalid(
+            "clip_end",
+            format!(
+                "a clip of {clip_s:.3} s is under one frame ({} ms)",
+                1000 / model.frame_rate.max(1)
+            ),
+        ));
+    }
     if clip_frames > model.max_clip_frames {
         return Err(EngineError::invalid(
             "clip_end",
@@ -470,7 +481,7 @@ mod tests {
             .unwrap();
         let cover_of = ok.cover.unwrap();
         assert_eq!(cover_of.mode, CoverMode::Continuation);
-        assert_eq!(cover_of.clip, 0..10 * 32000);
+        assert_eq!(cover_of.clip, 0..6 * 32000, "half of a 12 s song");
         let clip = |start, end| match cover(None, (start, end)).validate(&Limits::default(), &model)
         {
             Err(EngineError::InvalidArgument { field, message }) => format!("{field}: {message}"),
@@ -483,6 +494,7 @@ mod tests {
         assert!(clip(Some(3.0), Some(1.0)).starts_with("clip_end"));
         assert!(clip(Some(0.0), Some(13.0)).contains("within the song's 12.00 s"));
         assert!(clip(Some(f64::NAN), None).starts_with("clip_start"));
+        assert!(clip(Some(5.0), Some(5.00001)).contains("under one frame"));
         // Not shorter than the output, or past one window.
         let long = GenerateRequest {
             length: Length::Seconds(5.0),

@@ -75,7 +75,7 @@ pub fn run(args: CoverArgs) -> anyhow::Result<()> {
         return run_on_server(args, &server, format);
     }
     let limits = Limits {
-        max_duration_s: args.max_duration,
+        max_duration_s: Limits::duration_limit(args.max_duration)?,
         max_song_seconds: args.max_song_seconds,
         max_song_bytes: args.max_song_bytes,
         ..Limits::default()

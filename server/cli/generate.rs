@@ -54,7 +54,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let limits = Limits {
         max_prompt_tokens: args.max_prompt_tokens,
-        max_duration_s: args.max_duration,
+        max_duration_s: Limits::duration_limit(args.max_duration)?,
         ..Limits::default()
     };
     let request = args.sampling.request(args.prompt, DEFAULT_SECONDS);

@@ -64,7 +64,9 @@ pub struct SamplingArgs {
         allow_negative_numbers = true
     )]
     pub duration: Option<f64>,
-    /// Decoder steps, delay columns included, as transformers' `max_new_tokens` counts them.
+    /// Length in decoder steps, delay columns included, as transformers' `max_new_tokens`
+    /// counts them for one generation: N steps are N minus the delay columns frames (a
+    /// continuation's clip counts in them; past 30 s the windows take more passes).
     #[arg(long, value_name = "N", conflicts_with = "server")]
     pub max_new_tokens: Option<usize>,
     /// Sample among the K most likely tokens (0 = no limit, 1 = greedy; default from the

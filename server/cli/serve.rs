@@ -189,7 +189,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             max_prompt_chars: args.max_prompt_chars,
             max_prompt_tokens: args.max_prompt_tokens,
-            max_duration_s: seconds("max-duration", args.max_duration)?.as_secs_f64(),
+            max_duration_s: Limits::duration_limit(args.max_duration)?,
             max_song_bytes: args.max_song_bytes,
             max_song_seconds: seconds("max-song-seconds", args.max_song_seconds)?.as_secs_f64(),
             ..Limits::default()

@@ -114,8 +114,14 @@ impl Engine {
         let (health_tx, health) = watch::channel(StoreHealth::default());
         let work = spawn_workers(config.max_running.max(1), store.clone(), commands.clone())
             .map_err(io_error)?;
-        let infos = models.iter().map(|m| m.info().clone()).collect();
+        let mut infos: Vec<ModelInfo> = models.iter().map(|m| m.info().clone()).collect();
         let default_model = config.default_model.clone();
+        // Listed default first, so clients that show "the server's default" know which.
+        let listed: Vec<&ModelInfo> = infos.iter().collect();
+        if let Ok(default) = pick_model(&listed, None, default_model.as_deref()) {
+            let info = infos.remove(default);
+            infos.insert(0, info);
+        }
         let limits = Arc::new(config.limits.clone());
         let audio_piece_bytes = config.audio_piece_bytes.max(1);
         let decoding = DecodeSlots::new(
@@ -143,8 +149,7 @@ impl Engine {
         self.health.clone()
     }
 
-    /// The models this engine runs (the first is the default unless the configuration
-    /// names another).
+    /// The models this engine runs, the default first.
     pub fn models(&self) -> &[ModelInfo] {
         &self.models
     }

@@ -221,7 +221,6 @@ pub fn check_job_id(field: &'static str, id: &str) -> Result<(), EngineError> {
     ))
 }
 
-/// A client's value as an error message may echo it: its first 40 characters.
 /// The index in `models` of the model a request names by `id`: when it names none, the
 /// configured `default`, else the first. An unknown id is an invalid `model` listing the
 /// models there are.
@@ -248,6 +247,7 @@ pub(crate) fn pick_model(
     })
 }
 
+/// A client's value as an error message may echo it: its first 40 characters.
 pub(crate) fn cut_short(value: &str) -> String {
     const SHOWN: usize = 40;
     match value.char_indices().nth(SHOWN) {

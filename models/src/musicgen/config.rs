@@ -190,6 +190,16 @@ impl Config {
                     ),
                 ));
             }
+            let rate = crate::musicgen::chroma::CHROMA_SAMPLE_RATE;
+            if self.audio_encoder.sampling_rate != rate {
+                return Err(unsupported(
+                    "audio_encoder.sampling_rate",
+                    format!(
+                        "{} Hz; a melody model's chroma is computed at {rate} Hz",
+                        self.audio_encoder.sampling_rate
+                    ),
+                ));
+            }
             if self.chroma_length == 0 || self.chroma_length >= self.decoder.max_position_embeddings
             {
                 return Err(unsupported(

@@ -566,10 +566,10 @@ impl Decoder {
                 ),
             });
         }
-        // The CPU step takes one position at a time: it serves every call but the first
-        // of a job with a prefix or several columns, which one batched pass serves better.
+        // The CPU step takes one position at a time: it serves single columns; a prefix or
+        // several columns at once (a job's first passes) go through one batched pass.
         if let SelfKv::Host(_) = cache.self_kv {
-            if offset > 0 || (prefix_len == 0 && t == 1) {
+            if prefix_len == 0 && t == 1 {
                 let ids = ids_bkt.flatten_all()?.to_vec1::<u32>()?;
                 return self.forward_on_cpu(&ids, (b, k, t), cache);
             }
@@ -604,15 +604,15 @@ impl Decoder {
                         .self_attn
                         .attend(&q, self_k, self_v, offset + t, causal.as_ref())?
                 }
-                // A first pass (offset 0): the new positions are all there is to attend.
                 // Attended as stored (an f16 cache rounds them), as every later step sees them.
                 SelfKv::Host(host) => {
-                    host.store_prefix(index, &k_new, &v_new, b)?;
-                    let (k, v) = (
-                        k_new.to_dtype(self.kv_dtype)?,
-                        v_new.to_dtype(self.kv_dtype)?,
-                    );
-                    layer.self_attn.attend(&q, &k, &v, t, causal.as_ref())?
+                    host.store(index, offset, &k_new, &v_new)?;
+                    let cfg = &self.cfg;
+                    let (k, v) =
+                        host.read(index, offset + t, cfg.num_attention_heads, cfg.head_dim())?;
+                    layer
+                        .self_attn
+                        .attend(&q, &k, &v, offset + t, causal.as_ref())?
                 }
             };
             xs = (&xs + attended)?;

@@ -9,6 +9,11 @@ use super::model::MusicGen;
 use crate::error::{ModelError, Result};
 use crate::sampling::{apply_guidance, Sampler, SamplingParams};
 
+/// Most columns one decoder pass feeds: a continuation's prompt columns go in passes of
+/// this many, so each pass stays short (cancellation and progress act between passes) and
+/// its attention scores small, while the weights are still read once for many columns.
+pub const COLUMNS_PER_PASS: usize = 64;
+
 /// The settings of one generation.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GenerationParams {
@@ -45,6 +50,8 @@ pub struct Generation {
     fed: usize,
     /// Decoder passes done.
     passes: usize,
+    /// Most columns one pass feeds ([`COLUMNS_PER_PASS`]; tests vary it).
+    columns_per_pass: usize,
     guided: Vec<f32>,
     /// The prompt's frames, `[K][Tp]` (empty without an audio prompt).
     prompt: Vec<Vec<u32>>,
@@ -119,6 +126,7 @@ impl Generation {
             columns: vec![vec![d.bos_token_id; d.num_codebooks]],
             fed: 0,
             passes: 0,
+            columns_per_pass: COLUMNS_PER_PASS,
             guided: Vec::new(),
             prompt,
         };
@@ -152,19 +160,20 @@ impl Generation {
         self.passes
     }
 
-    /// Decoder passes in total: one per column to sample, a continuation's prompt
-    /// columns all fed in the first.
+    /// Decoder passes in total ([`Self::passes`]).
     pub fn total_steps(&self) -> usize {
-        self.pattern.steps() + 1 - self.columns_at_start()
+        Self::passes(
+            self.pattern.steps(),
+            self.prompt.first().map_or(0, Vec::len),
+        )
     }
 
-    /// Columns known before the first pass (the start column and the prompt's).
-    fn columns_at_start(&self) -> usize {
-        1 + self
-            .prompt
-            .first()
-            .map_or(0, Vec::len)
-            .min(self.pattern.steps())
+    /// Decoder passes of a job of `steps` columns (frames plus delay columns) whose first
+    /// `prompt` frames are given: the start column and the prompt's columns, which nothing
+    /// is sampled in, in passes of [`COLUMNS_PER_PASS`], then one pass per column to sample.
+    pub fn passes(steps: usize, prompt: usize) -> usize {
+        let known = 1 + prompt.min(steps);
+        known.div_ceil(COLUMNS_PER_PASS) - 1 + (steps + 1 - known)
     }
 
     /// Whether every frame has been sampled.
@@ -178,11 +187,19 @@ impl Generation {
             return Ok(());
         }
         let rows = if self.guidance.is_some() { 2 } else { 1 };
-        let unfed: Vec<&[u32]> = self.columns[self.fed..].iter().map(Vec::as_slice).collect();
-        let logits = model
-            .step_columns(&unfed, &mut self.cache, rows)?
-            .to_vec3::<f32>()?;
-        self.fed = self.columns.len();
+        let end = (self.fed + self.columns_per_pass).min(self.columns.len());
+        let unfed: Vec<&[u32]> = self.columns[self.fed..end]
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let logits = model.step_columns(&unfed, &mut self.cache, rows)?;
+        self.fed = end;
+        if self.fed < self.columns.len() {
+            // Prompt columns still to feed: nothing to sample from this pass.
+            self.passes += 1;
+            return Ok(());
+        }
+        let logits = logits.to_vec3::<f32>()?;
         if !logits.iter().flatten().flatten().all(|x| x.is_finite()) {
             return Err(ModelError::NonFiniteLogits {
                 step: self.steps_done(),
@@ -224,5 +241,62 @@ impl Generation {
             pattern, columns, ..
         } = self;
         pattern.revert(&columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+    use crate::musicgen::presets::preset;
+    use crate::musicgen::GenerationConfig;
+    use crate::quant::WeightFormat;
+    use crate::sampling::SamplingParams;
+    use crate::weights::Weights;
+
+    /// A prompt of 150 frames fed one column a pass, or in passes of up to 64 columns,
+    /// continues to the same codes; the pass counts are what [`Generation::passes`] says.
+    #[test]
+    fn prompt_columns_fed_in_batches_continue_as_fed_one_by_one() {
+        let weights = Weights::random(6, &Device::Cpu);
+        let model = MusicGen::from_weights(
+            preset("tiny").unwrap(),
+            GenerationConfig::default(),
+            None,
+            &weights,
+            DType::F32,
+            WeightFormat::Dense,
+        )
+        .unwrap();
+        let params = GenerationParams {
+            frames: 170,
+            guidance_scale: 3.0,
+            sampling: SamplingParams::GREEDY,
+            seed: 1,
+        };
+        let prompt: Vec<Vec<u32>> = (0..4)
+            .map(|k| (0..150).map(|i| (k * 131 + i * 17) % 2048).collect())
+            .collect();
+        let run = |per_pass: usize| {
+            let audio = AudioConditions {
+                prompt: prompt.clone(),
+                chroma: None,
+            };
+            let mut job = Generation::conditioned(&model, &[4, 2, 1], &params, audio).unwrap();
+            job.columns_per_pass = per_pass;
+            let mut passes = 0;
+            while !job.is_done() {
+                job.step(&model).unwrap();
+                passes += 1;
+            }
+            (job.into_frames(), passes)
+        };
+        let (one_by_one, many) = run(1);
+        let (batched, few) = run(COLUMNS_PER_PASS);
+        assert_eq!(batched, one_by_one);
+        assert_eq!(many, 173);
+        assert_eq!(few, Generation::passes(173, 150));
+        assert_eq!(few, 2 + (173 - 150));
     }
 }

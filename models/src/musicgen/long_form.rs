@@ -4,6 +4,8 @@
 //! melody is re-sliced for each window from the window's start, wrapping around the song.
 //! One monotonic step count runs over every window.
 
+use std::borrow::Cow;
+
 use super::chroma::melody_chroma;
 use super::config::Config;
 use super::generation::{AudioConditions, Generation, GenerationParams};
@@ -110,26 +112,14 @@ struct Setup {
 
 impl Setup {
     /// The generation of window `index`, whose prompt is the tail of `kept` (the clip, for
-    /// the first). A melody's chroma is the whole song for a single window (as transformers
-    /// conditions it), else `window_samples` from the window's start, wrapping around the
-    /// song (as audiocraft re-slices it).
+    /// the first), conditioned on the chroma of [`Self::song_for`] for a melody.
     fn start(&self, model: &MusicGen, index: usize, kept: &[Vec<u32>]) -> Result<Generation> {
         let window = self.plan[index];
         let prompt = kept
             .iter()
             .map(|row| row[row.len().saturating_sub(window.prompt)..].to_vec())
             .collect();
-        let chroma = self.song.as_deref().map(|song| {
-            if self.plan.len() == 1 {
-                melody_chroma(song)
-            } else {
-                melody_chroma(&wrapped(
-                    song,
-                    window.offset * self.hop,
-                    self.window_samples,
-                ))
-            }
-        });
+        let chroma = self.song_for(index).map(|song| melody_chroma(&song));
         let params = GenerationParams {
             frames: window.frames,
             // Each window samples from its own stream, reproducibly.
@@ -138,6 +128,20 @@ impl Setup {
         };
         let audio = AudioConditions { prompt, chroma };
         Generation::conditioned(model, &self.ids, &params, audio)
+    }
+}
+
+impl Setup {
+    /// The song samples whose chroma conditions window `index`: the whole song for a single
+    /// window (as transformers conditions it), else `window_samples` from the window's
+    /// start, wrapping around the song's end (as audiocraft re-slices it).
+    fn song_for(&self, index: usize) -> Option<Cow<'_, [f32]>> {
+        let song = self.song.as_deref()?;
+        if self.plan.len() == 1 {
+            return Some(Cow::Borrowed(song));
+        }
+        let start = self.plan[index].offset * self.hop;
+        Some(Cow::Owned(wrapped(song, start, self.window_samples)))
     }
 }
 
@@ -174,15 +178,20 @@ impl LongGeneration {
                 model_type: config.model_type.clone(),
             });
         }
+        // A melody model's prefix takes positions: a long text leaves a shorter window, and
+        // the stride stays under it.
+        let window = windows.window.min(config.max_frames(ids.len()));
         let windows = Windows {
-            window: windows.window.min(config.max_frames(ids.len())),
-            ..windows
+            window,
+            stride: windows.stride.min(window.saturating_sub(1)).max(1),
         };
         let prompt_frames = prompt.first().map_or(0, Vec::len);
         let plan = windows.plan(params.frames, prompt_frames)?;
         let extra = config.decoder.channel_codebooks() - 1;
-        // A window's prompt columns are fed in its first pass.
-        let total_steps = plan.iter().map(|w| w.frames + extra - w.prompt).sum();
+        let total_steps = plan
+            .iter()
+            .map(|w| Generation::passes(w.frames + extra, w.prompt))
+            .sum();
         let hop = (model.sample_rate() as usize / config.frame_rate().max(1)).max(1);
         let setup = Setup {
             ids: ids.to_vec(),
@@ -413,6 +422,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A 40 s song under 60 s of windows: each window reads 30 s of it from the window's
+    /// start (0, 18 and 36 s), the third wrapping past the song's end; a single window
+    /// reads the whole song.
+    #[test]
+    fn each_window_reads_the_song_from_its_start_wrapping_around() {
+        let rate = 32_000;
+        let song: Vec<f32> = (0..40 * rate).map(|i| i as f32).collect();
+        let windows = Windows {
+            window: 1500,
+            stride: 900,
+        };
+        let setup = |total| Setup {
+            ids: vec![1],
+            params: GenerationParams {
+                frames: total,
+                guidance_scale: 1.0,
+                sampling: crate::sampling::SamplingParams::GREEDY,
+                seed: 0,
+            },
+            plan: windows.plan(total, 0).unwrap(),
+            song: Some(song.clone()),
+            window_samples: 30 * rate,
+            hop: 640,
+        };
+        let long = setup(3000);
+        let slices: Vec<Vec<f32>> = (0..3)
+            .map(|i| long.song_for(i).unwrap().into_owned())
+            .collect();
+        for (slice, start_s) in slices.iter().zip([0, 18, 36]) {
+            assert_eq!(slice.len(), 30 * rate);
+            assert_eq!(slice[0], (start_s * rate) as f32);
+        }
+        // 36 s + 30 s wraps: the song's 4 s mark follows its end.
+        assert_eq!(slices[2][4 * rate - 1], (40 * rate - 1) as f32);
+        assert_eq!(slices[2][4 * rate], 0.0);
+        let short = setup(1000);
+        assert_eq!(short.song_for(0).unwrap().len(), song.len());
+        assert!(Setup {
+            song: None,
+            ..short
+        }
+        .song_for(0)
+        .is_none());
     }
 
     #[test]

@@ -110,7 +110,8 @@ struct Run {
     total_ms: f64,
     audio_s: f64,
     steps: usize,
-    /// Each window's passes and the cache position of its first: `(passes, first)`.
+    /// Each window's passes and the cache position after its first (prefix and prompt
+    /// included): `(passes, first)`.
     windows: Vec<(usize, usize)>,
 }
 
@@ -210,10 +211,16 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             let text_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_length(job.total_steps() as u64);
             let extra = model.config().decoder.channel_codebooks() - 1;
+            let prefix = model.config().prefix_positions(prompt.len());
             let window_passes = job
                 .plan()
                 .iter()
-                .map(|w| (w.frames + extra - w.prompt, w.prompt + 1))
+                .map(|w| {
+                    (
+                        Generation::passes(w.frames + extra, w.prompt),
+                        prefix + w.prompt + 1,
+                    )
+                })
                 .collect();
             while !job.is_done() {
                 job.step(&model)?;

@@ -588,8 +588,8 @@ mod tests {
     }
 
     /// Three positions in a first, batched pass (written into the step's buffers), three
-    /// one at a time, then three at once (the step runs them in turn, the general path with
-    /// a causal mask): the logits agree with candle's composition of
+    /// one at a time, then three more batched (attending to what the step's buffers hold):
+    /// the logits agree with candle's composition of
     /// the same layers, for dense and quantized weights, f32 and f16 caches, both head
     /// kernels, with and without a guidance row. Dense weights agree to rounding.
     #[test]

@@ -2,7 +2,7 @@
 //! layer as plain buffers, in f32 or f16, and the buffers a step works in, allocated once
 //! per job.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use half::f16;
 
 use super::Decoder;
@@ -14,12 +14,16 @@ use crate::quant::QuantizedRows;
 /// A cache element of the self-attention keys and values.
 pub(super) trait KvElement: Copy + Default + Send + Sync {
     fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
     fn rows(values: &[Self]) -> CacheRows<'_>;
 }
 
 impl KvElement for f32 {
     fn from_f32(x: f32) -> Self {
         x
+    }
+    fn to_f32(self) -> f32 {
+        self
     }
     fn rows(values: &[Self]) -> CacheRows<'_> {
         CacheRows::F32(values)
@@ -29,6 +33,9 @@ impl KvElement for f32 {
 impl KvElement for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
     }
     fn rows(values: &[Self]) -> CacheRows<'_> {
         CacheRows::F16(values)
@@ -42,22 +49,32 @@ pub(super) struct LayerKv<E> {
 }
 
 impl<E: KvElement> LayerKv<E> {
-    /// Writes `keys` and `values` (`[rows, heads, P, head_dim]`, row-major) at positions
-    /// `0..P` of each head's `capacity` positions.
-    fn store_prefix(&mut self, keys: &[f32], values: &[f32], span: usize, capacity: usize) {
-        for (cache, prefix) in [
+    /// Writes `keys` and `values` (`[rows, heads, P, head_dim]`, row-major, `span` =
+    /// `P * head_dim` per head) from element `start` of each head's `capacity` elements.
+    fn store(&mut self, keys: &[f32], values: &[f32], start: usize, span: usize, capacity: usize) {
+        for (cache, new) in [
             (self.keys.as_mut_slice(), keys),
             (self.values.as_mut_slice(), values),
         ] {
-            for (head, prefix) in cache
-                .chunks_exact_mut(capacity)
-                .zip(prefix.chunks_exact(span))
-            {
-                for (slot, value) in head.iter_mut().zip(prefix) {
+            for (head, new) in cache.chunks_exact_mut(capacity).zip(new.chunks_exact(span)) {
+                for (slot, value) in head[start..start + span].iter_mut().zip(new) {
                     *slot = E::from_f32(*value);
                 }
             }
         }
+    }
+
+    /// The first `len` elements of each head's `capacity`, widened to f32: `[rows, heads,
+    /// positions, head_dim]` flattened.
+    fn read(&mut self, len: usize, capacity: usize) -> (Vec<f32>, Vec<f32>) {
+        let widen = |cache: &mut SharedSlice<E>| -> Vec<f32> {
+            cache
+                .as_mut_slice()
+                .chunks_exact(capacity)
+                .flat_map(|head| head[..len].iter().map(|v| v.to_f32()))
+                .collect()
+        };
+        (widen(&mut self.keys), widen(&mut self.values))
     }
 }
 
@@ -136,36 +153,64 @@ impl HostCache {
         Self::new::<f32>(decoder, rows, capacity, HostKv::F32)
     }
 
-    /// Writes layer `layer`'s prefix keys and values (`[rows, heads, P, head_dim]` f32
-    /// tensors) at the first positions.
-    pub(super) fn store_prefix(
+    /// Writes layer `layer`'s keys and values of positions `offset..offset + P` (`[rows,
+    /// heads, P, head_dim]` tensors).
+    pub(super) fn store(
         &mut self,
         layer: usize,
+        offset: usize,
         keys: &Tensor,
         values: &Tensor,
-        rows: usize,
     ) -> Result<()> {
-        let (_, heads, positions, head_dim) = keys.dims4()?;
+        let (rows, _, positions, head_dim) = keys.dims4()?;
         let read = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?)
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
         };
         let (keys, values) = (read(keys)?, read(values)?);
         let span = positions * head_dim;
         let capacity = self.capacity * head_dim;
-        let fits = keys.len() == rows * heads * span && rows == self.rows;
+        let fits = rows == self.rows && offset + positions <= self.capacity;
         match (&mut self.kv, fits) {
-            (HostKv::F32(kv), true) => kv[layer].store_prefix(&keys, &values, span, capacity),
-            (HostKv::F16(kv), true) => kv[layer].store_prefix(&keys, &values, span, capacity),
+            (HostKv::F32(kv), true) => {
+                kv[layer].store(&keys, &values, offset * head_dim, span, capacity)
+            }
+            (HostKv::F16(kv), true) => {
+                kv[layer].store(&keys, &values, offset * head_dim, span, capacity)
+            }
             _ => {
                 return Err(crate::ModelError::UnsupportedConfig {
-                    field: "decoder prefix".into(),
-                    message: format!("{rows} rows for a cache of {}", self.rows),
+                    field: "decoder cache".into(),
+                    message: format!(
+                    "{rows} rows at positions {offset}..{} for a cache of {} rows and {} positions",
+                    offset + positions,
+                    self.rows,
+                    self.capacity
+                ),
                 })
             }
         }
         Ok(())
+    }
+
+    /// Layer `layer`'s keys and values of positions `0..len` as f32 tensors `[rows, heads,
+    /// len, head_dim]`, as the cache stores them (an f16 cache's rounding included).
+    pub(super) fn read(
+        &mut self,
+        layer: usize,
+        len: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (span, capacity) = (len * head_dim, self.capacity * head_dim);
+        let (keys, values) = match &mut self.kv {
+            HostKv::F32(kv) => kv[layer].read(span, capacity),
+            HostKv::F16(kv) => kv[layer].read(span, capacity),
+        };
+        let shape = (self.rows, heads, len, head_dim);
+        Ok((
+            Tensor::from_vec(keys, shape, &Device::Cpu)?,
+            Tensor::from_vec(values, shape, &Device::Cpu)?,
+        ))
     }
 
     /// A cache of f16 keys and values.
