@@ -97,6 +97,18 @@ fn to_u32_rows(codes: &Tensor) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// A recorded `[1, L]` i64 prompt as token ids.
+fn token_ids(input_ids: &Tensor) -> Vec<u32> {
+    input_ids
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b)
@@ -402,14 +414,7 @@ fn a_continuation_keeps_the_prompt_and_generates_transformers_codes_and_waveform
             candle_core::safetensors::load(dir.join("continuation.safetensors"), &Device::Cpu)
                 .unwrap();
         let model = MusicGen::load(&dir, &Device::Cpu, DType::F32, WeightFormat::Dense).unwrap();
-        let ids: Vec<u32> = recorded["input_ids"]
-            .squeeze(0)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|x| x as u32)
-            .collect();
+        let ids = token_ids(&recorded["input_ids"]);
         let rows = |key: &str| -> Vec<Vec<u32>> {
             recorded[key]
                 .squeeze(0)
@@ -505,14 +510,7 @@ fn melody_checkpoints_match_transformers_with_and_without_a_song() {
             .map(|c| c as usize)
             .collect();
         assert_eq!(chroma, want_chroma, "{name}: chroma");
-        let ids: Vec<u32> = recorded["input_ids"]
-            .squeeze(0)
-            .unwrap()
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|x| x as u32)
-            .collect();
+        let ids = token_ids(&recorded["input_ids"]);
         let scratch = tempfile::tempdir().unwrap();
         let legacy = scratch.path().join("legacy");
         legacy_copy(&dir, &legacy);

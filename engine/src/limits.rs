@@ -54,8 +54,11 @@ impl Limits {
             Ok(seconds)
         } else {
             Err(EngineError::invalid(
-                "max_duration",
-                format!("{seconds} s must be above 0 and at most {MAX_DURATION_LIMIT_S} s"),
+                "argument",
+                format!(
+                    "--max-duration must be above 0 and at most {MAX_DURATION_LIMIT_S} s, not \
+                     {seconds}"
+                ),
             ))
         }
     }

@@ -246,29 +246,15 @@ impl Generation {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device};
-
     use super::*;
-    use crate::musicgen::presets::preset;
-    use crate::musicgen::GenerationConfig;
-    use crate::quant::WeightFormat;
+    use crate::musicgen::presets::tiny_random;
     use crate::sampling::SamplingParams;
-    use crate::weights::Weights;
 
     /// A prompt of 150 frames fed one column a pass, or in passes of up to 64 columns,
     /// continues to the same codes; the pass counts are what [`Generation::passes`] says.
     #[test]
     fn prompt_columns_fed_in_batches_continue_as_fed_one_by_one() {
-        let weights = Weights::random(6, &Device::Cpu);
-        let model = MusicGen::from_weights(
-            preset("tiny").unwrap(),
-            GenerationConfig::default(),
-            None,
-            &weights,
-            DType::F32,
-            WeightFormat::Dense,
-        )
-        .unwrap();
+        let model = tiny_random(6);
         let params = GenerationParams {
             frames: 170,
             guidance_scale: 3.0,

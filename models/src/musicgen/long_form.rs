@@ -367,24 +367,9 @@ mod tests {
     /// and the step count rises by one a step to its total.
     #[test]
     fn windows_stitch_as_audiocraft_stitches_them() {
-        use crate::musicgen::presets::preset;
-        use crate::musicgen::GenerationConfig;
-        use crate::quant::WeightFormat;
         use crate::sampling::SamplingParams;
-        use crate::weights::Weights;
-        use candle_core::{DType, Device};
 
-        let weights = Weights::random(4, &Device::Cpu);
-        let config = preset("tiny").unwrap();
-        let model = MusicGen::from_weights(
-            config,
-            GenerationConfig::default(),
-            None,
-            &weights,
-            DType::F32,
-            WeightFormat::Dense,
-        )
-        .unwrap();
+        let model = crate::musicgen::presets::tiny_random(4);
         let windows = Windows {
             window: 30,
             stride: 20,

@@ -193,6 +193,22 @@ fn hf_config_json(config: &Config) -> Result<serde_json::Value> {
     }))
 }
 
+/// The tiny shape with random weights, for tests of the generation loop.
+#[cfg(test)]
+pub(crate) fn tiny_random(seed: u64) -> MusicGen {
+    let weights = Weights::random(seed, &Device::Cpu);
+    let config = preset("tiny").unwrap_or_else(|| unreachable!("the tiny preset exists"));
+    MusicGen::from_weights(
+        config,
+        GenerationConfig::default(),
+        None,
+        &weights,
+        DType::F32,
+        WeightFormat::Dense,
+    )
+    .unwrap_or_else(|e| panic!("the tiny preset builds: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
