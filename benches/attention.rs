@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use half::f16;
-use son1k_models::attention::{attend_one, CacheRows, Shape};
+use son1k_models::kernels::attention::{attend_one, CacheRows, Shape};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut passes, mut len, mut layers) = (20usize, 250usize, 24usize);
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         len: len.max(1),
     };
     let per_layer = shape.rows * shape.heads * shape.capacity * shape.head_dim;
-    let mut rng = son1k_models::rng::Rng::new(1);
+    let mut rng = son1k_models::random::Rng::new(1);
     let q = rng.uniform_f32s(shape.rows * shape.heads * shape.head_dim, -1.0, 1.0);
     let f32_caches: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
         .map(|_| {
@@ -62,11 +62,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 attend_one(&q, k, v, None, shape, scale, &mut out);
             }
         };
-        son1k_models::cpu::on_pool(&mut run);
+        son1k_models::kernels::on_pool(&mut run);
         let mut times = Vec::with_capacity(passes);
         for _ in 0..passes {
             let start = Instant::now();
-            son1k_models::cpu::on_pool(&mut run);
+            son1k_models::kernels::on_pool(&mut run);
             times.push(start.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);

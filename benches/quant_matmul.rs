@@ -74,11 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         };
-        son1k_models::cpu::on_pool(run)?;
+        son1k_models::kernels::on_pool(run)?;
         let mut times = Vec::with_capacity(passes);
         for _ in 0..passes {
             let start = Instant::now();
-            son1k_models::cpu::on_pool(run)?;
+            son1k_models::kernels::on_pool(run)?;
             times.push(start.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);

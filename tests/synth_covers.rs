@@ -13,7 +13,7 @@ use son1k_engine::cover::{load_song, ANALYSIS_RATE};
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{generate, CoverRequest, GenerateRequest, Length, Limits, MusicModel};
 use son1k_models::analysis::analyse;
-use son1k_models::synth::theory::{midi_to_hz, Chord, ChordQuality, Key, Mode};
+use son1k_models::theory::{midi_to_hz, Chord, ChordQuality, Key, Mode};
 
 /// A test song: one chord per bar as sustained harmonic tones, a bass root, a kick on every
 /// beat and a simple melody of chord tones, at `bpm`.

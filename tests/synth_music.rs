@@ -8,7 +8,7 @@ use son1k_engine::synth::SynthModel;
 use son1k_engine::{generate, Audio, GenerateRequest, Length, Limits, MusicModel};
 use son1k_models::analysis::{key::key_of_audio, tempo::estimate_tempo};
 use son1k_models::synth::master::measure;
-use son1k_models::synth::theory::{Key, Mode};
+use son1k_models::theory::{Key, Mode};
 
 fn render(prompt: &str, seconds: f64, seed: u64) -> (Audio, Vec<(String, String)>) {
     let model = SynthModel::default();

@@ -2,6 +2,8 @@
 //! the job system (registry, queue, workers, result store), device selection, the model
 //! trait and its adapters, and audio formats.
 
+#![forbid(unsafe_code)]
+
 pub mod audio;
 pub mod cover;
 pub mod device;
@@ -10,6 +12,7 @@ pub mod error;
 pub mod jobs;
 pub mod limits;
 pub mod model;
+pub mod model_info;
 pub mod musicgen;
 pub mod request;
 pub mod run;
@@ -20,6 +23,7 @@ pub use cover::CoverMode;
 pub use device::{DeviceChoice, KvCache, Precision};
 pub use error::EngineError;
 pub use limits::Limits;
-pub use model::{ModelInfo, ModelKind, MusicModel, Session};
+pub use model::{MusicModel, Session};
+pub use model_info::{ModelInfo, ModelKind, SamplingDefaults};
 pub use request::{CoverRequest, GenerateRequest, Length, ValidatedRequest};
 pub use run::{generate, GenerationOutput, Progress, Stage, Update};

@@ -13,7 +13,8 @@ use crate::audio::Audio;
 use crate::cover::CoverMode;
 use crate::device::{DeviceChoice, KvCache, Precision};
 use crate::error::EngineError;
-use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
+use crate::model::{MusicModel, Session};
+use crate::model_info::{ModelInfo, ModelKind, SamplingDefaults};
 use crate::request::ValidatedRequest;
 
 /// How far each window of a long generation starts after the one before, in seconds

@@ -10,7 +10,7 @@ use crate::audio::SampleFormat;
 use crate::cover::{CoverMode, Song};
 use crate::error::EngineError;
 use crate::limits::Limits;
-use crate::model::ModelInfo;
+use crate::model_info::ModelInfo;
 
 /// How long the output is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -352,12 +352,12 @@ fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SamplingDefaults;
+    use crate::model_info::SamplingDefaults;
 
     fn info() -> ModelInfo {
         ModelInfo {
             id: "m".into(),
-            kind: crate::model::ModelKind::MusicGen,
+            kind: crate::model_info::ModelKind::MusicGen,
             device: "cpu".into(),
             streams_audio: false,
             sample_rate: 32000,

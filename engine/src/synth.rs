@@ -7,7 +7,8 @@ use son1k_models::synth::{SynthJob, SAMPLE_RATE};
 use crate::audio::{Audio, AudioChunk};
 use crate::cover::{CoverMode, ANALYSIS_RATE};
 use crate::error::EngineError;
-use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
+use crate::model::{MusicModel, Session};
+use crate::model_info::{ModelInfo, ModelKind, SamplingDefaults};
 use crate::request::ValidatedRequest;
 
 /// Identifier of the built-in synth.

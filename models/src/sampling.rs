@@ -1,7 +1,7 @@
 //! Token sampling from logits: classifier-free guidance, temperature, top-k, top-p and a
 //! seeded draw, in the order transformers applies them (guidance, temperature, top-k, top-p).
 
-use crate::rng::Rng;
+use crate::random::Rng;
 
 /// How tokens are drawn from the logits.
 #[derive(Clone, Copy, Debug, PartialEq)]

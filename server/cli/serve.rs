@@ -16,7 +16,7 @@ use anyhow::Context;
 use tonic::transport::Identity;
 
 use crate::auth::Tokens;
-use crate::serve::{serve, ServeConfig};
+use crate::node::{bind, serve_on, shutdown_signal, ModelLoader, ServeConfig};
 use crate::transport::TransportLimits;
 
 /// Arguments of `son1k serve`.
@@ -181,6 +181,36 @@ fn tls_identity(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<Identity> {
 
 /// Runs the command.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (config, load_models) = plan(args)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async {
+        let listener = bind(&config).await?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        super::output::line(format_args!(
+            "son1k listening on {scheme}://{}/ (gRPC and grpc-web; open it in a browser for \
+             the page)",
+            listener.local_addr()?
+        ));
+        let (ready, _) = tokio::sync::oneshot::channel();
+        serve_on(config, listener, load_models, shutdown_signal(), ready).await
+    });
+    // A model still loading on a blocking thread must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// The server's configuration and model loader from `son1k serve`'s flags, checked (every
+/// bad value is an error naming its flag); nothing is started or loaded yet.
+pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
     let tokens = match &args.tokens_file {
         Some(path) => Tokens::load(path)?,
         None => Tokens::open(),
@@ -239,7 +269,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
     let extend_stride = args.extend_stride;
-    let load_models = move || -> anyhow::Result<Vec<Arc<dyn MusicModel>>> {
+    let load_models: ModelLoader = Box::new(move || {
         let mut models: Vec<Arc<dyn MusicModel>> = vec![Arc::new(SynthModel::default())];
         for dir in &dirs {
             tracing::info!(dir = %dir.display(), "loading");
@@ -248,15 +278,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             models.push(Arc::new(model));
         }
         Ok(models)
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = tokio::runtime::Runtime::new()?;
-    let result = runtime.block_on(serve(config, load_models));
-    // A model still loading on a blocking thread must not hold up the exit.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    });
+    Ok((config, load_models))
 }

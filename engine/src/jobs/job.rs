@@ -12,7 +12,7 @@ use super::event::{
     EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, ProgressReport,
 };
 use crate::error::EngineError;
-use crate::model::ModelInfo;
+use crate::model_info::ModelInfo;
 use crate::run::{Progress, Stage};
 
 /// A job's state as clients poll it, and as the store keeps it.

@@ -5,8 +5,8 @@
 mod command;
 mod config;
 mod decode_slots;
-mod engine;
 mod event;
+mod handle;
 mod job;
 mod registry;
 mod restore;
@@ -16,11 +16,11 @@ mod worker;
 
 pub use command::{Admitted, ReservationId, Submission};
 pub use config::EngineConfig;
-pub use engine::{Engine, EventStream, Reservation, StoredAudio};
 pub use event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, PcmChunk,
     ProgressReport, ResolvedParams,
 };
+pub use handle::{Engine, EventStream, Reservation, StoredAudio};
 pub use job::{check_job_id, JobInfo};
 pub use store::StoreHealth;
 pub use tenants::ListCursor;

@@ -23,7 +23,8 @@ use super::tenants::Tenants;
 use super::worker::{WorkItem, WorkerReport};
 use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
-use crate::model::{ModelInfo, MusicModel};
+use crate::model::MusicModel;
+use crate::model_info::ModelInfo;
 
 /// Events a subscriber's channel holds; a subscriber further behind is dropped and
 /// re-subscribes from its last sequence, so nobody waits for a slow client.
@@ -68,6 +69,17 @@ pub(crate) struct Registry {
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// The store's health, as its thread last reported it; published to the server.
     health: watch::Sender<StoreHealth>,
+}
+
+/// A registry that goes away (its runtime is dropped: a server embedded in another program
+/// stopped without draining) stops its running jobs within a step, so no worker computes
+/// for nobody; the workers and the store thread then end as their channels close.
+impl Drop for Registry {
+    fn drop(&mut self) {
+        for job in self.jobs.values() {
+            job.cancel.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Registry {

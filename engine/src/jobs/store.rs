@@ -14,9 +14,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::command::Command;
 use super::event::{EventBody, JobEvent};
 use super::job::{is_job_id, JobInfo};
 use crate::audio::AudioFormat;
@@ -208,20 +207,16 @@ impl Store {
     }
 
     /// Starts the store thread; writes sent to the returned channel happen in order.
-    /// `registry` hears when a finished job's log is safely on disk, when a job's write
-    /// failed, and when the store's health changes; `min_free_bytes` is the free-space
-    /// floor under which the store reports itself low on space.
+    /// `report` hears (on the store thread) when a finished job's log is safely on disk,
+    /// when a job's write failed, and when the store's health changes; `min_free_bytes` is
+    /// the free-space floor under which the store reports itself low on space.
     pub fn spawn_writer(
         &self,
-        registry: tokio_mpsc::Sender<Command>,
+        report: impl Fn(StoreReport) + Send + 'static,
         min_free_bytes: u64,
     ) -> io::Result<mpsc::Sender<StoreOp>> {
         let (tx, rx) = mpsc::channel::<StoreOp>();
         let store = self.clone();
-        let report = move |report: StoreReport| {
-            // The registry may be gone at shutdown: nothing to tell.
-            let _ = registry.blocking_send(Command::Store(report));
-        };
         std::thread::Builder::new()
             .name("son1k-store".into())
             .spawn(move || {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::*;
 use crate::audio::{Audio, AudioFormat};
 use crate::error::EngineError;
-use crate::model::{ModelInfo, ModelKind, MusicModel, SamplingDefaults, Session};
+use crate::model::{MusicModel, Session};
+use crate::model_info::{ModelInfo, ModelKind, SamplingDefaults};
 use crate::request::{GenerateRequest, Length, ValidatedRequest};
 
 /// Steps granted to the model; each step takes one.

@@ -6,9 +6,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
-use tokio::sync::mpsc as tokio_mpsc;
-
-use super::command::Command;
 use super::event::{JobResult, PcmChunk, ResolvedParams};
 use super::store::Store;
 use crate::audio::{encode_audio, to_i16, AudioChunk, AudioFormat};
@@ -43,18 +40,22 @@ pub(crate) enum WorkerReport {
     Finished(Result<JobResult, EngineError>),
 }
 
-/// Starts `count` worker threads taking jobs from the returned channel.
+/// Where a worker's reports go: called on the worker's thread with the job's id.
+pub(crate) type ReportTo = Arc<dyn Fn(&str, WorkerReport) + Send + Sync>;
+
+/// Starts `count` worker threads taking jobs from the returned channel; every report of
+/// every job goes to `reports`.
 pub(crate) fn spawn_workers(
     count: usize,
     store: Store,
-    reports: tokio_mpsc::Sender<Command>,
+    reports: ReportTo,
 ) -> std::io::Result<mpsc::Sender<WorkItem>> {
     let (tx, rx) = mpsc::channel::<WorkItem>();
     let rx = Arc::new(Mutex::new(rx));
     for n in 0..count {
         let rx = Arc::clone(&rx);
         let store = store.clone();
-        let reports = reports.clone();
+        let reports = Arc::clone(&reports);
         std::thread::Builder::new()
             .name(format!("son1k-worker-{n}"))
             .spawn(move || loop {
@@ -72,14 +73,8 @@ pub(crate) fn spawn_workers(
 
 /// Runs one job to its end and reports it. A panic in the model fails the job, not the
 /// worker.
-fn run_item(item: WorkItem, store: &Store, reports: &tokio_mpsc::Sender<Command>) {
-    let report = |report: WorkerReport| {
-        // A closed channel means the registry is gone (shutdown): nothing to tell.
-        let _ = reports.blocking_send(Command::Worker {
-            id: item.id.clone(),
-            report,
-        });
-    };
+fn run_item(item: WorkItem, store: &Store, reports: &ReportTo) {
+    let report = |report: WorkerReport| reports(&item.id, report);
     let outcome =
         catch_unwind(AssertUnwindSafe(|| run_job(&item, store, &report))).unwrap_or_else(|panic| {
             let what = panic

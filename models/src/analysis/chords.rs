@@ -5,7 +5,7 @@
 //! and augmented chords come out as the nearest major or minor triad.
 
 use super::spectrum::{chromagram, Chromagram};
-use crate::synth::theory::{Chord, ChordQuality};
+use crate::theory::{Chord, ChordQuality};
 
 /// Bonus for a chord whose root is the loudest bass pitch class (scaled by its share).
 const BASS_ROOT_BONUS: f32 = 0.25;
@@ -148,7 +148,7 @@ pub fn beat_chords(mono: &[f32], sample_rate: u32, beat_times_s: &[f64]) -> Vec<
 mod tests {
     use super::super::test_audio::{Drums, Song};
     use super::*;
-    use crate::synth::theory::{Key, Mode};
+    use crate::theory::{Key, Mode};
 
     #[test]
     fn clean_triads_are_recognised_exactly() {

@@ -6,7 +6,7 @@
 use super::chords::chords_from_chroma;
 use super::spectrum::{chromagram, Chromagram};
 use super::tempo::estimate_tempo;
-use crate::synth::theory::{Chord, ChordQuality, Key, Mode};
+use crate::theory::{Chord, ChordQuality, Key, Mode};
 
 /// Krumhansl–Kessler probe-tone ratings for a major key, tonic first.
 const MAJOR_PROFILE: [f32; 12] = [

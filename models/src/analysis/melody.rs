@@ -223,7 +223,7 @@ pub fn extract_melody(mono: &[f32], sample_rate: u32, beat_times_s: &[f64]) -> V
 mod tests {
     use super::super::test_audio::{Drums, Song};
     use super::*;
-    use crate::synth::theory::{Key, Mode};
+    use crate::theory::{Key, Mode};
 
     #[test]
     fn snapping_uses_the_local_beat() {

@@ -16,7 +16,7 @@ pub mod tempo;
 pub use melody::MelodyNote;
 pub use tempo::TempoEstimate;
 
-use crate::synth::theory::{Chord, Key};
+use crate::theory::{Chord, Key};
 
 /// Shortest input `analyse` accepts, in seconds.
 pub const MIN_SECONDS: f64 = 4.0;
@@ -113,7 +113,7 @@ pub fn analyse(mono: &[f32], sample_rate: u32) -> Result<SongAnalysis, AnalysisE
 #[cfg(test)]
 pub(crate) mod test_audio {
     use super::MelodyNote;
-    use crate::synth::theory::{midi_to_hz, Chord, Key};
+    use crate::theory::{midi_to_hz, Chord, Key};
     use std::f64::consts::TAU;
 
     /// The drum pattern (or its absence) of a test song.
@@ -385,7 +385,7 @@ pub(crate) mod test_audio {
 mod tests {
     use super::test_audio::{Drums, Song};
     use super::*;
-    use crate::synth::theory::Mode;
+    use crate::theory::Mode;
 
     #[test]
     fn rejects_unusable_input_with_clear_errors() {

@@ -299,7 +299,7 @@ pub fn tempo_from_onsets(env: &OnsetEnvelope) -> Option<TempoEstimate> {
 mod tests {
     use super::super::test_audio::{Drums, Song};
     use super::*;
-    use crate::synth::theory::{Key, Mode};
+    use crate::theory::{Key, Mode};
 
     /// Relative tempo error and the largest distance (s) of a found beat from a true beat.
     fn check(bpm: f64, drums: Drums, sample_rate: u32) -> (f64, f64) {

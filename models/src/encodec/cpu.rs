@@ -24,10 +24,11 @@ use super::conv::{Conv1d, ConvTranspose1d};
 use super::lstm::Lstm;
 use super::pad::pad_frames;
 use super::seanet::{Layer, ResnetBlock};
-use crate::activations::{elu_in_place, sigmoid, tanh};
-use crate::cpu::{cpu_data, gemm_accumulate, CpuData, MatrixView};
 use crate::error::{ModelError, Result};
-use crate::gemv::{dots, MAX_ROWS};
+use crate::kernels::activations::{elu_in_place, lstm_cell};
+use crate::kernels::gemm::{gemm_accumulate, MatrixView};
+use crate::kernels::gemv::{dots, MAX_ROWS};
+use crate::kernels::tensor::{cpu_data, CpuData};
 
 /// One batch item's signal: `len` frames of `channels` samples, frame by frame.
 #[derive(Clone, Debug)]
@@ -309,7 +310,7 @@ impl Lstm {
             let (mut hx, mut cx) = (vec![0f32; h], vec![0f32; h]);
             let mut recurrent = vec![0f32; 4 * h];
             for (frame, output) in gates.chunks_exact(4 * h).zip(outputs.chunks_exact_mut(h)) {
-                crate::gemv::matmul_rows(&hx, 1, &w_hh, 4 * h, &mut recurrent)
+                crate::kernels::gemv::matmul_rows(&hx, 1, &w_hh, 4 * h, &mut recurrent)
                     .ok_or_else(|| failure(format!("LSTM weight_hh is not [{}, {h}]", 4 * h)))?;
                 lstm_cell(frame, &recurrent, &mut cx, &mut hx);
                 output.copy_from_slice(&hx);
@@ -337,40 +338,6 @@ fn channel_major(offset: usize, frame: usize) -> MatrixView {
         offset,
         row_stride: 1,
         col_stride: frame,
-    }
-}
-
-/// One LSTM step's cell and hidden state from its gate pre-activations (`frame`, the
-/// input projection with biases, plus `recurrent`, `W_hh h`), gates in torch's order
-/// i, f, g, o.
-fn lstm_cell(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { lstm_cell_avx2_fma(frame, recurrent, cx, hx) };
-        return;
-    }
-    lstm_cell_body(frame, recurrent, cx, hx);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn lstm_cell_avx2_fma(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
-    lstm_cell_body(frame, recurrent, cx, hx);
-}
-
-#[inline(always)]
-fn lstm_cell_body(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
-    let h = hx.len();
-    let gate = |g: usize| {
-        frame[g * h..(g + 1) * h]
-            .iter()
-            .zip(&recurrent[g * h..(g + 1) * h])
-    };
-    let gates = gate(0).zip(gate(1)).zip(gate(2)).zip(gate(3));
-    for ((((i, f), g), o), (c, hv)) in gates.zip(cx.iter_mut().zip(hx.iter_mut())) {
-        *c = sigmoid(f.0 + f.1) * *c + sigmoid(i.0 + i.1) * tanh(g.0 + g.1);
-        *hv = sigmoid(o.0 + o.1) * tanh(*c);
     }
 }
 

@@ -46,8 +46,10 @@ impl ResnetBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.conv1.forward(&crate::activations::elu(xs)?)?;
-        let ys = self.conv2.forward(&crate::activations::elu(&ys)?)?;
+        let ys = self.conv1.forward(&crate::kernels::activations::elu(xs)?)?;
+        let ys = self
+            .conv2
+            .forward(&crate::kernels::activations::elu(&ys)?)?;
         let residual = match &self.shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),
@@ -283,7 +285,7 @@ impl Layer {
         match self {
             Self::Conv(conv) => conv.forward(xs),
             Self::Lstm(lstm) => lstm.forward(xs),
-            Self::Elu => Ok(crate::activations::elu(xs)?),
+            Self::Elu => Ok(crate::kernels::activations::elu(xs)?),
             Self::ConvTranspose(conv) => conv.forward(xs),
             Self::Resnet(block) => block.forward(xs),
         }

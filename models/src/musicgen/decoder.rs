@@ -13,9 +13,9 @@ mod cpu_views;
 mod host_cache;
 
 use super::config::DecoderConfig;
-use crate::attention::{attend_one, CacheRows};
-use crate::cpu::cpu_data;
 use crate::error::Result;
+use crate::kernels::attention::{attend_one, CacheRows};
+use crate::kernels::tensor::cpu_data;
 use crate::quant::{Proj, WeightFormat};
 use crate::weights::Vb;
 
@@ -207,7 +207,7 @@ impl Attention {
         if !q.device().is_cpu() || q.dtype() != DType::F32 {
             return Ok(None);
         }
-        let shape = crate::attention::Shape {
+        let shape = crate::kernels::attention::Shape {
             rows,
             heads,
             head_dim,
@@ -451,7 +451,8 @@ impl Decoder {
             Conditioning::Prefix(states) => (states.dim(0)?, states.device(), states.dim(1)?),
         };
         let capacity = prefix + capacity;
-        let on_cpu = device.is_cpu() && self.dtype == DType::F32 && rows <= crate::gemv::MAX_ROWS;
+        let on_cpu =
+            device.is_cpu() && self.dtype == DType::F32 && rows <= crate::kernels::gemv::MAX_ROWS;
         let self_kv = match self.kv_dtype {
             DType::F32 if on_cpu => {
                 SelfKv::Host(Box::new(host_cache::HostCache::f32(self, rows, capacity)))
@@ -633,9 +634,9 @@ impl Decoder {
             }
             // Feed-forward with exact (erf) GELU.
             let normed = layer.final_norm.forward(&xs)?;
-            let ff = layer
-                .fc2
-                .forward(&crate::activations::gelu_erf(&layer.fc1.forward(&normed)?)?)?;
+            let ff = layer.fc2.forward(&crate::kernels::activations::gelu_erf(
+                &layer.fc1.forward(&normed)?,
+            )?)?;
             xs = (xs + ff)?;
         }
         cache.len += t;

@@ -354,7 +354,7 @@ impl MusicGen {
         let one_row = (0..k).flat_map(|codebook| columns.iter().map(move |c| c[codebook]));
         let ids: Vec<u32> = (0..rows).flat_map(|_| one_row.clone()).collect();
         let ids = Tensor::from_vec(ids, (rows, k, t), &self.device)?;
-        crate::cpu::on_pool(|| self.decoder.forward(&ids, cache))
+        crate::kernels::on_pool(|| self.decoder.forward(&ids, cache))
     }
 
     /// Encodes a mono clip at the model's rate into prompt codes `[K][ceil(T / hop)]` for a
@@ -362,7 +362,7 @@ impl MusicGen {
     /// interleaved L/R as the decoder reads them.
     pub fn encode_prompt(&self, mono: &[f32]) -> Result<Vec<Vec<u32>>> {
         let audio = Tensor::from_slice(mono, (1, 1, mono.len()), &self.device)?;
-        let codes = crate::cpu::on_pool(|| self.audio_in.encode(&audio))?;
+        let codes = crate::kernels::on_pool(|| self.audio_in.encode(&audio))?;
         let rows: Vec<Vec<u32>> = codes.squeeze(0)?.to_vec2()?;
         let channels = self.channels();
         let per_channel = self.config.decoder.channel_codebooks();
@@ -389,7 +389,7 @@ impl MusicGen {
                 let n = frames.first().map_or(0, Vec::len);
                 let codes = Tensor::from_vec(rows, (1, k, n), &self.device)?;
                 // [1, 1, samples] -> [1, samples]
-                Ok(crate::cpu::on_pool(|| self.audio.decode(&codes))?.squeeze(0)?)
+                Ok(crate::kernels::on_pool(|| self.audio.decode(&codes))?.squeeze(0)?)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&per_channel, 0)?)

@@ -5,8 +5,8 @@ use super::compose::LeadSheet;
 use super::prompt::Instrument;
 use super::score::{DrumKind, Event, Score, SectionKind, Voice};
 use super::style::{traits, BassStyle, CompStyle, DrumStyle, GenreTraits, Plan};
-use super::theory::Chord;
-use crate::rng::Rng;
+use crate::random::Rng;
+use crate::theory::Chord;
 
 /// Collects events, mapping beat positions to seconds with swing and humanising.
 struct Writer<'a> {

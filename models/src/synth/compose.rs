@@ -4,8 +4,8 @@
 use super::prompt::Genre;
 use super::score::{Section, SectionKind};
 use super::style::{progressions, traits, Plan};
-use super::theory::{Chord, ChordQuality, Key, Mode};
-use crate::rng::Rng;
+use crate::random::Rng;
+use crate::theory::{Chord, ChordQuality, Key, Mode};
 
 /// A melody note on the beat grid.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -6,7 +6,7 @@ use super::dsp::{
     advance, decay_coef, fade_edges, fast_sin, normalize_peak, soft_clip, Biquad, Noise, OnePole,
 };
 use super::score::DrumKind;
-use super::theory::midi_to_hz;
+use crate::theory::midi_to_hz;
 
 /// The six square-wave frequencies of the TR-808 cymbal circuit: their inharmonic sum is what
 /// makes a hat sound metallic rather than like plain noise.

@@ -2,7 +2,7 @@
 //! envelopes, filters (one-pole, RBJ biquads), sine partial banks and noise.
 //! Everything is a small `Copy`-free struct stepped one sample at a time from straight loops.
 
-use crate::rng::Rng;
+use crate::random::Rng;
 
 /// 2π, as `f32`.
 pub const TAU: f32 = std::f32::consts::TAU;

@@ -13,7 +13,6 @@ pub mod render;
 pub mod reverb;
 pub mod score;
 pub mod style;
-pub mod theory;
 pub mod voices;
 
 use compose::{write_lead_sheet, LeadSheet, BEATS_PER_BAR};

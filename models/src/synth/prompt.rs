@@ -2,7 +2,7 @@
 //! key, instruments, in English and Spanish. Unknown words are ignored; what was understood
 //! is reported back to the user.
 
-use super::theory::{Key, Mode};
+use crate::theory::{Key, Mode};
 
 /// A musical style the synth composes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use super::prompt::Instrument;
 use super::reverb::Reverb;
 use super::score::{DrumKind, Score, Voice};
 use super::voices::render_instrument;
-use crate::rng::hash_name;
+use crate::random::hash_name;
 
 /// Level, pan (-1 left .. 1 right) and reverb send of a voice in the mix.
 fn mix(voice: Voice) -> (f32, f32, f32) {

@@ -2,7 +2,7 @@
 //! chord of every beat, and the sections of the form.
 
 use super::prompt::Instrument;
-use super::theory::{Chord, Key};
+use crate::theory::{Chord, Key};
 
 /// A drum sound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -3,8 +3,8 @@
 //! understanding resolves into one concrete plan for a seed.
 
 use super::prompt::{Genre, Instrument, Mood, Understanding};
-use super::theory::{Key, Mode};
-use crate::rng::Rng;
+use crate::random::Rng;
+use crate::theory::{Key, Mode};
 
 /// How the drums play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use super::dsp::{
     Biquad, Noise, OnePole, Partials,
 };
 use super::prompt::Instrument;
-use super::theory::midi_to_hz;
-use crate::rng::Rng;
+use crate::random::Rng;
+use crate::theory::midi_to_hz;
 
 /// Moving filters and LFOs are updated every this many samples: a `sin_cos` per sample would
 /// dominate the cost, and 16 samples (< 0.4 ms) is far below what the ear resolves as steps.

@@ -1,4 +1,4 @@
-//! One decoder position on the CPU in f32, as a single run of [`crate::phases`]: per
+//! One decoder position on the CPU in f32, as a single run of [`crate::kernels::phases`]: per
 //! layer, eight phases (the fused query-key-value projection, the self-attention heads, the
 //! output projection, the cross-attention query, heads and output, and the two
 //! feed-forward projections), then the LM heads. Each phase's tasks are feature ranges of
@@ -16,10 +16,10 @@ use candle_core::{Device, Tensor};
 use super::cpu_views::{some, unsupported, LayerView, Norm, NOT_ON_CPU};
 use super::host_cache::{Buffers, HostKv, KvElement, LayerKv};
 use super::Decoder;
-use crate::attention::{attend_head, CacheRows, NextHead, Scratch};
-use crate::cpu::{cpu_data, CpuData};
 use crate::error::{ModelError, Result};
-use crate::phases::{self, SharedSlice};
+use crate::kernels::attention::{attend_head, CacheRows, NextHead, Scratch};
+use crate::kernels::phases::{self, SharedSlice};
+use crate::kernels::tensor::{cpu_data, CpuData};
 use crate::quant::CpuWeights;
 
 /// The phases of a layer, in order.
@@ -347,62 +347,79 @@ impl<E: KvElement> Step<'_, E> {
     /// the input of a projection of quantized weights.
     ///
     /// # Safety
+    ///
     /// No task may run meanwhile.
     unsafe fn prepare(&self, p: usize) {
-        let b = self.buffers;
-        let h = self.hidden;
-        let norm = match self.phase(p) {
-            None => Some(&self.views.final_norm),
-            Some((l, Phase::SelfQkv)) => Some(&self.views.layers[l].self_norm),
-            Some((l, Phase::CrossQuery)) => self.views.layers[l].cross.as_ref().map(|c| &c.norm),
-            Some((l, Phase::Expand)) => Some(&self.views.layers[l].final_norm),
-            Some(_) => None,
-        };
-        if let Some(norm) = norm {
-            let all = 0..self.rows * h;
-            norm.apply(b.x.slice(all.clone()), h, b.normed.slice_mut(all));
-        }
-        let product = match self.phase(p) {
-            None => self.views.heads.first().map(|w| (w, &b.normed)),
-            Some(_) => self.projection(p).map(|(w, input, _)| (w, input)),
-        };
-        if let Some((weights, input)) = product.filter(|(w, _)| w.reads_quantized()) {
-            let cols = weights.cols();
-            let input = input.slice(0..self.rows * cols);
-            b.quantized.whole_mut().quantize(input, self.rows, cols);
+        // SAFETY: no task runs while a phase is prepared (the caller's contract), so these
+        // shared buffers have no other reader or writer.
+        unsafe {
+            let b = self.buffers;
+            let h = self.hidden;
+            let norm = match self.phase(p) {
+                None => Some(&self.views.final_norm),
+                Some((l, Phase::SelfQkv)) => Some(&self.views.layers[l].self_norm),
+                Some((l, Phase::CrossQuery)) => {
+                    self.views.layers[l].cross.as_ref().map(|c| &c.norm)
+                }
+                Some((l, Phase::Expand)) => Some(&self.views.layers[l].final_norm),
+                Some(_) => None,
+            };
+            if let Some(norm) = norm {
+                let all = 0..self.rows * h;
+                norm.apply(b.x.slice(all.clone()), h, b.normed.slice_mut(all));
+            }
+            let product = match self.phase(p) {
+                None => self.views.heads.first().map(|w| (w, &b.normed)),
+                Some(_) => self.projection(p).map(|(w, input, _)| (w, input)),
+            };
+            if let Some((weights, input)) = product.filter(|(w, _)| w.reads_quantized()) {
+                let cols = weights.cols();
+                let input = input.slice(0..self.rows * cols);
+                b.quantized.whole_mut().quantize(input, self.rows, cols);
+            }
         }
     }
 
     /// Task `i` of phase `p`.
     ///
     /// # Safety
+    ///
     /// Called by [`phases::run`] once per task: each task writes only its own features or
     /// heads, and reads only buffers no task of its phase writes.
     unsafe fn task(&self, scratch: &mut TaskScratch, p: usize, i: usize) {
-        match self.phase(p) {
-            Some((l, Phase::SelfHeads)) => self.self_head(scratch, l, i),
-            Some((l, Phase::CrossHeads)) => self.cross_head(scratch, l, i),
-            Some(_) => {
-                if let Some((weights, input, target)) = self.projection(p) {
-                    self.project(scratch, weights, input, i, target);
+        // SAFETY: each task writes only its own features or heads and reads buffers no
+        // task of its phase writes (the caller's contract), as the callees require.
+        unsafe {
+            match self.phase(p) {
+                Some((l, Phase::SelfHeads)) => self.self_head(scratch, l, i),
+                Some((l, Phase::CrossHeads)) => self.cross_head(scratch, l, i),
+                Some(_) => {
+                    if let Some((weights, input, target)) = self.projection(p) {
+                        self.project(scratch, weights, input, i, target);
+                    }
                 }
-            }
-            None => {
-                let per_head = self.head_tasks();
-                let (codebook, index) = (i / per_head, i % per_head);
-                let target = Target {
-                    buffer: &self.buffers.logits,
-                    width: self.views.heads.len() * self.vocab,
-                    column: codebook * self.vocab,
-                    epilogue: Epilogue::Store,
-                };
-                let weights = &self.views.heads[codebook];
-                self.project(scratch, weights, &self.buffers.normed, index, target);
+                None => {
+                    let per_head = self.head_tasks();
+                    let (codebook, index) = (i / per_head, i % per_head);
+                    let target = Target {
+                        buffer: &self.buffers.logits,
+                        width: self.views.heads.len() * self.vocab,
+                        column: codebook * self.vocab,
+                        epilogue: Epilogue::Store,
+                    };
+                    let weights = &self.views.heads[codebook];
+                    self.project(scratch, weights, &self.buffers.normed, index, target);
+                }
             }
         }
     }
 
     /// Task `index` of a projection: its features for every row, written to `target`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::task`]: no task of the phase writes `input` or the quantized rows,
+    /// and no other task writes this task's features of `target`.
     unsafe fn project(
         &self,
         scratch: &mut TaskScratch,
@@ -411,29 +428,33 @@ impl<E: KvElement> Step<'_, E> {
         index: usize,
         target: Target,
     ) {
-        let m = self.rows;
-        let first = index * weights.task_features();
-        let count = weights.task_features().min(weights.rows() - first);
-        scratch.sums.resize(count * m, 0.0);
-        let x = input.slice(0..m * weights.cols());
-        let quantized = self.buffers.quantized.get();
-        if weights
-            .features(x, m, quantized, first, &mut scratch.sums)
-            .is_none()
-        {
-            self.failed.store(true, Ordering::Relaxed);
-            return;
-        }
-        for b in 0..m {
-            let start = b * target.width + target.column + first;
-            let out = target.buffer.slice_mut(start..start + count);
-            let sums = scratch.sums.iter().skip(b).step_by(m);
-            match target.epilogue {
-                Epilogue::Store => out.iter_mut().zip(sums).for_each(|(o, s)| *o = *s),
-                Epilogue::Add => out.iter_mut().zip(sums).for_each(|(o, s)| *o += *s),
-                Epilogue::Gelu => {
-                    out.iter_mut().zip(sums).for_each(|(o, s)| *o = *s);
-                    crate::activations::gelu_erf_in_place(out);
+        // SAFETY: the caller's contract: nobody writes `input` or the quantized rows, and
+        // this task alone writes its features of `target`.
+        unsafe {
+            let m = self.rows;
+            let first = index * weights.task_features();
+            let count = weights.task_features().min(weights.rows() - first);
+            scratch.sums.resize(count * m, 0.0);
+            let x = input.slice(0..m * weights.cols());
+            let quantized = self.buffers.quantized.get();
+            if weights
+                .features(x, m, quantized, first, &mut scratch.sums)
+                .is_none()
+            {
+                self.failed.store(true, Ordering::Relaxed);
+                return;
+            }
+            for b in 0..m {
+                let start = b * target.width + target.column + first;
+                let out = target.buffer.slice_mut(start..start + count);
+                let sums = scratch.sums.iter().skip(b).step_by(m);
+                match target.epilogue {
+                    Epilogue::Store => out.iter_mut().zip(sums).for_each(|(o, s)| *o = *s),
+                    Epilogue::Add => out.iter_mut().zip(sums).for_each(|(o, s)| *o += *s),
+                    Epilogue::Gelu => {
+                        out.iter_mut().zip(sums).for_each(|(o, s)| *o = *s);
+                        crate::kernels::activations::gelu_erf_in_place(out);
+                    }
                 }
             }
         }
@@ -441,27 +462,36 @@ impl<E: KvElement> Step<'_, E> {
 
     /// Self-attention head `i` (row `i / heads`): stores the position's key and value in
     /// the head's part of the cache, then attends over every position so far.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::task`]: no task of the phase writes the projected rows, and no other
+    /// task touches this head's part of the cache or of the output.
     unsafe fn self_head(&self, scratch: &mut TaskScratch, layer: usize, i: usize) {
-        let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
-        let (b, head) = (i / heads, i % heads);
-        let qkv = self.buffers.qkv.slice(b * 3 * h..(b + 1) * 3 * h);
-        let at = head * d;
-        let per_head = self.views.capacity * d;
-        let base = (b * heads + head) * per_head;
-        let kv = &self.kv[layer];
-        let keys = kv.keys.slice_mut(base..base + per_head);
-        let values = kv.values.slice_mut(base..base + per_head);
-        let row = self.position * d;
-        for j in 0..d {
-            keys[row + j] = E::from_f32(qkv[h + at + j]);
-            values[row + j] = E::from_f32(qkv[2 * h + at + j]);
+        // SAFETY: the caller's contract: nobody writes the projected rows, and this task
+        // alone touches its head's part of the cache and of the output.
+        unsafe {
+            let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
+            let (b, head) = (i / heads, i % heads);
+            let qkv = self.buffers.qkv.slice(b * 3 * h..(b + 1) * 3 * h);
+            let at = head * d;
+            let per_head = self.views.capacity * d;
+            let base = (b * heads + head) * per_head;
+            let kv = &self.kv[layer];
+            let keys = kv.keys.slice_mut(base..base + per_head);
+            let values = kv.values.slice_mut(base..base + per_head);
+            let row = self.position * d;
+            for j in 0..d {
+                keys[row + j] = E::from_f32(qkv[h + at + j]);
+                values[row + j] = E::from_f32(qkv[2 * h + at + j]);
+            }
+            let filled = row + d;
+            let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
+            let (k, v) = (E::rows(&keys[..filled]), E::rows(&values[..filled]));
+            let q = &qkv[at..at + d];
+            let next = self.next_head(kv, base + per_head, filled);
+            attend_head(q, k, v, None, self.scale, next, &mut scratch.attention, out);
         }
-        let filled = row + d;
-        let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
-        let (k, v) = (E::rows(&keys[..filled]), E::rows(&values[..filled]));
-        let q = &qkv[at..at + d];
-        let next = self.next_head(kv, base + per_head, filled);
-        attend_head(q, k, v, None, self.scale, next, &mut scratch.attention, out);
     }
 
     /// The filled keys and values of the head whose part of the cache starts at `base`
@@ -476,29 +506,38 @@ impl<E: KvElement> Step<'_, E> {
     }
 
     /// Cross-attention head `i` (row `i / heads`) over the text, masked.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::task`]: no task of the phase writes the queries, and no other task
+    /// writes this head's part of the output.
     unsafe fn cross_head(&self, scratch: &mut TaskScratch, layer: usize, i: usize) {
-        let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
-        let (b, head) = (i / heads, i % heads);
-        let text = self.views.text_len;
-        let at = head * d;
-        let q = self.buffers.queries.slice(b * h + at..b * h + at + d);
-        let (keys, values) = &self.views.cross[layer];
-        let part = (b * heads + head) * text * d..(b * heads + head + 1) * text * d;
-        let (k, v) = (
-            CacheRows::F32(&keys[part.clone()]),
-            CacheRows::F32(&values[part.clone()]),
-        );
-        let Some(mask) = &self.views.mask else {
-            return;
-        };
-        let mask = &mask[b * text..(b + 1) * text];
-        let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
-        let next = NextHead {
-            keys: CacheRows::F32(&keys[part.end..]).as_bytes(),
-            values: CacheRows::F32(&values[part.end..]).as_bytes(),
-        };
-        let (scale, scratch) = (self.scale, &mut scratch.attention);
-        attend_head(q, k, v, Some(mask), scale, Some(next), scratch, out);
+        // SAFETY: the caller's contract: nobody writes the queries, and this task alone
+        // writes its head's part of the output.
+        unsafe {
+            let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
+            let (b, head) = (i / heads, i % heads);
+            let text = self.views.text_len;
+            let at = head * d;
+            let q = self.buffers.queries.slice(b * h + at..b * h + at + d);
+            let (keys, values) = &self.views.cross[layer];
+            let part = (b * heads + head) * text * d..(b * heads + head + 1) * text * d;
+            let (k, v) = (
+                CacheRows::F32(&keys[part.clone()]),
+                CacheRows::F32(&values[part.clone()]),
+            );
+            let Some(mask) = &self.views.mask else {
+                return;
+            };
+            let mask = &mask[b * text..(b + 1) * text];
+            let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
+            let next = NextHead {
+                keys: CacheRows::F32(&keys[part.end..]).as_bytes(),
+                values: CacheRows::F32(&values[part.end..]).as_bytes(),
+            };
+            let (scale, scratch) = (self.scale, &mut scratch.attention);
+            attend_head(q, k, v, Some(mask), scale, Some(next), scratch, out);
+        }
     }
 }
 
@@ -541,7 +580,7 @@ mod tests {
     /// The step's cache and one on the general path for the same text: `rows` rows, the
     /// first seeing 3 of 5 text positions, a second (guidance's unconditional row) none.
     fn caches(decoder: &Decoder, rows: usize, capacity: usize) -> (DecoderCache, DecoderCache) {
-        let mut rng = crate::rng::Rng::new(5);
+        let mut rng = crate::random::Rng::new(5);
         let states = rng.uniform_f32s(rows * 5 * TEXT_IN, -1.0, 1.0);
         let states = Tensor::from_vec(states, (rows, 5, TEXT_IN), &Device::Cpu).unwrap();
         let mask: Vec<f32> = (0..rows * 5)
@@ -636,7 +675,7 @@ mod tests {
         for kv in [DType::F32, DType::F16] {
             let decoder = decoder_with(2, WeightFormat::Dense, kv, None);
             let rows = 2;
-            let mut rng = crate::rng::Rng::new(9);
+            let mut rng = crate::random::Rng::new(9);
             let prefix = rng.uniform_f32s(rows * 6 * hidden, -1.0, 1.0);
             let prefix = Tensor::from_vec(prefix, (rows, 6, hidden), &Device::Cpu).unwrap();
             let (mut step, mut general) =

@@ -4,8 +4,8 @@
 use candle_nn::LayerNorm;
 
 use super::{Inputs, Layer, LAYER_NORM_EPS};
-use crate::cpu::{cpu_data, CpuData};
 use crate::error::{ModelError, Result};
+use crate::kernels::tensor::{cpu_data, CpuData};
 use crate::quant::CpuWeights;
 
 /// A layer norm's parameters.

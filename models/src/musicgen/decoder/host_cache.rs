@@ -6,9 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use half::f16;
 
 use super::Decoder;
-use crate::attention::CacheRows;
 use crate::error::Result;
-use crate::phases::{Shared, SharedSlice};
+use crate::kernels::attention::CacheRows;
+use crate::kernels::phases::{Shared, SharedSlice};
 use crate::quant::QuantizedRows;
 
 /// A cache element of the self-attention keys and values.

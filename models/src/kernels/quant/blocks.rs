@@ -1,7 +1,7 @@
 //! Block-quantized matrices for the CPU: 8-bit and 4-bit weights in blocks of 32, each block
 //! with its own scale, and the 8-bit quantization of the activation rows they multiply.
 //!
-//! The layouts are made for [`super::kernel`]: each matrix keeps its quantized values in
+//! The layouts are made for [`super::product`]: each matrix keeps its quantized values in
 //! one array and its per-block scales (and offsets) in others, so the kernel streams each
 //! weight once and serves every activation row from it. Rows are stored in tiles of
 //! [`TILE_ROWS`], interleaved so that one vector holds eight rows' weights for the same
@@ -228,19 +228,16 @@ impl QuantizedRows {
         self.values.resize(rows * cols, 0);
         self.scales.resize(blocks, 0.0);
         self.sums.resize(blocks, 0.0);
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            unsafe { self.quantize_blocks_avx2(xs) };
-            return;
-        }
-        self.quantize_blocks(xs);
+        crate::kernels::dispatch!(
+            avx2_fma => self.quantize_blocks_avx2(xs),
+            portable => self.quantize_blocks(xs),
+        )
     }
 
     /// [`Self::quantize_blocks`] compiled for AVX2, where its loops become vector code.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn quantize_blocks_avx2(&mut self, xs: &[f32]) {
+    fn quantize_blocks_avx2(&mut self, xs: &[f32]) {
         self.quantize_blocks(xs);
     }
 
@@ -308,7 +305,7 @@ mod tests {
 
     #[test]
     fn activations_round_to_the_nearest_level_of_their_block_peak() {
-        let mut xs = crate::rng::Rng::new(5).uniform_f32s(2 * BLOCK, -3.0, 3.0);
+        let mut xs = crate::random::Rng::new(5).uniform_f32s(2 * BLOCK, -3.0, 3.0);
         xs[7] = -4.0; // the first block's peak: its scale is 4 / 127
         xs[BLOCK + 3] = f32::NAN; // ignored by the peak, and kept in range
         let mut rows = QuantizedRows::default();

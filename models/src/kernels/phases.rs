@@ -231,18 +231,23 @@ impl<T> Shared<T> {
     /// The whole value, to read.
     ///
     /// # Safety
+    ///
     /// No thread may write any part of it while the reference lives.
     pub unsafe fn get(&self) -> &T {
-        &*self.cell.get()
+        // SAFETY: nobody writes the value while the reference lives (the caller's contract).
+        unsafe { &*self.cell.get() }
     }
 
     /// The whole value, to write.
     ///
     /// # Safety
+    ///
     /// No other thread may read or write any part of it while the reference lives.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn whole_mut(&self) -> &mut T {
-        &mut *self.cell.get()
+        // SAFETY: nobody else reads or writes the value while the reference lives (the
+        // caller's contract).
+        unsafe { &mut *self.cell.get() }
     }
 }
 
@@ -290,20 +295,26 @@ impl<E> SharedSlice<E> {
     /// Elements `range`, to read.
     ///
     /// # Safety
+    ///
     /// No thread may write any of them while the slice lives.
     pub unsafe fn slice(&self, range: std::ops::Range<usize>) -> &[E] {
         let cells = &self.cells[range];
-        std::slice::from_raw_parts(UnsafeCell::raw_get(cells.as_ptr()), cells.len())
+        // SAFETY: cells have `E`'s layout, and nobody writes these while the slice lives
+        // (the caller's contract).
+        unsafe { std::slice::from_raw_parts(UnsafeCell::raw_get(cells.as_ptr()), cells.len()) }
     }
 
     /// Elements `range`, to write.
     ///
     /// # Safety
+    ///
     /// No other thread may read or write any of them while the slice lives.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut(&self, range: std::ops::Range<usize>) -> &mut [E] {
         let cells = &self.cells[range];
-        std::slice::from_raw_parts_mut(UnsafeCell::raw_get(cells.as_ptr()), cells.len())
+        // SAFETY: cells have `E`'s layout, and nobody else reads or writes these while the
+        // slice lives (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(UnsafeCell::raw_get(cells.as_ptr()), cells.len()) }
     }
 }
 
@@ -336,10 +347,13 @@ mod tests {
                 run(
                     phases,
                     tasks,
+                    // SAFETY: a phase is prepared while no task runs, and each task
+                    // writes only its own element.
                     |p| unsafe {
                         let sum = values.slice(0..n).iter().sum();
                         sums_seen.slice_mut(p..p + 1)[0] = sum;
                     },
+                    // SAFETY: as above.
                     |_: &mut (), p, i| unsafe { values.slice_mut(i..i + 1)[0] += p as u64 + 1 },
                     || (),
                 )
@@ -348,6 +362,7 @@ mod tests {
             let mut expected = 0;
             for p in 0..phases {
                 assert_eq!(
+                    // SAFETY: the run is over: nothing writes any more.
                     unsafe { sums_seen.slice(p..p + 1)[0] },
                     expected,
                     "{threads} threads, phase {p}"
@@ -355,7 +370,9 @@ mod tests {
                 expected += added(p) * n as u64;
             }
             let total: u64 = (0..phases).map(added).sum();
-            assert!(unsafe { values.slice(0..n) }.iter().all(|&v| v == total));
+            // SAFETY: the run is over: nothing writes any more.
+            let values = unsafe { values.slice(0..n) };
+            assert!(values.iter().all(|&v| v == total));
         }
     }
 

@@ -97,18 +97,16 @@ pub(crate) fn for_feature_tasks(
 /// `sums[i] = x[i] . row` for the rows of `x` (each `k` long, at most [`MAX_ROWS`] of
 /// them), picking the widest vector instructions the CPU has.
 pub(crate) fn dots(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { dots_avx2_fma(x, k, row, sums) };
-        return;
-    }
-    dots_portable(x, k, row, sums);
+    super::dispatch!(
+        avx2_fma => dots_avx2_fma(x, k, row, sums),
+        portable => dots_portable(x, k, row, sums),
+    )
 }
 
+/// [`dots`] with fused multiply-adds (a plain `mul_add` without FMA is a slow library call).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2_fma(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
+fn dots_avx2_fma(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
     dots_body!(x, k, row, sums, |a: f32, b: f32, c: f32| a.mul_add(b, c));
 }
 
@@ -135,7 +133,7 @@ mod tests {
 
     #[test]
     fn matches_a_plain_matmul_for_every_row_count_and_odd_sizes() {
-        let mut rng = crate::rng::Rng::new(3);
+        let mut rng = crate::random::Rng::new(3);
         for (m, k, n) in [
             (1, 1024, 300),
             (2, 1024, 129),

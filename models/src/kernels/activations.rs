@@ -70,40 +70,45 @@ fn map<A: Activation>(xs: &Tensor) -> candle_core::Result<Option<Tensor>> {
         return Ok(None);
     }
     let xs = xs.contiguous()?;
-    let Some(mut out) = crate::cpu::with_f32(&xs, <[f32]>::to_vec)? else {
+    let Some(mut out) = crate::kernels::tensor::with_f32(&xs, <[f32]>::to_vec)? else {
         return Ok(None);
     };
     out.par_chunks_mut(TASK).for_each(map_in_place::<A>);
     Ok(Some(Tensor::from_vec(out, xs.shape(), xs.device())?))
 }
 
-fn map_in_place<A: Activation>(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { map_in_place_avx2_fma::<A>(xs) };
-        return;
+crate::kernels::multiversion! {
+    /// `A` over every element of `xs`, on the calling thread.
+    fn map_in_place<A: Activation>(xs: &mut [f32]) {
+        for x in xs {
+            *x = A::apply(*x);
+        }
     }
-    map_in_place_body::<A>(xs);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_in_place_avx2_fma<A: Activation>(xs: &mut [f32]) {
-    map_in_place_body::<A>(xs);
-}
-
-#[inline(always)]
-fn map_in_place_body<A: Activation>(xs: &mut [f32]) {
-    for x in xs {
-        *x = A::apply(*x);
+crate::kernels::multiversion! {
+    /// One LSTM step's cell and hidden state from its gate pre-activations (`frame`, the
+    /// input projection with biases, plus `recurrent`, `W_hh h`), gates in torch's order
+    /// i, f, g, o.
+    pub(crate) fn lstm_cell(frame: &[f32], recurrent: &[f32], cx: &mut [f32], hx: &mut [f32]) {
+        let h = hx.len();
+        let gate = |g: usize| {
+            frame[g * h..(g + 1) * h]
+                .iter()
+                .zip(&recurrent[g * h..(g + 1) * h])
+        };
+        let gates = gate(0).zip(gate(1)).zip(gate(2)).zip(gate(3));
+        for ((((i, f), g), o), (c, hv)) in gates.zip(cx.iter_mut().zip(hx.iter_mut())) {
+            *c = sigmoid(f.0 + f.1) * *c + sigmoid(i.0 + i.1) * tanh(g.0 + g.1);
+            *hv = sigmoid(o.0 + o.1) * tanh(*c);
+        }
     }
 }
 
 /// The logistic function `1 / (1 + exp(-x))`, through [`exp_non_positive`] so that loops
 /// of it vectorise; within 2e-7 of the exact value.
 #[inline(always)]
-pub(crate) fn sigmoid(x: f32) -> f32 {
+fn sigmoid(x: f32) -> f32 {
     let e = exp_non_positive(-x.abs());
     let positive = 1.0 / (1.0 + e);
     if x >= 0.0 {
@@ -116,7 +121,7 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 /// `tanh(x) = (1 - exp(-2|x|)) / (1 + exp(-2|x|))` with the sign of `x`, through
 /// [`exp_non_positive`]; within 2e-7 of the exact value.
 #[inline(always)]
-pub(crate) fn tanh(x: f32) -> f32 {
+fn tanh(x: f32) -> f32 {
     let e = exp_non_positive(-2.0 * x.abs());
     ((1.0 - e) / (1.0 + e)).copysign(x)
 }
@@ -229,7 +234,7 @@ mod tests {
 
     #[test]
     fn elu_matches_candles_on_every_path() -> candle_core::Result<()> {
-        let mut rng = crate::rng::Rng::new(5);
+        let mut rng = crate::random::Rng::new(5);
         // Longer than one task and not a multiple of it, laid out transposed so the
         // tensor is not contiguous.
         let (rows, cols) = (7, TASK / 3 + 5);

@@ -1,7 +1,8 @@
-//! `son1k serve`'s server: one port speaking gRPC over HTTP/2 and grpc-web over HTTP/1.1
+//! A Son1k node, the server `son1k serve` runs: one port speaking gRPC over HTTP/2 and grpc-web over HTTP/1.1
 //! (with CORS), plain or over TLS, the page at `/`, `grpc.health.v1`, server reflection (v1
 //! and v1alpha), the transport's limits, and a graceful drain on SIGTERM or Ctrl-C.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use axum::routing::get;
 use son1k_engine::jobs::{Engine, EngineConfig};
 use son1k_engine::MusicModel;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
@@ -51,8 +53,7 @@ pub struct ServeConfig {
 
 /// Refuses a listening address the configuration does not make safe: an open server only
 /// on loopback, and off loopback only with TLS (or `--insecure-listen`).
-fn check_address(config: &ServeConfig) -> anyhow::Result<()> {
-    let addr = config.addr;
+fn check_address(config: &ServeConfig, addr: SocketAddr) -> anyhow::Result<()> {
     if addr.ip().is_loopback() {
         return Ok(());
     }
@@ -72,24 +73,38 @@ fn check_address(config: &ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the server until SIGTERM or Ctrl-C. `load_models` runs on a blocking thread while
-/// the server already answers (health NOT_SERVING, calls UNAVAILABLE); a load error stops
-/// the server.
-pub async fn serve(
-    config: ServeConfig,
-    load_models: impl FnOnce() -> anyhow::Result<Vec<Arc<dyn MusicModel>>> + Send + 'static,
-) -> anyhow::Result<()> {
-    check_address(&config)?;
-    let listener = TcpListener::bind(config.addr)
+/// Loads the models a server serves (on a blocking thread: it reads weight files).
+pub type ModelLoader = Box<dyn FnOnce() -> anyhow::Result<Vec<Arc<dyn MusicModel>>> + Send>;
+
+/// Binds `config.addr` after checking that the configuration makes it safe (see
+/// [`serve_on`]).
+pub async fn bind(config: &ServeConfig) -> anyhow::Result<TcpListener> {
+    check_address(config, config.addr)?;
+    TcpListener::bind(config.addr)
         .await
-        .with_context(|| format!("cannot listen on {}", config.addr))?;
+        .with_context(|| format!("cannot listen on {}", config.addr))
+}
+
+/// Runs the server on `listener` ([`bind`]'s, or one a program embedding the server binds,
+/// as the tests do) until `shutdown` resolves ([`shutdown_signal`] for SIGTERM or Ctrl-C),
+/// then drains. `load_models` runs on a blocking thread while the server already answers
+/// (health NOT_SERVING, calls UNAVAILABLE); a load error stops the server. `ready` hears
+/// once the models are loaded and the engine takes jobs. `config.addr` is not used.
+pub async fn serve_on(
+    config: ServeConfig,
+    listener: TcpListener,
+    load_models: ModelLoader,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: oneshot::Sender<()>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    check_address(&config, addr)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let ready = Arc::new(OnceLock::new());
-    let router = routes(&config, Arc::clone(&ready), health_service)?;
+    let engine_ready = Arc::new(OnceLock::new());
+    let router = routes(&config, Arc::clone(&engine_ready), health_service)?;
 
     // Load the models while the server already answers health checks.
     let engine_config = config.engine;
@@ -104,31 +119,22 @@ pub async fn serve(
         // A GOAWAY at the age; the grace after it is enforced by the connection itself
         // (tonic with a grace would skip the GOAWAY and only cut the connection).
         .max_connection_age(limits.max_connection_age);
-    let scheme = match config.tls.clone() {
-        Some(identity) => {
-            let tls = ServerTlsConfig::new()
-                .identity(identity)
-                .timeout(limits.header_read_timeout);
-            builder = builder
-                .tls_config(tls)
-                .context("the TLS certificate or key is not usable")?;
-            "https"
-        }
-        None => "http",
-    };
+    if let Some(identity) = config.tls.clone() {
+        let tls = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(limits.header_read_timeout);
+        builder = builder
+            .tls_config(tls)
+            .context("the TLS certificate or key is not usable")?;
+    }
     let server = builder
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming(listener, limits), async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
     let mut server = tokio::spawn(server);
-    crate::cli::output::line(format_args!(
-        "son1k listening on {scheme}://{addr}/ (gRPC and grpc-web; open it in a browser for \
-         the page)"
-    ));
 
-    // One signal listener for the whole life of the server, so no signal falls between two.
-    let shutdown = shutdown_signal();
+    // One shutdown listener for the whole life of the server, so no signal falls between two.
     tokio::pin!(shutdown);
     let models = tokio::select! {
         loaded = loading => loaded.context("model loading stopped")??,
@@ -144,7 +150,8 @@ pub async fn serve(
         .context("starting the engine stopped")??;
     let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
     tracing::info!(models = ?names, %addr, "serving");
-    let _ = ready.set(engine.clone());
+    let _ = engine_ready.set(engine.clone());
+    let _ = ready.send(());
     let following = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
 
     tokio::select! {
@@ -279,7 +286,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -1,18 +1,16 @@
 //! Weight formats of the large projections: dense in the model's dtype, or quantized at
 //! load to 8 or 4 bits. On the CPU the quantized formats are our own blocks and kernels
-//! ([`blocks`], [`kernel`]), which read each weight once for both guidance rows on the
+//! ([`crate::kernels::quant`]), which read each weight once for both guidance rows on the
 //! same thread pool as every other kernel; on GPUs they are candle's ggml blocks and
 //! kernels.
-
-mod blocks;
-mod kernel;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::error::{ModelError, Result};
-pub use blocks::{BlockFormat, BlockMatrix, QuantizedRows};
+use crate::kernels::quant::{product, BLOCK};
+pub use crate::kernels::quant::{BlockFormat, BlockMatrix, QuantizedRows};
 
 /// How a model's large projections store their weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,7 +32,7 @@ impl WeightFormat {
     /// divide).
     fn blocks_for(self, inner: usize) -> Option<BlockFormat> {
         match self {
-            _ if inner % blocks::BLOCK != 0 => None,
+            _ if inner % BLOCK != 0 => None,
             Self::Dense => None,
             Self::Q8 => Some(BlockFormat::Q8),
             Self::Q4 => Some(BlockFormat::Q4),
@@ -57,7 +55,7 @@ impl WeightFormat {
     pub fn bytes_per_weight(self, inner: usize, dtype: DType, device: &Device) -> f64 {
         if device.is_cpu() {
             return match self.blocks_for(inner) {
-                Some(format) => format.block_bytes() as f64 / blocks::BLOCK as f64,
+                Some(format) => format.block_bytes() as f64 / BLOCK as f64,
                 None => dtype.size_in_bytes() as f64,
             };
         }
@@ -121,16 +119,13 @@ impl Proj {
 
 impl Proj {
     /// The weights as the CPU kernels read them, for a caller that runs the product's
-    /// tasks itself ([`crate::phases`]); `None` for weights off the CPU or not in f32.
+    /// tasks itself ([`crate::kernels::phases`]); `None` for weights off the CPU or not in f32.
     pub fn cpu_weights(&self) -> candle_core::Result<Option<CpuWeights<'_>>> {
         Ok(match self {
             Self::Dense(linear) => {
                 let (rows, cols) = linear.weight().dims2()?;
-                crate::cpu::cpu_data::<f32>(linear.weight())?.map(|values| CpuWeights::Dense {
-                    values,
-                    rows,
-                    cols,
-                })
+                crate::kernels::tensor::cpu_data::<f32>(linear.weight())?
+                    .map(|values| CpuWeights::Dense { values, rows, cols })
             }
             Self::Blocks(matrix) => Some(CpuWeights::Blocks(matrix)),
             Self::Ggml(_) => None,
@@ -141,7 +136,7 @@ impl Proj {
 /// A projection's weights on the CPU, borrowed: dense f32 `[rows, cols]` or our blocks.
 pub enum CpuWeights<'a> {
     Dense {
-        values: crate::cpu::CpuData<'a, f32>,
+        values: crate::kernels::tensor::CpuData<'a, f32>,
         rows: usize,
         cols: usize,
     },
@@ -173,8 +168,8 @@ impl CpuWeights<'_> {
     /// Output features one task computes: what each kernel measured best with.
     pub fn task_features(&self) -> usize {
         match self {
-            Self::Dense { .. } => crate::gemv::TASK_FEATURES,
-            Self::Blocks(_) => kernel::TASK_FEATURES,
+            Self::Dense { .. } => crate::kernels::gemv::TASK_FEATURES,
+            Self::Blocks(_) => product::TASK_FEATURES,
         }
     }
 
@@ -192,14 +187,14 @@ impl CpuWeights<'_> {
     ) -> Option<()> {
         match self {
             Self::Dense { values, rows, cols } => {
-                let fits = (1..=crate::gemv::MAX_ROWS).contains(&m)
+                let fits = (1..=crate::kernels::gemv::MAX_ROWS).contains(&m)
                     && x.len() == m * cols
                     && sums.len() % m == 0
                     && first + sums.len() / m <= *rows;
-                fits.then(|| crate::gemv::features(x, m, values, first, sums))
+                fits.then(|| crate::kernels::gemv::features(x, m, values, first, sums))
             }
             Self::Blocks(matrix) if quantized.rows == m => {
-                kernel::features(quantized, matrix, first, sums)
+                product::features(quantized, matrix, first, sums)
             }
             Self::Blocks(_) => None,
         }
@@ -220,7 +215,7 @@ impl Module for Proj {
 }
 
 /// `xs W^T` for our CPU blocks: the activations are quantized to 8 bits once per call
-/// and multiplied [`crate::gemv::MAX_ROWS`] rows at a time (a decoder step has two; a
+/// and multiplied [`crate::kernels::gemv::MAX_ROWS`] rows at a time (a decoder step has two; a
 /// longer prompt takes several passes over the weights).
 fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tensor> {
     let dims = xs.dims();
@@ -234,14 +229,14 @@ fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tens
     let n = matrix.rows;
     let xs = xs.to_dtype(DType::F32)?.contiguous()?;
     let mut out = vec![0f32; m * n];
-    let done = crate::cpu::with_f32(&xs, |x| {
+    let done = crate::kernels::tensor::with_f32(&xs, |x| {
         let mut quantized = QuantizedRows::default();
         for (x, out) in x
-            .chunks(crate::gemv::MAX_ROWS * k)
-            .zip(out.chunks_mut(crate::gemv::MAX_ROWS * n))
+            .chunks(crate::kernels::gemv::MAX_ROWS * k)
+            .zip(out.chunks_mut(crate::kernels::gemv::MAX_ROWS * n))
         {
             quantized.quantize(x, x.len() / k, k);
-            kernel::matmul_rows(&quantized, matrix, out)?;
+            product::matmul_rows(&quantized, matrix, out)?;
         }
         Some(())
     })?;
@@ -255,8 +250,8 @@ fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tens
     Tensor::from_vec(out, shape, xs.device())
 }
 
-/// `xs W^T` through [`crate::gemv::matmul_rows`] when it serves the case (f32 on the CPU,
-/// at most [`crate::gemv::MAX_ROWS`] rows, contiguous): the weights are read once for all
+/// `xs W^T` through [`crate::kernels::gemv::matmul_rows`] when it serves the case (f32 on the CPU,
+/// at most [`crate::kernels::gemv::MAX_ROWS`] rows, contiguous): the weights are read once for all
 /// rows. `None` leaves the case to candle.
 fn few_rows_f32(xs: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let dims = xs.dims();
@@ -264,14 +259,14 @@ fn few_rows_f32(xs: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tens
         return Ok(None);
     };
     let m: usize = leading.iter().product();
-    if !(1..=crate::gemv::MAX_ROWS).contains(&m) || weight.dim(1)? != k {
+    if !(1..=crate::kernels::gemv::MAX_ROWS).contains(&m) || weight.dim(1)? != k {
         return Ok(None);
     }
     let n = weight.dim(0)?;
-    let product = crate::cpu::with_f32(xs, |x| {
-        crate::cpu::with_f32(weight, |w| {
+    let product = crate::kernels::tensor::with_f32(xs, |x| {
+        crate::kernels::tensor::with_f32(weight, |w| {
             let mut out = vec![0f32; m * n];
-            crate::gemv::matmul_rows(x, m, w, n, &mut out).map(|()| out)
+            crate::kernels::gemv::matmul_rows(x, m, w, n, &mut out).map(|()| out)
         })
     })?;
     let Some(Ok(Some(Some(out)))) = product else {

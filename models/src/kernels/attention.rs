@@ -187,21 +187,29 @@ mod wide_head {
     /// A cache element the head reads as f32, eight at a time.
     pub(super) trait Element: Copy {
         /// Elements `8 * group .. 8 * group + 8` of `row` as f32. Inlined into the AVX2
-        /// head, whose features its intrinsics need; `row` holds them.
+        /// head, whose features its intrinsics need.
+        ///
+        /// # Safety
+        ///
+        /// The CPU has AVX2 and F16C, and `row` holds elements `8 * group + 7`.
         unsafe fn eight(row: &[Self], group: usize) -> __m256;
     }
 
     impl Element for f32 {
         #[inline(always)]
         unsafe fn eight(row: &[f32], group: usize) -> __m256 {
-            _mm256_loadu_ps(row.as_ptr().add(group * 8))
+            // SAFETY: the eight elements lie in `row` and the CPU has AVX (the caller's
+            // contract).
+            unsafe { _mm256_loadu_ps(row.as_ptr().add(group * 8)) }
         }
     }
 
     impl Element for f16 {
         #[inline(always)]
         unsafe fn eight(row: &[f16], group: usize) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(group * 8).cast()))
+            // SAFETY: the eight elements (16 bytes) lie in `row` and the CPU has AVX2 and
+            // F16C (the caller's contract).
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(group * 8).cast())) }
         }
     }
 
@@ -224,27 +232,39 @@ mod wide_head {
             && k.len() == len * WIDTH
             && v.len() == len * WIDTH
             && mask.is_none_or(|m| m.len() == len);
-        if !fits || !crate::cpu::has_avx2_fma_f16c() {
+        if !fits {
             return false;
         }
-        // SAFETY: the CPU has AVX2, FMA and F16C, and every slice has the length the
-        // unchecked reads assume (both checked above).
-        unsafe { head(q, k, v, mask, scale, next, scores, out) };
-        true
+        // Every slice has the length `head` requires, checked above.
+        crate::kernels::dispatch!(
+            avx2_fma_f16c => {
+                head(q, k, v, mask, scale, next, scores, out);
+                true
+            },
+            portable => false,
+        )
     }
 
     /// Requests the lines of `bytes` (a start and a length, [`NextHead`]'s) within `range`
     /// into the L2 cache (addresses past its end are skipped; a prefetch never faults, so
     /// nothing here is read).
     #[inline(always)]
-    unsafe fn prefetch_l2(bytes: Option<(*const u8, usize)>, range: std::ops::Range<usize>) {
+    fn prefetch_l2(bytes: Option<(*const u8, usize)>, range: std::ops::Range<usize>) {
         if let Some((start, len)) = bytes {
             for line in range.step_by(64).take_while(|&at| at < len) {
-                _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line).cast());
+                // SAFETY: a prefetch reads nothing and never faults, whatever the address;
+                // SSE is part of x86-64.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(line).cast()) };
             }
         }
     }
 
+    /// The head for 64-wide rows.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX2, FMA and F16C; `q` and `out` are [`WIDTH`] long, `k` and `v`
+    /// `scores.len() * WIDTH`, and `mask`, if any, `scores.len()`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn head<E: Element>(
@@ -257,69 +277,81 @@ mod wide_head {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let (next_keys, next_values) = (next.map(|n| n.keys), next.map(|n| n.values));
-        let q: [__m256; WIDTH / 8] =
-            std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(g * 8)));
-        let keys = k.chunks_exact(WIDTH);
-        let mut eights = scores.chunks_exact_mut(8);
-        let mut l = 0;
-        let group_bytes = 8 * WIDTH * std::mem::size_of::<E>();
-        for eight in &mut eights {
-            // Short streams (a head's keys are a few tens of kilobytes) leave the hardware
-            // prefetcher little time to ramp up: request the keys KEYS_AHEAD bytes on, and
-            // this group's values for the second pass.
-            let at = l * WIDTH;
-            let ahead = k.as_ptr().add(at).cast::<u8>().wrapping_add(KEYS_AHEAD);
-            let values = v.as_ptr().add(at).cast::<u8>();
-            for line in (0..group_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                _mm_prefetch::<_MM_HINT_T1>(values.add(line).cast());
+        // SAFETY: every read lies in the slices, whose lengths the caller's contract fixes,
+        // and the CPU has the features (the same contract); prefetches never fault.
+        unsafe {
+            let (next_keys, next_values) = (next.map(|n| n.keys), next.map(|n| n.values));
+            let q: [__m256; WIDTH / 8] =
+                std::array::from_fn(|g| _mm256_loadu_ps(q.as_ptr().add(g * 8)));
+            let keys = k.chunks_exact(WIDTH);
+            let mut eights = scores.chunks_exact_mut(8);
+            let mut l = 0;
+            let group_bytes = 8 * WIDTH * std::mem::size_of::<E>();
+            for eight in &mut eights {
+                // Short streams (a head's keys are a few tens of kilobytes) leave the hardware
+                // prefetcher little time to ramp up: request the keys KEYS_AHEAD bytes on, and
+                // this group's values for the second pass.
+                let at = l * WIDTH;
+                let ahead = k.as_ptr().add(at).cast::<u8>().wrapping_add(KEYS_AHEAD);
+                let values = v.as_ptr().add(at).cast::<u8>();
+                for line in (0..group_bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(values.add(line).cast());
+                }
+                let bytes = at * std::mem::size_of::<E>();
+                prefetch_l2(next_keys, bytes..bytes + group_bytes);
+                let sums: [__m256; 8] = std::array::from_fn(|j| dot(&q, &k[(l + j) * WIDTH..]));
+                _mm256_storeu_ps(eight.as_mut_ptr(), sum_lanes_of_each(&sums));
+                l += 8;
             }
-            let bytes = at * std::mem::size_of::<E>();
-            prefetch_l2(next_keys, bytes..bytes + group_bytes);
-            let sums: [__m256; 8] = std::array::from_fn(|j| dot(&q, &k[(l + j) * WIDTH..]));
-            _mm256_storeu_ps(eight.as_mut_ptr(), sum_lanes_of_each(&sums));
-            l += 8;
-        }
-        for (score, key) in eights.into_remainder().iter_mut().zip(keys.skip(l)) {
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), dot(&q, key));
-            *score = lanes.iter().sum();
-        }
-        for (l, score) in scores.iter_mut().enumerate() {
-            *score = *score * scale + mask.map_or(0.0, |m| m[l]);
-        }
-        let total = super::softmax_numerators(scores);
-        let mut sum = [_mm256_setzero_ps(); WIDTH / 8];
-        let row_bytes = WIDTH * std::mem::size_of::<E>();
-        for (l, (&p, value)) in scores.iter().zip(v.chunks_exact(WIDTH)).enumerate() {
-            prefetch_l2(next_values, l * row_bytes..(l + 1) * row_bytes);
-            let p = _mm256_set1_ps(p);
-            for (g, sum) in sum.iter_mut().enumerate() {
-                *sum = _mm256_fmadd_ps(p, E::eight(value, g), *sum);
+            for (score, key) in eights.into_remainder().iter_mut().zip(keys.skip(l)) {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), dot(&q, key));
+                *score = lanes.iter().sum();
             }
-        }
-        let inverse = _mm256_set1_ps(1.0 / total);
-        for (g, sum) in sum.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(g * 8), _mm256_mul_ps(*sum, inverse));
+            for (l, score) in scores.iter_mut().enumerate() {
+                *score = *score * scale + mask.map_or(0.0, |m| m[l]);
+            }
+            let total = super::softmax_numerators(scores);
+            let mut sum = [_mm256_setzero_ps(); WIDTH / 8];
+            let row_bytes = WIDTH * std::mem::size_of::<E>();
+            for (l, (&p, value)) in scores.iter().zip(v.chunks_exact(WIDTH)).enumerate() {
+                prefetch_l2(next_values, l * row_bytes..(l + 1) * row_bytes);
+                let p = _mm256_set1_ps(p);
+                for (g, sum) in sum.iter_mut().enumerate() {
+                    *sum = _mm256_fmadd_ps(p, E::eight(value, g), *sum);
+                }
+            }
+            let inverse = _mm256_set1_ps(1.0 / total);
+            for (g, sum) in sum.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(g * 8), _mm256_mul_ps(*sum, inverse));
+            }
         }
     }
 
     /// `q . key` as eight partial sums (a function, not a closure, so that it is inlined
     /// with the head's target features).
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX2, FMA and F16C, and `key` holds [`WIDTH`] elements.
     #[inline(always)]
     unsafe fn dot<E: Element>(q: &[__m256; WIDTH / 8], key: &[E]) -> __m256 {
-        let mut acc = _mm256_mul_ps(q[0], E::eight(key, 0));
-        for (g, q) in q.iter().enumerate().skip(1) {
-            acc = _mm256_fmadd_ps(*q, E::eight(key, g), acc);
+        // SAFETY: the CPU has the features and `key` the WIDTH elements read (the caller's
+        // contract).
+        unsafe {
+            let mut acc = _mm256_mul_ps(q[0], E::eight(key, 0));
+            for (g, q) in q.iter().enumerate().skip(1) {
+                acc = _mm256_fmadd_ps(*q, E::eight(key, g), acc);
+            }
+            acc
         }
-        acc
     }
 
     /// Lane `j` of the result is the sum of `v[j]`'s eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn sum_lanes_of_each(v: &[__m256; 8]) -> __m256 {
+    fn sum_lanes_of_each(v: &[__m256; 8]) -> __m256 {
         // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7].
         let pairs = [
             _mm256_hadd_ps(v[0], v[1]),
@@ -357,18 +389,15 @@ fn head(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        unsafe { head_avx2_fma(q, k, v, mask, scale, scores, out) };
-        return;
-    }
-    head_body(q, k, v, mask, scale, scores, out);
+    super::dispatch!(
+        avx2_fma => head_avx2_fma(q, k, v, mask, scale, scores, out),
+        portable => head_body(q, k, v, mask, scale, scores, out),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn head_avx2_fma(
+fn head_avx2_fma(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -465,7 +494,7 @@ fn softmax_numerators(scores: &mut [f32]) -> f32 {
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     let mut total = 0f32;
     for s in scores.iter_mut() {
-        *s = crate::activations::exp_non_positive(*s - max);
+        *s = crate::kernels::activations::exp_non_positive(*s - max);
         total += *s;
     }
     total
@@ -497,7 +526,7 @@ mod tests {
     use super::*;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        crate::rng::Rng::new(seed).uniform_f32s(n, -1.0, 1.0)
+        crate::random::Rng::new(seed).uniform_f32s(n, -1.0, 1.0)
     }
 
     /// The same attention in f64, head by head.

@@ -17,12 +17,13 @@ use super::registry::Registry;
 use super::restore::restore;
 use super::store::{kept_after_end, Store, StoreHealth};
 use super::tenants::ListCursor;
-use super::worker::spawn_workers;
+use super::worker::{spawn_workers, ReportTo};
 use crate::audio::AudioFormat;
 use crate::cover::{load_song, Song};
 use crate::error::EngineError;
 use crate::limits::Limits;
-use crate::model::{ModelInfo, MusicModel};
+use crate::model::MusicModel;
+use crate::model_info::ModelInfo;
 
 /// Commands the registry's inbox holds before senders wait.
 const INBOX: usize = 1024;
@@ -108,11 +109,24 @@ impl Engine {
         let store = Store::open(&config.data_dir);
         let restored = restore(&store);
         let (commands, inbox) = mpsc::channel(INBOX);
+        let registry = commands.clone();
+        let store_reports = move |report| {
+            // The registry may be gone at shutdown: nothing to tell.
+            let _ = registry.blocking_send(Command::Store(report));
+        };
         let store_tx = store
-            .spawn_writer(commands.clone(), config.min_free_bytes)
+            .spawn_writer(store_reports, config.min_free_bytes)
             .map_err(io_error)?;
         let (health_tx, health) = watch::channel(StoreHealth::default());
-        let work = spawn_workers(config.max_running.max(1), store.clone(), commands.clone())
+        let registry = commands.clone();
+        let worker_reports: ReportTo = Arc::new(move |id: &str, report| {
+            // A closed channel means the registry is gone (shutdown): nothing to tell.
+            let _ = registry.blocking_send(Command::Worker {
+                id: id.to_string(),
+                report,
+            });
+        });
+        let work = spawn_workers(config.max_running.max(1), store.clone(), worker_reports)
             .map_err(io_error)?;
         let mut infos: Vec<ModelInfo> = models.iter().map(|m| m.info().clone()).collect();
         let default_model = config.default_model.clone();

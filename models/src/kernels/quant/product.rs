@@ -10,7 +10,7 @@
 //! summing across lanes.
 
 use super::blocks::{BlockMatrix, QuantizedRows, BLOCK, TILE_ROWS};
-use crate::gemv::{for_feature_tasks, MAX_ROWS};
+use crate::kernels::gemv::{for_feature_tasks, MAX_ROWS};
 
 /// Output features per parallel task: whole tiles. Against 16 (best for the row-wise kernel
 /// before the tiles), `quant_matmul` ran q4 faster in five of five alternating runs and q8
@@ -87,15 +87,15 @@ fn rows<const M: usize>(x: &QuantizedRows) -> [Row<'_>; M] {
 /// One task's features: the vector kernel where the CPU has it, else plain loops.
 fn features_of<const M: usize>(w: &BlockMatrix, first: usize, rows: &[Row; M], sums: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::has_avx2_fma_f16c() {
-        // SAFETY: the CPU has AVX2, FMA and F16C, checked just above; the slices' lengths
-        // are checked inside.
-        unsafe { avx2::product::<M>(w, first, rows, sums) };
-        return;
-    }
-    for (f, sums) in sums.chunks_exact_mut(M).enumerate() {
-        sums.copy_from_slice(&dots_portable::<M>(w, first + f, rows));
-    }
+    // The slices' lengths are checked inside the vector kernel.
+    crate::kernels::dispatch!(
+        avx2_fma_f16c => avx2::product::<M>(w, first, rows, sums),
+        portable => {
+            for (f, sums) in sums.chunks_exact_mut(M).enumerate() {
+                sums.copy_from_slice(&dots_portable::<M>(w, first + f, rows));
+            }
+        },
+    )
 }
 
 /// Row `r` of `w` times each activation row, in plain loops over the blocks' levels, for
@@ -125,7 +125,7 @@ fn dots_portable<const M: usize>(w: &BlockMatrix, r: usize, xs: &[Row; M]) -> [f
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BlockMatrix, Row, BLOCK, TILE_ROWS};
-    use crate::quant::blocks::BlockFormat;
+    use crate::kernels::quant::blocks::BlockFormat;
     use std::arch::x86_64::*;
 
     /// How far ahead of the block being multiplied its weights are requested.
@@ -133,7 +133,7 @@ mod avx2 {
 
     /// [`features`] for the matrix's format.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn product<const M: usize>(
+    pub(super) fn product<const M: usize>(
         w: &BlockMatrix,
         first: usize,
         xs: &[Row; M],
@@ -151,7 +151,7 @@ mod avx2 {
     /// a row per lane, and one conversion and an FMA (two with offsets) scale them. All
     /// sums are NaN when an array lacks what the tiles need.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn features<const M: usize, const Q4: bool>(
+    fn features<const M: usize, const Q4: bool>(
         w: &BlockMatrix,
         first: usize,
         xs: &[Row; M],
@@ -174,41 +174,45 @@ mod avx2 {
             out.fill(f32::NAN);
             return;
         }
-        for (t, tile_out) in out.chunks_mut(TILE_ROWS * M).enumerate() {
-            let tile_blocks = (first_tile + t) * blocks;
-            let mut acc = [_mm256_setzero_ps(); M];
-            let mut offset_acc = [_mm256_setzero_ps(); M];
-            for b in 0..blocks {
-                let at = tile_blocks + b;
-                // The hardware prefetcher alone left the weights' stream short of the
-                // machine's bandwidth; requesting the lines PREFETCH_BYTES ahead keeps more
-                // of them in flight. Past the array's end the requests are dropped.
-                let ahead = w.values.as_ptr().wrapping_add(at * size + PREFETCH_BYTES);
-                for line in (0..size).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                }
-                let dots = block_dots::<M, Q4>(w.values.as_ptr().add(at * size), xs, b);
-                let scales = w.scales.as_ptr().add(at * TILE_ROWS);
-                let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales.cast()));
-                for ((acc, dot), x) in acc.iter_mut().zip(dots).zip(xs) {
-                    let xd = _mm256_set1_ps(*x.scales.get_unchecked(b));
-                    let sums = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), xd);
-                    *acc = _mm256_fmadd_ps(sums, wd, *acc);
-                }
-                if Q4 {
-                    let offsets = w.offsets.as_ptr().add(at * TILE_ROWS);
-                    let wm = _mm256_cvtph_ps(_mm_loadu_si128(offsets.cast()));
-                    for (acc, x) in offset_acc.iter_mut().zip(xs) {
-                        let x_sum = _mm256_set1_ps(*x.sums.get_unchecked(b));
-                        *acc = _mm256_fmadd_ps(wm, x_sum, *acc);
+        // SAFETY: every array holds the tiles and blocks read (checked just above), and
+        // the CPU has the features this function is compiled for (its callers check).
+        unsafe {
+            for (t, tile_out) in out.chunks_mut(TILE_ROWS * M).enumerate() {
+                let tile_blocks = (first_tile + t) * blocks;
+                let mut acc = [_mm256_setzero_ps(); M];
+                let mut offset_acc = [_mm256_setzero_ps(); M];
+                for b in 0..blocks {
+                    let at = tile_blocks + b;
+                    // The hardware prefetcher alone left the weights' stream short of the
+                    // machine's bandwidth; requesting the lines PREFETCH_BYTES ahead keeps more
+                    // of them in flight. Past the array's end the requests are dropped.
+                    let ahead = w.values.as_ptr().wrapping_add(at * size + PREFETCH_BYTES);
+                    for line in (0..size).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                    }
+                    let dots = block_dots::<M, Q4>(w.values.as_ptr().add(at * size), xs, b);
+                    let scales = w.scales.as_ptr().add(at * TILE_ROWS);
+                    let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales.cast()));
+                    for ((acc, dot), x) in acc.iter_mut().zip(dots).zip(xs) {
+                        let xd = _mm256_set1_ps(*x.scales.get_unchecked(b));
+                        let sums = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), xd);
+                        *acc = _mm256_fmadd_ps(sums, wd, *acc);
+                    }
+                    if Q4 {
+                        let offsets = w.offsets.as_ptr().add(at * TILE_ROWS);
+                        let wm = _mm256_cvtph_ps(_mm_loadu_si128(offsets.cast()));
+                        for (acc, x) in offset_acc.iter_mut().zip(xs) {
+                            let x_sum = _mm256_set1_ps(*x.sums.get_unchecked(b));
+                            *acc = _mm256_fmadd_ps(wm, x_sum, *acc);
+                        }
                     }
                 }
-            }
-            for i in 0..M {
-                let mut lanes = [0f32; TILE_ROWS];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[i], offset_acc[i]));
-                for (r, lane) in lanes.iter().take(tile_out.len() / M).enumerate() {
-                    tile_out[r * M + i] = *lane;
+                for i in 0..M {
+                    let mut lanes = [0f32; TILE_ROWS];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[i], offset_acc[i]));
+                    for (r, lane) in lanes.iter().take(tile_out.len() / M).enumerate() {
+                        tile_out[r * M + i] = *lane;
+                    }
                 }
             }
         }
@@ -222,6 +226,11 @@ mod avx2 {
     /// can reach 2 * 127 * 127, so each step widens them to 32 bits. 4 bits: the weights
     /// are unsigned already, and the sixteen-bit sums of a block's eight steps stay below
     /// 15 * 127 * 2 * 8 = 30480, so they widen once.
+    ///
+    /// # Safety
+    ///
+    /// `values` points at a whole tile block of the matrix's format
+    /// ([`BlockFormat::tile_block_bytes`]), and each row in `xs` holds block `b`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block_dots<const M: usize, const Q4: bool>(
@@ -229,49 +238,53 @@ mod avx2 {
         xs: &[Row; M],
         b: usize,
     ) -> [__m256i; M] {
-        let ones = _mm256_set1_epi16(1);
-        let mut dots = [_mm256_setzero_si256(); M];
-        // Four activations of row `x` from weight `j` of the block, in every lane.
-        let four = |x: &Row, j: usize| {
-            let x = x.values.as_ptr().add(b * BLOCK + j);
-            _mm256_set1_epi32(x.cast::<i32>().read_unaligned())
-        };
-        if Q4 {
-            let nibbles = _mm256_set1_epi8(0x0F);
-            for p in 0..4 {
-                let packed = _mm256_loadu_si256(values.add(p * 32).cast());
-                let low = _mm256_and_si256(packed, nibbles);
-                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles);
+        // SAFETY: every read lies in the tile block at `values` or in block `b` of a row
+        // (the caller's contract), and the CPU has the features (the callers check).
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut dots = [_mm256_setzero_si256(); M];
+            // Four activations of row `x` from weight `j` of the block, in every lane.
+            let four = |x: &Row, j: usize| {
+                let x = x.values.as_ptr().add(b * BLOCK + j);
+                _mm256_set1_epi32(x.cast::<i32>().read_unaligned())
+            };
+            if Q4 {
+                let nibbles = _mm256_set1_epi8(0x0F);
+                for p in 0..4 {
+                    let packed = _mm256_loadu_si256(values.add(p * 32).cast());
+                    let low = _mm256_and_si256(packed, nibbles);
+                    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles);
+                    for (dot, x) in dots.iter_mut().zip(xs) {
+                        let both = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(low, four(x, 4 * p)),
+                            _mm256_maddubs_epi16(high, four(x, 16 + 4 * p)),
+                        );
+                        *dot = _mm256_add_epi16(*dot, both);
+                    }
+                }
+                return dots.map(|dot| _mm256_madd_epi16(dot, ones));
+            }
+            for u in 0..8 {
+                let weights = _mm256_loadu_si256(values.add(u * 32).cast());
+                let magnitudes = _mm256_sign_epi8(weights, weights);
                 for (dot, x) in dots.iter_mut().zip(xs) {
-                    let both = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(low, four(x, 4 * p)),
-                        _mm256_maddubs_epi16(high, four(x, 16 + 4 * p)),
-                    );
-                    *dot = _mm256_add_epi16(*dot, both);
+                    let signed = _mm256_sign_epi8(four(x, 4 * u), weights);
+                    let products = _mm256_maddubs_epi16(magnitudes, signed);
+                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(products, ones));
                 }
             }
-            return dots.map(|dot| _mm256_madd_epi16(dot, ones));
+            dots
         }
-        for u in 0..8 {
-            let weights = _mm256_loadu_si256(values.add(u * 32).cast());
-            let magnitudes = _mm256_sign_epi8(weights, weights);
-            for (dot, x) in dots.iter_mut().zip(xs) {
-                let signed = _mm256_sign_epi8(four(x, 4 * u), weights);
-                let products = _mm256_maddubs_epi16(magnitudes, signed);
-                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(products, ones));
-            }
-        }
-        dots
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::blocks::BlockFormat;
+    use crate::kernels::quant::blocks::BlockFormat;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        crate::rng::Rng::new(seed).uniform_f32s(n, -0.5, 0.5)
+        crate::random::Rng::new(seed).uniform_f32s(n, -0.5, 0.5)
     }
 
     /// `x . w` in f64 over the values the kernel multiplies: dequantized weights and

@@ -1,0 +1,119 @@
+//! The CPU kernels: the hand-written loops that beat candle's general operations on the
+//! shapes a decoder step or EnCodec runs, and the only place in Son1k where `unsafe` code
+//! may live (besides memory-mapping weight files). Each kernel has a portable version and,
+//! on x86-64, a version compiled for AVX2 and FMA (with F16C where it widens f16 values),
+//! picked at run time by one mechanism, [`dispatch!`] (or [`multiversion!`] where both
+//! versions share one body); the tests run both against each other.
+//!
+//! - [`tensor`]: borrowing the elements of contiguous CPU tensors;
+//! - [`gemm`]: strided GEMM into a view (convolutions read their input in place);
+//! - [`gemv`]: products of a few rows (the guidance pair) reading each weight once;
+//! - [`quant`]: 8- and 4-bit weight blocks and their products;
+//! - [`attention`]: the attention of one new position to a KV cache;
+//! - [`activations`]: ELU, GELU and the LSTM's gates, vectorised;
+//! - [`phases`]: the phases runner a CPU decoder step runs on.
+
+// The unsafe rules, checked by the compiler: every unsafe operation sits in an `unsafe`
+// block that says why it is sound, even inside an `unsafe fn`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::missing_safety_doc)]
+
+pub mod activations;
+pub mod attention;
+pub mod gemm;
+pub mod gemv;
+pub mod phases;
+pub mod quant;
+pub mod tensor;
+
+/// Whether the CPU has AVX2 and FMA, which the fast paths of the kernels need (the check
+/// is cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// [`has_avx2_fma`], plus F16C for the kernels that widen f16 values (scales, caches).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma_f16c() -> bool {
+    has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// Runs `f` on a thread of rayon's global pool. The parallel kernels `f` calls then share
+/// their work with the other pool threads from inside the pool; called from outside, each
+/// of them (an EnCodec decode makes hundreds) would hand its work over and wait, waking
+/// the pool every time and leaving the calling thread idle. A CPU decoder step, one run of
+/// [`phases`], then has the calling thread work alongside the others.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
+}
+
+/// The one run-time dispatch of the kernels: evaluates the first expression, which calls
+/// code compiled for the named x86-64 features, where the CPU has them, and the portable
+/// expression everywhere else (other CPUs, other architectures). The fast expression is
+/// in an `unsafe` context only for the features: whatever else it relies on, the portable
+/// one must too, and the caller checks it.
+///
+/// ```ignore
+/// dispatch!(avx2_fma => dots_avx2_fma(x, k, row, sums), portable => dots_portable(x, k, row, sums))
+/// ```
+macro_rules! dispatch {
+    (avx2_fma => $fast:expr, portable => $portable:expr $(,)?) => {
+        $crate::kernels::dispatch!(@when has_avx2_fma, $fast, $portable)
+    };
+    (avx2_fma_f16c => $fast:expr, portable => $portable:expr $(,)?) => {
+        $crate::kernels::dispatch!(@when has_avx2_fma_f16c, $fast, $portable)
+    };
+    (@when $check:ident, $fast:expr, $portable:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        let fast = if $crate::kernels::$check() {
+            // SAFETY: the CPU has every feature the fast path is compiled for (checked
+            // just above); its other requirements are the portable path's.
+            Some(unsafe { $fast })
+        } else {
+            None
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast = None;
+        match fast {
+            Some(out) => out,
+            None => $portable,
+        }
+    }};
+}
+pub(crate) use dispatch;
+
+/// Defines a kernel function from one body compiled twice, for AVX2 and FMA and portably
+/// (the body is inlined into each, so its loops vectorise with the features of the
+/// version they are in), and [`dispatch!`]es between them on every call. Closures inside
+/// the body are compiled apart, without the features: call `#[inline(always)]` functions
+/// instead.
+macro_rules! multiversion {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident $(<$($g:ident: $bound:path),+>)?
+            ($($arg:ident: $ty:ty),* $(,)?) $body:block
+    ) => {
+        $(#[$meta])*
+        $vis fn $name $(<$($g: $bound),+>)? ($($arg: $ty),*) {
+            #[inline(always)]
+            fn body $(<$($g: $bound),+>)? ($($arg: $ty),*) $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2_fma $(<$($g: $bound),+>)? ($($arg: $ty),*) {
+                body $(::<$($g),+>)? ($($arg),*)
+            }
+
+            $crate::kernels::dispatch!(
+                avx2_fma => avx2_fma $(::<$($g),+>)? ($($arg),*),
+                portable => body $(::<$($g),+>)? ($($arg),*),
+            )
+        }
+    };
+}
+pub(crate) use multiversion;

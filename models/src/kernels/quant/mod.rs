@@ -1,0 +1,8 @@
+//! Block-quantized weights for the CPU ([`blocks`]: 8-bit and 4-bit blocks of 32 with their
+//! scales, and 8-bit activation rows) and their products with a few activation rows
+//! ([`product`]), which read each weight once for both guidance rows.
+
+pub mod blocks;
+pub mod product;
+
+pub use blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK};
