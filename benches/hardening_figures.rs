@@ -354,9 +354,9 @@ async fn main() {
     }
 }
 
-/// 599 s of 8 channels at 192 kHz, CONSTANT subframes (see tests/common/flac_bomb.rs).
+/// 599 s of 8 channels at 192 kHz, CONSTANT subframes (see tests/integration/common/flac_bomb.rs).
 fn bomb() -> Vec<u8> {
-    #[path = "../tests/common/flac_bomb.rs"]
+    #[path = "../tests/integration/common/flac_bomb.rs"]
     mod flac_bomb;
     flac_bomb::flac_bomb(599, 8, true)
 }

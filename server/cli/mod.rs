@@ -8,7 +8,7 @@ mod job_args;
 pub(crate) mod output;
 mod progress;
 mod remote;
-mod serve;
+pub mod serve;
 mod tiny_model;
 
 use clap::{Parser, Subcommand};

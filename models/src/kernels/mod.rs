@@ -58,7 +58,7 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// in an `unsafe` context only for the features: whatever else it relies on, the portable
 /// one must too, and the caller checks it.
 ///
-/// ```ignore
+/// ```text
 /// dispatch!(avx2_fma => dots_avx2_fma(x, k, row, sums), portable => dots_portable(x, k, row, sums))
 /// ```
 macro_rules! dispatch {

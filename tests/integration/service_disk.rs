@@ -4,12 +4,10 @@
 //! health says NOT_SERVING and new jobs are refused until the disk recovers, stray
 //! temporary files go at start, and the free-space floor refuses new jobs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::server::{collect, completed, generate, is_stage, read_until, watch, Server};
+use crate::common::server::{collect, completed, generate, is_stage, read_until, watch, Server};
 use son1k::proto::v1 as pb;
 use son1k::proto::v1::generation_event::Event;
 use tonic::Code;
@@ -115,7 +113,7 @@ async fn a_read_only_data_dir_still_serves_what_it_has_and_recovers_when_writabl
         .into_inner();
     let seen = read_until(&mut running, |e| is_stage(e, pb::Stage::Generating)).await;
     let cut_id = seen[0].generation_id.clone();
-    server.kill();
+    server.kill().await;
     // A crash left a temporary file behind.
     let stray = data.join("jobs").join(&done_id).join("record.json.tmp");
     std::fs::write(&stray, b"half a record").unwrap();
@@ -124,7 +122,7 @@ async fn a_read_only_data_dir_still_serves_what_it_has_and_recovers_when_writabl
     // Before: "No space left on device" / "Read-only file system", exit 1.
     let server = Server::start_unhealthy(&data, &log, &long).await;
     let mut client = server.client().await;
-    let polled = common::server::poll(&mut client, &done_id).await;
+    let polled = crate::common::server::poll(&mut client, &done_id).await;
     assert_eq!(polled.state, pb::GenerationState::Completed as i32);
     let audio = client
         .get_audio(pb::GetAudioRequest {
@@ -141,7 +139,10 @@ async fn a_read_only_data_dir_still_serves_what_it_has_and_recovers_when_writabl
     // The interrupted job's repair could not be written: it is served from memory.
     let events = watch(&mut client, &cut_id, seen.last().unwrap().sequence).await;
     let Some(Event::Failed(failed)) = events.last().and_then(|e| e.event.clone()) else {
-        panic!("expected Failed: {:?}", common::server::names(&events));
+        panic!(
+            "expected Failed: {:?}",
+            crate::common::server::names(&events)
+        );
     };
     assert_eq!(failed.code, pb::ErrorCode::Interrupted as i32);
     let status = client
@@ -222,7 +223,7 @@ async fn a_full_disk_fails_the_running_job_keeps_its_log_and_refuses_new_ones() 
         .expect("the job ended")
         .unwrap();
     let Some(Event::Failed(failed)) = rest.last().and_then(|e| e.event.clone()) else {
-        panic!("expected Failed: {:?}", common::server::names(&rest));
+        panic!("expected Failed: {:?}", crate::common::server::names(&rest));
     };
     assert!(
         failed.message.contains("disk is full"),

@@ -1,9 +1,7 @@
 //! Browsers' path over real sockets: the page, a CORS preflight, and a grpc-web stream
 //! over HTTP/1.1 that carries the same events as gRPC.
 
-mod common;
-
-use common::server::{audio_file, collect, generate, names, Server};
+use crate::common::server::{audio_file, collect, generate, names, Server};
 use prost::Message;
 use son1k::proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,7 +156,7 @@ async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
         server
             .client()
             .await
-            .generate(common::server::authed(request, Some(TOKEN)))
+            .generate(crate::common::server::authed(request, Some(TOKEN)))
             .await
             .unwrap()
             .into_inner(),

@@ -1,14 +1,12 @@
 //! End-to-end tests of `son1k generate --server` and `son1k cover --server`: a real
 //! `son1k serve` child process on a free port, driven by the command line.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 
-use common::server::Server;
-use common::{son1k, stderr};
+use crate::common::server::Server;
+use crate::common::{son1k, stderr};
 
 /// Asserts `path` is a stereo 44.1 kHz WAV file of about `seconds`.
 fn assert_wav(path: &Path, seconds: f64) {

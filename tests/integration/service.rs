@@ -1,11 +1,9 @@
 //! The generation service over real sockets: streams, re-attach, polling, audio after a
 //! restart, cancellation, idempotency, health and reflection.
 
-mod common;
-
 use std::io::Cursor;
 
-use common::server::{
+use crate::common::server::{
     audio_file, authed, collect, completed, generate, is_stage, name, names, poll, read_until,
     watch, Server,
 };
@@ -106,7 +104,7 @@ async fn generate_streams_progress_to_100_then_the_audio_in_pieces_then_complete
 async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &[]).await;
+    let mut server = Server::start_process(&data, &[]).await;
     let mut client = server.client().await;
 
     let mut stream = client
@@ -133,7 +131,7 @@ async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() 
     assert_eq!(polled.result.as_ref(), Some(&done));
     assert_eq!(polled.progress.unwrap().percent, 100.0);
 
-    let get_audio = |mut client: common::server::Client, id: String| async move {
+    let get_audio = |mut client: crate::common::server::Client, id: String| async move {
         let mut stream = client
             .get_audio(pb::GetAudioRequest { generation_id: id })
             .await
@@ -149,8 +147,8 @@ async fn a_dropped_client_re_attaches_and_misses_nothing_even_after_a_restart() 
     assert_eq!(get_audio(client.clone(), id.clone()).await, file);
 
     // After a restart: the same audio, the same record, the same replay.
-    server.kill();
-    let server = Server::start(&data, &[]).await;
+    server.kill().await;
+    let server = Server::start_process(&data, &[]).await;
     let client = server.client().await;
     assert_eq!(get_audio(client.clone(), id.clone()).await, file);
     let polled_again = poll(&mut client.clone(), &id).await;
@@ -187,7 +185,7 @@ async fn a_job_running_when_the_server_dies_is_reported_interrupted_after_restar
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let long = ["--max-duration", "600"];
-    let mut server = Server::start(&data, &long).await;
+    let mut server = Server::start_process(&data, &long).await;
     let mut client = server.client().await;
     let mut stream = client
         .generate(generate("endless drone", 600.0, 1))
@@ -196,9 +194,9 @@ async fn a_job_running_when_the_server_dies_is_reported_interrupted_after_restar
         .into_inner();
     let seen = read_until(&mut stream, |e| is_stage(e, pb::Stage::Generating)).await;
     let id = seen[0].generation_id.clone();
-    server.kill();
+    server.kill().await;
 
-    let server = Server::start(&data, &long).await;
+    let server = Server::start_process(&data, &long).await;
     let mut client = server.client().await;
     let after = seen.last().unwrap().sequence;
     let events = watch(&mut client.clone(), &id, after).await;
@@ -394,7 +392,7 @@ async fn health_is_serving_and_reflection_lists_the_service() {
 async fn sigterm_refuses_new_jobs_and_exits_once_running_ones_end() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(
+    let mut server = Server::start_process(
         &dir.path().join("data"),
         &[
             "--max-duration",

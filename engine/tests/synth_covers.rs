@@ -2,13 +2,10 @@
 //! chords: the cover keeps the tempo within 2 %, the key, and at least 80 % of the beat
 //! chords; unusable uploads are refused with a clear error.
 
-mod common;
-
 use std::io::Cursor;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use common::{assert_clean_failure, son1k};
 use son1k_engine::cover::{load_song, ANALYSIS_RATE};
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{generate, CoverRequest, GenerateRequest, Length, Limits, MusicModel};
@@ -201,87 +198,10 @@ fn covers_keep_tempo_key_and_beat_chords() {
 }
 
 #[test]
-fn cover_cli_makes_a_file_and_unusable_songs_are_refused_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let song = dir.path().join("song.wav");
-    std::fs::write(&song, test_songs()[0].wav(10.0)).unwrap();
-    let out = dir.path().join("cover.wav");
-    let run = son1k(&[
-        "cover",
-        "--input",
-        song.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--seed",
-        "2",
-        "jazz",
-    ]);
-    assert!(run.status.success(), "{}", common::stderr(&run));
-    let (spec, samples) = common::read_wav(&out);
-    assert_eq!((spec.channels, spec.sample_rate), (2, 44_100));
-    assert_eq!(samples.len(), 2 * 10 * 44_100);
-
-    let write_wav = |name: &str, channels: u16, rate: u32, seconds: f64, amplitude: f32| {
-        let path = dir.path().join(name);
-        let spec = hound::WavSpec {
-            channels,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&path, spec).unwrap();
-        for i in 0..(seconds * rate as f64) as usize * channels as usize {
-            w.write_sample((amplitude * 32767.0 * ((i as f32) * 0.05).sin()) as i16)
-                .unwrap();
-        }
-        w.finalize().unwrap();
-        path
-    };
-    let garbage = dir.path().join("garbage.mp3");
-    std::fs::write(&garbage, b"this is not audio at all, just text pretending").unwrap();
-    let empty = dir.path().join("empty.wav");
-    std::fs::write(&empty, b"").unwrap();
-    let cases = vec![
-        (garbage, vec!["song", "not audio"]),
-        (empty, vec!["song"]),
-        (
-            write_wav("silent.wav", 1, 32000, 5.0, 0.0),
-            vec!["song", "silent"],
-        ),
-        (
-            write_wav("long.wav", 1, 8000, 12.0, 0.5),
-            vec!["song", "too long", "10"],
-        ),
-        (
-            write_wav("rate.wav", 1, 4000, 5.0, 0.5),
-            vec!["song", "sample rate", "4000"],
-        ),
-        (
-            write_wav("channels.wav", 10, 32000, 1.0, 0.5),
-            vec!["song", "channels", "10"],
-        ),
-    ];
-    for (path, needles) in cases {
-        let output = son1k(&[
-            "cover",
-            "--input",
-            path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-song-seconds",
-            "10",
-            "rock",
-        ]);
-        assert_clean_failure(&output, &needles);
-        assert_eq!(output.status.code(), Some(2), "{}", path.display());
-    }
-}
-
-#[test]
 fn every_common_format_decodes_to_the_same_song() {
     // The same 8 s excerpt in four codecs: each decodes to its full length, and the analysis
     // hears the same tempo (100 bpm) and the same key as in the lossless FLAC.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/songs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/songs");
     let mut keys = Vec::new();
     for ext in ["flac", "mp3", "ogg", "m4a"] {
         let name = format!("pop-g-major-100bpm.{ext}");

@@ -1,13 +1,11 @@
 //! Bad input ends with one clear message naming the file, tensor or field, and a non-zero
 //! exit: never a panic.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common::{assert_clean_failure, son1k, tiny_model};
 use candle_core::{Device, Tensor};
-use common::{assert_clean_failure, son1k, tiny_model};
 
 fn generate(model: &Path, extra: &[&str]) -> std::process::Output {
     let out = model.parent().unwrap().join("out.wav");

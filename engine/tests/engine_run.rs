@@ -13,7 +13,7 @@ use son1k_engine::{
 };
 
 fn musicgen() -> MusicGenModel {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny-mono");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/musicgen-tiny-mono");
     MusicGenModel::load(&dir, DeviceChoice::Cpu, Precision::F32, KvCache::Compute).unwrap()
 }
 
@@ -118,7 +118,7 @@ fn cancel_stops_every_model_within_one_step() {
 }
 
 fn melody_model() -> MusicGenModel {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny-melody");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/musicgen-tiny-melody");
     MusicGenModel::load(&dir, DeviceChoice::Cpu, Precision::F32, KvCache::Compute).unwrap()
 }
 

@@ -1,9 +1,11 @@
 //! End to end through the `son1k` binary: a tiny checkpoint written by `tiny-model`
 //! generates WAV files of exactly the requested length, reproducibly per seed.
 
-mod common;
+use std::path::Path;
 
-use common::{read_wav, son1k, stderr, tiny_model};
+use candle_core::Device;
+
+use crate::common::{assert_clean_failure, read_wav, son1k, stderr, tiny_model};
 
 #[test]
 fn tiny_model_generates_exactly_the_requested_duration() {
@@ -207,11 +209,11 @@ fn cover_continues_a_clip_locally_and_names_the_modes_a_model_lacks() {
     assert_eq!((spec.channels, spec.sample_rate), (1, 32000));
     assert_eq!(samples.len(), 125 * 640);
     let refused = cover(&["--mode", "melody", "jazz"]);
-    common::assert_clean_failure(&refused, &["melody", "its cover modes: continuation"]);
+    crate::common::assert_clean_failure(&refused, &["melody", "its cover modes: continuation"]);
     // Before the song is read: a missing file is not what the error is about.
     std::fs::remove_file(&song).unwrap();
     let refused = cover(&["--mode", "melody", "jazz"]);
-    common::assert_clean_failure(&refused, &["its cover modes: continuation"]);
+    crate::common::assert_clean_failure(&refused, &["its cover modes: continuation"]);
     assert!(
         !stderr(&refused).contains("song.wav"),
         "{}",
@@ -223,7 +225,7 @@ fn cover_continues_a_clip_locally_and_names_the_modes_a_model_lacks() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(read_wav(&out).1.len(), 150 * 640);
     let refused = cover(&["--clip-start", "5", "jazz"]);
-    common::assert_clean_failure(&refused, &["clip_start", "5 s"]);
+    crate::common::assert_clean_failure(&refused, &["clip_start", "5 s"]);
 }
 
 /// Writes 3 s of a 44.1 kHz stereo tone to `path`.
@@ -241,4 +243,139 @@ fn write_song(path: &std::path::Path) {
         writer.write_sample(x).unwrap();
     }
     writer.finalize().unwrap();
+}
+
+#[test]
+fn cover_cli_makes_a_file_and_unusable_songs_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 10 s song with a beat, chords and a melody: the synth's own.
+    let song = dir.path().join("song.wav");
+    let made = son1k(&[
+        "generate",
+        "--out",
+        song.to_str().unwrap(),
+        "--duration",
+        "10",
+        "--seed",
+        "1",
+        "pop in g major at 100 bpm",
+    ]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let out = dir.path().join("cover.wav");
+    let run = son1k(&[
+        "cover",
+        "--input",
+        song.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seed",
+        "2",
+        "jazz",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (spec, samples) = read_wav(&out);
+    assert_eq!((spec.channels, spec.sample_rate), (2, 44_100));
+    assert_eq!(samples.len(), 2 * 10 * 44_100);
+
+    let write_wav = |name: &str, channels: u16, rate: u32, seconds: f64, amplitude: f32| {
+        let path = dir.path().join(name);
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for i in 0..(seconds * rate as f64) as usize * channels as usize {
+            w.write_sample((amplitude * 32767.0 * ((i as f32) * 0.05).sin()) as i16)
+                .unwrap();
+        }
+        w.finalize().unwrap();
+        path
+    };
+    let garbage = dir.path().join("garbage.mp3");
+    std::fs::write(&garbage, b"this is not audio at all, just text pretending").unwrap();
+    let empty = dir.path().join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let cases = vec![
+        (garbage, vec!["song", "not audio"]),
+        (empty, vec!["song"]),
+        (
+            write_wav("silent.wav", 1, 32000, 5.0, 0.0),
+            vec!["song", "silent"],
+        ),
+        (
+            write_wav("long.wav", 1, 8000, 12.0, 0.5),
+            vec!["song", "too long", "10"],
+        ),
+        (
+            write_wav("rate.wav", 1, 4000, 5.0, 0.5),
+            vec!["song", "sample rate", "4000"],
+        ),
+        (
+            write_wav("channels.wav", 10, 32000, 1.0, 0.5),
+            vec!["song", "channels", "10"],
+        ),
+    ];
+    for (path, needles) in cases {
+        let output = son1k(&[
+            "cover",
+            "--input",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-song-seconds",
+            "10",
+            "rock",
+        ]);
+        assert_clean_failure(&output, &needles);
+        assert_eq!(output.status.code(), Some(2), "{}", path.display());
+    }
+}
+
+#[test]
+fn cli_generate_writes_the_reference_waveform() {
+    // The transformers fixture (tools/make_fixtures.py): its first prompt, and the waveform
+    // transformers made of it.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny-mono");
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let first = &json["prompts"][0];
+    let prompt = first["prompt"].as_str().unwrap().to_string();
+    let max_new_tokens = first["max_new_tokens"].as_u64().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.wav");
+    let steps = max_new_tokens.to_string();
+    let run = son1k(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        &steps,
+        "--top-k",
+        "1",
+        "--guidance-scale",
+        "3",
+        "--sample-format",
+        "f32",
+        &prompt,
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (_, samples) = read_wav(&out);
+    let want: Vec<f32> = expected["prompt0.audio"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(samples.len(), want.len());
+    let diff = samples
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-4, "CLI waveform differs by {diff}");
 }

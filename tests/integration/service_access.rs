@@ -1,9 +1,7 @@
 //! Who may call and what is refused, over real sockets: bearer tokens and tenants, full
 //! queues, every bad field named, garbage uploads, covers.
 
-mod common;
-
-use common::server::{audio_file, authed, collect, completed, generate, Server};
+use crate::common::server::{audio_file, authed, collect, completed, generate, Server};
 use son1k::proto::v1 as pb;
 use tonic::Code;
 
@@ -106,14 +104,14 @@ async fn tokens_name_tenants_and_a_tenant_sees_only_its_own_jobs() {
 fn an_open_server_refuses_to_listen_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = common::son1k(&[
+    let out = crate::common::son1k(&[
         "serve",
         "--addr",
         "0.0.0.0:0",
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    common::assert_clean_failure(&out, &["0.0.0.0", "--tokens-file", "loopback"]);
+    crate::common::assert_clean_failure(&out, &["0.0.0.0", "--tokens-file", "loopback"]);
 }
 
 #[tokio::test]
@@ -155,7 +153,7 @@ async fn a_full_queue_is_resource_exhausted_with_a_retry_hint() {
         "{}",
         status.message()
     );
-    assert!(common::server::retry_after_secs(&status) >= 1);
+    assert!(crate::common::server::retry_after_secs(&status) >= 1);
     use tonic_types::StatusExt;
     assert!(status.get_details_retry_info().is_some());
 
@@ -307,7 +305,7 @@ async fn every_bad_field_is_invalid_argument_naming_it() {
 async fn covers_stream_like_generations_and_garbage_songs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
-    common::tiny_model(&model, false);
+    crate::common::tiny_model(&model, false);
     let server = Server::start(
         &dir.path().join("data"),
         &[

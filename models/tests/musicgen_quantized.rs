@@ -98,7 +98,7 @@ fn compare(reference: &MusicGen, quantized: &MusicGen, ids: &[u32]) -> (f64, f64
 }
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/musicgen-tiny-mono")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/musicgen-tiny-mono")
 }
 
 #[test]

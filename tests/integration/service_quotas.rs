@@ -2,9 +2,7 @@
 //! are each refused with RESOURCE_EXHAUSTED naming the limit and a retry hint, for the
 //! tenant over it only; listings page through a tenant's own jobs by cursor.
 
-mod common;
-
-use common::server::{authed, collect, completed, generate, Server};
+use crate::common::server::{authed, collect, completed, generate, Server};
 use son1k::proto::v1 as pb;
 use tonic::Code;
 
@@ -21,7 +19,7 @@ async fn start(dir: &tempfile::TempDir, extra: &[&str]) -> Server {
 }
 
 /// Runs a 1 s job for `token` to its end; its id.
-async fn run_job(client: &mut common::server::Client, token: &str, seed: u64) -> String {
+async fn run_job(client: &mut crate::common::server::Client, token: &str, seed: u64) -> String {
     let events = collect(
         client
             .generate(authed(generate("tango", 1.0, seed), Some(token)))
@@ -36,14 +34,14 @@ async fn run_job(client: &mut common::server::Client, token: &str, seed: u64) ->
 }
 
 /// Asserts a refused submission names `limit` and carries a retry hint.
-async fn assert_refused(client: &mut common::server::Client, token: &str, limit: &str) {
+async fn assert_refused(client: &mut crate::common::server::Client, token: &str, limit: &str) {
     let status = client
         .generate(authed(generate("one too many", 1.0, 99), Some(token)))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains(limit), "{}", status.message());
-    assert!(common::server::retry_after_secs(&status) >= 1);
+    assert!(crate::common::server::retry_after_secs(&status) >= 1);
 }
 
 #[tokio::test]

@@ -2,14 +2,12 @@
 //! TLS and cleartext, transport limits (message sizes, streams per connection and per
 //! tenant, silent connections), the page's security headers, and flags that would overflow.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::flac_bomb::flac_bomb;
-use common::server::{authed, collect, generate, Server};
+use crate::common::flac_bomb::flac_bomb;
+use crate::common::server::{authed, collect, generate, Server};
 use son1k::proto::v1 as pb;
 use tonic::Code;
 
@@ -73,7 +71,7 @@ fn grpc_web_list_models(host: &str, origin: Option<&str>) -> Vec<u8> {
 #[tokio::test]
 async fn flac_bombs_are_refused_naming_the_limit_and_the_server_stays_under_its_peak() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let server = Server::start_process(&dir.path().join("data"), &[]).await;
     let mut client = server.client().await;
     // 599 s of 8 channels at 192 kHz: about 920 M samples (3.7 GB as f32) from ~1 MB.
     for declare_length in [true, false] {
@@ -112,7 +110,7 @@ async fn flac_bombs_are_refused_naming_the_limit_and_the_server_stays_under_its_
     )
     .await
     .unwrap();
-    common::server::completed(&events);
+    crate::common::server::completed(&events);
 }
 
 #[tokio::test]
@@ -211,7 +209,7 @@ async fn tls_serves_grpc_to_clients_that_trust_it_and_refuses_cleartext() {
     )
     .await
     .unwrap();
-    common::server::completed(&events);
+    crate::common::server::completed(&events);
 
     // Cleartext HTTP on the TLS port gets no HTTP answer.
     let plain = raw_exchange(
@@ -244,7 +242,10 @@ fn off_loopback_needs_tls_or_words_that_say_insecure() {
         .args(serve(&[]))
         .output()
         .unwrap();
-    common::assert_clean_failure(&out, &["0.0.0.0", "TLS", "--tls-cert", "--insecure-listen"]);
+    crate::common::assert_clean_failure(
+        &out,
+        &["0.0.0.0", "TLS", "--tls-cert", "--insecure-listen"],
+    );
 
     // Said in words, it starts (and says where it listens).
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_son1k"))
@@ -276,8 +277,9 @@ fn flags_that_would_overflow_a_duration_are_clean_errors() {
         ("--max-song-seconds", "inf"),
         ("--max-connections", "0"),
     ] {
-        let out = common::son1k(&["serve", "--data-dir", data.to_str().unwrap(), flag, value]);
-        common::assert_clean_failure(&out, &[flag]);
+        let out =
+            crate::common::son1k(&["serve", "--data-dir", data.to_str().unwrap(), flag, value]);
+        crate::common::assert_clean_failure(&out, &[flag]);
     }
 }
 
@@ -538,5 +540,5 @@ async fn a_quiet_stream_outlives_the_idle_timeout() {
         .unwrap();
     // Its stream is still there and carries the job to its end.
     let events = collect(waiting).await.expect("the quiet stream survived");
-    common::server::completed(&events);
+    crate::common::server::completed(&events);
 }

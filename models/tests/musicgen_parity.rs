@@ -3,8 +3,6 @@
 //! transformers and the same waveform within 1e-4, whichever weight-norm naming or
 //! sharding the checkpoint uses.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +16,7 @@ const AUDIO_TOLERANCE: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../tests/fixtures")
         .join(name)
 }
 
@@ -260,46 +258,6 @@ fn half_precision_storage_loads_and_generates_the_right_length() {
 }
 
 #[test]
-fn cli_generate_writes_the_reference_waveform() {
-    let dir = fixture("musicgen-tiny-mono");
-    let expected = expected(&dir);
-    let (prompt, max_new_tokens) = prompts(&dir).remove(0);
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out.wav");
-    let steps = max_new_tokens.to_string();
-    let run = common::son1k(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-new-tokens",
-        &steps,
-        "--top-k",
-        "1",
-        "--guidance-scale",
-        "3",
-        "--sample-format",
-        "f32",
-        &prompt,
-    ]);
-    assert!(run.status.success(), "{}", common::stderr(&run));
-    let (_, samples) = common::read_wav(&out);
-    let want: Vec<f32> = expected["prompt0.audio"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(samples.len(), want.len());
-    let diff = samples
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    assert!(diff <= AUDIO_TOLERANCE, "CLI waveform differs by {diff}");
-}
-
-#[test]
 fn half_precision_compute_with_guidance_stays_finite_and_close() {
     // The unconditional guidance row is fully masked in cross-attention: in f16 a naive
     // mask would turn it into NaN.
@@ -386,7 +344,7 @@ fn the_encoder_gives_transformers_codes_under_either_weight_norm_naming() {
 
 #[test]
 fn the_melody_chroma_equals_transformers_frame_for_frame() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     let expected =
         candle_core::safetensors::load(fixtures.join("melody-chroma.safetensors"), &Device::Cpu)
             .unwrap();

@@ -3,12 +3,10 @@
 //! mode, streaming progress and the final audio; every bad cover is refused naming its
 //! field and limit while another job runs on untouched.
 
-mod common;
-
 use std::path::Path;
 
-use common::server::{audio_file, authed, collect, completed, names, Client, Server};
-use common::{son1k, stderr};
+use crate::common::server::{audio_file, authed, collect, completed, names, Client, Server};
+use crate::common::{son1k, stderr};
 use son1k::proto::v1 as pb;
 use tonic::Code;
 

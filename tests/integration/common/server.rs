@@ -1,39 +1,63 @@
-//! A `son1k serve` child process on a loopback port for the service tests, and client
-//! helpers: authenticated requests, event collection, audio reassembly.
+//! A Son1k server for the service tests, and client helpers: authenticated requests, event
+//! collection, audio reassembly. [`Server::start`] runs the server inside the test process
+//! on a loopback port the test binds (its flags parsed as `son1k serve` parses them); the
+//! `*_process` starts run `son1k serve` as a child, for the tests where the process itself
+//! is the point: signals, SIGKILL and restart, a lowered file limit, its memory and CPU.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use son1k::cli::serve::{plan, ServeArgs};
+use son1k::node::serve_on;
 use son1k::proto::v1 as pb;
 use son1k::proto::v1::generation_event::Event;
 use son1k::proto::v1::generation_service_client::GenerationServiceClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 /// A gRPC client of the generation service.
 pub type Client = GenerationServiceClient<Channel>;
 
-/// A running server; killed (SIGKILL) when dropped.
+/// `son1k serve`'s flags, parsed alone.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// Where a server runs.
+enum Running {
+    /// On its own runtime on a thread of this process; dropping `kill` stops it at once.
+    InProcess {
+        kill: Option<oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+    /// A `son1k serve` child, its stderr in `log`.
+    Process { child: Child, log: PathBuf },
+}
+
+/// A running server; stopped at once (in process) or killed (SIGKILL) when dropped.
 pub struct Server {
-    child: Child,
+    running: Running,
     /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub url: String,
     /// `127.0.0.1:PORT`.
     pub addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
-    /// Where its stderr goes.
-    log: PathBuf,
     /// The certificate authority clients trust when the server speaks TLS.
     tls_ca: Option<Vec<u8>>,
 }
 
 impl Server {
-    /// Starts `son1k serve` on a free loopback port with `data_dir` and `extra` flags, and
-    /// waits until its health check says SERVING.
+    /// Starts a server in this process on a free loopback port with `data_dir` and `extra`
+    /// flags of `son1k serve`, and waits until its health says SERVING.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
         Self::start_with_tls(data_dir, extra, None).await
     }
@@ -41,46 +65,95 @@ impl Server {
     /// [`Server::start`] for a server that speaks TLS (its flags in `extra`) with a
     /// certificate `tls_ca` signed.
     pub async fn start_with_tls(data_dir: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
-        let server = Self::launch(
-            data_dir,
-            &data_dir.with_extension("log"),
-            extra,
-            tls_ca,
-            None,
-        );
-        server.wait_serving().await;
+        let mut argv = vec![
+            "serve",
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        argv.extend_from_slice(extra);
+        let flags = Flags::try_parse_from(argv).expect("valid serve flags");
+        let (config, load_models) = plan(flags.serve).expect("a valid configuration");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("an address").to_string();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let (kill, killed) = oneshot::channel::<()>();
+        let (ready, engine_up) = oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
+                // Runs until the test stops it: the drain on a shutdown signal is the
+                // process tests' to check.
+                let never = std::future::pending();
+                tokio::select! {
+                    result = serve_on(config, listener, load_models, never, ready) => {
+                        result.expect("the server runs");
+                    }
+                    _ = killed => {}
+                }
+            });
+            // Dropping the runtime drops the job registry, which stops running jobs.
+            runtime.shutdown_background();
+        });
+        let server = Server {
+            running: Running::InProcess {
+                kill: Some(kill),
+                thread: Some(thread),
+            },
+            url: format!("{scheme}://{addr}"),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            tls_ca: tls_ca.map(<[u8]>::to_vec),
+        };
+        engine_up.await.expect("the engine starts");
+        server.wait_health(true).await;
         server
     }
 
-    /// [`Server::start`] with its log in `log` (outside a data directory the test fills or
-    /// makes read-only).
+    /// Starts `son1k serve` as a child process (its log in `<data_dir>.log`) and waits
+    /// until its health says SERVING.
+    pub async fn start_process(data_dir: &Path, extra: &[&str]) -> Server {
+        let server = Self::launch(data_dir, &data_dir.with_extension("log"), extra, None).await;
+        server.wait_health(true).await;
+        server
+    }
+
+    /// [`Server::start_process`] with its log in `log` (outside a data directory the test
+    /// fills or makes read-only).
     pub async fn start_logging(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
-        let server = Self::launch(data_dir, log, extra, None, None);
-        server.wait_serving().await;
+        let server = Self::launch(data_dir, log, extra, None).await;
+        server.wait_health(true).await;
         server
     }
 
-    /// [`Server::start`] for a process that may hold at most `files` open file descriptors
-    /// (its connections among them).
+    /// [`Server::start_process`] for a process that may hold at most `files` open file
+    /// descriptors (its connections among them).
     pub async fn start_with_open_files(data_dir: &Path, files: u32, extra: &[&str]) -> Server {
         let log = data_dir.with_extension("log");
-        let server = Self::launch(data_dir, &log, extra, None, Some(files));
-        server.wait_serving().await;
+        let server = Self::launch(data_dir, &log, extra, Some(files)).await;
+        server.wait_health(true).await;
         server
     }
 
     /// [`Server::start_logging`] for a server that comes up NOT_SERVING (its store cannot
-    /// write): waits until its models are loaded and it answers calls.
+    /// write): waits until its models are loaded and it answers calls. Health cannot tell
+    /// (it says NOT_SERVING before and after), so this asks until a call is answered.
     pub async fn start_unhealthy(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
-        let server = Self::launch(data_dir, log, extra, None, None);
+        let server = Self::launch(data_dir, log, extra, None).await;
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(channel) = server.endpoint().connect().await {
-                let mut client = GenerationServiceClient::new(channel);
-                if client.list_models(pb::ListModelsRequest {}).await.is_ok() {
-                    break;
-                }
-            }
+        let mut client = GenerationServiceClient::new(server.channel().await);
+        while client.list_models(pb::ListModelsRequest {}).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the server never answered: {}",
@@ -92,12 +165,11 @@ impl Server {
         server
     }
 
-    /// Starts the process and reads the address it prints.
-    fn launch(
+    /// Starts the process and reads the address it prints once it listens.
+    async fn launch(
         data_dir: &Path,
         log_path: &Path,
         extra: &[&str],
-        tls_ca: Option<&[u8]>,
         open_files: Option<u32>,
     ) -> Server {
         let log = File::create(log_path).expect("a log file");
@@ -120,12 +192,14 @@ impl Server {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
+            .kill_on_drop(true)
             .spawn()
             .expect("son1k serve starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
+            .await
             .expect("the server prints its address");
         let url = line
             .split_whitespace()
@@ -135,48 +209,51 @@ impl Server {
             .to_string();
         let addr = url.split_once("://").expect("a scheme").1.to_string();
         Server {
-            child,
+            running: Running::Process {
+                child,
+                log: log_path.to_path_buf(),
+            },
             url,
             addr,
             data_dir: data_dir.to_path_buf(),
-            log: log_path.to_path_buf(),
-            tls_ca: tls_ca.map(<[u8]>::to_vec),
+            tls_ca: None,
         }
     }
 
-    async fn wait_serving(&self) {
-        self.wait_health(true).await;
-    }
-
-    /// Waits until the health check says SERVING (`true`) or NOT_SERVING (`false`).
+    /// Waits until the health check says SERVING (`true`) or NOT_SERVING (`false`),
+    /// following the health service's Watch stream.
     pub async fn wait_health(&self, serving: bool) {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(channel) = self.endpoint().connect().await {
-                let status = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: "son1k.v1.GenerationService".into(),
-                    })
-                    .await;
-                let wanted = if serving {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                if matches!(status, Ok(r) if r.get_ref().status == wanted as i32) {
+        let wanted = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        let watching = async {
+            let mut updates = HealthClient::new(self.channel().await)
+                .watch(HealthCheckRequest {
+                    service: "son1k.v1.GenerationService".into(),
+                })
+                .await
+                .expect("health watch")
+                .into_inner();
+            while let Some(update) = updates.message().await.expect("a health stream") {
+                if update.status == wanted as i32 {
                     return;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "the server's health never became {}: {}",
-                if serving { "SERVING" } else { "NOT_SERVING" },
+            panic!("the health stream ended");
+        };
+        if tokio::time::timeout(Duration::from_secs(120), watching)
+            .await
+            .is_err()
+        {
+            panic!(
+                "the server's health never became {wanted:?}: {}",
                 self.log()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -203,9 +280,12 @@ impl Server {
             .expect("the server accepts connections")
     }
 
-    /// The server's process id.
+    /// The server process's id (a process server only).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.running {
+            Running::Process { child, .. } => child.id().expect("a running child"),
+            Running::InProcess { .. } => panic!("an in-process server has no process of its own"),
+        }
     }
 
     /// The CPU time the server's process has used so far (user and system).
@@ -243,42 +323,62 @@ impl Server {
         Client::new(self.channel().await).max_decoding_message_size(8 << 20)
     }
 
-    /// What the server logged so far (for failure messages).
+    /// What a process server logged so far (for failure messages); an in-process server's
+    /// log is the test's own output.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM (a graceful stop).
-    pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit by itself.
-    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match &self.running {
+            Running::Process { log, .. } => std::fs::read_to_string(log).unwrap_or_default(),
+            Running::InProcess { .. } => "(in process: see the test's output)".into(),
         }
     }
 
-    /// Kills the server at once (as a crash would).
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Sends SIGTERM to a process server (a graceful stop).
+    pub fn terminate(&self) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a process id");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("a signal");
+    }
+
+    /// Waits for a process server to exit by itself.
+    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let Running::Process { child, .. } = &mut self.running else {
+            panic!("an in-process server has no exit status");
+        };
+        tokio::time::timeout(within, child.wait())
+            .await
+            .expect("the server exits in time")
+            .expect("the child can be waited for")
+    }
+
+    /// Stops the server at once: SIGKILL for a process (as a crash would), the runtime
+    /// dropped in process.
+    pub async fn kill(&mut self) {
+        match &mut self.running {
+            Running::Process { child, .. } => {
+                let _ = child.kill().await;
+            }
+            Running::InProcess { kill, thread } => {
+                drop(kill.take());
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.kill();
+        match &mut self.running {
+            Running::Process { child, .. } => {
+                let _ = child.start_kill();
+            }
+            Running::InProcess { kill, thread } => {
+                drop(kill.take());
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
     }
 }
 

@@ -2,11 +2,9 @@
 //! lost, duplicated or reordered events and for a complete file. Bounded in count and time;
 //! run with `--nocapture` to see its figures.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::server::{audio_file, collect, completed, generate, names, Server};
+use crate::common::server::{audio_file, collect, completed, generate, names, Server};
 
 const STREAMS: usize = 200;
 const CHANNELS: usize = 4;
