@@ -40,7 +40,7 @@ fn inline_scripts(html: &str) -> impl Iterator<Item = &str> {
 }
 
 /// `GET /`.
-pub async fn index() -> impl IntoResponse {
+pub(crate) async fn index() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),

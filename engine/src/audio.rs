@@ -84,14 +84,6 @@ impl AudioFormat {
             Self::Flac => "flac",
         }
     }
-
-    /// The MIME type.
-    pub fn mime_type(self) -> &'static str {
-        match self {
-            Self::Wav => "audio/wav",
-            Self::Flac => "audio/flac",
-        }
-    }
 }
 
 /// Encodes audio as a file in `format`; FLAC stores 16-bit samples, so `F32` is refused

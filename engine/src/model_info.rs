@@ -12,7 +12,7 @@ pub struct ModelInfo {
     pub kind: ModelKind,
     /// Where it runs (`cpu`, `cuda:0`, ...).
     pub device: String,
-    /// Whether jobs stream playable audio while they run ([`Session::take_preview`]).
+    /// Whether jobs stream playable audio while they run ([`crate::Session::take_preview`]).
     pub streams_audio: bool,
     /// Output sample rate in Hz.
     pub sample_rate: u32,

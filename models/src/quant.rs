@@ -1,6 +1,6 @@
 //! Weight formats of the large projections: dense in the model's dtype, or quantized at
 //! load to 8 or 4 bits. On the CPU the quantized formats are our own blocks and kernels
-//! ([`crate::kernels::quant`]), which read each weight once for both guidance rows on the
+//! (`kernels::quant`), which read each weight once for both guidance rows on the
 //! same thread pool as every other kernel; on GPUs they are candle's ggml blocks and
 //! kernels.
 
@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::error::{ModelError, Result};
-use crate::kernels::quant::{product, BLOCK};
-pub use crate::kernels::quant::{BlockFormat, BlockMatrix, QuantizedRows};
+use crate::kernels::quant::product;
+pub use crate::kernels::quant::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK};
 
 /// How a model's large projections store their weights.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl Proj {
 
 impl Proj {
     /// The weights as the CPU kernels read them, for a caller that runs the product's
-    /// tasks itself ([`crate::kernels::phases`]); `None` for weights off the CPU or not in f32.
+    /// tasks itself (`kernels::phases`); `None` for weights off the CPU or not in f32.
     pub fn cpu_weights(&self) -> candle_core::Result<Option<CpuWeights<'_>>> {
         Ok(match self {
             Self::Dense(linear) => {
@@ -135,11 +135,16 @@ impl Proj {
 
 /// A projection's weights on the CPU, borrowed: dense f32 `[rows, cols]` or our blocks.
 pub enum CpuWeights<'a> {
+    /// Dense f32.
     Dense {
+        /// The elements, row-major.
         values: crate::kernels::tensor::CpuData<'a, f32>,
+        /// Output features.
         rows: usize,
+        /// Input features.
         cols: usize,
     },
+    /// Our quantized blocks.
     Blocks(&'a BlockMatrix),
 }
 

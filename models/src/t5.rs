@@ -43,34 +43,34 @@ pub struct Config {
 }
 
 mod defaults {
-    pub fn vocab_size() -> usize {
+    pub(super) fn vocab_size() -> usize {
         32128
     }
-    pub fn d_model() -> usize {
+    pub(super) fn d_model() -> usize {
         768
     }
-    pub fn d_kv() -> usize {
+    pub(super) fn d_kv() -> usize {
         64
     }
-    pub fn d_ff() -> usize {
+    pub(super) fn d_ff() -> usize {
         3072
     }
-    pub fn num_layers() -> usize {
+    pub(super) fn num_layers() -> usize {
         12
     }
-    pub fn num_heads() -> usize {
+    pub(super) fn num_heads() -> usize {
         12
     }
-    pub fn buckets() -> usize {
+    pub(super) fn buckets() -> usize {
         32
     }
-    pub fn max_distance() -> usize {
+    pub(super) fn max_distance() -> usize {
         128
     }
-    pub fn eps() -> f64 {
+    pub(super) fn eps() -> f64 {
         1e-6
     }
-    pub fn ff_proj() -> String {
+    pub(super) fn ff_proj() -> String {
         "relu".to_string()
     }
 }

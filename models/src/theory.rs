@@ -158,12 +158,6 @@ pub fn midi_to_hz(note: f32) -> f32 {
     440.0 * ((note - 69.0) / 12.0).exp2()
 }
 
-/// The MIDI note of pitch class `pc` in the octave starting at MIDI note `octave_start`
-/// (a multiple of 12), i.e. the lowest such note at or above `octave_start`.
-pub fn note_in_octave(pc: u8, octave_start: u8) -> u8 {
-    octave_start + pc % 12
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

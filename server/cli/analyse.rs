@@ -21,7 +21,7 @@ pub struct AnalyseArgs {
 }
 
 /// Runs the command.
-pub fn run(args: AnalyseArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: AnalyseArgs) -> anyhow::Result<()> {
     let limits = Limits::default();
     let bytes = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;

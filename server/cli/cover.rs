@@ -69,7 +69,7 @@ fn parse_mode(name: &str) -> Result<CoverMode, String> {
 }
 
 /// Runs the command.
-pub fn run(args: CoverArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: CoverArgs) -> anyhow::Result<()> {
     let format = format_for(args.format, &args.out);
     if let Some(server) = args.remote.server.clone() {
         return run_on_server(args, &server, format);

@@ -47,7 +47,7 @@ pub struct GenerateArgs {
 }
 
 /// Runs the command.
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let format = format_for(args.format, &args.out);
     if let Some(server) = args.remote.server.clone() {
         return run_on_server(args, &server, format);

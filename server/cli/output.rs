@@ -8,7 +8,7 @@ use std::path::Path;
 use son1k_engine::audio::AudioFormat;
 
 /// Prints one line on stdout; exits quietly with status 0 if stdout is closed.
-pub fn line(text: impl std::fmt::Display) {
+pub(crate) fn line(text: impl std::fmt::Display) {
     if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
@@ -17,7 +17,7 @@ pub fn line(text: impl std::fmt::Display) {
 }
 
 /// What a finished job made, for [`summary`].
-pub struct Made<'a> {
+pub(crate) struct Made<'a> {
     /// Seconds of audio.
     pub duration_s: f64,
     /// Samples per second.
@@ -31,7 +31,7 @@ pub struct Made<'a> {
 }
 
 /// Prints what a job wrote: the file line, then what the model understood, a line each.
-pub fn summary(out: &Path, made: &Made<'_>) {
+pub(crate) fn summary(out: &Path, made: &Made<'_>) {
     line(format_args!(
         "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
         out.display(),
@@ -46,7 +46,7 @@ pub fn summary(out: &Path, made: &Made<'_>) {
 }
 
 /// Parses `--format`: `wav` or `flac`.
-pub fn parse_format(text: &str) -> Result<AudioFormat, String> {
+pub(crate) fn parse_format(text: &str) -> Result<AudioFormat, String> {
     match text.to_ascii_lowercase().as_str() {
         "wav" => Ok(AudioFormat::Wav),
         "flac" => Ok(AudioFormat::Flac),
@@ -56,7 +56,7 @@ pub fn parse_format(text: &str) -> Result<AudioFormat, String> {
 
 /// The container of the output file: `--format` when given, else FLAC for a `.flac` name
 /// and WAV for anything else.
-pub fn format_for(flag: Option<AudioFormat>, out: &Path) -> AudioFormat {
+pub(crate) fn format_for(flag: Option<AudioFormat>, out: &Path) -> AudioFormat {
     flag.unwrap_or_else(|| {
         let flac = out
             .extension()

@@ -8,19 +8,19 @@ use son1k_engine::{Progress, Stage};
 use crate::proto::v1 as pb;
 
 /// A progress bar fed by engine progress reports or by a server's `Progress` events.
-pub struct Bar {
+pub(super) struct Bar {
     bar: ProgressBar,
 }
 
 impl Bar {
     /// A bar drawn on stderr when it is a terminal.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with_template("{msg:>10} [{bar:40}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta}")
     }
 
     /// A bar for a job running on a server: frames instead of steps, and the server's own
     /// estimate of the time left (it sees the model's speed; the client sees only events).
-    pub fn for_server() -> Self {
+    pub(super) fn for_server() -> Self {
         Self::with_template("{msg:>12} [{bar:40}] {pos}/{len} frames, {elapsed} elapsed{prefix}")
     }
 
@@ -34,7 +34,7 @@ impl Bar {
     }
 
     /// Shows one report.
-    pub fn update(&self, progress: Progress) {
+    pub(super) fn update(&self, progress: Progress) {
         self.bar.set_length(progress.steps_total as u64);
         self.bar.set_position(progress.steps_done as u64);
         self.bar.set_message(match progress.stage {
@@ -46,7 +46,7 @@ impl Bar {
 
     /// Shows one `Progress` event of a server: its stage ("queued #N" while the job
     /// waits), frames done of the total, and the server's ETA once it has one.
-    pub fn update_remote(&self, progress: &pb::Progress) {
+    pub(super) fn update_remote(&self, progress: &pb::Progress) {
         self.bar.set_length(u64::from(progress.frames_total));
         self.bar.set_position(u64::from(progress.frames_done));
         let stage = match pb::Stage::try_from(progress.stage) {
@@ -65,12 +65,12 @@ impl Bar {
     }
 
     /// Prints a line on stderr without tearing the bar.
-    pub fn note(&self, text: impl std::fmt::Display) {
+    pub(super) fn note(&self, text: impl std::fmt::Display) {
         self.bar.suspend(|| eprintln!("{text}"));
     }
 
     /// Removes the bar.
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }

@@ -58,7 +58,7 @@ pub struct ServerArgs {
 
 /// A job for the server.
 #[derive(Debug)]
-pub enum Job {
+pub(super) enum Job {
     /// Text to music.
     Generate(pb::GenerateRequest),
     /// A cover of an uploaded song.
@@ -68,7 +68,7 @@ pub enum Job {
 /// An error the server reported, kept typed so that `main` can give the requests it found
 /// invalid exit status 2, like bad arguments of a local run.
 #[derive(Debug)]
-pub struct ServerError {
+pub(super) struct ServerError {
     message: String,
     bad_argument: bool,
 }
@@ -82,14 +82,14 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {}
 
 /// Whether `error` is the server turning down a request field (INVALID_ARGUMENT).
-pub fn is_bad_argument(error: &anyhow::Error) -> bool {
+pub(super) fn is_bad_argument(error: &anyhow::Error) -> bool {
     error
         .downcast_ref::<ServerError>()
         .is_some_and(|e| e.bad_argument)
 }
 
 /// The sampling flags as the wire carries them (unset = the model's default).
-pub fn sampling(
+pub(super) fn sampling(
     top_k: Option<usize>,
     top_p: Option<f32>,
     temperature: Option<f32>,
@@ -112,7 +112,7 @@ pub fn sampling(
 }
 
 /// An audio container on the wire.
-pub fn audio_format(format: AudioFormat) -> i32 {
+pub(super) fn audio_format(format: AudioFormat) -> i32 {
     match format {
         AudioFormat::Wav => pb::AudioFormat::Wav as i32,
         AudioFormat::Flac => pb::AudioFormat::Flac as i32,
@@ -120,7 +120,7 @@ pub fn audio_format(format: AudioFormat) -> i32 {
 }
 
 /// A sample format on the wire.
-pub fn sample_format(format: SampleFormat) -> i32 {
+pub(super) fn sample_format(format: SampleFormat) -> i32 {
     match format {
         SampleFormat::S16 => pb::SampleFormat::S16 as i32,
         SampleFormat::F32 => pb::SampleFormat::F32 as i32,
@@ -129,7 +129,7 @@ pub fn sample_format(format: SampleFormat) -> i32 {
 
 /// Runs `job` on the server at `server`, writes its audio file to `out` and prints what was
 /// made. Ctrl-C cancels the job on the server.
-pub fn run(server: &str, remote: &ServerArgs, job: Job, out: &Path) -> anyhow::Result<()> {
+pub(super) fn run(server: &str, remote: &ServerArgs, job: Job, out: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut session = Session::connect(server, remote).await?;

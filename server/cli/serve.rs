@@ -43,6 +43,8 @@ pub struct ServeArgs {
     /// The model used when a request names none (default: the built-in synth).
     #[arg(long, value_name = "ID")]
     pub default_model: Option<String>,
+    // The help text is clap's: `[:N]` is not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// cpu, cuda[:N] or metal[:N], for MusicGen checkpoints.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,

@@ -24,7 +24,7 @@ pub struct TinyModelArgs {
 }
 
 /// Runs the command.
-pub fn run(args: TinyModelArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: TinyModelArgs) -> anyhow::Result<()> {
     let (name, what) = match (args.stereo, args.melody) {
         (true, _) => ("tiny-stereo", "stereo MusicGen"),
         (false, true) => ("tiny-melody", "MusicGen-Melody"),

@@ -9,7 +9,7 @@ use son1k_engine::{AudioFormat, CoverMode, EngineError, ModelInfo, ModelKind};
 use crate::proto::v1 as pb;
 
 /// A job event on the wire.
-pub fn event(id: &str, kind: JobKind, event: JobEvent) -> pb::GenerationEvent {
+pub(super) fn event(id: &str, kind: JobKind, event: JobEvent) -> pb::GenerationEvent {
     use pb::generation_event::Event;
     let body = match event.body {
         EventBody::Accepted {
@@ -47,7 +47,7 @@ pub fn event(id: &str, kind: JobKind, event: JobEvent) -> pb::GenerationEvent {
 }
 
 /// A job record on the wire (the polling view).
-pub fn generation(info: &JobInfo) -> pb::Generation {
+pub(super) fn generation(info: &JobInfo) -> pb::Generation {
     pb::Generation {
         generation_id: info.id.clone(),
         kind: job_kind(info.kind) as i32,
@@ -67,7 +67,7 @@ pub fn generation(info: &JobInfo) -> pb::Generation {
 }
 
 /// A model on the wire.
-pub fn model(info: &ModelInfo, max_duration_s: f64) -> pb::Model {
+pub(super) fn model(info: &ModelInfo, max_duration_s: f64) -> pb::Model {
     let mut capabilities = vec![pb::Capability::Text as i32];
     if info.covers() {
         capabilities.push(pb::Capability::Cover as i32);
@@ -96,7 +96,7 @@ pub fn model(info: &ModelInfo, max_duration_s: f64) -> pb::Model {
 }
 
 /// A cover mode from the wire; unspecified leaves the model's default.
-pub fn cover_mode(mode: i32) -> Result<Option<CoverMode>, EngineError> {
+pub(super) fn cover_mode(mode: i32) -> Result<Option<CoverMode>, EngineError> {
     match pb::CoverMode::try_from(mode) {
         Ok(pb::CoverMode::Unspecified) => Ok(None),
         Ok(pb::CoverMode::Melody) => Ok(Some(CoverMode::Melody)),
@@ -109,7 +109,7 @@ pub fn cover_mode(mode: i32) -> Result<Option<CoverMode>, EngineError> {
 }
 
 /// A job state on the wire.
-pub fn state(state: JobState) -> pb::GenerationState {
+pub(super) fn state(state: JobState) -> pb::GenerationState {
     match state {
         JobState::Queued => pb::GenerationState::Queued,
         JobState::Running => pb::GenerationState::Running,
@@ -120,7 +120,7 @@ pub fn state(state: JobState) -> pb::GenerationState {
 }
 
 /// An audio container on the wire.
-pub fn format(format: AudioFormat) -> pb::AudioFormat {
+pub(super) fn format(format: AudioFormat) -> pb::AudioFormat {
     match format {
         AudioFormat::Wav => pb::AudioFormat::Wav,
         AudioFormat::Flac => pb::AudioFormat::Flac,

@@ -18,7 +18,10 @@ pub const DEFAULT_DURATION_S: f64 = 10.0;
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 /// A Generate request as the engine takes it.
-pub fn generation(tenant: &str, request: &pb::GenerateRequest) -> Result<Submission, EngineError> {
+pub(super) fn generation(
+    tenant: &str,
+    request: &pb::GenerateRequest,
+) -> Result<Submission, EngineError> {
     let seconds = match request.duration_seconds {
         0.0 => DEFAULT_DURATION_S,
         s => s,
@@ -44,7 +47,7 @@ pub fn generation(tenant: &str, request: &pb::GenerateRequest) -> Result<Submiss
 }
 
 /// A Cover request (its `song` taken out and decoded) as the engine takes it.
-pub fn cover(
+pub(super) fn cover(
     tenant: &str,
     request: &pb::CoverRequest,
     song: Arc<Song>,

@@ -9,21 +9,21 @@ use son1k_engine::EngineError;
 
 /// Open event streams per tenant, under a limit.
 #[derive(Clone, Debug)]
-pub struct StreamSlots {
+pub(super) struct StreamSlots {
     open: Arc<Mutex<HashMap<String, usize>>>,
     limit: usize,
 }
 
 /// One open stream of one tenant; the slot is free again when this is dropped.
 #[derive(Debug)]
-pub struct StreamSlot {
+pub(super) struct StreamSlot {
     slots: StreamSlots,
     tenant: String,
 }
 
 impl StreamSlots {
     /// At most `limit` open streams per tenant.
-    pub fn new(limit: usize) -> Self {
+    pub(super) fn new(limit: usize) -> Self {
         Self {
             open: Arc::default(),
             limit,
@@ -31,7 +31,7 @@ impl StreamSlots {
     }
 
     /// Takes a slot for `tenant`, or says which limit is reached.
-    pub fn take(&self, tenant: &str) -> Result<StreamSlot, EngineError> {
+    pub(super) fn take(&self, tenant: &str) -> Result<StreamSlot, EngineError> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(tenant.to_string()).or_default();
         if *count >= self.limit {

@@ -65,11 +65,6 @@ impl StreamResampler {
         })
     }
 
-    /// The output samples so far (the last chunk's worth arrives with [`Self::finish`]).
-    pub fn output_len(&self) -> usize {
-        self.output.len()
-    }
-
     /// Feeds samples.
     pub fn push(&mut self, samples: &[f32]) -> Result<(), ResampleError> {
         self.fed += samples.len() as u64;

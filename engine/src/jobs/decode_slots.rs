@@ -35,7 +35,7 @@ pub(crate) struct DecodeSlot {
 impl DecodeSlots {
     /// `overall` decodes at once, `per_tenant` of them for one tenant, waiting at most
     /// `wait` for a slot.
-    pub fn new(overall: usize, per_tenant: usize, wait: Duration) -> Self {
+    pub(super) fn new(overall: usize, per_tenant: usize, wait: Duration) -> Self {
         Self {
             overall: Arc::new(Semaphore::new(overall)),
             overall_limit: overall,
@@ -46,7 +46,7 @@ impl DecodeSlots {
     }
 
     /// Waits for a slot for `tenant`, at most the configured wait.
-    pub async fn acquire(&self, tenant: &str) -> Result<DecodeSlot, EngineError> {
+    pub(super) async fn acquire(&self, tenant: &str) -> Result<DecodeSlot, EngineError> {
         let deadline = Instant::now() + self.wait;
         let semaphore = {
             let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);

@@ -76,7 +76,7 @@ pub(crate) struct Job {
 
 impl Job {
     /// A job just admitted.
-    pub fn new(info: JobInfo) -> Self {
+    pub(super) fn new(info: JobInfo) -> Self {
         Self {
             info,
             log: Vec::new(),
@@ -92,7 +92,7 @@ impl Job {
     }
 
     /// A job restored from the store (already ended; its log stays on disk).
-    pub fn restored(info: JobInfo) -> Self {
+    pub(super) fn restored(info: JobInfo) -> Self {
         let mut job = Self::new(info);
         job.log_on_disk = true;
         job
@@ -100,19 +100,19 @@ impl Job {
 
     /// A job restored from the store whose log could not be written back: it is served
     /// from memory.
-    pub fn restored_in_memory(info: JobInfo, log: Vec<JobEvent>) -> Self {
+    pub(super) fn restored_in_memory(info: JobInfo, log: Vec<JobEvent>) -> Self {
         let mut job = Self::new(info);
         job.log = log.into_iter().map(Arc::new).collect();
         job
     }
 
     /// The index in the log of the first event after `sequence`.
-    pub fn first_after(&self, sequence: u64) -> usize {
+    pub(super) fn first_after(&self, sequence: u64) -> usize {
         self.log.partition_point(|e| e.sequence <= sequence)
     }
 
     /// The progress report for a model's report, never below the previous percent.
-    pub fn progress_for(&self, progress: Progress) -> ProgressReport {
+    pub(super) fn progress_for(&self, progress: Progress) -> ProgressReport {
         let frames = self.frames;
         let steps_total = progress.steps_total.max(1);
         let done = progress.steps_done.min(steps_total);
@@ -143,7 +143,7 @@ impl Job {
     }
 
     /// The report for a stage without step counts (writing, completion).
-    pub fn progress_at(&self, stage: JobStage, percent: f32) -> ProgressReport {
+    pub(super) fn progress_at(&self, stage: JobStage, percent: f32) -> ProgressReport {
         ProgressReport {
             percent: percent.max(self.info.progress.percent),
             stage,

@@ -83,7 +83,7 @@ impl Drop for Registry {
 }
 
 impl Registry {
-    pub fn new(
+    pub(super) fn new(
         config: EngineConfig,
         models: Vec<Arc<dyn MusicModel>>,
         restored: Vec<Job>,
@@ -134,7 +134,7 @@ impl Registry {
     }
 
     /// Serves commands until every sender is gone.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let every = (self.config.retention / 4).clamp(SWEEP_BOUNDS.0, SWEEP_BOUNDS.1);
         // The first tick is immediate: jobs that expired while the server was down go now.
         let mut sweep = tokio::time::interval(every);

@@ -75,7 +75,7 @@ impl Store {
     /// The store under `data_dir`, created if it can be: a directory that cannot be
     /// created or written is reported by the store's health once writes are tried, and
     /// what can be read is still served.
-    pub fn open(data_dir: &Path) -> Self {
+    pub(super) fn open(data_dir: &Path) -> Self {
         let jobs_dir = data_dir.join("jobs");
         if let Err(e) = create_private_dir(&jobs_dir) {
             tracing::warn!(dir = %jobs_dir.display(), "cannot create the job store: {e}");
@@ -88,19 +88,24 @@ impl Store {
     }
 
     /// Where a job's finished audio is.
-    pub fn audio_path(&self, id: &str, format: AudioFormat) -> PathBuf {
+    pub(super) fn audio_path(&self, id: &str, format: AudioFormat) -> PathBuf {
         self.job_dir(id)
             .join(format!("audio.{}", format.extension()))
     }
 
     /// Writes a job's audio file (atomically: a reader never sees half a file).
-    pub fn write_audio(&self, id: &str, format: AudioFormat, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn write_audio(
+        &self,
+        id: &str,
+        format: AudioFormat,
+        bytes: &[u8],
+    ) -> io::Result<()> {
         create_private_dir(&self.job_dir(id))?;
         write_atomically(&self.audio_path(id, format), bytes)
     }
 
     /// Reads `len` bytes at `offset` of a job's audio file.
-    pub fn read_audio(
+    pub(super) fn read_audio(
         &self,
         id: &str,
         format: AudioFormat,
@@ -118,7 +123,7 @@ impl Store {
     /// corrupt record must not stop the server from starting); so is a directory whose
     /// record names another job, since ids become file paths. A store that cannot be read
     /// at all has no jobs. Temporary files a crash left are removed.
-    pub fn load_all(&self) -> Vec<(JobInfo, Vec<JobEvent>)> {
+    pub(super) fn load_all(&self) -> Vec<(JobInfo, Vec<JobEvent>)> {
         let mut jobs = Vec::new();
         let entries = match fs::read_dir(&self.jobs_dir) {
             Ok(entries) => entries,
@@ -162,7 +167,7 @@ impl Store {
 
     /// A job's logged events, read line by line up to the last complete one (a line cut
     /// short by a crash, an oversized line, and anything after either, are dropped).
-    pub fn read_events(&self, id: &str) -> io::Result<Vec<JobEvent>> {
+    pub(super) fn read_events(&self, id: &str) -> io::Result<Vec<JobEvent>> {
         let file = match File::open(self.job_dir(id).join("events.jsonl")) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -192,7 +197,7 @@ impl Store {
     }
 
     /// Replaces a job's log (at startup, to drop a torn tail before appending).
-    pub fn rewrite_events(&self, id: &str, events: &[JobEvent]) -> io::Result<()> {
+    pub(super) fn rewrite_events(&self, id: &str, events: &[JobEvent]) -> io::Result<()> {
         let mut text = Vec::new();
         for event in events {
             serde_json::to_writer(&mut text, event).map_err(io::Error::other)?;
@@ -202,7 +207,7 @@ impl Store {
     }
 
     /// Replaces a job's record now (at startup).
-    pub fn write_record_now(&self, info: &JobInfo) -> io::Result<()> {
+    pub(super) fn write_record_now(&self, info: &JobInfo) -> io::Result<()> {
         self.write_record(info)
     }
 
@@ -210,7 +215,7 @@ impl Store {
     /// `report` hears (on the store thread) when a finished job's log is safely on disk,
     /// when a job's write failed, and when the store's health changes; `min_free_bytes` is
     /// the free-space floor under which the store reports itself low on space.
-    pub fn spawn_writer(
+    pub(super) fn spawn_writer(
         &self,
         report: impl Fn(StoreReport) + Send + 'static,
         min_free_bytes: u64,

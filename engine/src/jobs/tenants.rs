@@ -72,7 +72,7 @@ pub(crate) struct Tenants {
 impl Tenants {
     /// Tenants that may each store `max_jobs` jobs and `max_bytes` of audio, and submit
     /// `per_minute` jobs a minute (in bursts of as many).
-    pub fn new(max_jobs: usize, max_bytes: u64, per_minute: u32) -> Self {
+    pub(super) fn new(max_jobs: usize, max_bytes: u64, per_minute: u32) -> Self {
         Self {
             books: HashMap::new(),
             max_jobs,
@@ -94,20 +94,20 @@ impl Tenants {
     }
 
     /// Records a job of `tenant`.
-    pub fn add_job(&mut self, tenant: &str, created_unix_ms: i64, id: &str) {
+    pub(super) fn add_job(&mut self, tenant: &str, created_unix_ms: i64, id: &str) {
         self.books(tenant)
             .jobs
             .insert(ListCursor::after(created_unix_ms, id));
     }
 
     /// Records `bytes` of audio that `tenant` now stores.
-    pub fn add_bytes(&mut self, tenant: &str, bytes: u64) {
+    pub(super) fn add_bytes(&mut self, tenant: &str, bytes: u64) {
         let books = self.books(tenant);
         books.stored_bytes = books.stored_bytes.saturating_add(bytes);
     }
 
     /// Forgets an expired job and its audio.
-    pub fn remove_job(&mut self, tenant: &str, created_unix_ms: i64, id: &str, bytes: u64) {
+    pub(super) fn remove_job(&mut self, tenant: &str, created_unix_ms: i64, id: &str, bytes: u64) {
         let Some(books) = self.books.get_mut(tenant) else {
             return;
         };
@@ -120,7 +120,7 @@ impl Tenants {
 
     /// Up to `size` of the tenant's job ids, newest first, after `cursor`; and the cursor
     /// of the next page when there is one.
-    pub fn page(
+    pub(super) fn page(
         &self,
         tenant: &str,
         cursor: Option<&ListCursor>,
@@ -144,7 +144,7 @@ impl Tenants {
     /// `reserved` admission slots as jobs) and its rate. Takes one submission from its
     /// allowance when it may. `oldest_expiry` is when its oldest finished job expires, for
     /// the retry hint of a full store.
-    pub fn admit(
+    pub(super) fn admit(
         &mut self,
         tenant: &str,
         reserved: usize,

@@ -144,7 +144,7 @@ fn chord_evidence(key: Key, chords: &[Chord]) -> f32 {
 }
 
 /// The key from a chroma profile and the song's chords: among the keys whose profile
-/// correlation is within [`CANDIDATE_MARGIN`] of the best, the one with the highest
+/// correlation is within `CANDIDATE_MARGIN` of the best, the one with the highest
 /// correlation plus chord evidence (this separates relative keys, C major from A minor, and
 /// neighbours a fifth apart, which profiles alone confuse). Chroma alone without chords.
 pub fn key_with_chords(profile: &[f32; 12], chords: &[Chord]) -> Key {

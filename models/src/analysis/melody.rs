@@ -43,7 +43,7 @@ pub struct PitchTrack {
 }
 
 /// The predominant pitch of every frame of `mono` (~93 ms frames every ~10 ms). A frame is
-/// voiced when its salience reaches [`VOICING`] of the loud frames within a few seconds.
+/// voiced when its salience reaches `VOICING` of the loud frames within a few seconds.
 pub fn pitch_track(mono: &[f32], sample_rate: u32) -> PitchTrack {
     let n_fft = frame_size_for(sample_rate, 0.093);
     let hop = frame_size_for(sample_rate, 0.01);

@@ -118,7 +118,7 @@ pub(crate) mod test_audio {
 
     /// The drum pattern (or its absence) of a test song.
     #[derive(Clone, Copy, Debug, PartialEq)]
-    pub enum Drums {
+    pub(crate) enum Drums {
         /// No drums: the chords are arpeggiated in eighths on a piano.
         None,
         /// Kick on every beat, clap on 2 and 4, open hat on the off-beats (house).
@@ -139,7 +139,7 @@ pub(crate) mod test_audio {
 
     /// A synthetic song and its ground truth: one chord per bar, melody as (start s,
     /// duration s, MIDI pitch).
-    pub struct Song {
+    pub(crate) struct Song {
         pub sample_rate: u32,
         pub bpm: f64,
         pub key: Key,
@@ -150,9 +150,9 @@ pub(crate) mod test_audio {
     }
 
     /// A tiny deterministic generator of numbers in [0, 1).
-    pub struct Lcg(pub u64);
+    pub(crate) struct Lcg(pub u64);
     impl Lcg {
-        pub fn next(&mut self) -> f64 {
+        pub(crate) fn next(&mut self) -> f64 {
             let x = self.0.wrapping_mul(6364136223846793005);
             self.0 = x.wrapping_add(1442695040888963407);
             (self.0 >> 11) as f64 / (1u64 << 53) as f64
@@ -175,7 +175,7 @@ pub(crate) mod test_audio {
     impl Song {
         /// ~12 s in `key` cycling through diatonic triads on `degrees`, one per bar, with a
         /// lead melody of chord tones (MIDI 72..84).
-        pub fn new(bpm: f64, key: Key, degrees: &[usize], drums: Drums) -> Song {
+        pub(crate) fn new(bpm: f64, key: Key, degrees: &[usize], drums: Drums) -> Song {
             let chord = |&d: &usize| key.diatonic_chord(d, false);
             let progression: Vec<Chord> = degrees.iter().map(chord).collect();
             let beat = 60.0 / bpm;
@@ -209,13 +209,13 @@ pub(crate) mod test_audio {
         }
 
         /// The chord sounding at time `t`.
-        pub fn chord_at(&self, t: f64) -> Chord {
+        pub(crate) fn chord_at(&self, t: f64) -> Chord {
             let bar = (t / (4.0 * self.beat_s())).max(0.0) as usize;
             self.progression[bar % self.progression.len()]
         }
 
         /// Fraction of detected beats (with a successor) whose chord is the one played there.
-        pub fn chord_accuracy(&self, beats: &[f64], chords: &[Chord]) -> f64 {
+        pub(crate) fn chord_accuracy(&self, beats: &[f64], chords: &[Chord]) -> f64 {
             let end = self.bars as f64 * 4.0 * self.beat_s();
             let (mut right, mut total) = (0, 0);
             for (w, c) in beats.windows(2).zip(chords).filter(|(w, _)| w[1] < end) {
@@ -227,7 +227,7 @@ pub(crate) mod test_audio {
 
         /// (share of detected note time on the right pitch, share of melody time found),
         /// sampled every 10 ms.
-        pub fn melody_accuracy(&self, notes: &[MelodyNote]) -> (f64, f64) {
+        pub(crate) fn melody_accuracy(&self, notes: &[MelodyNote]) -> (f64, f64) {
             let truth = |t: f64| self.melody.iter().find(|m| t >= m.0 && t < m.0 + m.1);
             let found = |t: f64| {
                 notes
@@ -246,7 +246,7 @@ pub(crate) mod test_audio {
         }
 
         /// Renders the song as mono audio.
-        pub fn render(&self) -> Vec<f32> {
+        pub(crate) fn render(&self) -> Vec<f32> {
             let sr = f64::from(self.sample_rate);
             let beat = self.beat_s();
             let mut out = vec![0.0f32; ((self.bars as f64 * 4.0 * beat + 1.0) * sr) as usize];

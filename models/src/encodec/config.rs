@@ -80,58 +80,58 @@ pub struct Config {
 }
 
 mod defaults {
-    pub fn target_bandwidths() -> Vec<f64> {
+    pub(super) fn target_bandwidths() -> Vec<f64> {
         vec![1.5, 3.0, 6.0, 12.0, 24.0]
     }
-    pub fn sampling_rate() -> u32 {
+    pub(super) fn sampling_rate() -> u32 {
         24_000
     }
-    pub fn audio_channels() -> usize {
+    pub(super) fn audio_channels() -> usize {
         1
     }
-    pub fn hidden_size() -> usize {
+    pub(super) fn hidden_size() -> usize {
         128
     }
-    pub fn num_filters() -> usize {
+    pub(super) fn num_filters() -> usize {
         32
     }
-    pub fn num_residual_layers() -> usize {
+    pub(super) fn num_residual_layers() -> usize {
         1
     }
-    pub fn upsampling_ratios() -> Vec<usize> {
+    pub(super) fn upsampling_ratios() -> Vec<usize> {
         vec![8, 5, 4, 2]
     }
-    pub fn norm_type() -> String {
+    pub(super) fn norm_type() -> String {
         "weight_norm".to_string()
     }
-    pub fn kernel_size() -> usize {
+    pub(super) fn kernel_size() -> usize {
         7
     }
-    pub fn residual_kernel_size() -> usize {
+    pub(super) fn residual_kernel_size() -> usize {
         3
     }
-    pub fn dilation_growth_rate() -> usize {
+    pub(super) fn dilation_growth_rate() -> usize {
         2
     }
-    pub fn use_causal_conv() -> bool {
+    pub(super) fn use_causal_conv() -> bool {
         true
     }
-    pub fn pad_mode() -> String {
+    pub(super) fn pad_mode() -> String {
         "reflect".to_string()
     }
-    pub fn compress() -> usize {
+    pub(super) fn compress() -> usize {
         2
     }
-    pub fn num_lstm_layers() -> usize {
+    pub(super) fn num_lstm_layers() -> usize {
         2
     }
-    pub fn trim_right_ratio() -> f64 {
+    pub(super) fn trim_right_ratio() -> f64 {
         1.0
     }
-    pub fn codebook_size() -> usize {
+    pub(super) fn codebook_size() -> usize {
         1024
     }
-    pub fn use_conv_shortcut() -> bool {
+    pub(super) fn use_conv_shortcut() -> bool {
         true
     }
 }

@@ -11,7 +11,7 @@ use crate::weights::Vb;
 /// Frames decoded at once after the LSTM (10 s at 50 frames/s): the upsampling layers'
 /// buffers grow with the chunk, not with the piece, whose intermediate signals would
 /// otherwise take gigabytes (64 channels at 32 kHz are 245 MB a second... of 30 s).
-pub const CHUNK_FRAMES: usize = 500;
+pub(super) const CHUNK_FRAMES: usize = 500;
 
 /// Frames of context a chunk is decoded with on each side: more than the receptive field
 /// of the layers after the LSTM (under two frames), so every kept sample is the whole
@@ -131,7 +131,7 @@ impl EncodecDecoder {
 
     /// The SEANet decoder alone: latents `[B, hidden_size, N]` -> audio
     /// `[B, audio_channels, N * hop_length]`. The layers up to the LSTM run over the whole
-    /// piece; the upsampling ones in chunks of [`CHUNK_FRAMES`] with context on each side.
+    /// piece; the upsampling ones in chunks of `CHUNK_FRAMES` with context on each side.
     pub fn decode_embeddings(&self, embeddings: &Tensor) -> Result<Tensor> {
         self.decode_in_chunks(embeddings, CHUNK_FRAMES)
     }

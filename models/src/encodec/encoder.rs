@@ -58,7 +58,7 @@ impl EncodecEncoder {
     }
 
     /// The SEANet encoder alone: audio `[B, C, T]` -> latents `[B, hidden_size, N]`. On
-    /// the CPU the layers run on plain buffers ([`super::cpu`]), elsewhere as candle ops.
+    /// the CPU the layers run on plain buffers (`encodec::cpu`), elsewhere as candle ops.
     pub fn encode_latents(&self, audio: &Tensor) -> Result<Tensor> {
         if self.device.is_cpu() {
             let xs = audio.to_dtype(DType::F32)?;

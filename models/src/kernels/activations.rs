@@ -10,7 +10,7 @@ const TASK: usize = 1 << 15;
 
 /// `ELU(x) = x` for `x > 0`, else `exp(x) - 1` (alpha 1, as EnCodec uses). Vectorised on
 /// f32 CPU tensors; candle's own otherwise.
-pub fn elu(xs: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn elu(xs: &Tensor) -> candle_core::Result<Tensor> {
     match map::<Elu>(xs)? {
         Some(ys) => Ok(ys),
         None => xs.elu(1.0),
@@ -18,13 +18,13 @@ pub fn elu(xs: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// [`elu`] in place over a slice, in parallel.
-pub fn elu_in_place(xs: &mut [f32]) {
+pub(crate) fn elu_in_place(xs: &mut [f32]) {
     xs.par_chunks_mut(TASK).for_each(map_in_place::<Elu>);
 }
 
 /// Exact GELU, `x * (1 + erf(x / sqrt 2)) / 2` (MusicGen's `gelu`), with an erf accurate
 /// to 1.5e-7. Vectorised on f32 CPU tensors; candle's own otherwise.
-pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
     match map::<GeluErf>(xs)? {
         Some(ys) => Ok(ys),
         None => xs.gelu_erf(),

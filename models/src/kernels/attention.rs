@@ -14,7 +14,9 @@ use rayon::prelude::*;
 pub struct Shape {
     /// Batch rows (the guidance pair).
     pub rows: usize,
+    /// Attention heads per row.
     pub heads: usize,
+    /// Values per head.
     pub head_dim: usize,
     /// Positions the K/V buffers hold per head (`[rows, heads, capacity, head_dim]`).
     pub capacity: usize,
@@ -26,7 +28,9 @@ pub struct Shape {
 /// widened to f32 head by head as they are read).
 #[derive(Clone, Copy, Debug)]
 pub enum CacheRows<'a> {
+    /// Stored in f32.
     F32(&'a [f32]),
+    /// Stored in f16.
     F16(&'a [f16]),
 }
 
@@ -127,7 +131,9 @@ pub fn attend_one(
 /// memory may be another thread's to write).
 #[derive(Clone, Copy, Debug)]
 pub struct NextHead {
+    /// Where the head's keys start, and their length in bytes.
     pub keys: (*const u8, usize),
+    /// Where the head's values start, and their length in bytes.
     pub values: (*const u8, usize),
 }
 

@@ -5,7 +5,7 @@
 /// Where a matrix's elements lie in a slice: element `(i, j)` is at
 /// `offset + i * row_stride + j * col_stride`.
 #[derive(Clone, Copy, Debug)]
-pub struct MatrixView {
+pub(crate) struct MatrixView {
     pub offset: usize,
     pub row_stride: usize,
     pub col_stride: usize,
@@ -13,7 +13,7 @@ pub struct MatrixView {
 
 impl MatrixView {
     /// A row-major `[_, cols]` matrix starting at `offset`.
-    pub fn rows(offset: usize, cols: usize) -> Self {
+    pub(crate) fn rows(offset: usize, cols: usize) -> Self {
         Self {
             offset,
             row_stride: cols,
@@ -56,7 +56,7 @@ impl MatrixView {
 /// `None`, touching nothing, when a view reaches outside its slice or names one element
 /// of `dst` twice.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_accumulate(
+pub(crate) fn gemm_accumulate(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_view: MatrixView,

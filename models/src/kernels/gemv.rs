@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 /// The most rows this kernel serves; more go to the general matmul.
-pub const MAX_ROWS: usize = 4;
+pub(crate) const MAX_ROWS: usize = 4;
 /// Output features per parallel task: enough work to amortise scheduling, small enough to
 /// spread a 1024-row matrix over the threads.
 pub(crate) const TASK_FEATURES: usize = 64;
@@ -46,7 +46,7 @@ macro_rules! dots_body {
 /// `out[i][j] = x[i] . w[j]` for `m` rows of `x` (`[m, k]`, row-major) and `n` rows of
 /// `w` (`[n, k]`); `out` is `[m, n]`. Returns `None` (leaving `out` alone) when the shapes
 /// do not fit (`m` outside 1 to [`MAX_ROWS`], or slices of the wrong length).
-pub fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) -> Option<()> {
+pub(crate) fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) -> Option<()> {
     if m == 0 || m > MAX_ROWS || x.len() % m != 0 {
         return None;
     }

@@ -2,16 +2,16 @@
 //! shapes a decoder step or EnCodec runs, and the only place in Son1k where `unsafe` code
 //! may live (besides memory-mapping weight files). Each kernel has a portable version and,
 //! on x86-64, a version compiled for AVX2 and FMA (with F16C where it widens f16 values),
-//! picked at run time by one mechanism, [`dispatch!`] (or [`multiversion!`] where both
+//! picked at run time by one mechanism, `dispatch!` (or `multiversion!` where both
 //! versions share one body); the tests run both against each other.
 //!
-//! - [`tensor`]: borrowing the elements of contiguous CPU tensors;
-//! - [`gemm`]: strided GEMM into a view (convolutions read their input in place);
-//! - [`gemv`]: products of a few rows (the guidance pair) reading each weight once;
-//! - [`quant`]: 8- and 4-bit weight blocks and their products;
+//! - `tensor`: borrowing the elements of contiguous CPU tensors;
+//! - `gemm`: strided GEMM into a view (convolutions read their input in place);
+//! - `gemv`: products of a few rows (the guidance pair) reading each weight once;
+//! - `quant`: 8- and 4-bit weight blocks and their products;
 //! - [`attention`]: the attention of one new position to a KV cache;
-//! - [`activations`]: ELU, GELU and the LSTM's gates, vectorised;
-//! - [`phases`]: the phases runner a CPU decoder step runs on.
+//! - `activations`: ELU, GELU and the LSTM's gates, vectorised;
+//! - `phases`: the phases runner a CPU decoder step runs on.
 
 // The unsafe rules, checked by the compiler: every unsafe operation sits in an `unsafe`
 // block that says why it is sound, even inside an `unsafe fn`.
@@ -19,13 +19,13 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::missing_safety_doc)]
 
-pub mod activations;
+pub(crate) mod activations;
 pub mod attention;
-pub mod gemm;
-pub mod gemv;
-pub mod phases;
-pub mod quant;
-pub mod tensor;
+pub(crate) mod gemm;
+pub(crate) mod gemv;
+pub(crate) mod phases;
+pub(crate) mod quant;
+pub(crate) mod tensor;
 
 /// Whether the CPU has AVX2 and FMA, which the fast paths of the kernels need (the check
 /// is cached by the standard library).
@@ -44,7 +44,7 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
 /// their work with the other pool threads from inside the pool; called from outside, each
 /// of them (an EnCodec decode makes hundreds) would hand its work over and wait, waking
 /// the pool every time and leaving the calling thread idle. A CPU decoder step, one run of
-/// [`phases`], then has the calling thread work alongside the others.
+/// `phases`, then has the calling thread work alongside the others.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
@@ -89,7 +89,7 @@ pub(crate) use dispatch;
 
 /// Defines a kernel function from one body compiled twice, for AVX2 and FMA and portably
 /// (the body is inlined into each, so its loops vectorise with the features of the
-/// version they are in), and [`dispatch!`]es between them on every call. Closures inside
+/// version they are in), and `dispatch!`es between them on every call. Closures inside
 /// the body are compiled apart, without the features: call `#[inline(always)]` functions
 /// instead.
 macro_rules! multiversion {

@@ -35,7 +35,7 @@ const SPINS_BEFORE_YIELD: u32 = 256;
 ///
 /// The calling thread works through every phase itself; as many other pool threads as
 /// join in share the tasks.
-pub fn run<S>(
+pub(crate) fn run<S>(
     phases: usize,
     tasks: impl Fn(usize) -> usize + Sync,
     prepare: impl Fn(usize) + Sync,
@@ -208,7 +208,7 @@ impl State {
 }
 
 /// A value that [`run`]'s `prepare` rewrites (no task runs then) and the tasks only read.
-pub struct Shared<T> {
+pub(crate) struct Shared<T> {
     cell: UnsafeCell<T>,
 }
 
@@ -217,15 +217,10 @@ pub struct Shared<T> {
 unsafe impl<T: Send + Sync> Sync for Shared<T> {}
 
 impl<T> Shared<T> {
-    pub fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         Self {
             cell: UnsafeCell::new(value),
         }
-    }
-
-    /// The value, mutably, where no other reference exists.
-    pub fn get_mut(&mut self) -> &mut T {
-        self.cell.get_mut()
     }
 
     /// The whole value, to read.
@@ -233,7 +228,7 @@ impl<T> Shared<T> {
     /// # Safety
     ///
     /// No thread may write any part of it while the reference lives.
-    pub unsafe fn get(&self) -> &T {
+    pub(crate) unsafe fn get(&self) -> &T {
         // SAFETY: nobody writes the value while the reference lives (the caller's contract).
         unsafe { &*self.cell.get() }
     }
@@ -244,7 +239,7 @@ impl<T> Shared<T> {
     ///
     /// No other thread may read or write any part of it while the reference lives.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn whole_mut(&self) -> &mut T {
+    pub(crate) unsafe fn whole_mut(&self) -> &mut T {
         // SAFETY: nobody else reads or writes the value while the reference lives (the
         // caller's contract).
         unsafe { &mut *self.cell.get() }
@@ -254,7 +249,7 @@ impl<T> Shared<T> {
 /// A slice that a phase's tasks write in disjoint ranges while the others read ranges
 /// nobody writes in that phase. Its elements are cells, so taking one range mutably never
 /// borrows the others.
-pub struct SharedSlice<E> {
+pub(crate) struct SharedSlice<E> {
     cells: Box<[UnsafeCell<E>]>,
 }
 
@@ -263,7 +258,7 @@ unsafe impl<E: Send + Sync> Sync for SharedSlice<E> {}
 
 impl<E> SharedSlice<E> {
     /// Shares `values` without copying them (zeroed pages stay unmapped until written).
-    pub fn new(values: Vec<E>) -> Self {
+    pub(crate) fn new(values: Vec<E>) -> Self {
         let values = Box::into_raw(values.into_boxed_slice());
         // SAFETY: `UnsafeCell<E>` has the layout of `E`, so the allocation holds the same
         // elements as cells, and the box takes it over.
@@ -271,22 +266,19 @@ impl<E> SharedSlice<E> {
         Self { cells }
     }
 
-    pub fn len(&self) -> usize {
+    /// Elements in the slice.
+    pub(crate) fn len(&self) -> usize {
         self.cells.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
     }
 
     /// Where the elements start, for prefetching: reads through it need the same care as
     /// [`Self::slice`].
-    pub fn as_ptr(&self) -> *const E {
+    pub(crate) fn as_ptr(&self) -> *const E {
         UnsafeCell::raw_get(self.cells.as_ptr())
     }
 
     /// Every element, mutably, where no other reference exists.
-    pub fn as_mut_slice(&mut self) -> &mut [E] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [E] {
         let len = self.cells.len();
         // SAFETY: `&mut self` excludes every other access; cells have `E`'s layout.
         unsafe { std::slice::from_raw_parts_mut(self.cells.as_mut_ptr().cast(), len) }
@@ -297,7 +289,7 @@ impl<E> SharedSlice<E> {
     /// # Safety
     ///
     /// No thread may write any of them while the slice lives.
-    pub unsafe fn slice(&self, range: std::ops::Range<usize>) -> &[E] {
+    pub(crate) unsafe fn slice(&self, range: std::ops::Range<usize>) -> &[E] {
         let cells = &self.cells[range];
         // SAFETY: cells have `E`'s layout, and nobody writes these while the slice lives
         // (the caller's contract).
@@ -310,7 +302,7 @@ impl<E> SharedSlice<E> {
     ///
     /// No other thread may read or write any of them while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, range: std::ops::Range<usize>) -> &mut [E] {
+    pub(crate) unsafe fn slice_mut(&self, range: std::ops::Range<usize>) -> &mut [E] {
         let cells = &self.cells[range];
         // SAFETY: cells have `E`'s layout, and nobody else reads or writes these while the
         // slice lives (the caller's contract).

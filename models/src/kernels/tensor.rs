@@ -7,7 +7,10 @@ use candle_core::{Storage, StorageRef, Tensor, WithDType};
 
 /// Runs `f` on the tensor's elements in row-major order when it is a contiguous f32 tensor
 /// on the CPU; `None` otherwise (the caller falls back to candle).
-pub fn with_f32<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<Option<R>> {
+pub(crate) fn with_f32<R>(
+    tensor: &Tensor,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<Option<R>> {
     Ok(cpu_data::<f32>(tensor)?.map(|data| f(&data)))
 }
 
@@ -36,7 +39,9 @@ impl<T: WithDType> std::ops::Deref for CpuData<'_, T> {
 
 /// The tensor's elements in row-major order when it is a contiguous CPU tensor of `T`;
 /// `None` otherwise.
-pub fn cpu_data<T: WithDType>(tensor: &Tensor) -> candle_core::Result<Option<CpuData<'_, T>>> {
+pub(crate) fn cpu_data<T: WithDType>(
+    tensor: &Tensor,
+) -> candle_core::Result<Option<CpuData<'_, T>>> {
     if !tensor.device().is_cpu() || tensor.dtype() != T::DTYPE || !tensor.is_contiguous() {
         return Ok(None);
     }

@@ -78,43 +78,43 @@ pub struct DecoderConfig {
 }
 
 mod defaults {
-    pub fn model_type() -> String {
+    pub(super) fn model_type() -> String {
         super::MUSICGEN.to_string()
     }
-    pub fn num_chroma() -> usize {
+    pub(super) fn num_chroma() -> usize {
         crate::musicgen::chroma::NUM_CHROMA
     }
-    pub fn chroma_length() -> usize {
+    pub(super) fn chroma_length() -> usize {
         235
     }
-    pub fn vocab_size() -> usize {
+    pub(super) fn vocab_size() -> usize {
         2048
     }
-    pub fn max_positions() -> usize {
+    pub(super) fn max_positions() -> usize {
         2048
     }
-    pub fn layers() -> usize {
+    pub(super) fn layers() -> usize {
         24
     }
-    pub fn ffn_dim() -> usize {
+    pub(super) fn ffn_dim() -> usize {
         4096
     }
-    pub fn heads() -> usize {
+    pub(super) fn heads() -> usize {
         16
     }
-    pub fn activation() -> String {
+    pub(super) fn activation() -> String {
         "gelu".to_string()
     }
-    pub fn hidden() -> usize {
+    pub(super) fn hidden() -> usize {
         1024
     }
-    pub fn codebooks() -> usize {
+    pub(super) fn codebooks() -> usize {
         4
     }
-    pub fn channels() -> usize {
+    pub(super) fn channels() -> usize {
         1
     }
-    pub fn special() -> u32 {
+    pub(super) fn special() -> u32 {
         2048
     }
 }

@@ -275,7 +275,9 @@ struct Layer {
 pub enum Conditioning<'a> {
     /// Cross-attention to `states` `[B, T, cross_in]` under `mask` `[B, T]` (1 for tokens).
     CrossAttention {
+        /// The encoder's states.
         states: &'a Tensor,
+        /// 1 for a token, 0 for padding.
         mask: &'a Tensor,
     },
     /// States `[B, P, hidden]` that take the first `P` positions, before the audio tokens,
@@ -444,7 +446,7 @@ impl Decoder {
     /// conditioning computes every layer's K/V from the text once; a prefix waits in the
     /// cache and runs with the first call, taking the first positions. On the CPU in f32
     /// the steps after the first run as
-    /// [`cpu_step`]'s phases, over plain buffers.
+    /// `cpu_step`'s phases, over plain buffers.
     pub fn new_cache(&self, conditioning: Conditioning, capacity: usize) -> Result<DecoderCache> {
         let (rows, device, prefix) = match conditioning {
             Conditioning::CrossAttention { states, .. } => (states.dim(0)?, states.device(), 0),

@@ -107,9 +107,4 @@ impl Score {
     pub fn beat_s(&self) -> f64 {
         60.0 / self.tempo_bpm
     }
-
-    /// Time in seconds of (fractional) beat `beat`, before swing and humanising.
-    pub fn beat_time(&self, beat: f64) -> f64 {
-        self.first_beat_s + beat * self.beat_s()
-    }
 }

@@ -24,6 +24,8 @@ pub struct BenchArgs {
     /// A preset shape with random weights: musicgen-small, -medium, -large, -stereo-*.
     #[arg(long, default_value = "musicgen-small")]
     pub preset: String,
+    // The help text is clap's: `[:N]` is not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,

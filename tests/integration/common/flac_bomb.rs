@@ -8,7 +8,7 @@ const BLOCK: u64 = 4096;
 /// A FLAC stream of `seconds` of a constant level on `channels` channels (at most 8) at
 /// 192 kHz, 16-bit. `declare_length` writes the total sample count into STREAMINFO; without
 /// it the length is "unknown", so only counting while decoding can catch it.
-pub fn flac_bomb(seconds: u64, channels: u8, declare_length: bool) -> Vec<u8> {
+pub(crate) fn flac_bomb(seconds: u64, channels: u8, declare_length: bool) -> Vec<u8> {
     assert!((1..=8).contains(&channels));
     let rate = 192_000u64;
     let frames = seconds * rate / BLOCK;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// Runs the `son1k` binary with `args`.
-pub fn son1k(args: &[&str]) -> Output {
+pub(crate) fn son1k(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_son1k"))
         .args(args)
         .output()
@@ -15,12 +15,12 @@ pub fn son1k(args: &[&str]) -> Output {
 }
 
 /// stderr of a run, as text.
-pub fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Asserts the run failed cleanly (no panic) with a message containing every `needle`.
-pub fn assert_clean_failure(output: &Output, needles: &[&str]) {
+pub(crate) fn assert_clean_failure(output: &Output, needles: &[&str]) {
     let err = stderr(output);
     assert!(!output.status.success(), "expected failure, stderr: {err}");
     assert!(!err.contains("panicked"), "panicked: {err}");
@@ -30,7 +30,7 @@ pub fn assert_clean_failure(output: &Output, needles: &[&str]) {
 }
 
 /// Writes a tiny random checkpoint with `son1k tiny-model`.
-pub fn tiny_model(dir: &Path, stereo: bool) {
+pub(crate) fn tiny_model(dir: &Path, stereo: bool) {
     let dir = dir.to_str().expect("utf-8 temp path");
     let mut args = vec!["tiny-model", "--out", dir, "--seed", "3"];
     if stereo {
@@ -41,7 +41,7 @@ pub fn tiny_model(dir: &Path, stereo: bool) {
 }
 
 /// Reads a WAV file: (spec, interleaved samples as f32).
-pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<f32>) {
+pub(crate) fn read_wav(path: &Path) -> (hound::WavSpec, Vec<f32>) {
     let mut reader = hound::WavReader::open(path).expect("a valid WAV file");
     let spec = reader.spec();
     let samples = match spec.sample_format {
@@ -56,5 +56,5 @@ pub fn read_wav(path: &Path) -> (hound::WavSpec, Vec<f32>) {
     };
     (spec, samples)
 }
-pub mod flac_bomb;
-pub mod server;
+pub(crate) mod flac_bomb;
+pub(crate) mod server;

@@ -22,7 +22,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 /// A gRPC client of the generation service.
-pub type Client = GenerationServiceClient<Channel>;
+pub(crate) type Client = GenerationServiceClient<Channel>;
 
 /// `son1k serve`'s flags, parsed alone.
 #[derive(Parser)]
@@ -43,7 +43,7 @@ enum Running {
 }
 
 /// A running server; stopped at once (in process) or killed (SIGKILL) when dropped.
-pub struct Server {
+pub(crate) struct Server {
     running: Running,
     /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub url: String,
@@ -58,13 +58,17 @@ pub struct Server {
 impl Server {
     /// Starts a server in this process on a free loopback port with `data_dir` and `extra`
     /// flags of `son1k serve`, and waits until its health says SERVING.
-    pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) async fn start(data_dir: &Path, extra: &[&str]) -> Server {
         Self::start_with_tls(data_dir, extra, None).await
     }
 
     /// [`Server::start`] for a server that speaks TLS (its flags in `extra`) with a
     /// certificate `tls_ca` signed.
-    pub async fn start_with_tls(data_dir: &Path, extra: &[&str], tls_ca: Option<&[u8]>) -> Server {
+    pub(crate) async fn start_with_tls(
+        data_dir: &Path,
+        extra: &[&str],
+        tls_ca: Option<&[u8]>,
+    ) -> Server {
         let mut argv = vec![
             "serve",
             "--data-dir",
@@ -123,7 +127,7 @@ impl Server {
 
     /// Starts `son1k serve` as a child process (its log in `<data_dir>.log`) and waits
     /// until its health says SERVING.
-    pub async fn start_process(data_dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) async fn start_process(data_dir: &Path, extra: &[&str]) -> Server {
         let server = Self::launch(data_dir, &data_dir.with_extension("log"), extra, None).await;
         server.wait_health(true).await;
         server
@@ -131,7 +135,7 @@ impl Server {
 
     /// [`Server::start_process`] with its log in `log` (outside a data directory the test
     /// fills or makes read-only).
-    pub async fn start_logging(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
+    pub(crate) async fn start_logging(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
         let server = Self::launch(data_dir, log, extra, None).await;
         server.wait_health(true).await;
         server
@@ -139,7 +143,11 @@ impl Server {
 
     /// [`Server::start_process`] for a process that may hold at most `files` open file
     /// descriptors (its connections among them).
-    pub async fn start_with_open_files(data_dir: &Path, files: u32, extra: &[&str]) -> Server {
+    pub(crate) async fn start_with_open_files(
+        data_dir: &Path,
+        files: u32,
+        extra: &[&str],
+    ) -> Server {
         let log = data_dir.with_extension("log");
         let server = Self::launch(data_dir, &log, extra, Some(files)).await;
         server.wait_health(true).await;
@@ -149,7 +157,7 @@ impl Server {
     /// [`Server::start_logging`] for a server that comes up NOT_SERVING (its store cannot
     /// write): waits until its models are loaded and it answers calls. Health cannot tell
     /// (it says NOT_SERVING before and after), so this asks until a call is answered.
-    pub async fn start_unhealthy(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
+    pub(crate) async fn start_unhealthy(data_dir: &Path, log: &Path, extra: &[&str]) -> Server {
         let server = Self::launch(data_dir, log, extra, None).await;
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut client = GenerationServiceClient::new(server.channel().await);
@@ -222,7 +230,7 @@ impl Server {
 
     /// Waits until the health check says SERVING (`true`) or NOT_SERVING (`false`),
     /// following the health service's Watch stream.
-    pub async fn wait_health(&self, serving: bool) {
+    pub(crate) async fn wait_health(&self, serving: bool) {
         use tonic_health::pb::health_check_response::ServingStatus;
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::HealthCheckRequest;
@@ -258,7 +266,7 @@ impl Server {
     }
 
     /// The server's endpoint, trusting its test certificate authority when it speaks TLS.
-    pub fn endpoint(&self) -> Endpoint {
+    pub(crate) fn endpoint(&self) -> Endpoint {
         let endpoint = Channel::from_shared(self.url.clone()).expect("url");
         match &self.tls_ca {
             Some(ca) => endpoint
@@ -273,7 +281,7 @@ impl Server {
     }
 
     /// A connected channel.
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         self.endpoint()
             .connect()
             .await
@@ -281,7 +289,7 @@ impl Server {
     }
 
     /// The server process's id (a process server only).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         match &self.running {
             Running::Process { child, .. } => child.id().expect("a running child"),
             Running::InProcess { .. } => panic!("an in-process server has no process of its own"),
@@ -289,7 +297,7 @@ impl Server {
     }
 
     /// The CPU time the server's process has used so far (user and system).
-    pub fn cpu_time(&self) -> Duration {
+    pub(crate) fn cpu_time(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
             .expect("the server's /proc stat");
         // Fields after the command name, which is in parentheses: utime and stime are the
@@ -303,7 +311,7 @@ impl Server {
     }
 
     /// The most memory the server's process has held (its VmHWM), in bytes.
-    pub fn peak_memory_bytes(&self) -> u64 {
+    pub(crate) fn peak_memory_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("the server's /proc status");
         let line = status
@@ -319,13 +327,13 @@ impl Server {
     }
 
     /// A connected client.
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::new(self.channel().await).max_decoding_message_size(8 << 20)
     }
 
     /// What a process server logged so far (for failure messages); an in-process server's
     /// log is the test's own output.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         match &self.running {
             Running::Process { log, .. } => std::fs::read_to_string(log).unwrap_or_default(),
             Running::InProcess { .. } => "(in process: see the test's output)".into(),
@@ -333,13 +341,13 @@ impl Server {
     }
 
     /// Sends SIGTERM to a process server (a graceful stop).
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a process id");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("a signal");
     }
 
     /// Waits for a process server to exit by itself.
-    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
         let Running::Process { child, .. } = &mut self.running else {
             panic!("an in-process server has no exit status");
         };
@@ -351,7 +359,7 @@ impl Server {
 
     /// Stops the server at once: SIGKILL for a process (as a crash would), the runtime
     /// dropped in process.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         match &mut self.running {
             Running::Process { child, .. } => {
                 let _ = child.kill().await;
@@ -383,7 +391,7 @@ impl Drop for Server {
 }
 
 /// `message` with `authorization: Bearer <token>` when a token is given.
-pub fn authed<T>(message: T, token: Option<&str>) -> Request<T> {
+pub(crate) fn authed<T>(message: T, token: Option<&str>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(token) = token {
         let value = format!("Bearer {token}").parse().expect("ascii token");
@@ -393,7 +401,7 @@ pub fn authed<T>(message: T, token: Option<&str>) -> Request<T> {
 }
 
 /// A Generate request for the synth.
-pub fn generate(prompt: &str, seconds: f64, seed: u64) -> pb::GenerateRequest {
+pub(crate) fn generate(prompt: &str, seconds: f64, seed: u64) -> pb::GenerateRequest {
     pb::GenerateRequest {
         prompt: prompt.into(),
         duration_seconds: seconds,
@@ -406,7 +414,7 @@ pub fn generate(prompt: &str, seconds: f64, seed: u64) -> pb::GenerateRequest {
 }
 
 /// The `retry-after` hint of a refusal, in seconds (panics when it has none).
-pub fn retry_after_secs(status: &Status) -> u64 {
+pub(crate) fn retry_after_secs(status: &Status) -> u64 {
     status
         .metadata()
         .get("retry-after")
@@ -416,7 +424,7 @@ pub fn retry_after_secs(status: &Status) -> u64 {
 }
 
 /// Every event of a stream until it ends.
-pub async fn collect(
+pub(crate) async fn collect(
     mut stream: Streaming<pb::GenerationEvent>,
 ) -> Result<Vec<pb::GenerationEvent>, Status> {
     let mut events = Vec::new();
@@ -427,7 +435,7 @@ pub async fn collect(
 }
 
 /// Every event of a job after `after`, by Watch, until it ends.
-pub async fn watch(client: &mut Client, id: &str, after: u64) -> Vec<pb::GenerationEvent> {
+pub(crate) async fn watch(client: &mut Client, id: &str, after: u64) -> Vec<pb::GenerationEvent> {
     let request = pb::WatchRequest {
         generation_id: id.to_string(),
         after_sequence: after,
@@ -437,7 +445,7 @@ pub async fn watch(client: &mut Client, id: &str, after: u64) -> Vec<pb::Generat
 }
 
 /// A job's polling view.
-pub async fn poll(client: &mut Client, id: &str) -> pb::Generation {
+pub(crate) async fn poll(client: &mut Client, id: &str) -> pb::Generation {
     let request = pb::GetGenerationRequest {
         generation_id: id.to_string(),
     };
@@ -449,7 +457,7 @@ pub async fn poll(client: &mut Client, id: &str) -> pb::Generation {
 }
 
 /// Reads events until `stop` holds for one (returned last).
-pub async fn read_until(
+pub(crate) async fn read_until(
     stream: &mut Streaming<pb::GenerationEvent>,
     stop: impl Fn(&pb::GenerationEvent) -> bool,
 ) -> Vec<pb::GenerationEvent> {
@@ -465,7 +473,7 @@ pub async fn read_until(
 }
 
 /// The event's kind, for readable assertions.
-pub fn name(event: &pb::GenerationEvent) -> &'static str {
+pub(crate) fn name(event: &pb::GenerationEvent) -> &'static str {
     match &event.event {
         Some(Event::Accepted(_)) => "accepted",
         Some(Event::Progress(_)) => "progress",
@@ -479,17 +487,17 @@ pub fn name(event: &pb::GenerationEvent) -> &'static str {
 }
 
 /// The kinds of a list of events.
-pub fn names(events: &[pb::GenerationEvent]) -> Vec<&'static str> {
+pub(crate) fn names(events: &[pb::GenerationEvent]) -> Vec<&'static str> {
     events.iter().map(name).collect()
 }
 
 /// Whether the event is a Progress in the given stage.
-pub fn is_stage(event: &pb::GenerationEvent, stage: pb::Stage) -> bool {
+pub(crate) fn is_stage(event: &pb::GenerationEvent, stage: pb::Stage) -> bool {
     matches!(&event.event, Some(Event::Progress(p)) if p.stage == stage as i32)
 }
 
 /// The final file assembled from the events' audio pieces, checking offsets and sizes.
-pub fn audio_file(events: &[pb::GenerationEvent]) -> Vec<u8> {
+pub(crate) fn audio_file(events: &[pb::GenerationEvent]) -> Vec<u8> {
     let mut file = Vec::new();
     let mut last = false;
     for event in events {
@@ -507,7 +515,7 @@ pub fn audio_file(events: &[pb::GenerationEvent]) -> Vec<u8> {
 }
 
 /// The Completed event's payload.
-pub fn completed(events: &[pb::GenerationEvent]) -> pb::Completed {
+pub(crate) fn completed(events: &[pb::GenerationEvent]) -> pb::Completed {
     match events.last().and_then(|e| e.event.clone()) {
         Some(Event::Completed(c)) => c,
         _ => panic!("the stream did not end with Completed: {:?}", names(events)),

@@ -14,11 +14,11 @@ use rayon::prelude::*;
 pub const BLOCK: usize = 32;
 
 /// Rows in a tile: a 32-bit lane per row in a 256-bit vector.
-pub const TILE_ROWS: usize = 8;
+pub(crate) const TILE_ROWS: usize = 8;
 
 /// How the quantized values of a [`BlockMatrix`] are stored.
 ///
-/// In both formats rows are stored in tiles of [`TILE_ROWS`] (the last one padded with
+/// In both formats rows are stored in tiles of `TILE_ROWS` (the last one padded with
 /// zero rows), block by block, and a tile's block interleaves its rows so that a 32-byte
 /// vector holds four consecutive weights of each of the eight rows, a row per 32-bit lane,
 /// to multiply by the same four activations broadcast to every lane. A tile's block keeps
@@ -68,8 +68,11 @@ impl BlockFormat {
 /// A `[rows, cols]` matrix of block-quantized weights; `cols` is a multiple of [`BLOCK`].
 #[derive(Clone, Debug)]
 pub struct BlockMatrix {
+    /// 8 or 4 bits, and the tiles' layout.
     pub format: BlockFormat,
+    /// Output features.
     pub rows: usize,
+    /// Input features, a multiple of [`BLOCK`].
     pub cols: usize,
     /// The quantized values, tile by tile and block by block, as [`BlockFormat`] says.
     pub values: Vec<u8>,
@@ -208,7 +211,9 @@ fn quantize_q4_block(w: &[f32]) -> ([u8; BLOCK], f32, f32) {
 /// Activation rows quantized to 8 bits in blocks of 32, as the kernel reads them.
 #[derive(Clone, Debug, Default)]
 pub struct QuantizedRows {
+    /// Activation rows.
     pub rows: usize,
+    /// Values per row, a multiple of [`BLOCK`].
     pub cols: usize,
     /// `rows * cols` values in -127..=127.
     pub values: Vec<i8>,

@@ -2,7 +2,7 @@
 //! scales, and 8-bit activation rows) and their products with a few activation rows
 //! ([`product`]), which read each weight once for both guidance rows.
 
-pub mod blocks;
-pub mod product;
+pub(crate) mod blocks;
+pub(crate) mod product;
 
 pub use blocks::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK};

@@ -15,7 +15,7 @@ use crate::kernels::gemv::{for_feature_tasks, MAX_ROWS};
 /// Output features per parallel task: whole tiles. Against 16 (best for the row-wise kernel
 /// before the tiles), `quant_matmul` ran q4 faster in five of five alternating runs and q8
 /// in four of five; 64 was mixed.
-pub const TASK_FEATURES: usize = 32;
+pub(crate) const TASK_FEATURES: usize = 32;
 const _: () = assert!(TASK_FEATURES % TILE_ROWS == 0);
 
 /// One quantized activation row: values, per-block scales and per-block sums.
@@ -28,7 +28,7 @@ struct Row<'a> {
 
 /// `out[i][j] = x[i] . w[j]` (`out` is `[x.rows, w.rows]`). `None`, leaving `out` alone,
 /// when the shapes do not fit: `x.rows` outside 1 to [`MAX_ROWS`], or columns that differ.
-pub fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Option<()> {
+pub(crate) fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Option<()> {
     let m = x.rows;
     if !(1..=MAX_ROWS).contains(&m) || x.cols != w.cols || out.len() != m * w.rows {
         return None;
@@ -53,7 +53,12 @@ fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
 /// Output features `first..` (`first` a multiple of [`TILE_ROWS`]) of `x w^T`, as many
 /// as `sums` holds: `sums` is `[features, x.rows]`, a feature's value for every row
 /// together. `None`, leaving `sums` alone, when the shapes do not fit.
-pub fn features(x: &QuantizedRows, w: &BlockMatrix, first: usize, sums: &mut [f32]) -> Option<()> {
+pub(crate) fn features(
+    x: &QuantizedRows,
+    w: &BlockMatrix,
+    first: usize,
+    sums: &mut [f32],
+) -> Option<()> {
     let m = x.rows;
     let fits = (1..=MAX_ROWS).contains(&m)
         && x.cols == w.cols
