@@ -8,21 +8,34 @@
 
 use std::time::Instant;
 
+use clap::Parser;
 use half::f16;
 use son1k_models::kernels::attention::{attend_one, CacheRows, Shape};
 
+/// What to measure.
+#[derive(Parser)]
+struct Args {
+    /// Passes over the layers; the median is reported.
+    #[arg(long, default_value_t = 20)]
+    passes: usize,
+    /// Positions in each cache.
+    #[arg(long, default_value_t = 250)]
+    len: usize,
+    /// Layers, each with its own cache.
+    #[arg(long, default_value_t = 24)]
+    layers: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut passes, mut len, mut layers) = (20usize, 250usize, 24usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--passes" => passes = value()?.parse()?,
-            "--len" => len = value()?.parse()?,
-            "--layers" => layers = value()?.parse()?,
-            _ => {} // `cargo bench` passes --bench
-        }
-    }
+    let Args {
+        passes,
+        len,
+        layers,
+        ..
+    } = Args::parse();
     let shape = Shape {
         rows: 2,
         heads: 16,

@@ -7,22 +7,30 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use son1k::cli::bench::machine::{peak_rss_bytes, reset_peak_rss};
 use son1k_models::encodec::EncodecDecoder;
 use son1k_models::musicgen::presets::preset;
 use son1k_models::weights::Weights;
 
+/// What to measure.
+#[derive(Parser)]
+struct Args {
+    /// Seconds of audio to decode.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Runs; the best and the median are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut duration = 10.0f64;
-    let mut repeat = 3;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--duration" => duration = args.next().ok_or("--duration needs a value")?.parse()?,
-            "--repeat" => repeat = args.next().ok_or("--repeat needs a value")?.parse()?,
-            _ => {} // `cargo bench` passes --bench
-        }
-    }
+    let Args {
+        duration, repeat, ..
+    } = Args::parse();
     let config = preset("musicgen-small")
         .ok_or("no musicgen-small preset")?
         .audio_encoder;

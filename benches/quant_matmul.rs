@@ -12,25 +12,47 @@
 use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor};
+use clap::Parser;
 use son1k_models::quant::{Proj, WeightFormat};
 
+/// What to measure.
+#[derive(Parser)]
+struct Args {
+    /// Passes over the set; the median is reported.
+    #[arg(long, default_value_t = 20)]
+    passes: usize,
+    /// Layers of musicgen-small's projections in the set.
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    /// One matrix of this shape instead of the layers' set.
+    #[arg(long, value_name = "OUTxIN", value_parser = parse_shape)]
+    shape: Option<(usize, usize)>,
+    /// Times the set is multiplied in a pass.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// `OUTxIN`, as `--shape` takes it.
+fn parse_shape(value: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--shape takes OUTxIN (e.g. 1024x4096), not {value:?}");
+    let (out, inner) = value.split_once('x').ok_or_else(bad)?;
+    Ok((
+        out.parse().map_err(|_| bad())?,
+        inner.parse().map_err(|_| bad())?,
+    ))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut passes, mut layers, mut reps) = (20usize, 6usize, 1usize);
-    let mut shape: Option<(usize, usize)> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--passes" => passes = args.next().ok_or("--passes needs a value")?.parse()?,
-            "--layers" => layers = args.next().ok_or("--layers needs a value")?.parse()?,
-            "--reps" => reps = args.next().ok_or("--reps needs a value")?.parse()?,
-            "--shape" => {
-                let value = args.next().ok_or("--shape needs OUTxIN")?;
-                let (out, inner) = value.split_once('x').ok_or("--shape needs OUTxIN")?;
-                shape = Some((out.parse()?, inner.parse()?));
-            }
-            _ => {} // `cargo bench` passes --bench
-        }
-    }
+    let Args {
+        passes,
+        layers,
+        shape,
+        reps,
+        ..
+    } = Args::parse();
     let device = Device::Cpu;
     // Each layer's feed-forward and attention shapes: 13.6 M weights (six: 327 MB in f32).
     let shapes: Vec<(usize, usize)> = match shape {

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use clap::Parser;
 use son1k_models::synth::SynthJob;
 
 const PROMPTS: &[&str] = &[
@@ -21,18 +22,24 @@ const PROMPTS: &[&str] = &[
     "funk with organ",
 ];
 
+/// What to measure.
+#[derive(Parser)]
+struct Args {
+    /// Seconds of audio per style.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Runs per style; the best and the median are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut duration = 30.0;
-    let mut repeat = 3;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--duration" => duration = args.next().ok_or("--duration needs a value")?.parse()?,
-            "--repeat" => repeat = args.next().ok_or("--repeat needs a value")?.parse()?,
-            "--bench" => {}
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
+    let Args {
+        duration, repeat, ..
+    } = Args::parse();
     println!(
         "{:<45} {:>10} {:>10} {:>8} {:>9}",
         "prompt", "best s", "median s", "RTF", "LUFS"
