@@ -1,5 +1,17 @@
 //! Checkpoint tensors by name: memory-mapped safetensors (single file or sharded) or an
 //! in-memory map, with shape and dtype checks whose errors name the tensor and the file.
+//!
+//! Why not candle-nn's `VarBuilder`: its safetensors backend (`impl SimpleBackend for
+//! MmapedSafetensors` in candle-nn's `var_builder.rs`) takes shard paths rather than
+//! `model.safetensors.index.json`, keeps no file paths, loads and converts a tensor before
+//! comparing shapes, and reports "shape mismatch for NAME" or "cannot find tensor NAME"
+//! without the file; it also accepts any stored dtype and knows neither weight-norm naming.
+//! A custom `SimpleBackend` could do all of that (its `get` receives the full name, the
+//! expected shape, the dtype and the device), but it must return `candle_core::Error`, so
+//! our typed errors would survive only as text, and it would hold all of this file's logic
+//! anyway; candle's random init uses the device RNG, which cannot be seeded on the CPU. So
+//! `Vb` keeps `VarBuilder`'s shape (`pp`, `get(shape, name)`, `contains`) over our own
+//! `Weights`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
