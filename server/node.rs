@@ -51,6 +51,17 @@ pub struct ServeConfig {
     pub insecure_listen: bool,
 }
 
+impl ServeConfig {
+    /// The URL scheme clients reach the server by: `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// Refuses a listening address the configuration does not make safe: an open server only
 /// on loopback, and off loopback only with TLS (or `--insecure-listen`).
 fn check_address(config: &ServeConfig, addr: SocketAddr) -> anyhow::Result<()> {

@@ -192,11 +192,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let listener = bind(&config).await?;
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = config.scheme();
         super::output::line(format_args!(
             "son1k listening on {scheme}://{}/ (gRPC and grpc-web; open it in a browser for \
              the page)",

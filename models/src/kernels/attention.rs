@@ -384,84 +384,55 @@ pub struct Scratch {
     values: Vec<f32>,
 }
 
-/// One head, picking the widest vector instructions the CPU has; `scores` holds one
-/// value per position.
-fn head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: Option<&[f32]>,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    super::dispatch!(
-        avx2_fma => head_avx2_fma(q, k, v, mask, scale, scores, out),
-        portable => head_body(q, k, v, mask, scale, scores, out),
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn head_avx2_fma(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: Option<&[f32]>,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    head_body(q, k, v, mask, scale, scores, out);
-}
-
 /// Lanes summed side by side, so the compiler keeps them in vector registers.
 const LANES: usize = 8;
 
-/// The plain loops, written so the compiler vectorises them. Inlined into each caller, and
-/// free of closures (which would be compiled apart, without the caller's target features).
-/// MusicGen's heads are 64 wide at every size; that width gets loops of known length, which
-/// the compiler unrolls into whole vectors (with a run-time width it left half of each
-/// 64-value row to a scalar tail loop).
-#[inline(always)]
-fn head_body(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    mask: Option<&[f32]>,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    if let (Ok(q), Ok(out)) = (
-        <&[f32; 64]>::try_from(q),
-        <&mut [f32; 64]>::try_from(&mut *out),
+crate::kernels::multiversion! {
+    /// One head, picking the widest vector instructions the CPU has; `scores` holds one
+    /// value per position. The plain loops, written so the compiler vectorises them, and
+    /// free of closures (which would be compiled apart, without the version's target
+    /// features). MusicGen's heads are 64 wide at every size; that width gets loops of
+    /// known length, which the compiler unrolls into whole vectors (with a run-time width
+    /// it left half of each 64-value row to a scalar tail loop).
+    fn head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: Option<&[f32]>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
     ) {
-        head_of_width(q, k, v, mask, scale, scores, out);
-        return;
-    }
-    let d = q.len();
-    let len = scores.len();
-    for l in 0..len {
-        let s = dot(q, &k[l * d..(l + 1) * d]) * scale;
-        scores[l] = s + mask.map_or(0.0, |mask| mask[l]);
-    }
-    let total = softmax_numerators(scores);
-    out.fill(0.0);
-    for l in 0..len {
-        let p = scores[l];
-        let value = &v[l * d..(l + 1) * d];
-        for t in 0..d {
-            out[t] += p * value[t];
+        if let (Ok(q), Ok(out)) = (
+            <&[f32; 64]>::try_from(q),
+            <&mut [f32; 64]>::try_from(&mut *out),
+        ) {
+            head_of_width(q, k, v, mask, scale, scores, out);
+            return;
         }
-    }
-    let inverse = 1.0 / total;
-    for o in out.iter_mut() {
-        *o *= inverse;
+        let d = q.len();
+        let len = scores.len();
+        for l in 0..len {
+            let s = dot(q, &k[l * d..(l + 1) * d]) * scale;
+            scores[l] = s + mask.map_or(0.0, |mask| mask[l]);
+        }
+        let total = softmax_numerators(scores);
+        out.fill(0.0);
+        for l in 0..len {
+            let p = scores[l];
+            let value = &v[l * d..(l + 1) * d];
+            for t in 0..d {
+                out[t] += p * value[t];
+            }
+        }
+        let inverse = 1.0 / total;
+        for o in out.iter_mut() {
+            *o *= inverse;
+        }
     }
 }
 
-/// [`head_body`] for heads of a width known at compile time.
+/// [`head`]'s loops for heads of a width known at compile time.
 #[inline(always)]
 fn head_of_width<const D: usize>(
     q: &[f32; D],

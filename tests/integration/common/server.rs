@@ -82,11 +82,7 @@ impl Server {
             .set_nonblocking(true)
             .expect("a non-blocking listener");
         let addr = listener.local_addr().expect("an address").to_string();
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = config.scheme();
         let (kill, killed) = oneshot::channel::<()>();
         let (ready, engine_up) = oneshot::channel();
         let thread = std::thread::spawn(move || {
@@ -364,12 +360,7 @@ impl Server {
             Running::Process { child, .. } => {
                 let _ = child.kill().await;
             }
-            Running::InProcess { kill, thread } => {
-                drop(kill.take());
-                if let Some(thread) = thread.take() {
-                    let _ = thread.join();
-                }
-            }
+            Running::InProcess { kill, thread } => stop(kill, thread),
         }
     }
 }
@@ -380,12 +371,7 @@ impl Drop for Server {
             Running::Process { child, .. } => {
                 let _ = child.start_kill();
             }
-            Running::InProcess { kill, thread } => {
-                drop(kill.take());
-                if let Some(thread) = thread.take() {
-                    let _ = thread.join();
-                }
-            }
+            Running::InProcess { kill, thread } => stop(kill, thread),
         }
     }
 }
@@ -519,5 +505,13 @@ pub(crate) fn completed(events: &[pb::GenerationEvent]) -> pb::Completed {
     match events.last().and_then(|e| e.event.clone()) {
         Some(Event::Completed(c)) => c,
         _ => panic!("the stream did not end with Completed: {:?}", names(events)),
+    }
+}
+
+/// Stops an in-process server at once: its runtime is dropped, and the thread joined.
+fn stop(kill: &mut Option<oneshot::Sender<()>>, thread: &mut Option<std::thread::JoinHandle<()>>) {
+    drop(kill.take());
+    if let Some(thread) = thread.take() {
+        let _ = thread.join();
     }
 }
