@@ -93,6 +93,9 @@ pub enum ModelError {
         /// The decoder's dtype.
         dtype: candle_core::DType,
     },
+    /// A decoder pass shared by several jobs failed, so each of them did.
+    #[error("the batched decoder step failed: {0}")]
+    BatchFailed(String),
     /// Audio prompt codes that cannot start a continuation.
     #[error("bad audio prompt: {0}")]
     BadPrompt(String),

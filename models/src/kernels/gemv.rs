@@ -60,14 +60,166 @@ pub(crate) fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f
     Some(())
 }
 
-/// Output features `first..` of `x w^T` for the `m` rows of `x` (`[m, k]`), as many as
-/// `sums` holds: `sums` is `[features, m]`, a feature's value for every row together.
-/// `w` (`[n, k]`) must hold every row asked for.
+/// Output features `first..` of `x w^T` for the `m` rows of `x` (`[m, k]`, any number of
+/// them), as many as `sums` holds: `sums` is `[features, m]`, a feature's value for every
+/// row together. `w` (`[n, k]`) must hold every row asked for.
+///
+/// The work is cut into tiles of up to [`TILE_ROWS`] rows by [`TILE_FEATURES`] features,
+/// each a register-blocked dot product over `k`: per eight columns, a tile loads each of its
+/// weight rows and activation rows once and runs one FMA per (row, feature) pair, so up to
+/// twelve FMAs share seven loads and the step turns compute-bound only at many rows. The
+/// features' weights are read from memory by the first group of rows and from the cache by
+/// the others. Every (row, feature) sum is the same sequence of operations (eight lanes in
+/// column order, then a fixed reduction tree, then the columns past the last eight) in
+/// whatever tile it falls, so a row's result does not depend on its batch.
 pub(crate) fn features(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
-    let k = x.len() / m;
-    for (f, sums) in sums.chunks_exact_mut(m).enumerate() {
-        let row = &w[(first + f) * k..(first + f + 1) * k];
-        dots(x, k, row, sums);
+    super::dispatch!(
+        avx2_fma => features_avx2_fma(x, m, w, first, sums),
+        portable => features_portable(x, m, w, first, sums),
+    )
+}
+
+/// Rows of `x` a tile of [`features`] serves.
+const TILE_ROWS: usize = 4;
+/// Features a tile of [`features`] serves: with [`TILE_ROWS`], twelve accumulators and the
+/// loads fit AVX2's sixteen vector registers.
+const TILE_FEATURES: usize = 3;
+/// Lanes of a tile's accumulators.
+const TILE_LANES: usize = 8;
+
+/// Walks [`features`]' tiles: rows in groups of [`TILE_ROWS`] (outer), features in groups
+/// of [`TILE_FEATURES`] (inner), calling `$tile::<R, F>(x_rows, k, w_rows, out)` for each
+/// and scattering its `[R][F]` sums.
+macro_rules! features_body {
+    ($x:expr, $m:expr, $w:expr, $first:expr, $sums:expr, $tile:ident) => {{
+        let (x, m, w, first, sums): (&[f32], usize, &[f32], usize, &mut [f32]) =
+            ($x, $m, $w, $first, $sums);
+        let k = x.len() / m;
+        let count = sums.len() / m;
+        let mut out = [[0f32; TILE_FEATURES]; TILE_ROWS];
+        for row in (0..m).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(m - row);
+            let xs = &x[row * k..(row + rows) * k];
+            for f in (0..count).step_by(TILE_FEATURES) {
+                let feats = TILE_FEATURES.min(count - f);
+                let ws = &w[(first + f) * k..(first + f + feats) * k];
+                match (rows, feats) {
+                    (1, 1) => $tile::<1, 1>(xs, k, ws, &mut out),
+                    (1, 2) => $tile::<1, 2>(xs, k, ws, &mut out),
+                    (1, _) => $tile::<1, 3>(xs, k, ws, &mut out),
+                    (2, 1) => $tile::<2, 1>(xs, k, ws, &mut out),
+                    (2, 2) => $tile::<2, 2>(xs, k, ws, &mut out),
+                    (2, _) => $tile::<2, 3>(xs, k, ws, &mut out),
+                    (3, 1) => $tile::<3, 1>(xs, k, ws, &mut out),
+                    (3, 2) => $tile::<3, 2>(xs, k, ws, &mut out),
+                    (3, _) => $tile::<3, 3>(xs, k, ws, &mut out),
+                    (_, 1) => $tile::<4, 1>(xs, k, ws, &mut out),
+                    (_, 2) => $tile::<4, 2>(xs, k, ws, &mut out),
+                    (_, _) => $tile::<4, 3>(xs, k, ws, &mut out),
+                }
+                for (j, sums) in sums[f * m..(f + feats) * m].chunks_exact_mut(m).enumerate() {
+                    for (i, sum) in sums[row..row + rows].iter_mut().enumerate() {
+                        *sum = out[i][j];
+                    }
+                }
+            }
+        }
+    }};
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn features_avx2_fma(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
+    features_body!(x, m, w, first, sums, tile_avx2_fma);
+}
+
+fn features_portable(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
+    features_body!(x, m, w, first, sums, tile_portable);
+}
+
+/// The sum of eight lanes in [`features`]' fixed order: the halves added lane by lane,
+/// then lanes 0 + 2 and 1 + 3, then those two.
+#[inline(always)]
+fn reduce_lanes(a: [f32; TILE_LANES]) -> f32 {
+    let half = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (half[0] + half[2]) + (half[1] + half[3])
+}
+
+/// One tile of [`features`]: `out[i][j] = xs[i] . ws[j]` for `R` rows of `xs` and `F` rows
+/// of `ws` (each `k` long), eight lanes at a time with FMAs.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tile_avx2_fma<const R: usize, const F: usize>(
+    xs: &[f32],
+    k: usize,
+    ws: &[f32],
+    out: &mut [[f32; TILE_FEATURES]; TILE_ROWS],
+) {
+    use std::arch::x86_64::*;
+    assert!(
+        xs.len() >= R * k && ws.len() >= F * k,
+        "a tile's rows are whole"
+    );
+    let full = k / TILE_LANES * TILE_LANES;
+    let mut acc = [[_mm256_setzero_ps(); F]; R];
+    let (x, w) = (xs.as_ptr(), ws.as_ptr());
+    for t in (0..full).step_by(TILE_LANES) {
+        // SAFETY: `t + 8 <= k`, and `xs` and `ws` hold `R` and `F` rows of `k` (asserted
+        // above), so every load lies inside them.
+        unsafe {
+            let wv: [__m256; F] = std::array::from_fn(|j| _mm256_loadu_ps(w.add(j * k + t)));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(i * k + t));
+                for (acc, wv) in acc.iter_mut().zip(wv) {
+                    *acc = _mm256_fmadd_ps(wv, xv, *acc);
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, acc) in acc.iter().enumerate() {
+            let mut lanes = [0f32; TILE_LANES];
+            // SAFETY: `lanes` holds eight floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+            let mut total = reduce_lanes(lanes);
+            for t in full..k {
+                total = ws[j * k + t].mul_add(xs[i * k + t], total);
+            }
+            out[i][j] = total;
+        }
+    }
+}
+
+/// [`tile_avx2_fma`] in plain loops, with separate multiplies and adds.
+#[inline]
+fn tile_portable<const R: usize, const F: usize>(
+    xs: &[f32],
+    k: usize,
+    ws: &[f32],
+    out: &mut [[f32; TILE_FEATURES]; TILE_ROWS],
+) {
+    let full = k / TILE_LANES * TILE_LANES;
+    let mut acc = [[[0f32; TILE_LANES]; F]; R];
+    for t in (0..full).step_by(TILE_LANES) {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let xv = &xs[i * k + t..i * k + t + TILE_LANES];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let wv = &ws[j * k + t..j * k + t + TILE_LANES];
+                for l in 0..TILE_LANES {
+                    acc[l] += wv[l] * xv[l];
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, acc) in acc.iter().enumerate() {
+            let mut total = reduce_lanes(*acc);
+            for t in full..k {
+                total += ws[j * k + t] * xs[i * k + t];
+            }
+            out[i][j] = total;
+        }
     }
 }
 
@@ -149,6 +301,49 @@ mod tests {
             for (a, b) in out.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (k as f32).sqrt(),
+                    "{m}x{k}x{n}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    /// Eleven rows at once give each row exactly the sums it gets alone.
+    #[test]
+    fn a_row_sums_the_same_bits_alone_or_among_many() {
+        let mut rng = crate::random::Rng::new(8);
+        let (m, k, n) = (11, 200, 70);
+        let x = rng.uniform_f32s(m * k, -1.0, 1.0);
+        let w = rng.uniform_f32s(n * k, -1.0, 1.0);
+        let mut together = vec![0f32; n * m];
+        features(&x, m, &w, 0, &mut together);
+        for i in 0..m {
+            let mut alone = vec![0f32; n];
+            features(&x[i * k..(i + 1) * k], 1, &w, 0, &mut alone);
+            let column: Vec<f32> = together.iter().skip(i).step_by(m).copied().collect();
+            assert_eq!(column, alone, "row {i}");
+        }
+    }
+
+    /// The AVX2 tiles and the portable ones agree on every tile shape, edges included.
+    #[test]
+    fn the_vector_tiles_agree_with_the_portable_ones() {
+        let mut rng = crate::random::Rng::new(5);
+        for (m, k, n) in [
+            (1, 64, 7),
+            (2, 1024, 5),
+            (5, 37, 4),
+            (9, 200, 11),
+            (4, 8, 3),
+        ] {
+            let x = rng.uniform_f32s(m * k, -1.0, 1.0);
+            let w = rng.uniform_f32s(n * k, -1.0, 1.0);
+            let mut portable = vec![0f32; n * m];
+            features_portable(&x, m, &w, 0, &mut portable);
+            let mut fast = vec![0f32; n * m];
+            features(&x, m, &w, 0, &mut fast);
+            for (a, b) in fast.iter().zip(&portable) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (k as f32).sqrt(),
                     "{m}x{k}x{n}: {a} vs {b}"
                 );
             }

@@ -12,6 +12,8 @@ mod cpu_step;
 mod cpu_views;
 mod host_cache;
 
+pub use cpu_step::{BatchJob, StepBuffers};
+
 use super::config::DecoderConfig;
 use crate::error::Result;
 use crate::kernels::attention::{attend_one, CacheRows};

@@ -3,7 +3,7 @@
 //! (an encoded clip): their frames are kept in the pattern, as transformers' delay-pattern
 //! mask keeps them, and the output includes them. A melody model takes the song's chroma.
 
-use super::decoder::DecoderCache;
+use super::decoder::{BatchJob, DecoderCache, StepBuffers};
 use super::delay::DelayPattern;
 use super::model::MusicGen;
 use crate::error::{ModelError, Result};
@@ -186,7 +186,7 @@ impl Generation {
         if self.is_done() {
             return Ok(());
         }
-        let rows = if self.guidance.is_some() { 2 } else { 1 };
+        let rows = self.rows();
         let end = (self.fed + self.columns_per_pass).min(self.columns.len());
         let unfed: Vec<&[u32]> = self.columns[self.fed..end]
             .iter()
@@ -199,14 +199,87 @@ impl Generation {
             self.passes += 1;
             return Ok(());
         }
-        let logits = logits.to_vec3::<f32>()?;
-        if !logits.iter().flatten().flatten().all(|x| x.is_finite()) {
+        self.sample(&logits.flatten_all()?.to_vec1::<f32>()?, model)
+    }
+
+    /// Runs one decoder pass for each job: the jobs whose next pass feeds a single column
+    /// on the CPU step share one pass over the weights ([`super::decoder::Decoder::
+    /// forward_batch`]), the others (a first pass with a prefix or prompt columns, a cache
+    /// of tensors) run theirs alone. Each job samples with its own sampler, so its columns
+    /// are the same as when it runs alone. One result per job, in order; a failed shared
+    /// pass fails each job in it.
+    pub fn step_batch(
+        model: &MusicGen,
+        jobs: &mut [&mut Generation],
+        buffers: &mut StepBuffers,
+    ) -> Vec<Result<()>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(jobs.len());
+        let mut shared = Vec::new();
+        for (index, job) in jobs.iter_mut().enumerate() {
+            let batchable = !job.is_done()
+                && job.columns.len() - job.fed == 1
+                && model.decoder().can_batch(&job.cache);
+            if batchable {
+                shared.push(index);
+                results.push(Ok(()));
+            } else {
+                results.push(job.step(model));
+            }
+        }
+        if shared.is_empty() {
+            return results;
+        }
+        let mut batch: Vec<BatchJob> = Vec::with_capacity(shared.len());
+        let mut sharing: Vec<&mut Generation> = jobs
+            .iter_mut()
+            .enumerate()
+            .filter(|(index, _)| shared.contains(index))
+            .map(|(_, job)| &mut **job)
+            .collect();
+        for job in sharing.iter_mut() {
+            let Generation { columns, cache, .. } = &mut **job;
+            batch.push(BatchJob {
+                column: &columns[columns.len() - 1],
+                cache,
+            });
+        }
+        let outcome =
+            crate::kernels::on_pool(|| model.decoder().forward_batch(&mut batch, buffers));
+        drop(batch);
+        for (n, (job, &index)) in sharing.into_iter().zip(&shared).enumerate() {
+            results[index] = match &outcome {
+                Ok(()) => {
+                    job.fed = job.columns.len();
+                    let logits = buffers.logits(n).to_vec();
+                    job.sample(&logits, model)
+                }
+                Err(e) => Err(ModelError::BatchFailed(e.to_string())),
+            };
+        }
+        results
+    }
+
+    /// Rows of the decoder this job runs: two with guidance (conditional, unconditional).
+    fn rows(&self) -> usize {
+        if self.guidance.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Samples the next column from the last pass's `logits` (`[rows, K, vocab]`
+    /// flattened) and appends it.
+    fn sample(&mut self, logits: &[f32], model: &MusicGen) -> Result<()> {
+        if !logits.iter().all(|x| x.is_finite()) {
             return Err(ModelError::NonFiniteLogits {
                 step: self.steps_done(),
                 dtype: model.decoder_dtype(),
             });
         }
         let codebooks = self.columns[0].len();
+        let vocab = logits.len() / (self.rows() * codebooks).max(1);
+        let row = |r: usize, k: usize| &logits[(r * codebooks + k) * vocab..][..vocab];
         let next_column = self.columns.len();
         let column = (0..codebooks)
             .map(|k| {
@@ -215,10 +288,10 @@ impl Generation {
                 }
                 let row = match self.guidance {
                     Some(scale) => {
-                        apply_guidance(&logits[0][k], &logits[1][k], scale, &mut self.guided);
+                        apply_guidance(row(0, k), row(1, k), scale, &mut self.guided);
                         &self.guided
                     }
-                    None => &logits[0][k],
+                    None => row(0, k),
                 };
                 let token = self.sampler.sample(row);
                 self.pattern.mask(next_column, k, token)
@@ -247,8 +320,139 @@ impl Generation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::musicgen::presets::tiny_random;
+    use crate::musicgen::presets::{tiny_random, tiny_random_in};
+    use crate::quant::WeightFormat;
     use crate::sampling::SamplingParams;
+
+    /// A job of the batching test: its prompt, settings, audio prompt and the step of the
+    /// batch it joins at.
+    struct Spec {
+        ids: Vec<u32>,
+        params: GenerationParams,
+        prompt: Vec<Vec<u32>>,
+        joins: usize,
+    }
+
+    fn specs() -> Vec<Spec> {
+        let params = |frames, guidance_scale, sampling, seed| GenerationParams {
+            frames,
+            guidance_scale,
+            sampling,
+            seed,
+        };
+        let sampled = SamplingParams {
+            top_k: 50,
+            top_p: 0.9,
+            temperature: 1.1,
+        };
+        let clip: Vec<Vec<u32>> = (0..4)
+            .map(|k| (0..6).map(|i| (k * 31 + i * 7) % 2048).collect())
+            .collect();
+        vec![
+            Spec {
+                ids: vec![4, 2, 1],
+                params: params(30, 3.0, SamplingParams::GREEDY, 1),
+                prompt: Vec::new(),
+                joins: 0,
+            },
+            // Unguided: one row beside the others' two.
+            Spec {
+                ids: vec![7, 7, 9, 3, 5],
+                params: params(18, 1.0, sampled, 9),
+                prompt: Vec::new(),
+                joins: 0,
+            },
+            Spec {
+                ids: vec![5],
+                params: params(24, 2.0, sampled, 3),
+                prompt: Vec::new(),
+                joins: 4,
+            },
+            // A continuation: its first pass feeds its clip, beside the batch.
+            Spec {
+                ids: vec![8, 1],
+                params: params(20, 3.0, SamplingParams::GREEDY, 5),
+                prompt: clip,
+                joins: 7,
+            },
+        ]
+    }
+
+    fn start(model: &MusicGen, spec: &Spec) -> Generation {
+        let audio = AudioConditions {
+            prompt: spec.prompt.clone(),
+            chroma: None,
+        };
+        Generation::conditioned(model, &spec.ids, &spec.params, audio).unwrap()
+    }
+
+    /// Jobs of different prompts, lengths, guidance and sampling, joining a running batch
+    /// at different steps (one with a clip to continue), and one more that is cancelled
+    /// mid-way: every job's columns are exactly those it samples alone, for dense and
+    /// quantized weights and an f16 cache.
+    #[test]
+    fn a_job_samples_the_same_columns_alone_or_batched() {
+        for (format, kv) in [
+            (WeightFormat::Dense, candle_core::DType::F32),
+            (WeightFormat::Q8, candle_core::DType::F16),
+            (WeightFormat::Q4, candle_core::DType::F32),
+        ] {
+            let mut model = tiny_random_in(6, format);
+            model.set_kv_cache_dtype(kv).unwrap();
+            let specs = specs();
+            let alone: Vec<Vec<Vec<u32>>> = specs
+                .iter()
+                .map(|spec| {
+                    let mut job = start(&model, spec);
+                    while !job.is_done() {
+                        job.step(&model).unwrap();
+                    }
+                    job.into_frames()
+                })
+                .collect();
+            let mut buffers = StepBuffers::new();
+            let mut running: Vec<(usize, Generation)> = Vec::new();
+            let mut cancelled = Some(start(&model, &specs[0]));
+            let mut batched: Vec<Option<Vec<Vec<u32>>>> = vec![None; specs.len()];
+            let mut widest = 0;
+            for step in 0.. {
+                for (index, spec) in specs.iter().enumerate() {
+                    if spec.joins == step {
+                        running.push((index, start(&model, spec)));
+                    }
+                }
+                if running.is_empty() && step > 7 {
+                    break;
+                }
+                let mut jobs: Vec<&mut Generation> =
+                    running.iter_mut().map(|(_, job)| job).collect();
+                if step < 9 {
+                    jobs.extend(cancelled.as_mut());
+                } else {
+                    cancelled = None;
+                }
+                for result in Generation::step_batch(&model, &mut jobs, &mut buffers) {
+                    result.unwrap();
+                }
+                widest = widest.max(buffers.last_rows());
+                let (done, still): (Vec<_>, Vec<_>) =
+                    running.into_iter().partition(|(_, job)| job.is_done());
+                running = still;
+                for (index, job) in done {
+                    batched[index] = Some(job.into_frames());
+                }
+            }
+            for (index, frames) in batched.into_iter().enumerate() {
+                assert_eq!(
+                    frames.as_ref(),
+                    Some(&alone[index]),
+                    "{format:?}, job {index}"
+                );
+            }
+            // Four jobs of two rows and one of one shared a pass at their widest.
+            assert_eq!(widest, 9, "{format:?}");
+        }
+    }
 
     /// A prompt of 150 frames fed one column a pass, or in passes of up to 64 columns,
     /// continues to the same codes; the pass counts are what [`Generation::passes`] says.

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use super::chroma::melody_chroma;
 use super::config::Config;
+use super::decoder::StepBuffers;
 use super::generation::{AudioConditions, Generation, GenerationParams};
 use super::model::MusicGen;
 use crate::error::{ModelError, Result};
@@ -236,6 +237,29 @@ impl LongGeneration {
     /// at once. Does nothing once done.
     pub fn step(&mut self, model: &MusicGen) -> Result<()> {
         self.current.step(model)?;
+        self.advance(model)
+    }
+
+    /// One decoder pass for each job, the running windows batched as
+    /// [`Generation::step_batch`] batches them; a window that ends starts the next. One
+    /// result per job, in order.
+    pub fn step_batch(
+        model: &MusicGen,
+        jobs: &mut [&mut LongGeneration],
+        buffers: &mut StepBuffers,
+    ) -> Vec<Result<()>> {
+        let mut windows: Vec<&mut Generation> =
+            jobs.iter_mut().map(|job| &mut job.current).collect();
+        let results = Generation::step_batch(model, &mut windows, buffers);
+        jobs.iter_mut()
+            .zip(results)
+            .map(|(job, result)| result.and_then(|()| job.advance(model)))
+            .collect()
+    }
+
+    /// After a pass of the running window: a window that has ended hands its tail to the
+    /// next, which starts now.
+    fn advance(&mut self, model: &MusicGen) -> Result<()> {
         if !self.current.is_done() || self.index + 1 >= self.setup.plan.len() {
             return Ok(());
         }

@@ -158,6 +158,11 @@ impl MusicGen {
         &self.generation
     }
 
+    /// The decoder.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     /// The dtype the decoder computes in.
     pub fn decoder_dtype(&self) -> DType {
         self.decoder.dtype()

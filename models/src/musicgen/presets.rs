@@ -196,6 +196,12 @@ fn hf_config_json(config: &Config) -> Result<serde_json::Value> {
 /// The tiny shape with random weights, for tests of the generation loop.
 #[cfg(test)]
 pub(crate) fn tiny_random(seed: u64) -> MusicGen {
+    tiny_random_in(seed, WeightFormat::Dense)
+}
+
+/// [`tiny_random`] with the decoder's projections stored in `format`.
+#[cfg(test)]
+pub(crate) fn tiny_random_in(seed: u64, format: WeightFormat) -> MusicGen {
     let weights = Weights::random(seed, &Device::Cpu);
     let config = preset("tiny").unwrap_or_else(|| unreachable!("the tiny preset exists"));
     MusicGen::from_weights(
@@ -204,7 +210,7 @@ pub(crate) fn tiny_random(seed: u64) -> MusicGen {
         None,
         &weights,
         DType::F32,
-        WeightFormat::Dense,
+        format,
     )
     .unwrap_or_else(|e| panic!("the tiny preset builds: {e}"))
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
 use son1k_models::musicgen::{
     Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, Windows,
@@ -41,6 +42,9 @@ pub struct BenchReport {
     pub threads_env: Threads,
     /// Classifier-free guidance scale (3.0: two rows per step).
     pub guidance_scale: f32,
+    /// Jobs run together (`--concurrency`), their decoder steps batched: step times are
+    /// per batched step, the end-to-end times those of the whole batch.
+    pub concurrency: usize,
     /// End-to-end runs the medians are taken over.
     pub repeat: usize,
     /// Time to load the checkpoint or build the preset, ms.
@@ -67,15 +71,20 @@ pub struct BenchReport {
     pub total_ms: Option<f64>,
     /// Seconds of audio made.
     pub audio_s: Option<f64>,
-    /// Real-time factor: audio seconds per wall second (above 1 is faster than real time).
+    /// Real-time factor of one job: its audio seconds per wall second (above 1 is faster
+    /// than real time).
     pub rtf: Option<f64>,
+    /// Frames every job made together per second of the end-to-end run.
+    pub aggregate_frames_per_s: Option<f64>,
+    /// Audio seconds every job made together per wall second.
+    pub aggregate_rtf: Option<f64>,
     /// Peak resident memory of the process after the bandwidth probe, bytes: the model,
     /// its caches and the runtime (Linux only; `null` elsewhere).
     pub peak_rss_bytes: Option<u64>,
     /// Decoder weight bytes one step reads.
     pub weight_bytes_per_step: u64,
-    /// KV-cache bytes one step reads, averaged over the end-to-end clip (or over the
-    /// timed steps when it is skipped).
+    /// KV-cache bytes one step reads, every job's together, averaged over the end-to-end
+    /// clip (or over the timed steps when it is skipped).
     pub kv_bytes_per_step: u64,
     /// Memory read bandwidth of all compute threads together, GB/s: the median of
     /// `bandwidth_probes_gb_s`.
@@ -102,7 +111,8 @@ fn median(values: &mut [f64]) -> Option<f64> {
     (!values.is_empty()).then(|| percentile(values, 0.5))
 }
 
-/// One end-to-end generation, ms: (text encoding, step loop, EnCodec, total); audio s.
+/// One end-to-end run of every job together, ms: (text encoding, step loop, EnCodec,
+/// total); audio s of one job.
 struct Run {
     text_ms: f64,
     loop_ms: f64,
@@ -160,7 +170,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         .iter()
         .map(|id| id % vocab)
         .collect();
-    let params = |frames| GenerationParams {
+    // Each job samples from its own seed, so batched jobs make different music.
+    let params = |frames, seed| GenerationParams {
         frames,
         guidance_scale: GUIDANCE,
         sampling: SamplingParams {
@@ -168,23 +179,35 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             top_p: 0.0,
             temperature: 1.0,
         },
-        seed: 0,
+        seed,
     };
+    let frame_rate = model.config().frame_rate() as f64;
 
-    bar.set_message("timing decoder steps");
+    let concurrency = usize::from(args.concurrency.max(1));
+    let mut buffers = StepBuffers::new();
+    bar.set_message(format!("timing decoder steps of {concurrency} job(s)"));
     bar.set_length(args.steps as u64);
-    let mut job = Generation::new(&model, &prompt, &params(args.steps + 8))?;
-    job.step(&model)?; // warm-up
+    let mut jobs = (0..concurrency)
+        .map(|i| Generation::new(&model, &prompt, &params(args.steps + 8, i as u64)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut step_all = |jobs: &mut [Generation]| -> anyhow::Result<()> {
+        let mut refs: Vec<&mut Generation> = jobs.iter_mut().collect();
+        for result in Generation::step_batch(&model, &mut refs, &mut buffers) {
+            result?;
+        }
+        Ok(())
+    };
+    step_all(&mut jobs)?; // warm-up
     let mut step_ms = Vec::with_capacity(args.steps);
     for _ in 0..args.steps {
         let t = Instant::now();
-        job.step(&model)?;
+        step_all(&mut jobs)?;
         device.synchronize()?;
         step_ms.push(t.elapsed().as_secs_f64() * 1e3);
         bar.inc(1);
     }
     step_ms.sort_by(f64::total_cmp);
-    drop(job);
+    drop(jobs);
     // The probe's buffer would raise the peak: read it first, and restart it once the
     // buffer is freed.
     let peak_after_steps = peak_rss_bytes();
@@ -205,8 +228,13 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             let t = Instant::now();
             // Past 30 s in audiocraft's windows, as the engine runs it.
             let windows = Windows::audiocraft(model.config());
-            let mut job =
-                LongGeneration::new(&model, &prompt, &params(frames), Vec::new(), None, windows)?;
+            let mut jobs = (0..concurrency)
+                .map(|i| {
+                    let params = params(frames, i as u64);
+                    LongGeneration::new(&model, &prompt, &params, Vec::new(), None, windows)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let job = &jobs[0];
             device.synchronize()?;
             let text_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_length(job.total_steps() as u64);
@@ -222,14 +250,20 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                     )
                 })
                 .collect();
-            while !job.is_done() {
-                job.step(&model)?;
+            let steps = job.total_steps();
+            while !jobs.iter().all(LongGeneration::is_done) {
+                let mut refs: Vec<&mut LongGeneration> = jobs.iter_mut().collect();
+                for result in LongGeneration::step_batch(&model, &mut refs, &mut buffers) {
+                    result?;
+                }
                 bar.inc(1);
             }
             let stepped_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_message("decoding with EnCodec");
-            let steps = job.total_steps();
-            let audio = model.decode_audio(&job.into_frames())?;
+            let mut samples = 0;
+            for job in jobs {
+                samples = model.decode_audio(&job.into_frames())?.dim(1)?;
+            }
             device.synchronize()?;
             let total_ms = t.elapsed().as_secs_f64() * 1e3;
             runs.push(Run {
@@ -237,7 +271,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 loop_ms: stepped_ms - text_ms,
                 encodec_ms: total_ms - stepped_ms,
                 total_ms,
-                audio_s: audio.dim(1)? as f64 / model.sample_rate() as f64,
+                audio_s: samples as f64 / model.sample_rate() as f64,
                 steps,
                 windows: window_passes,
             });
@@ -254,6 +288,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let pick = |f: fn(&Run) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
     let steps = runs.first().map(|r| r.steps);
     let windows = runs.first().map(|r| r.windows.len());
+    let rtf = pick(|r| r.audio_s / (r.total_ms / 1e3));
+    let jobs = concurrency as f64;
     let loop_step_ms_mean = pick(|r| r.loop_ms / r.steps as f64);
     let decoder = &model.config().decoder;
     // Every projection a step reads has rows of `hidden` or `ffn_dim` weights; both take the
@@ -274,7 +310,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         None => 2.0 + args.steps as f64 / 2.0,
     };
     let kv_bytes_per_step = (decoder.kv_elements_read_at(1, 2) as f64 * mean_position) as u64
-        * kv_dtype.size_in_bytes() as u64;
+        * kv_dtype.size_in_bytes() as u64
+        * concurrency as u64;
     let floor_ms =
         (weight_bytes_per_step + kv_bytes_per_step) as f64 / (bandwidth_gb_s * 1e9) * 1e3;
     let step_ms_median = percentile(&step_ms, 0.5);
@@ -296,6 +333,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         }),
         threads_env,
         guidance_scale: GUIDANCE,
+        concurrency,
         repeat: runs.len(),
         load_ms,
         text_encode_ms: pick(|r| r.text_ms),
@@ -308,7 +346,9 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         first_audio_ms: pick(|r| r.total_ms),
         total_ms: pick(|r| r.total_ms),
         audio_s: pick(|r| r.audio_s),
-        rtf: pick(|r| r.audio_s / (r.total_ms / 1e3)),
+        rtf,
+        aggregate_frames_per_s: rtf.map(|rtf| jobs * rtf * frame_rate),
+        aggregate_rtf: rtf.map(|rtf| jobs * rtf),
         peak_rss_bytes,
         weight_bytes_per_step,
         kv_bytes_per_step,

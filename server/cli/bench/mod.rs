@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// The global `--threads` value, reported with the figures.
     #[arg(skip)]
     pub threads: Option<usize>,
+    /// Jobs run together, their decoder steps batched (1 to 256); figures per batched
+    /// step, and aggregate throughput over every job.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
     /// End-to-end runs; each figure reported is their median.
     #[arg(long, default_value_t = 1, value_name = "R")]
     pub repeat: usize,
@@ -75,6 +79,7 @@ fn print_table(r: &BenchReport) {
         r.threads_env.describe(),
         r.guidance_scale
     ));
+    line(format!("{:<28}{}", "concurrent jobs", r.concurrency));
     line(format!("{:<28}{:.0} ms", "load", r.load_ms));
     line(format!("{:<28}{}", "text encoding", ms(r.text_encode_ms)));
     line(format!(
@@ -95,6 +100,12 @@ fn print_table(r: &BenchReport) {
         line(format!(
             "{:<28}{rtf:.3} ({audio:.2} s of audio)",
             "real-time factor"
+        ));
+    }
+    if let (Some(frames), Some(rtf)) = (r.aggregate_frames_per_s, r.aggregate_rtf) {
+        line(format!(
+            "{:<28}{frames:.1} frames/s, real-time factor {rtf:.3} (all {} jobs)",
+            "aggregate", r.concurrency
         ));
     }
     if let Some(rss) = r.peak_rss_bytes {

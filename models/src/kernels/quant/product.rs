@@ -50,9 +50,14 @@ fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
     });
 }
 
-/// Output features `first..` (`first` a multiple of [`TILE_ROWS`]) of `x w^T`, as many
-/// as `sums` holds: `sums` is `[features, x.rows]`, a feature's value for every row
-/// together. `None`, leaving `sums` alone, when the shapes do not fit.
+/// Output features `first..` (`first` a multiple of [`TILE_ROWS`]) of `x w^T` for every
+/// row of `x` (any number of them), as many as `sums` holds: `sums` is `[features,
+/// x.rows]`, a feature's value for every row together. `None`, leaving `sums` alone, when
+/// the shapes do not fit.
+///
+/// Up to [`MAX_ROWS`] rows run in one pass over the weights; more run in groups of that
+/// many, over [`TASK_FEATURES`] features at a time, so each group after the first reads
+/// those features' blocks from the cache. A row's sums do not depend on the other rows.
 pub(crate) fn features(
     x: &QuantizedRows,
     w: &BlockMatrix,
@@ -60,7 +65,7 @@ pub(crate) fn features(
     sums: &mut [f32],
 ) -> Option<()> {
     let m = x.rows;
-    let fits = (1..=MAX_ROWS).contains(&m)
+    let fits = m >= 1
         && x.cols == w.cols
         && first % TILE_ROWS == 0
         && sums.len() % m == 0
@@ -68,19 +73,54 @@ pub(crate) fn features(
     if !fits {
         return None;
     }
-    match m {
-        1 => features_of::<1>(w, first, &rows::<1>(x), sums),
-        2 => features_of::<2>(w, first, &rows::<2>(x), sums),
-        3 => features_of::<3>(w, first, &rows::<3>(x), sums),
-        _ => features_of::<4>(w, first, &rows::<4>(x), sums),
+    if m <= MAX_ROWS {
+        group_features(x, 0, m, w, first, sums);
+        return Some(());
+    }
+    let count = sums.len() / m;
+    let mut group = [0f32; TASK_FEATURES * MAX_ROWS];
+    for start in (0..count).step_by(TASK_FEATURES) {
+        let features = TASK_FEATURES.min(count - start);
+        for row in (0..m).step_by(MAX_ROWS) {
+            let rows = MAX_ROWS.min(m - row);
+            let out = &mut group[..features * rows];
+            group_features(x, row, rows, w, first + start, out);
+            for (f, values) in out.chunks_exact(rows).enumerate() {
+                let at = (start + f) * m + row;
+                sums[at..at + rows].copy_from_slice(values);
+            }
+        }
     }
     Some(())
 }
 
+/// [`features`] for rows `row..row + rows` of `x` (1 to [`MAX_ROWS`] of them), `sums`
+/// being `[features, rows]`.
+fn group_features(
+    x: &QuantizedRows,
+    row: usize,
+    rows: usize,
+    w: &BlockMatrix,
+    first: usize,
+    sums: &mut [f32],
+) {
+    match rows {
+        1 => features_of::<1>(w, first, &rows_from::<1>(x, row), sums),
+        2 => features_of::<2>(w, first, &rows_from::<2>(x, row), sums),
+        3 => features_of::<3>(w, first, &rows_from::<3>(x, row), sums),
+        _ => features_of::<4>(w, first, &rows_from::<4>(x, row), sums),
+    }
+}
+
 /// The first `M` rows of `x`.
 fn rows<const M: usize>(x: &QuantizedRows) -> [Row<'_>; M] {
+    rows_from::<M>(x, 0)
+}
+
+/// `M` rows of `x` from row `start` on.
+fn rows_from<const M: usize>(x: &QuantizedRows, start: usize) -> [Row<'_>; M] {
     std::array::from_fn(|i| {
-        let (values, scales, sums) = x.row(i);
+        let (values, scales, sums) = x.row(start + i);
         Row {
             values,
             scales,
@@ -336,6 +376,29 @@ mod tests {
                         "{format:?} {m}x{k}x{n}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Eleven rows at once (groups of four, four and three) give each row exactly the
+    /// sums it gets alone, over features that span several tasks' worth.
+    #[test]
+    fn a_row_sums_the_same_bits_alone_or_among_many() {
+        let (m, k, n) = (11, 288, 72);
+        for format in [BlockFormat::Q8, BlockFormat::Q4] {
+            let matrix = BlockMatrix::quantize(&random(n * k, 3), n, k, format).unwrap();
+            let xs = random(m * k, 4);
+            let mut all = QuantizedRows::default();
+            all.quantize(&xs, m, k);
+            let mut together = vec![0f32; n * m];
+            features(&all, &matrix, 0, &mut together).unwrap();
+            for i in 0..m {
+                let mut one = QuantizedRows::default();
+                one.quantize(&xs[i * k..(i + 1) * k], 1, k);
+                let mut alone = vec![0f32; n];
+                features(&one, &matrix, 0, &mut alone).unwrap();
+                let column: Vec<f32> = together.iter().skip(i).step_by(m).copied().collect();
+                assert_eq!(column, alone, "{format:?} row {i}");
             }
         }
     }

@@ -1,21 +1,27 @@
-//! One decoder position on the CPU in f32, as a single run of [`crate::kernels::phases`]: per
-//! layer, eight phases (the fused query-key-value projection, the self-attention heads, the
-//! output projection, the cross-attention query, heads and output, and the two
-//! feed-forward projections), then the LM heads. Each phase's tasks are feature ranges of
-//! a projection or single heads; norms and the quantization of a projection's input run
-//! between phases on the thread that finished the phase before. The residual additions,
-//! GELU and the cache writes happen inside the tasks that produce their inputs.
+//! Decoder positions on the CPU in f32, as a single run of [`crate::kernels::phases`] for
+//! every job of a batch: per layer, eight phases (the fused query-key-value projection, the
+//! self-attention heads, the output projection, the cross-attention query, heads and output,
+//! and the two feed-forward projections), then the LM heads. A projection's tasks are
+//! feature ranges over the rows of every job, so the weights are read once per step however
+//! many jobs share it; a head's task is one row's head, over that row's job's own cache,
+//! position and text. Norms and the quantization of a projection's input run between phases
+//! on the thread that finished the phase before. The residual additions, GELU and the cache
+//! writes happen inside the tasks that produce their inputs.
+//!
+//! Every row is computed by the same operations whatever the other rows are, so a job's
+//! logits are the same bits alone or batched.
 //!
 //! The math is the general path's ([`super::Decoder::forward`] over candle tensors, kept
 //! for GPUs and half-precision compute); a test holds the two together.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
 
 use super::cpu_views::{some, unsupported, LayerView, Norm, NOT_ON_CPU};
-use super::host_cache::{Buffers, HostKv, KvElement, LayerKv};
-use super::Decoder;
+use super::host_cache::{Buffers, HostCache, HostKv, KvElement, LayerKv};
+use super::{Decoder, DecoderCache, SelfKv};
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::{attend_head, CacheRows, NextHead, Scratch};
 use crate::kernels::phases::{self, SharedSlice};
@@ -71,58 +77,129 @@ struct TaskScratch {
     attention: Scratch,
 }
 
+/// One job's input to a batched step ([`Decoder::forward_batch`]).
+pub struct BatchJob<'a> {
+    /// The column to feed, one token per codebook; every row of the job gets it.
+    pub column: &'a [u32],
+    /// The job's cache; the step decodes its next position.
+    pub cache: &'a mut DecoderCache,
+}
+
+/// The working memory of batched steps, kept from step to step so that a step allocates
+/// nothing: it grows to the most rows a step has had.
+#[derive(Default)]
+pub struct StepBuffers {
+    buffers: Option<Buffers>,
+    /// Each job's rows in the last step.
+    rows: Vec<Range<usize>>,
+    /// Logits per row: codebooks times the vocabulary.
+    row_logits: usize,
+}
+
+impl StepBuffers {
+    /// Empty buffers; the first step sizes them.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rows of the last step, every job's together.
+    pub fn last_rows(&self) -> usize {
+        self.rows.last().map_or(0, |rows| rows.end)
+    }
+
+    /// The logits of job `job` of the last step, `[rows, K, vocab]` flattened; empty for a
+    /// job that step did not have.
+    pub fn logits(&mut self, job: usize) -> &[f32] {
+        let (Some(buffers), Some(rows)) = (&mut self.buffers, self.rows.get(job)) else {
+            return &[];
+        };
+        let all = buffers.logits.as_mut_slice();
+        &all[rows.start * self.row_logits..rows.end * self.row_logits]
+    }
+}
+
 impl Decoder {
-    /// Feeds `ids` (`[rows, codebooks, positions]`, row-major) at the cache's next
-    /// positions, one position at a time, and returns the last position's logits
-    /// `[rows, K, vocab]`.
+    /// Whether a job with this cache can take part in a batched step now: its cache is the
+    /// CPU step's, no prefix waits in it and a position is left.
+    pub fn can_batch(&self, cache: &DecoderCache) -> bool {
+        matches!(cache.self_kv, SelfKv::Host(_))
+            && cache.prefix.is_none()
+            && cache.len < cache.capacity
+            && cache.len < self.cfg.max_position_embeddings
+    }
+
+    /// Feeds each job's column at its cache's next position, every job in one pass; the
+    /// logits are then in `buffers` ([`StepBuffers::logits`]). Every job must pass
+    /// [`Self::can_batch`]. On an error no cache has advanced.
+    pub fn forward_batch(&self, jobs: &mut [BatchJob], buffers: &mut StepBuffers) -> Result<()> {
+        let codebooks = self.embed_tokens.len();
+        let mut rows = Vec::with_capacity(jobs.len());
+        let mut total = 0;
+        for (index, job) in jobs.iter().enumerate() {
+            let SelfKv::Host(host) = &job.cache.self_kv else {
+                return Err(unsupported("a batched job's cache holds tensors"));
+            };
+            if !self.can_batch(job.cache) || job.column.len() != codebooks {
+                return Err(ModelError::UnsupportedConfig {
+                    field: "batched step".into(),
+                    message: format!(
+                        "job {index} cannot join: {} tokens for {codebooks} codebooks, position \
+                         {} of {}, prefix waiting {}",
+                        job.column.len(),
+                        job.cache.len,
+                        job.cache.capacity,
+                        job.cache.prefix.is_some()
+                    ),
+                });
+            }
+            rows.push(total..total + host.rows);
+            total += host.rows;
+        }
+        if total == 0 {
+            return Ok(());
+        }
+        let step_buffers = match buffers.buffers.take() {
+            Some(existing) if existing.rows(self) >= total => existing,
+            _ => Buffers::new(self, total),
+        };
+        let step_buffers = buffers.buffers.insert(step_buffers);
+        let h = self.cfg.hidden_size;
+        {
+            let x = step_buffers.x.as_mut_slice();
+            for (job, rows) in jobs.iter().zip(&rows) {
+                let ids = |_: usize, k: usize| job.column[k];
+                let x = &mut x[rows.start * h..rows.end * h];
+                self.embed(ids, codebooks, job.cache.len, x, rows.len())?;
+            }
+        }
+        let views = jobs
+            .iter()
+            .zip(&rows)
+            .map(|(job, rows)| JobView::new(self, job.cache, rows.start))
+            .collect::<Result<Vec<_>>>()?;
+        run(self, &WeightViews::new(self)?, &views, step_buffers, total)?;
+        drop(views);
+        for job in jobs.iter_mut() {
+            job.cache.len += 1;
+        }
+        buffers.rows = rows;
+        buffers.row_logits = self.lm_heads.len() * self.cfg.vocab_size;
+        Ok(())
+    }
+
+    /// Feeds `ids` (`[rows, codebooks, 1]`, row-major) at the cache's next position and
+    /// returns its logits `[rows, K, vocab]`: a batch of one job, in the cache's own buffers.
     pub(super) fn forward_on_cpu(
         &self,
         ids: &[u32],
         (rows, codebooks, positions): (usize, usize, usize),
-        cache: &mut super::DecoderCache,
+        cache: &mut DecoderCache,
     ) -> Result<Tensor> {
-        let super::DecoderCache {
-            layers,
-            cross_mask,
-            self_kv,
-            len,
-            capacity,
-            prefix,
-        } = cache;
-        if prefix.is_some() {
-            return Err(unsupported("a prefix runs in the first, batched pass"));
+        if positions != 1 {
+            return Err(unsupported("the CPU step decodes one position at a time"));
         }
-        let super::SelfKv::Host(host) = self_kv else {
+        let SelfKv::Host(host) = &mut cache.self_kv else {
             return Err(unsupported("the cache holds tensors"));
-        };
-        let cross = layers
-            .iter()
-            .map(|layer| {
-                let keys = some(cpu_data(&layer.cross_k)?, NOT_ON_CPU)?;
-                let values = some(cpu_data(&layer.cross_v)?, NOT_ON_CPU)?;
-                Ok((keys, values))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let text_len = layers.first().map_or(Ok(0), |l| l.cross_k.dim(2))?;
-        let views = Views {
-            layers: self
-                .layers
-                .iter()
-                .map(LayerView::new)
-                .collect::<Result<_>>()?,
-            cross,
-            mask: match cross_mask {
-                Some(mask) => Some(some(cpu_data(mask)?, NOT_ON_CPU)?),
-                None => None,
-            },
-            final_norm: Norm::new(&self.final_norm)?,
-            heads: self
-                .lm_heads
-                .iter()
-                .map(|head| some(head.cpu_weights()?, NOT_ON_CPU))
-                .collect::<Result<_>>()?,
-            text_len,
-            capacity: *capacity,
         };
         if rows != host.rows || codebooks > self.embed_tokens.len() {
             return Err(ModelError::UnsupportedConfig {
@@ -135,33 +212,23 @@ impl Decoder {
                 ),
             });
         }
-        let cfg = &self.cfg;
-        let cross_len = rows * cfg.num_attention_heads * text_len * cfg.head_dim();
-        let text_fits = views.mask.as_ref().map_or(0, |m| m.len()) == rows * text_len
-            && views
-                .cross
-                .iter()
-                .all(|(k, v)| k.len() == cross_len && v.len() == cross_len);
-        if !text_fits {
-            return Err(ModelError::UnsupportedConfig {
-                field: "text conditioning".into(),
-                message: format!(
-                    "the cache's text mask or cross-attention keys do not hold {rows} rows of \
-                     {text_len} positions"
-                ),
-            });
-        }
-        for t in 0..positions {
-            let position = *len + t;
-            let ids = |b: usize, k: usize| ids[(b * codebooks + k) * positions + t];
-            let x = host.buffers.x.as_mut_slice();
-            self.embed(ids, codebooks, position, x, rows)?;
-            match &host.kv {
-                HostKv::F32(kv) => views.run(self, kv, &host.buffers, rows, position)?,
-                HostKv::F16(kv) => views.run(self, kv, &host.buffers, rows, position)?,
-            }
-        }
-        *len += positions;
+        let ids = |b: usize, k: usize| ids[b * codebooks + k];
+        self.embed(
+            ids,
+            codebooks,
+            cache.len,
+            host.buffers.x.as_mut_slice(),
+            rows,
+        )?;
+        let view = JobView::new(self, cache, 0)?;
+        let SelfKv::Host(host) = &cache.self_kv else {
+            return Err(unsupported("the cache holds tensors"));
+        };
+        run(self, &WeightViews::new(self)?, &[view], &host.buffers, rows)?;
+        cache.len += 1;
+        let SelfKv::Host(host) = &mut cache.self_kv else {
+            return Err(unsupported("the cache holds tensors"));
+        };
         let logits = host.buffers.logits.as_mut_slice().to_vec();
         let shape = (rows, self.lm_heads.len(), self.cfg.vocab_size);
         Ok(Tensor::from_vec(logits, shape, &Device::Cpu)?)
@@ -202,84 +269,169 @@ impl Decoder {
     }
 }
 
-/// The weights and text-side tensors every position of a call reads.
-struct Views<'a> {
+/// The weights every row of a step reads.
+struct WeightViews<'a> {
     layers: Vec<LayerView<'a>>,
+    final_norm: Norm<'a>,
+    heads: Vec<CpuWeights<'a>>,
+}
+
+impl<'a> WeightViews<'a> {
+    fn new(decoder: &'a Decoder) -> Result<Self> {
+        Ok(Self {
+            layers: decoder
+                .layers
+                .iter()
+                .map(LayerView::new)
+                .collect::<Result<_>>()?,
+            final_norm: Norm::new(&decoder.final_norm)?,
+            heads: decoder
+                .lm_heads
+                .iter()
+                .map(|head| some(head.cpu_weights()?, NOT_ON_CPU))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// One job's part of a step: its rows of the step's buffers and what its heads read.
+struct JobView<'a> {
+    /// Its first row in the step's buffers.
+    first_row: usize,
+    /// Its self-attention cache.
+    kv: &'a HostKv,
     /// Cross-attention keys and values per layer, `[rows, heads, text_len, head_dim]`.
     cross: Vec<(CpuData<'a, f32>, CpuData<'a, f32>)>,
     /// `[rows, text_len]`, added to the cross-attention scores; `None` without
     /// cross-attention.
     mask: Option<CpuData<'a, f32>>,
-    final_norm: Norm<'a>,
-    heads: Vec<CpuWeights<'a>>,
     text_len: usize,
+    /// Positions each head of its cache holds.
     capacity: usize,
+    /// The position the step decodes.
+    position: usize,
 }
 
-impl Views<'_> {
-    /// Runs one position through every layer and the heads, from the embedded
-    /// `buffers.x` to `buffers.logits`.
-    fn run<E: KvElement>(
-        &self,
-        decoder: &Decoder,
-        kv: &[LayerKv<E>],
-        buffers: &Buffers,
-        rows: usize,
-        position: usize,
-    ) -> Result<()> {
-        let cfg = &decoder.cfg;
-        let step = Step {
-            views: self,
-            kv,
-            buffers,
-            rows,
-            hidden: cfg.hidden_size,
-            ffn: cfg.ffn_dim,
-            attention_heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
-            vocab: cfg.vocab_size,
-            position,
-            scale: (cfg.head_dim() as f64).powf(-0.5) as f32,
-            failed: AtomicBool::new(false),
-        };
-        phases::run(
-            self.layers.len() * LAYER_PHASES.len() + 1,
-            |p| step.tasks(p),
-            // SAFETY: `phases::run` runs no task while a phase is prepared.
-            |p| unsafe { step.prepare(p) },
-            // SAFETY: see `Step::task`.
-            |scratch: &mut TaskScratch, p, i| unsafe { step.task(scratch, p, i) },
-            TaskScratch::default,
-        );
-        if step.failed.load(Ordering::Relaxed) {
-            return Err(unsupported("a projection's shapes do not fit its kernel"));
+impl<'a> JobView<'a> {
+    /// The view of a job whose cache is the CPU step's, its rows from `first_row` on.
+    fn new(decoder: &Decoder, cache: &'a DecoderCache, first_row: usize) -> Result<Self> {
+        if cache.prefix.is_some() {
+            return Err(unsupported("a prefix runs in the first, batched pass"));
         }
-        Ok(())
+        let SelfKv::Host(host) = &cache.self_kv else {
+            return Err(unsupported("the cache holds tensors"));
+        };
+        let host: &'a HostCache = host;
+        let cross = cache
+            .layers
+            .iter()
+            .map(|layer| {
+                let keys = some(cpu_data(&layer.cross_k)?, NOT_ON_CPU)?;
+                let values = some(cpu_data(&layer.cross_v)?, NOT_ON_CPU)?;
+                Ok((keys, values))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let text_len = cache.layers.first().map_or(Ok(0), |l| l.cross_k.dim(2))?;
+        let mask = match &cache.cross_mask {
+            Some(mask) => Some(some(cpu_data(mask)?, NOT_ON_CPU)?),
+            None => None,
+        };
+        let cfg = &decoder.cfg;
+        let rows = host.rows;
+        let cross_len = rows * cfg.num_attention_heads * text_len * cfg.head_dim();
+        let text_fits = mask.as_ref().map_or(0, |m| m.len()) == rows * text_len
+            && cross
+                .iter()
+                .all(|(k, v)| k.len() == cross_len && v.len() == cross_len);
+        if !text_fits {
+            return Err(ModelError::UnsupportedConfig {
+                field: "text conditioning".into(),
+                message: format!(
+                    "the cache's text mask or cross-attention keys do not hold {rows} rows of \
+                     {text_len} positions"
+                ),
+            });
+        }
+        Ok(Self {
+            first_row,
+            kv: &host.kv,
+            cross,
+            mask,
+            text_len,
+            capacity: cache.capacity,
+            position: cache.len,
+        })
     }
 }
 
-/// One position's run: what its phases read and write.
-struct Step<'a, E> {
-    views: &'a Views<'a>,
-    kv: &'a [LayerKv<E>],
+/// Runs one position of every job through every layer and the heads, from the embedded
+/// `buffers.x` to `buffers.logits`; `rows` is every job's rows together.
+fn run(
+    decoder: &Decoder,
+    weights: &WeightViews,
+    jobs: &[JobView],
+    buffers: &Buffers,
+    rows: usize,
+) -> Result<()> {
+    let cfg = &decoder.cfg;
+    let mut row_jobs = vec![0; rows];
+    for (index, job) in jobs.iter().enumerate() {
+        let end = jobs.get(index + 1).map_or(rows, |next| next.first_row);
+        row_jobs[job.first_row..end].fill(index);
+    }
+    let step = Step {
+        weights,
+        jobs,
+        row_jobs,
+        buffers,
+        rows,
+        hidden: cfg.hidden_size,
+        ffn: cfg.ffn_dim,
+        attention_heads: cfg.num_attention_heads,
+        head_dim: cfg.head_dim(),
+        vocab: cfg.vocab_size,
+        scale: (cfg.head_dim() as f64).powf(-0.5) as f32,
+        failed: AtomicBool::new(false),
+    };
+    phases::run(
+        weights.layers.len() * LAYER_PHASES.len() + 1,
+        |p| step.tasks(p),
+        // SAFETY: `phases::run` runs no task while a phase is prepared.
+        |p| unsafe { step.prepare(p) },
+        // SAFETY: see `Step::task`.
+        |scratch: &mut TaskScratch, p, i| unsafe { step.task(scratch, p, i) },
+        TaskScratch::default,
+    );
+    if step.failed.load(Ordering::Relaxed) {
+        return Err(unsupported("a projection's shapes do not fit its kernel"));
+    }
+    Ok(())
+}
+
+/// One position of every job: what its phases read and write.
+struct Step<'a> {
+    weights: &'a WeightViews<'a>,
+    jobs: &'a [JobView<'a>],
+    /// The job of each row.
+    row_jobs: Vec<usize>,
     buffers: &'a Buffers,
+    /// Every job's rows together.
     rows: usize,
     hidden: usize,
     ffn: usize,
     attention_heads: usize,
     head_dim: usize,
     vocab: usize,
-    position: usize,
     scale: f32,
     /// Set when a kernel declined its shapes (the step's result is then wrong).
     failed: AtomicBool,
 }
 
-impl<E: KvElement> Step<'_, E> {
+impl Step<'_> {
     /// Phase `p`'s layer and kind; `None` for the LM heads after the last layer.
     fn phase(&self, p: usize) -> Option<(usize, Phase)> {
         let layer = p / LAYER_PHASES.len();
-        (layer < self.views.layers.len()).then(|| (layer, LAYER_PHASES[p % LAYER_PHASES.len()]))
+        (layer < self.weights.layers.len()).then(|| (layer, LAYER_PHASES[p % LAYER_PHASES.len()]))
     }
 
     /// The projection phase `p` multiplies, its input and their width, and its output.
@@ -293,7 +445,7 @@ impl<E: KvElement> Step<'_, E> {
             epilogue,
         };
         let (l, phase) = self.phase(p)?;
-        let layer = &self.views.layers[l];
+        let layer = &self.weights.layers[l];
         Some(match phase {
             Phase::SelfQkv => (
                 &layer.qkv,
@@ -323,7 +475,7 @@ impl<E: KvElement> Step<'_, E> {
 
     /// Tasks of an LM head.
     fn head_tasks(&self) -> usize {
-        self.views
+        self.weights
             .heads
             .first()
             .map_or(0, |w| w.rows().div_ceil(w.task_features()))
@@ -331,9 +483,9 @@ impl<E: KvElement> Step<'_, E> {
 
     fn tasks(&self, p: usize) -> usize {
         match self.phase(p) {
-            None => self.views.heads.len() * self.head_tasks(),
+            None => self.weights.heads.len() * self.head_tasks(),
             Some((_, Phase::SelfHeads)) => self.rows * self.attention_heads,
-            Some((l, Phase::CrossHeads)) => match self.views.layers[l].cross {
+            Some((l, Phase::CrossHeads)) => match self.weights.layers[l].cross {
                 Some(_) => self.rows * self.attention_heads,
                 None => 0,
             },
@@ -356,12 +508,12 @@ impl<E: KvElement> Step<'_, E> {
             let b = self.buffers;
             let h = self.hidden;
             let norm = match self.phase(p) {
-                None => Some(&self.views.final_norm),
-                Some((l, Phase::SelfQkv)) => Some(&self.views.layers[l].self_norm),
+                None => Some(&self.weights.final_norm),
+                Some((l, Phase::SelfQkv)) => Some(&self.weights.layers[l].self_norm),
                 Some((l, Phase::CrossQuery)) => {
-                    self.views.layers[l].cross.as_ref().map(|c| &c.norm)
+                    self.weights.layers[l].cross.as_ref().map(|c| &c.norm)
                 }
-                Some((l, Phase::Expand)) => Some(&self.views.layers[l].final_norm),
+                Some((l, Phase::Expand)) => Some(&self.weights.layers[l].final_norm),
                 Some(_) => None,
             };
             if let Some(norm) = norm {
@@ -369,7 +521,7 @@ impl<E: KvElement> Step<'_, E> {
                 norm.apply(b.x.slice(all.clone()), h, b.normed.slice_mut(all));
             }
             let product = match self.phase(p) {
-                None => self.views.heads.first().map(|w| (w, &b.normed)),
+                None => self.weights.heads.first().map(|w| (w, &b.normed)),
                 Some(_) => self.projection(p).map(|(w, input, _)| (w, input)),
             };
             if let Some((weights, input)) = product.filter(|(w, _)| w.reads_quantized()) {
@@ -403,11 +555,11 @@ impl<E: KvElement> Step<'_, E> {
                     let (codebook, index) = (i / per_head, i % per_head);
                     let target = Target {
                         buffer: &self.buffers.logits,
-                        width: self.views.heads.len() * self.vocab,
+                        width: self.weights.heads.len() * self.vocab,
                         column: codebook * self.vocab,
                         epilogue: Epilogue::Store,
                     };
-                    let weights = &self.views.heads[codebook];
+                    let weights = &self.weights.heads[codebook];
                     self.project(scratch, weights, &self.buffers.normed, index, target);
                 }
             }
@@ -461,26 +613,49 @@ impl<E: KvElement> Step<'_, E> {
     }
 
     /// Self-attention head `i` (row `i / heads`): stores the position's key and value in
-    /// the head's part of the cache, then attends over every position so far.
+    /// the head's part of its job's cache, then attends over every position so far.
     ///
     /// # Safety
     ///
     /// As for [`Self::task`]: no task of the phase writes the projected rows, and no other
     /// task touches this head's part of the cache or of the output.
     unsafe fn self_head(&self, scratch: &mut TaskScratch, layer: usize, i: usize) {
+        let b = i / self.attention_heads;
+        let job = &self.jobs[self.row_jobs[b]];
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            match job.kv {
+                HostKv::F32(kv) => self.self_head_in(scratch, &kv[layer], job, i),
+                HostKv::F16(kv) => self.self_head_in(scratch, &kv[layer], job, i),
+            }
+        }
+    }
+
+    /// [`Self::self_head`] over `kv`, the layer's cache of `job`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::self_head`].
+    unsafe fn self_head_in<E: KvElement>(
+        &self,
+        scratch: &mut TaskScratch,
+        kv: &LayerKv<E>,
+        job: &JobView,
+        i: usize,
+    ) {
         // SAFETY: the caller's contract: nobody writes the projected rows, and this task
         // alone touches its head's part of the cache and of the output.
         unsafe {
             let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
             let (b, head) = (i / heads, i % heads);
+            let local = b - job.first_row;
             let qkv = self.buffers.qkv.slice(b * 3 * h..(b + 1) * 3 * h);
             let at = head * d;
-            let per_head = self.views.capacity * d;
-            let base = (b * heads + head) * per_head;
-            let kv = &self.kv[layer];
+            let per_head = job.capacity * d;
+            let base = (local * heads + head) * per_head;
             let keys = kv.keys.slice_mut(base..base + per_head);
             let values = kv.values.slice_mut(base..base + per_head);
-            let row = self.position * d;
+            let row = job.position * d;
             for j in 0..d {
                 keys[row + j] = E::from_f32(qkv[h + at + j]);
                 values[row + j] = E::from_f32(qkv[2 * h + at + j]);
@@ -489,23 +664,12 @@ impl<E: KvElement> Step<'_, E> {
             let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
             let (k, v) = (E::rows(&keys[..filled]), E::rows(&values[..filled]));
             let q = &qkv[at..at + d];
-            let next = self.next_head(kv, base + per_head, filled);
+            let next = next_head(kv, base + per_head, filled);
             attend_head(q, k, v, None, self.scale, next, &mut scratch.attention, out);
         }
     }
 
-    /// The filled keys and values of the head whose part of the cache starts at `base`
-    /// (this thread's next task, unless its segment ends), to prefetch; `None` past the
-    /// cache.
-    fn next_head(&self, kv: &LayerKv<E>, base: usize, filled: usize) -> Option<NextHead> {
-        let size = std::mem::size_of::<E>();
-        (base + filled <= kv.keys.len()).then(|| NextHead {
-            keys: (kv.keys.as_ptr().wrapping_add(base).cast(), filled * size),
-            values: (kv.values.as_ptr().wrapping_add(base).cast(), filled * size),
-        })
-    }
-
-    /// Cross-attention head `i` (row `i / heads`) over the text, masked.
+    /// Cross-attention head `i` (row `i / heads`) over its job's text, masked.
     ///
     /// # Safety
     ///
@@ -517,19 +681,21 @@ impl<E: KvElement> Step<'_, E> {
         unsafe {
             let (h, d, heads) = (self.hidden, self.head_dim, self.attention_heads);
             let (b, head) = (i / heads, i % heads);
-            let text = self.views.text_len;
+            let job = &self.jobs[self.row_jobs[b]];
+            let local = b - job.first_row;
+            let text = job.text_len;
             let at = head * d;
             let q = self.buffers.queries.slice(b * h + at..b * h + at + d);
-            let (keys, values) = &self.views.cross[layer];
-            let part = (b * heads + head) * text * d..(b * heads + head + 1) * text * d;
+            let (keys, values) = &job.cross[layer];
+            let part = (local * heads + head) * text * d..(local * heads + head + 1) * text * d;
             let (k, v) = (
                 CacheRows::F32(&keys[part.clone()]),
                 CacheRows::F32(&values[part.clone()]),
             );
-            let Some(mask) = &self.views.mask else {
+            let Some(mask) = &job.mask else {
                 return;
             };
-            let mask = &mask[b * text..(b + 1) * text];
+            let mask = &mask[local * text..(local + 1) * text];
             let out = self.buffers.attended.slice_mut(b * h + at..b * h + at + d);
             let next = NextHead {
                 keys: CacheRows::F32(&keys[part.end..]).as_bytes(),
@@ -539,6 +705,16 @@ impl<E: KvElement> Step<'_, E> {
             attend_head(q, k, v, Some(mask), scale, Some(next), scratch, out);
         }
     }
+}
+
+/// The filled keys and values of the head whose part of the cache starts at `base` (this
+/// thread's next task, unless its segment ends), to prefetch; `None` past the cache.
+fn next_head<E>(kv: &LayerKv<E>, base: usize, filled: usize) -> Option<NextHead> {
+    let size = std::mem::size_of::<E>();
+    (base + filled <= kv.keys.len()).then(|| NextHead {
+        keys: (kv.keys.as_ptr().wrapping_add(base).cast(), filled * size),
+        values: (kv.values.as_ptr().wrapping_add(base).cast(), filled * size),
+    })
 }
 
 #[cfg(test)]

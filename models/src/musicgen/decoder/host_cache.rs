@@ -104,6 +104,30 @@ pub(super) struct Buffers {
     pub(super) logits: SharedSlice<f32>,
 }
 
+impl Buffers {
+    /// Buffers for a step of `rows` rows of `decoder`.
+    pub(super) fn new(decoder: &Decoder, rows: usize) -> Self {
+        let cfg = &decoder.cfg;
+        let h = cfg.hidden_size;
+        let zeros = |n: usize| SharedSlice::new(vec![0f32; n]);
+        Self {
+            x: zeros(rows * h),
+            normed: zeros(rows * h),
+            qkv: zeros(rows * 3 * h),
+            queries: zeros(rows * h),
+            attended: zeros(rows * h),
+            hidden: zeros(rows * cfg.ffn_dim),
+            quantized: Shared::new(QuantizedRows::default()),
+            logits: zeros(rows * decoder.lm_heads.len() * cfg.vocab_size),
+        }
+    }
+
+    /// Rows of hidden state these buffers hold.
+    pub(super) fn rows(&self, decoder: &Decoder) -> usize {
+        self.x.len() / decoder.cfg.hidden_size
+    }
+}
+
 /// The self-attention cache and step buffers of one job on the CPU.
 pub(super) struct HostCache {
     pub(super) kv: HostKv,
@@ -124,7 +148,6 @@ impl HostCache {
         let cfg = &decoder.cfg;
         let h = cfg.hidden_size;
         let per_layer = rows * h * capacity;
-        let zeros = |n: usize| SharedSlice::new(vec![0f32; n]);
         let kv = (0..cfg.num_hidden_layers)
             .map(|_| LayerKv {
                 keys: SharedSlice::new(vec![E::default(); per_layer]),
@@ -133,16 +156,7 @@ impl HostCache {
             .collect();
         Self {
             kv: wrap(kv),
-            buffers: Buffers {
-                x: zeros(rows * h),
-                normed: zeros(rows * h),
-                qkv: zeros(rows * 3 * h),
-                queries: zeros(rows * h),
-                attended: zeros(rows * h),
-                hidden: zeros(rows * cfg.ffn_dim),
-                quantized: Shared::new(QuantizedRows::default()),
-                logits: zeros(rows * decoder.lm_heads.len() * cfg.vocab_size),
-            },
+            buffers: Buffers::new(decoder, rows),
             rows,
             capacity,
         }
