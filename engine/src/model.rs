@@ -1,6 +1,8 @@
 //! The model interface of the engine: the step API a job runs through (start, one step at
-//! a time, finish), never a closed loop. What a model tells about itself is
-//! [`crate::model_info`].
+//! a time, finish), never a closed loop, and one step over many jobs for the models that
+//! batch. What a model tells about itself is [`crate::model_info`].
+
+use std::any::Any;
 
 use crate::audio::{Audio, AudioChunk};
 use crate::error::EngineError;
@@ -14,14 +16,26 @@ pub trait MusicModel: Send + Sync {
     fn info(&self) -> &ModelInfo;
 
     /// Prepares a job (tokenising and encoding the prompt); no decoder step runs yet.
-    fn start<'a>(
-        &'a self,
-        request: &ValidatedRequest,
-    ) -> Result<Box<dyn Session + 'a>, EngineError>;
+    fn start(&self, request: &ValidatedRequest) -> Result<Box<dyn Session>, EngineError>;
+
+    /// Whether one step over many jobs ([`MusicModel::step_batch`]) costs much less than a
+    /// step of each: the engine then runs this model's jobs together on one thread.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Runs one step of every session, which this model started; one result per session,
+    /// in order. A session that fails does not stop the others, and no session's numbers
+    /// depend on which others share the step. The default steps each in turn.
+    fn step_batch(&self, sessions: &mut [&mut dyn Session]) -> Vec<Result<(), EngineError>> {
+        sessions.iter_mut().map(|session| session.step()).collect()
+    }
 }
 
-/// One job on one model, advanced a step at a time.
-pub trait Session {
+/// One job on one model, advanced a step at a time. It owns its state (a model that
+/// batches finds its own sessions among the ones it is given through [`Any`]) and may move
+/// to another thread to be finished.
+pub trait Session: Any + Send {
     /// Steps in total.
     fn total_steps(&self) -> usize;
 

@@ -3,8 +3,11 @@
 //! EnCodec at the end. Covers: any MusicGen continues a clip of the song; MusicGen-Melody
 //! also follows the song's melody.
 
+use std::any::Any;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::long_form::EXTEND_STRIDE_SECONDS;
 use son1k_models::musicgen::{GenerationParams, LongGeneration, MusicGen, Windows};
 use son1k_models::ModelError;
@@ -23,9 +26,12 @@ pub const DEFAULT_EXTEND_STRIDE_SECONDS: f64 = EXTEND_STRIDE_SECONDS;
 
 /// A loaded MusicGen checkpoint.
 pub struct MusicGenModel {
-    model: MusicGen,
+    model: Arc<MusicGen>,
     info: ModelInfo,
     windows: Windows,
+    /// The batched step's rows and logits, kept from step to step; one batch thread
+    /// steps a model, so the lock is never contended.
+    buffers: Mutex<StepBuffers>,
 }
 
 impl MusicGenModel {
@@ -92,9 +98,10 @@ impl MusicGenModel {
             max_clip_frames: windows.window,
         };
         Self {
-            model,
+            model: Arc::new(model),
             info,
             windows,
+            buffers: Mutex::new(StepBuffers::new()),
         }
     }
 
@@ -126,10 +133,7 @@ impl MusicModel for MusicGenModel {
         &self.info
     }
 
-    fn start<'a>(
-        &'a self,
-        request: &ValidatedRequest,
-    ) -> Result<Box<dyn Session + 'a>, EngineError> {
+    fn start(&self, request: &ValidatedRequest) -> Result<Box<dyn Session>, EngineError> {
         let ids = self.model.tokenize(&request.prompt)?;
         if ids.len() > request.max_prompt_tokens {
             return Err(EngineError::invalid(
@@ -167,18 +171,59 @@ impl MusicModel for MusicGenModel {
                 },
             )?;
         Ok(Box::new(MusicGenSession {
-            model: &self.model,
+            model: Arc::clone(&self.model),
             generation,
         }))
     }
+
+    /// On the CPU the decoder step reads each weight once for every job in the batch.
+    fn batches(&self) -> bool {
+        self.model.device().is_cpu()
+    }
+
+    fn step_batch(&self, sessions: &mut [&mut dyn Session]) -> Vec<Result<(), EngineError>> {
+        // Sessions of another model (none, from the engine) step alone.
+        let mut ours: Vec<&mut LongGeneration> = Vec::with_capacity(sessions.len());
+        let mut places: Vec<Option<usize>> = Vec::with_capacity(sessions.len());
+        let mut results: Vec<Result<(), EngineError>> = Vec::with_capacity(sessions.len());
+        for session in sessions.iter_mut() {
+            let any: &mut dyn Any = &mut **session;
+            match any.downcast_mut::<MusicGenSession>() {
+                Some(session) if Arc::ptr_eq(&session.model, &self.model) => {
+                    places.push(Some(ours.len()));
+                    ours.push(&mut session.generation);
+                    results.push(Ok(()));
+                }
+                _ => {
+                    places.push(None);
+                    results.push(Err(EngineError::Internal(
+                        "a session of another model in MusicGen's batch".into(),
+                    )));
+                }
+            }
+        }
+        // A poisoned lock only means an earlier step panicked; the buffers are rewritten
+        // by every step.
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stepped = LongGeneration::step_batch(&self.model, &mut ours, &mut buffers)
+            .into_iter()
+            .map(Some)
+            .collect::<Vec<_>>();
+        for (result, place) in results.iter_mut().zip(places) {
+            if let Some(outcome) = place.and_then(|n| stepped[n].take()) {
+                *result = outcome.map_err(EngineError::from);
+            }
+        }
+        results
+    }
 }
 
-struct MusicGenSession<'a> {
-    model: &'a MusicGen,
+struct MusicGenSession {
+    model: Arc<MusicGen>,
     generation: LongGeneration,
 }
 
-impl Session for MusicGenSession<'_> {
+impl Session for MusicGenSession {
     fn total_steps(&self) -> usize {
         self.generation.total_steps()
     }
@@ -188,7 +233,7 @@ impl Session for MusicGenSession<'_> {
     }
 
     fn step(&mut self) -> Result<(), EngineError> {
-        Ok(self.generation.step(self.model)?)
+        Ok(self.generation.step(&self.model)?)
     }
 
     fn finish(self: Box<Self>) -> Result<Audio, EngineError> {

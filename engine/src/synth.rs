@@ -60,10 +60,7 @@ impl MusicModel for SynthModel {
         &self.info
     }
 
-    fn start<'a>(
-        &'a self,
-        request: &ValidatedRequest,
-    ) -> Result<Box<dyn Session + 'a>, EngineError> {
+    fn start(&self, request: &ValidatedRequest) -> Result<Box<dyn Session>, EngineError> {
         let duration_s = request.frames as f64 / FRAME_RATE as f64;
         let job = match &request.cover {
             Some(cover) => {

@@ -9,7 +9,7 @@ use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{
     generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, MusicModel,
-    Precision, Stage, Update,
+    Precision, Session, Stage, Update,
 };
 
 fn musicgen() -> MusicGenModel {
@@ -198,4 +198,65 @@ fn a_melody_cover_of_a_song_past_thirty_seconds_runs_in_windows() {
     let (output, total) = run_to_end(&model, &request);
     assert_eq!(total, 1503 + 3 * 9 + (903 + 903 + 203));
     assert_eq!(output.audio.channels[0].len(), 70 * 32_000);
+}
+
+/// Jobs with different prompts, lengths, guidance and samplers, joining a running batch at
+/// different steps, one cancelled (dropped) halfway: each job's audio is bit for bit what
+/// it makes alone, through the engine's batched step.
+#[test]
+fn each_job_gives_the_same_audio_alone_or_in_a_batch() {
+    let model = musicgen();
+    assert!(model.batches(), "MusicGen on the CPU batches");
+    let job = |prompt: &str, seconds: f64, top_k: usize, guidance: f32, seed: u64| {
+        GenerateRequest {
+            top_k: Some(top_k),
+            guidance_scale: Some(guidance),
+            seed: Some(seed),
+            ..GenerateRequest::new(prompt, Length::Seconds(seconds))
+        }
+        .validate(&Limits::default(), model.info())
+        .unwrap()
+    };
+    // (request, the step of the batch it joins at, the step it is dropped at)
+    let jobs = [
+        (job("rock song", 0.6, 1, 3.0, 1), 0, None),
+        (job("soft piano ballad", 0.3, 50, 1.0, 7), 3, None),
+        (
+            job("fast techno beat with a loud kick", 0.5, 250, 5.0, 9),
+            5,
+            None,
+        ),
+        (job("jazz", 0.6, 1, 3.0, 2), 0, Some(6)),
+    ];
+    let solo: Vec<Vec<Vec<f32>>> = jobs[..3]
+        .iter()
+        .map(|(request, _, _)| run_to_end(&model, request).0.audio.channels)
+        .collect();
+
+    let mut active: Vec<(usize, Box<dyn Session>)> = Vec::new();
+    let mut finished: Vec<(usize, Box<dyn Session>)> = Vec::new();
+    let mut step = 0;
+    while finished.len() < 3 {
+        for (n, (request, joins, _)) in jobs.iter().enumerate() {
+            if *joins == step {
+                active.push((n, model.start(request).unwrap()));
+            }
+        }
+        active.retain(|(n, _)| jobs[*n].2 != Some(step));
+        let mut sessions: Vec<&mut dyn Session> =
+            active.iter_mut().map(|(_, s)| s.as_mut()).collect();
+        for result in model.step_batch(&mut sessions) {
+            result.unwrap();
+        }
+        let (done, running) = active
+            .into_iter()
+            .partition(|(_, s)| s.steps_done() == s.total_steps());
+        finished.extend::<Vec<_>>(done);
+        active = running;
+        step += 1;
+    }
+    for (n, session) in finished {
+        let audio = session.finish().unwrap();
+        assert_eq!(audio.channels, solo[n], "job {n}");
+    }
 }

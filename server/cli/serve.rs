@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::Args;
 use son1k_engine::jobs::EngineConfig;
 use son1k_engine::musicgen::{MusicGenModel, DEFAULT_EXTEND_STRIDE_SECONDS};
@@ -65,9 +66,15 @@ pub struct ServeArgs {
     /// Hours a finished job and its audio are kept.
     #[arg(long, default_value_t = 24.0, value_name = "HOURS")]
     pub retention_hours: f64,
-    /// Jobs that run at once (each on a worker thread).
+    /// Jobs of models that do not batch (the synth) that run at once, each on a worker
+    /// thread.
     #[arg(long, default_value_t = EngineConfig::new("").max_running)]
     pub max_running: usize,
+    /// Jobs one MusicGen model on the CPU steps together, 1 to 256: each decoder step
+    /// reads the weights once for all of them, and each job's KV cache takes its own memory.
+    #[arg(long, default_value_t = EngineConfig::new("").max_batch,
+          value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    pub max_batch: usize,
     /// Jobs that may wait for a worker; beyond it submits get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = EngineConfig::new("").max_queued)]
     pub max_queued: usize,
@@ -223,6 +230,7 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
             ..Limits::default()
         },
         max_running: args.max_running.max(1),
+        max_batch: args.max_batch,
         max_queued: args.max_queued,
         max_jobs_per_tenant: args.max_jobs_per_tenant,
         retention: seconds("retention-hours", args.retention_hours * 3600.0)?,

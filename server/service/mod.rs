@@ -175,7 +175,10 @@ impl GenerationService for GenerationApi {
         let song_rate = model.song_rate;
         // The admission slot is taken before the upload is decoded, so decoding is only
         // done for a job that will run; it goes back if anything below fails.
-        let reservation = engine.reserve(&tenant).await.map_err(to_status)?;
+        let reservation = engine
+            .reserve(&tenant, &model.id)
+            .await
+            .map_err(to_status)?;
         let bytes = std::mem::take(&mut request.song);
         let song = engine
             .load_song(&tenant, bytes, song_rate)

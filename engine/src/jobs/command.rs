@@ -101,6 +101,8 @@ pub(crate) enum Command {
     /// submission uses it or it is released.
     Reserve {
         tenant: String,
+        /// The model its job will run on (it holds a slot of that model's lane).
+        model: String,
         reply: oneshot::Sender<Result<ReservationId, EngineError>>,
     },
     /// Gives an unused slot back (a used one is already gone).

@@ -11,9 +11,13 @@ use crate::limits::Limits;
 pub struct EngineConfig {
     /// Request limits (prompt, duration, sampling, uploads).
     pub limits: Limits,
-    /// Jobs that run at once, each on its own worker thread (default 2). More jobs than
-    /// cores only share the cores.
+    /// Jobs of models that do not batch (the synth) that run at once, each on its own
+    /// worker thread (default 2). More jobs than cores only share the cores.
     pub max_running: usize,
+    /// Jobs one model that batches (MusicGen on the CPU) steps together (default 8): every
+    /// decoder step reads the weights once for all of them. More wait in the queue, first
+    /// come, first served.
+    pub max_batch: usize,
     /// Jobs that may wait for a worker (default 64); beyond it a submit is refused with
     /// `ResourceExhausted` and a retry hint.
     pub max_queued: usize,
@@ -56,6 +60,7 @@ impl EngineConfig {
         Self {
             limits: Limits::default(),
             max_running: 2,
+            max_batch: 8,
             max_queued: 64,
             max_jobs_per_tenant: 16,
             retry_after: Duration::from_secs(5),

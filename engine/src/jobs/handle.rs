@@ -17,7 +17,7 @@ use super::registry::Registry;
 use super::restore::restore;
 use super::store::{kept_after_end, Store, StoreHealth};
 use super::tenants::ListCursor;
-use super::worker::{spawn_workers, ReportTo};
+use super::worker::{ReportTo, Workers};
 use crate::audio::AudioFormat;
 use crate::cover::{load_song, Song};
 use crate::error::EngineError;
@@ -126,8 +126,14 @@ impl Engine {
                 report,
             });
         });
-        let work = spawn_workers(config.max_running.max(1), store.clone(), worker_reports)
-            .map_err(io_error)?;
+        let work = Workers::spawn(
+            &models,
+            config.max_running.max(1),
+            config.max_batch.max(1),
+            store.clone(),
+            worker_reports,
+        )
+        .map_err(io_error)?;
         let mut infos: Vec<ModelInfo> = models.iter().map(|m| m.info().clone()).collect();
         let default_model = config.default_model.clone();
         // Listed default first, so clients that show "the server's default" know which.
@@ -305,11 +311,12 @@ impl Engine {
     /// Takes an admission slot for a job from `tenant` before expensive work such as
     /// decoding an upload, so that work is only done for a job that will be admitted. The
     /// slot counts against the queue and the tenant's limits until a [`Submission`] names
-    /// it or the reservation is dropped.
-    pub async fn reserve(&self, tenant: &str) -> Result<Reservation, EngineError> {
+    /// it or the reservation is dropped. `model` is the id of the model the job will run on.
+    pub async fn reserve(&self, tenant: &str, model: &str) -> Result<Reservation, EngineError> {
         let id = self
             .ask(|reply| Command::Reserve {
                 tenant: tenant.to_string(),
+                model: model.to_string(),
                 reply,
             })
             .await??;

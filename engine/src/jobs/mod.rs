@@ -2,6 +2,7 @@
 //! sequence numbers, subscribers, cancel flags), worker threads that run the models, and a
 //! store on disk where results and records survive restarts.
 
+mod batch;
 mod command;
 mod config;
 mod decode_slots;

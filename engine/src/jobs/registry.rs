@@ -20,7 +20,7 @@ use super::job::{
 };
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
 use super::tenants::Tenants;
-use super::worker::{WorkItem, WorkerReport};
+use super::worker::{WorkItem, WorkerReport, Workers};
 use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
 use crate::model::MusicModel;
@@ -40,8 +40,19 @@ const STORE_FAILED: &str =
 /// An admission slot held for a submission to come.
 struct Reserved {
     tenant: String,
-    /// A worker was free for it when it was taken (else it holds a queue place).
+    /// Where its job will run.
+    lane: Lane,
+    /// A slot was free for it when it was taken (else it holds a queue place).
     starts: bool,
+}
+
+/// Where a running job holds its slot: the worker pool (`max_running` jobs, one per
+/// thread), or the batch of a model that batches (`max_batch` jobs stepped together). Jobs
+/// start first come, first served within each lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Lane {
+    Pool,
+    Batch(String),
 }
 
 /// The registry's state; lives inside its task.
@@ -52,7 +63,8 @@ pub(crate) struct Registry {
     /// (tenant, request id) -> job id.
     keys: HashMap<(String, String), String>,
     queue: VecDeque<String>,
-    running: usize,
+    /// Running jobs (by id) and the lane each holds a slot in, until its worker is done.
+    running: HashMap<String, Lane>,
     /// Queued or running jobs per tenant.
     unfinished: HashMap<String, usize>,
     /// Each tenant's job index, stored bytes and submission allowance.
@@ -60,7 +72,7 @@ pub(crate) struct Registry {
     /// Admission slots taken before a submission (covers decoding their upload), by tenant.
     reserved: HashMap<ReservationId, Reserved>,
     next_reservation: u64,
-    work: std_mpsc::Sender<WorkItem>,
+    work: Workers,
     store: std_mpsc::Sender<StoreOp>,
     /// Work items of queued jobs, taken when they start.
     pending: HashMap<String, WorkItem>,
@@ -87,7 +99,7 @@ impl Registry {
         config: EngineConfig,
         models: Vec<Arc<dyn MusicModel>>,
         restored: Vec<Job>,
-        work: std_mpsc::Sender<WorkItem>,
+        work: Workers,
         store: std_mpsc::Sender<StoreOp>,
         health: watch::Sender<StoreHealth>,
     ) -> Self {
@@ -103,7 +115,7 @@ impl Registry {
             jobs: HashMap::new(),
             keys: HashMap::new(),
             queue: VecDeque::new(),
-            running: 0,
+            running: HashMap::new(),
             unfinished: HashMap::new(),
             reserved: HashMap::new(),
             next_reservation: 0,
@@ -196,7 +208,7 @@ impl Registry {
                         },
                     );
                 }
-                if self.running == 0 {
+                if self.running.is_empty() {
                     let _ = reply.send(());
                 } else {
                     self.drain_waiters.push(reply);
@@ -205,13 +217,28 @@ impl Registry {
             Command::Flush { reply } => {
                 let _ = self.store.send(StoreOp::Barrier(reply));
             }
-            Command::Reserve { tenant, reply } => {
-                let reservation = self.admit(&tenant).map(|starts| {
-                    self.next_reservation += 1;
-                    let id = ReservationId(self.next_reservation);
-                    self.reserved.insert(id, Reserved { tenant, starts });
-                    id
-                });
+            Command::Reserve {
+                tenant,
+                model,
+                reply,
+            } => {
+                let reservation = self
+                    .model(Some(&model))
+                    .map(|model| self.lane(model))
+                    .and_then(|lane| Ok((self.admit(&tenant, &lane)?, lane)))
+                    .map(|(starts, lane)| {
+                        self.next_reservation += 1;
+                        let id = ReservationId(self.next_reservation);
+                        self.reserved.insert(
+                            id,
+                            Reserved {
+                                tenant,
+                                lane,
+                                starts,
+                            },
+                        );
+                        id
+                    });
                 let _ = reply.send(reservation);
             }
             Command::Release { id } => {
@@ -265,17 +292,18 @@ impl Registry {
                 }
             }
         }
+        let model = Arc::clone(self.model(submission.model.as_deref())?);
+        let lane = self.lane(&model);
         let reserved = submission
             .reservation
             .is_some_and(|id| self.reserved.remove(&id).is_some());
         let starts_now = if reserved {
             // The slot was counted when it was taken.
             self.refuse_if_draining()?;
-            self.queue.is_empty() && self.starting_reservations() < self.free_workers()
+            self.starts_now(&lane)
         } else {
-            self.admit(&submission.tenant)?
+            self.admit(&submission.tenant, &lane)?
         };
-        let model = self.model(submission.model.as_deref())?;
         let request = submission
             .request
             .validate(&self.config.limits, model.info())?;
@@ -310,7 +338,7 @@ impl Registry {
         tracing::info!(job = %id, tenant = %info.tenant, model = %info.model, queue_position, "admitted");
         let item = WorkItem {
             id: id.clone(),
-            model: Arc::clone(model),
+            model,
             request,
             format: submission.format,
             cancel: Arc::default(),
@@ -350,14 +378,43 @@ impl Registry {
         })
     }
 
-    /// Reservations that were told their job would start at once: they hold free workers.
-    fn starting_reservations(&self) -> usize {
-        self.reserved.values().filter(|r| r.starts).count()
+    /// The lane `model`'s jobs run in.
+    fn lane(&self, model: &Arc<dyn MusicModel>) -> Lane {
+        if self.work.batches(model) {
+            Lane::Batch(model.info().id.clone())
+        } else {
+            Lane::Pool
+        }
     }
 
-    /// Workers not running a job.
-    fn free_workers(&self) -> usize {
-        self.config.max_running.saturating_sub(self.running)
+    /// Jobs that run at once in a lane.
+    fn capacity(&self, lane: &Lane) -> usize {
+        match lane {
+            Lane::Pool => self.config.max_running.max(1),
+            Lane::Batch(_) => self.config.max_batch.max(1),
+        }
+    }
+
+    /// Slots of a lane no running job holds.
+    fn free_slots(&self, lane: &Lane) -> usize {
+        let running = self.running.values().filter(|l| *l == lane).count();
+        self.capacity(lane).saturating_sub(running)
+    }
+
+    /// Whether a job for `lane` would start at once: no job waits for that lane, and a
+    /// slot is free that no reservation told its job it would start in.
+    fn starts_now(&self, lane: &Lane) -> bool {
+        let waiting = self.queue.iter().any(|id| {
+            self.pending
+                .get(id)
+                .is_some_and(|item| self.lane(&item.model) == *lane)
+        });
+        let starting = self
+            .reserved
+            .values()
+            .filter(|r| r.starts && r.lane == *lane)
+            .count();
+        !waiting && starting < self.free_slots(lane)
     }
 
     fn refuse_if_draining(&self) -> Result<(), EngineError> {
@@ -372,7 +429,7 @@ impl Registry {
     /// Whether a job from `tenant` is admitted now: `Ok(true)` if it would start at once,
     /// `Ok(false)` if it would wait in the queue. Reserved slots count as waiting jobs. An
     /// admission takes one submission from the tenant's allowance.
-    fn admit(&mut self, tenant: &str) -> Result<bool, EngineError> {
+    fn admit(&mut self, tenant: &str, lane: &Lane) -> Result<bool, EngineError> {
         self.refuse_if_draining()?;
         let health = *self.health.borrow();
         if health.unwritable {
@@ -406,10 +463,9 @@ impl Registry {
                 retry_after: self.retry_hint(),
             });
         }
-        // Reservations made while a worker was free hold it; the rest count as waiting.
-        let free_workers = self.free_workers();
-        let starting = self.starting_reservations();
-        let starts_now = self.queue.is_empty() && starting < free_workers;
+        // Reservations made while a slot was free hold it; the rest count as waiting.
+        let starts_now = self.starts_now(lane);
+        let starting = self.reserved.values().filter(|r| r.starts).count();
         let waiting = self.queue.len() + (self.reserved.len() - starting);
         if !starts_now && waiting >= self.config.max_queued {
             return Err(EngineError::ResourceExhausted {
@@ -452,11 +508,11 @@ impl Registry {
             frames_total: job.frames,
             ..queued_progress(0)
         };
-        self.running += 1;
         let id = item.id.clone();
+        self.running.insert(id.clone(), self.lane(&item.model));
         self.save(&id);
         self.append(&id, EventBody::Progress(starting));
-        if self.work.send(item).is_err() {
+        if !self.work.send(item) {
             self.on_report(
                 &id,
                 WorkerReport::Finished(Err(EngineError::Internal(
@@ -466,12 +522,21 @@ impl Registry {
         }
     }
 
-    /// Starts queued jobs while slots are free, and tells the rest their new place.
+    /// Starts queued jobs, in order, wherever their lane has a free slot, and tells the
+    /// rest their new place.
     fn dispatch(&mut self) {
-        while self.running < self.config.max_running {
-            let Some(id) = self.queue.pop_front() else {
-                break;
+        let mut index = 0;
+        while index < self.queue.len() {
+            let id = &self.queue[index];
+            let Some(item) = self.pending.get(id) else {
+                self.queue.remove(index);
+                continue;
             };
+            if self.free_slots(&self.lane(&item.model)) == 0 {
+                index += 1;
+                continue;
+            }
+            let id = self.queue.remove(index).unwrap_or_default();
             if let Some(item) = self.pending.remove(&id) {
                 self.start(item);
             }
@@ -582,7 +647,7 @@ impl Registry {
         let Some(job) = self.jobs.get_mut(id) else {
             // Cancelled while it decoded, then expired before its worker returned.
             if matches!(report, WorkerReport::Finished(_)) {
-                self.running = self.running.saturating_sub(1);
+                self.running.remove(id);
                 self.after_run();
             }
             return;
@@ -590,7 +655,7 @@ impl Registry {
         if job.info.state.is_terminal() {
             // Cancelled while it decoded or wrote: the worker is done with it now.
             if matches!(report, WorkerReport::Finished(_)) {
-                self.running = self.running.saturating_sub(1);
+                self.running.remove(id);
                 self.after_run();
             }
             return;
@@ -606,7 +671,7 @@ impl Registry {
                 self.append(id, EventBody::Progress(report));
             }
             WorkerReport::Finished(outcome) => {
-                self.running = self.running.saturating_sub(1);
+                self.running.remove(id);
                 // A job the store failed cannot complete, whatever the model did.
                 let outcome = if job.store_failed {
                     Err(EngineError::Unavailable(STORE_FAILED.into()))
@@ -680,7 +745,7 @@ impl Registry {
 
     /// A worker is free: wakes drain waiters once none runs, and starts the next job.
     fn after_run(&mut self) {
-        if self.draining && self.running == 0 {
+        if self.draining && self.running.is_empty() {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
             }

@@ -62,6 +62,9 @@ struct GatedModel {
     panic_with: Option<&'static str>,
     /// When set, decoding (the session's finish) waits for one of its permits too.
     decode_gate: Option<Arc<Gate>>,
+    /// When set, the model batches: a step of all its jobs takes one permit, and the
+    /// number of jobs in each step is recorded here.
+    batch_sizes: Option<Arc<Mutex<Vec<usize>>>>,
 }
 
 impl GatedModel {
@@ -91,6 +94,7 @@ impl GatedModel {
             gate,
             panic_with: None,
             decode_gate: None,
+            batch_sizes: None,
         }
     }
 }
@@ -100,10 +104,7 @@ impl MusicModel for GatedModel {
         &self.info
     }
 
-    fn start<'a>(
-        &'a self,
-        request: &ValidatedRequest,
-    ) -> Result<Box<dyn Session + 'a>, EngineError> {
+    fn start(&self, request: &ValidatedRequest) -> Result<Box<dyn Session>, EngineError> {
         if let Some(text) = self.panic_with {
             panic!("{text}");
         }
@@ -113,6 +114,26 @@ impl MusicModel for GatedModel {
             total: request.frames,
             done: 0,
         }))
+    }
+
+    fn batches(&self) -> bool {
+        self.batch_sizes.is_some()
+    }
+
+    fn step_batch(&self, sessions: &mut [&mut dyn Session]) -> Vec<Result<(), EngineError>> {
+        if let Some(sizes) = &self.batch_sizes {
+            sizes.lock().unwrap().push(sessions.len());
+        }
+        self.gate.take();
+        sessions
+            .iter_mut()
+            .map(|session| {
+                let any: &mut dyn std::any::Any = &mut **session;
+                let session = any.downcast_mut::<GatedSession>().unwrap();
+                session.done += 1;
+                Ok(())
+            })
+            .collect()
     }
 }
 
@@ -350,14 +371,14 @@ async fn a_reserved_slot_counts_before_its_job_exists_and_an_unused_one_is_given
     let engine = engine(dir.path(), &gate, 1, 1);
     let running = engine.submit(submission("a")).await.unwrap();
     // A cover decoding its upload holds the only queue place ...
-    let reservation = engine.reserve("b").await.unwrap();
+    let reservation = engine.reserve("b", "gated").await.unwrap();
     let refused = engine.submit(submission("c")).await;
     assert!(
         matches!(&refused, Err(EngineError::ResourceExhausted { message, .. }) if message.contains("max_queued")),
         "{:?}",
         refused.err()
     );
-    assert!(engine.reserve("c").await.is_err());
+    assert!(engine.reserve("c", "gated").await.is_err());
     // ... which its submission then takes.
     let cover = Submission {
         reservation: Some(reservation.id()),
@@ -368,10 +389,10 @@ async fn a_reserved_slot_counts_before_its_job_exists_and_an_unused_one_is_given
     assert!(engine.submit(submission("c")).await.is_err());
     engine.cancel("b", &queued.id, "test").await.unwrap();
     // A reservation dropped unused gives its place back.
-    let unused = engine.reserve("d").await.unwrap();
-    assert!(engine.reserve("e").await.is_err());
+    let unused = engine.reserve("d", "gated").await.unwrap();
+    assert!(engine.reserve("e", "gated").await.is_err());
     drop(unused);
-    let freed = engine.reserve("e").await;
+    let freed = engine.reserve("e", "gated").await;
     assert!(freed.is_ok(), "{:?}", freed.err());
     gate.grant(10);
     engine.cancel("a", &running.id, "test").await.unwrap();
@@ -456,9 +477,9 @@ async fn reservations_take_free_workers_first_and_then_count_against_the_queue()
     let gate = Arc::new(Gate::default());
     // One worker, free; one queue place.
     let engine = engine(dir.path(), &gate, 1, 1);
-    let starts = engine.reserve("a").await.unwrap();
-    let waits = engine.reserve("b").await.unwrap();
-    let refused = engine.reserve("c").await;
+    let starts = engine.reserve("a", "gated").await.unwrap();
+    let waits = engine.reserve("b", "gated").await.unwrap();
+    let refused = engine.reserve("c", "gated").await;
     assert!(
         matches!(&refused, Err(EngineError::ResourceExhausted { message, .. }) if message.contains("max_queued")),
         "{:?}",
@@ -493,4 +514,152 @@ async fn reservations_take_free_workers_first_and_then_count_against_the_queue()
         let mut events = engine.watch(tenant, &id, 0).await.unwrap();
         while events.next().await.is_some() {}
     }
+}
+
+/// The event already in a stream, if any, without waiting for one. (Unconstrained: a
+/// task out of its cooperative budget would see a ready channel as empty.)
+async fn ready_now(stream: &mut EventStream) -> Option<EventBody> {
+    tokio::select! {
+        biased;
+        event = tokio::task::unconstrained(stream.next()) => Some(event.unwrap().unwrap().body),
+        () = std::future::ready(()) => None,
+    }
+}
+
+fn batching_engine(
+    dir: &std::path::Path,
+    gate: &Arc<Gate>,
+    max_batch: usize,
+) -> (Engine, Arc<Mutex<Vec<usize>>>) {
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let model = GatedModel {
+        batch_sizes: Some(Arc::clone(&sizes)),
+        ..GatedModel::new(Arc::clone(gate))
+    };
+    let config = EngineConfig {
+        max_running: 1,
+        max_batch,
+        ..EngineConfig::new(dir)
+    };
+    (Engine::start(config, vec![Arc::new(model)]).unwrap(), sizes)
+}
+
+/// Reads a stream's events up to its end; the last one.
+async fn last_event(stream: &mut EventStream) -> Option<EventBody> {
+    let mut last = None;
+    while let Some(event) = stream.next().await {
+        last = Some(event.unwrap().body);
+    }
+    last
+}
+
+/// Steps of the first job in the joining test: enough for the second job's starter thread
+/// to hand it over, however the threads are scheduled.
+const LONG_STEPS: usize = 1000;
+
+#[tokio::test]
+async fn a_job_joins_a_running_batch_within_one_step_and_a_cancel_leaves_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let (engine, sizes) = batching_engine(dir.path(), &gate, 3);
+    let long = Submission {
+        request: GenerateRequest::new("test", Length::Seconds(LONG_STEPS as f64 / 10.0)),
+        ..submission("a")
+    };
+    let first = engine.submit(long).await.unwrap();
+    let mut a = engine.watch("a", &first.id, 0).await.unwrap();
+    gate.grant(1);
+    while steps_of(&next(&mut a).await) != Some(1) {}
+    // The batch runs step 2 of the first job; a second job comes.
+    gate.wait_entered(2);
+    let second = engine.submit(submission("b")).await.unwrap();
+    let mut b = engine.watch("b", &second.id, 0).await.unwrap();
+    assert!(matches!(
+        next(&mut b).await,
+        EventBody::Accepted {
+            queue_position: 0,
+            ..
+        }
+    ));
+    assert!(matches!(next(&mut b).await, EventBody::Progress(p) if p.stage == JobStage::Encoding));
+    // Step by step until the batch has taken it in (its prompt is read beside the batch,
+    // so it joins at the first step after that).
+    let mut entered = 2;
+    loop {
+        std::thread::yield_now();
+        gate.grant(1);
+        entered += 1;
+        gate.wait_entered(entered);
+        // Reports reach the registry in order: once it answers, the batch's reports
+        // before this step are in the streams.
+        engine.get("b", &second.id).await.unwrap();
+        match ready_now(&mut b).await {
+            Some(EventBody::Progress(p)) if p.stage == JobStage::Encoding => break,
+            // Its starter thread has not handed it over yet: another step.
+            None => assert!(entered < LONG_STEPS, "the second job never joined"),
+            Some(other) => panic!("{other:?} before the job joined"),
+        }
+    }
+    // The step under way is the joined job's first: one permit, and it has made a step.
+    gate.grant(1);
+    assert_eq!(steps_of(&next(&mut b).await), Some(1));
+    assert_eq!(sizes.lock().unwrap().last(), Some(&2));
+
+    // Cancel the second job inside a step; the first goes on to all its steps.
+    gate.wait_entered(entered + 1);
+    let cancelling = engine.cancel("b", &second.id, "test");
+    tokio::pin!(cancelling);
+    send_only(cancelling.as_mut()).await;
+    engine.get("b", &second.id).await.unwrap();
+    gate.grant(LONG_STEPS);
+    assert_eq!(cancelling.await.unwrap(), JobState::Cancelled);
+    assert!(matches!(
+        last_event(&mut b).await,
+        Some(EventBody::Cancelled { .. })
+    ));
+    let mut frames = Vec::new();
+    let mut end = None;
+    while let Some(event) = a.next().await {
+        let body = event.unwrap().body;
+        frames.extend(steps_of(&body));
+        end = Some(body);
+    }
+    assert!(matches!(end, Some(EventBody::Completed(_))), "{end:?}");
+    assert_eq!(frames, (2..=LONG_STEPS as u32).collect::<Vec<u32>>());
+    let sizes = sizes.lock().unwrap();
+    let shared = sizes.iter().filter(|&&n| n == 2).count();
+    assert_eq!(sizes.iter().sum::<usize>(), LONG_STEPS + shared);
+    assert_eq!(sizes.last(), Some(&1), "the cancelled job left the batch");
+}
+
+#[tokio::test]
+async fn a_full_batch_queues_the_next_job_until_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let (engine, sizes) = batching_engine(dir.path(), &gate, 2);
+    let jobs = [
+        engine.submit(submission("a")).await.unwrap(),
+        engine.submit(submission("b")).await.unwrap(),
+        engine.submit(submission("c")).await.unwrap(),
+    ];
+    let mut third = engine.watch("c", &jobs[2].id, 0).await.unwrap();
+    assert!(matches!(
+        next(&mut third).await,
+        EventBody::Accepted {
+            queue_position: 1,
+            ..
+        }
+    ));
+    gate.grant(1000);
+    assert!(matches!(
+        last_event(&mut third).await,
+        Some(EventBody::Completed(_))
+    ));
+    for (job, tenant) in jobs.iter().zip(["a", "b"]) {
+        let info = engine.get(tenant, &job.id).await.unwrap();
+        assert_eq!(info.state, JobState::Completed);
+    }
+    let sizes = sizes.lock().unwrap();
+    assert!(sizes.iter().all(|&n| n <= 2), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 30);
 }

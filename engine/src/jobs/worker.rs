@@ -1,18 +1,20 @@
 //! Worker threads: each takes a job, runs the model's step loop on its own thread (candle
 //! is synchronous; the async runtime never computes), encodes and stores the audio, and
-//! reports every step back to the registry.
+//! reports every step back to the registry. Models that batch run on their own batch
+//! threads instead ([`super::batch`]); [`Workers`] sends each job where its model runs.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
+use super::batch::spawn_batch;
 use super::event::{JobResult, PcmChunk, ResolvedParams};
 use super::store::Store;
 use crate::audio::{encode_audio, to_i16, AudioChunk, AudioFormat};
 use crate::error::EngineError;
 use crate::model::MusicModel;
 use crate::request::ValidatedRequest;
-use crate::run::{generate, Progress, Update};
+use crate::run::{generate, GenerationOutput, Progress, Update};
 
 /// A job handed to a worker.
 pub(crate) struct WorkItem {
@@ -43,9 +45,56 @@ pub(crate) enum WorkerReport {
 /// Where a worker's reports go: called on the worker's thread with the job's id.
 pub(crate) type ReportTo = Arc<dyn Fn(&str, WorkerReport) + Send + Sync>;
 
-/// Starts `count` worker threads taking jobs from the returned channel; every report of
-/// every job goes to `reports`.
-pub(crate) fn spawn_workers(
+/// Where running jobs go: a model that batches has its own batch thread
+/// ([`super::batch`]); the jobs of the other models share a pool of worker threads, one job
+/// each.
+pub(crate) struct Workers {
+    pool: mpsc::Sender<WorkItem>,
+    batches: Vec<(Arc<dyn MusicModel>, mpsc::Sender<WorkItem>)>,
+}
+
+impl Workers {
+    /// Starts `pool` worker threads, and a batch of at most `max_batch` jobs for each model
+    /// that batches; every report of every job goes to `reports`.
+    pub(crate) fn spawn(
+        models: &[Arc<dyn MusicModel>],
+        pool: usize,
+        max_batch: usize,
+        store: Store,
+        reports: ReportTo,
+    ) -> std::io::Result<Self> {
+        let mut batches = Vec::new();
+        for model in models.iter().filter(|m| m.batches()) {
+            let work = spawn_batch(
+                Arc::clone(model),
+                max_batch,
+                store.clone(),
+                Arc::clone(&reports),
+            )?;
+            batches.push((Arc::clone(model), work));
+        }
+        let pool = spawn_pool(pool, store, reports)?;
+        Ok(Self { pool, batches })
+    }
+
+    /// Whether `model`'s jobs run in a batch (else on the pool).
+    pub(crate) fn batches(&self, model: &Arc<dyn MusicModel>) -> bool {
+        self.batches.iter().any(|(m, _)| Arc::ptr_eq(m, model))
+    }
+
+    /// Hands a job to the threads that run its model; false if they are gone.
+    pub(crate) fn send(&self, item: WorkItem) -> bool {
+        let work = self
+            .batches
+            .iter()
+            .find(|(model, _)| Arc::ptr_eq(model, &item.model))
+            .map_or(&self.pool, |(_, work)| work);
+        work.send(item).is_ok()
+    }
+}
+
+/// Starts `count` worker threads taking jobs from the returned channel.
+fn spawn_pool(
     count: usize,
     store: Store,
     reports: ReportTo,
@@ -75,16 +124,19 @@ pub(crate) fn spawn_workers(
 /// worker.
 fn run_item(item: WorkItem, store: &Store, reports: &ReportTo) {
     let report = |report: WorkerReport| reports(&item.id, report);
-    let outcome =
-        catch_unwind(AssertUnwindSafe(|| run_job(&item, store, &report))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Internal(format!("the model panicked: {what}")))
-        });
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_job(&item, store, &report)))
+        .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
     report(WorkerReport::Finished(outcome));
+}
+
+/// The error a panic in a model becomes: the job fails, the thread goes on.
+pub(super) fn panicked(panic: &(dyn std::any::Any + Send)) -> EngineError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    EngineError::Internal(format!("the model panicked: {what}"))
 }
 
 fn run_job(
@@ -101,7 +153,17 @@ fn run_job(
             Update::Chunk(chunk) => report(WorkerReport::Chunk(to_pcm(&chunk))),
         },
     )?;
-    // A cancel during the decode or the encoding ended the job already: store nothing.
+    store_output(item, output, store, report)
+}
+
+/// Encodes and stores a finished job's audio, and says what it made. A cancel during the
+/// decode or the encoding ends the job with nothing stored.
+pub(super) fn store_output(
+    item: &WorkItem,
+    output: GenerationOutput,
+    store: &Store,
+    report: &dyn Fn(WorkerReport),
+) -> Result<JobResult, EngineError> {
     let cancelled = || item.cancel.load(std::sync::atomic::Ordering::Relaxed);
     if cancelled() {
         return Err(EngineError::Cancelled);
@@ -145,7 +207,7 @@ fn run_job(
 }
 
 /// A preview as 16-bit interleaved PCM, the form clients play.
-fn to_pcm(chunk: &AudioChunk) -> PcmChunk {
+pub(super) fn to_pcm(chunk: &AudioChunk) -> PcmChunk {
     let audio = &chunk.audio;
     let mut pcm = Vec::with_capacity(audio.frames() * audio.channels.len() * 2);
     for i in 0..audio.frames() {
