@@ -11,7 +11,8 @@
 //! - `quant`: 8- and 4-bit weight blocks and their products;
 //! - [`attention`]: the attention of one new position to a KV cache;
 //! - `activations`: ELU, GELU and the LSTM's gates, vectorised;
-//! - `phases`: the phases runner a CPU decoder step runs on.
+//! - `phases`: the phases runner a CPU decoder step runs on;
+//! - [`peak`]: the CPU's f32 and int8 compute peaks, which the bench measures against.
 
 // The unsafe rules, checked by the compiler: every unsafe operation sits in an `unsafe`
 // block that says why it is sound, even inside an `unsafe fn`.
@@ -23,6 +24,7 @@ pub(crate) mod activations;
 pub mod attention;
 pub(crate) mod gemm;
 pub(crate) mod gemv;
+pub mod peak;
 pub(crate) mod phases;
 pub(crate) mod quant;
 pub(crate) mod tensor;
@@ -38,6 +40,35 @@ pub(crate) fn has_avx2_fma() -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma_f16c() -> bool {
     has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// The vector features of this CPU that matter to the kernels, as the CPU reports them,
+/// and the path the kernels take on it: `avx2+fma` or `portable` (the AVX-512 and VNNI
+/// entries say what the CPU could do; no kernel uses them yet).
+pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let found = [
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("f16c", has!("f16c")),
+            ("avx512f", has!("avx512f")),
+            ("avx512bw", has!("avx512bw")),
+            ("avx512vnni", has!("avx512vnni")),
+        ];
+        let names = found.iter().filter(|f| f.1).map(|f| f.0).collect();
+        let path = if has_avx2_fma() {
+            "avx2+fma"
+        } else {
+            "portable"
+        };
+        (names, path)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (Vec::new(), "portable")
+    }
 }
 
 /// Runs `f` on a thread of rayon's global pool. The parallel kernels `f` calls then share

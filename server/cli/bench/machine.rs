@@ -1,5 +1,5 @@
-//! What the machine gives a benchmark: memory read bandwidth (measured), peak resident
-//! memory, and the thread settings of candle's CPU kernels.
+//! What the machine gives a benchmark: memory read bandwidth and compute peaks (measured),
+//! peak resident memory, and the thread settings of candle's CPU kernels.
 
 use std::time::Instant;
 
@@ -7,6 +7,46 @@ use std::time::Instant;
 const BANDWIDTH_BYTES: usize = 256 << 20;
 /// Passes; the best is kept (the VM's neighbours make single passes noisy).
 const BANDWIDTH_PASSES: usize = 3;
+
+/// The f32 GEMM probe's shape: `[rows, k] x [k, n]`, about a GFLOP, its operands in cache.
+const GEMM_SHAPE: (usize, usize, usize) = (512, 1024, 1024);
+/// GEMM probe runs; the best is kept.
+const GEMM_PASSES: usize = 5;
+/// Rounds of each compute-peak probe per thread (a few milliseconds).
+const PEAK_ROUNDS: usize = 2_000_000;
+
+/// The CPU's compute peaks on the compute threads, GFLOP/s (int8: billions of operations a
+/// second, a multiply-add counting two).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct ComputePeaks {
+    /// An f32 matrix product by candle's CPU GEMM (the one its matmuls use), of a shape
+    /// large enough to be bound by arithmetic alone.
+    pub f32: f64,
+    /// f32 FMAs in registers: the vector units' ceiling.
+    pub f32_fma: f64,
+    /// int8 multiply-adds in registers, with the 8-bit product's instructions.
+    pub int8: f64,
+}
+
+/// Measures [`ComputePeaks`] on every thread of the compute pool.
+pub fn compute_peaks() -> anyhow::Result<ComputePeaks> {
+    use candle_core::{Device, Tensor};
+    let (rows, k, n) = GEMM_SHAPE;
+    let a = Tensor::randn(0f32, 1.0, (rows, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..GEMM_PASSES {
+        let start = Instant::now();
+        std::hint::black_box(a.matmul(&b)?);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let peaks = son1k_models::kernels::peak::measure_peaks(PEAK_ROUNDS);
+    Ok(ComputePeaks {
+        f32: (2 * rows * k * n) as f64 / best / 1e9,
+        f32_fma: peaks.f32_gflops,
+        int8: peaks.int8_gops,
+    })
+}
 
 /// Sequential read bandwidth of main memory in GB/s, read by every thread of the compute
 /// pool at once (each its own slice): what one decoder step, which reads every weight once

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use son1k_engine::Precision;
 use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
 use son1k_models::musicgen::{
@@ -14,7 +15,9 @@ use son1k_models::musicgen::{
 use son1k_models::sampling::SamplingParams;
 use son1k_models::weights::Weights;
 
-use super::machine::{peak_rss_bytes, read_bandwidth_gb_s, reset_peak_rss, Threads};
+use super::machine::{
+    compute_peaks, peak_rss_bytes, read_bandwidth_gb_s, reset_peak_rss, ComputePeaks, Threads,
+};
 use super::BenchArgs;
 
 /// Guidance scale of every bench run: MusicGen's default, two rows per step.
@@ -96,6 +99,26 @@ pub struct BenchReport {
     pub floor_ms: f64,
     /// Mean end-to-end step (else the median timed step) over the floor.
     pub floor_ratio: f64,
+    /// The CPU's vector features (`avx2`, `fma`, `f16c`, `avx512f`, `avx512bw`,
+    /// `avx512vnni`, those it has) and the path the kernels took on it.
+    pub cpu_features: CpuFeatures,
+    /// The CPU's measured compute peaks on the same threads, GFLOP/s.
+    pub gemm_gflops: ComputePeaks,
+    /// The timed batched step's arithmetic: two operations per weight per row (every job's
+    /// two guidance rows), over its median time, GFLOP/s.
+    pub step_gflops: f64,
+    /// `step_gflops` over the peak that bounds it: the f32 GEMM probe for f32 and bf16/f16
+    /// weights, the int8 peak for q8 and q4.
+    pub peak_ratio: f64,
+}
+
+/// Which vector instructions the CPU has and the kernels use.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CpuFeatures {
+    /// The features found.
+    pub detected: Vec<&'static str>,
+    /// The kernels' path: `avx2+fma` or `portable`.
+    pub kernels: &'static str,
 }
 
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -280,6 +303,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let peak_rss_bytes = peak_after_steps
         .max(peak_rss_bytes())
         .filter(|_| peak_rss_counted);
+    bar.set_message("measuring compute peaks");
+    let gemm_gflops = compute_peaks()?;
     bar.set_message("measuring memory bandwidth again");
     bandwidth_probes.push(read_bandwidth_gb_s());
     let bandwidth_gb_s = median(&mut bandwidth_probes.clone()).unwrap_or(f64::NAN);
@@ -316,6 +341,14 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         (weight_bytes_per_step + kv_bytes_per_step) as f64 / (bandwidth_gb_s * 1e9) * 1e3;
     let step_ms_median = percentile(&step_ms, 0.5);
     let threads_env = Threads::current();
+    let rows = concurrency as f64 * if GUIDANCE == 1.0 { 1.0 } else { 2.0 };
+    let step_gflops =
+        2.0 * model.config().weights_read_per_step() as f64 * rows / (step_ms_median * 1e6);
+    let peak = match args.dtype {
+        Precision::Q8 | Precision::Q4 => gemm_gflops.int8,
+        _ => gemm_gflops.f32,
+    };
+    let (detected, kernels) = son1k_models::kernels::cpu_features();
     Ok(BenchReport {
         schema: "son1k.bench.v1",
         model: args
@@ -356,5 +389,9 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         bandwidth_probes_gb_s: bandwidth_probes,
         floor_ms,
         floor_ratio: loop_step_ms_mean.unwrap_or(step_ms_median) / floor_ms,
+        cpu_features: CpuFeatures { detected, kernels },
+        gemm_gflops,
+        step_gflops,
+        peak_ratio: step_gflops / peak,
     })
 }

@@ -136,4 +136,21 @@ fn print_table(r: &BenchReport) {
         "{:<28}{:.1} ms; a step takes {:.2}x the floor",
         "bandwidth floor per step", r.floor_ms, r.floor_ratio
     ));
+    line(format!(
+        "{:<28}{} (kernels: {})",
+        "CPU features",
+        r.cpu_features.detected.join(" "),
+        r.cpu_features.kernels
+    ));
+    let peaks = &r.gemm_gflops;
+    line(format!(
+        "{:<28}f32 GEMM {:.1}, f32 FMA {:.1}, int8 {:.1} GFLOP/s",
+        "compute peaks", peaks.f32, peaks.f32_fma, peaks.int8
+    ));
+    line(format!(
+        "{:<28}{:.1} GFLOP/s, {:.0}% of the peak",
+        "batched step",
+        r.step_gflops,
+        r.peak_ratio * 100.0
+    ));
 }
