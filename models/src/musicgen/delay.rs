@@ -43,6 +43,13 @@ impl DelayPattern {
         (column >= shift && column - shift < self.frames).then(|| column - shift)
     }
 
+    /// Frames whose every codebook is among the first `columns` columns (start column
+    /// included): the frames finished so far.
+    pub fn finished(&self, columns: usize) -> usize {
+        let last = self.delay(self.codebooks.saturating_sub(1));
+        columns.saturating_sub(1 + last).min(self.frames)
+    }
+
     /// The token fed back at `column` for codebook `k`: the sampled one inside the
     /// pattern, the pad token outside it.
     pub fn mask(&self, column: usize, k: usize, sampled: u32) -> u32 {

@@ -302,6 +302,11 @@ impl Generation {
         Ok(())
     }
 
+    /// Frames whose every codebook has been sampled (or given as a prompt).
+    pub fn finished_frames(&self) -> usize {
+        self.pattern.finished(self.columns.len())
+    }
+
     /// The frames sampled so far, `[K][frames]` (pad tokens where not yet sampled).
     pub fn frames(&self) -> Vec<Vec<u32>> {
         self.pattern.revert(&self.columns)

@@ -282,6 +282,30 @@ impl LongGeneration {
         }
     }
 
+    /// Frames of the output finished so far: the clip continued, the finished windows'
+    /// new frames, and the running window's finished ones past its prompt.
+    pub fn finished_frames(&self) -> usize {
+        let prompt = self.setup.plan[self.index].prompt;
+        let kept = self.kept.first().map_or(0, Vec::len);
+        kept + self.current.finished_frames().saturating_sub(prompt)
+    }
+
+    /// The output's first [`Self::finished_frames`] frames, `[K][n]`.
+    pub fn finished(&self) -> Vec<Vec<u32>> {
+        let prompt = self.setup.plan[self.index].prompt;
+        let running = self.current.finished_frames().saturating_sub(prompt);
+        let frames = self.current.frames();
+        let mut out = if self.kept.is_empty() {
+            vec![Vec::new(); frames.len()]
+        } else {
+            self.kept.clone()
+        };
+        for (out, row) in out.iter_mut().zip(frames) {
+            out.extend_from_slice(&row[prompt..prompt + running]);
+        }
+        out
+    }
+
     /// Every frame, once done, `[K][params.frames]`.
     pub fn into_frames(mut self) -> Vec<Vec<u32>> {
         self.keep_window();

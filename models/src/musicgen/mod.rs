@@ -9,6 +9,7 @@ pub mod generation;
 pub mod long_form;
 pub mod model;
 pub mod presets;
+pub mod preview;
 pub mod tokenizer;
 
 pub use config::{Config, DecoderConfig, GenerationConfig};
@@ -16,3 +17,4 @@ pub use delay::DelayPattern;
 pub use generation::{AudioConditions, Generation, GenerationParams};
 pub use long_form::{LongGeneration, Windows};
 pub use model::{Conditioning, MusicGen};
+pub use preview::{PreviewSettings, Previewer};
