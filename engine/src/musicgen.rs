@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::long_form::EXTEND_STRIDE_SECONDS;
-use son1k_models::musicgen::{GenerationParams, LongGeneration, MusicGen, Windows};
+use son1k_models::musicgen::{
+    GenerationParams, LongGeneration, MusicGen, PreviewSettings, Previewer, Windows,
+};
 use son1k_models::ModelError;
 
-use crate::audio::Audio;
+use crate::audio::{Audio, AudioChunk};
 use crate::cover::CoverMode;
 use crate::device::{DeviceChoice, KvCache, Precision};
 use crate::error::EngineError;
@@ -24,11 +26,20 @@ use crate::request::ValidatedRequest;
 /// (audiocraft's `extend_stride`); the default of `--extend-stride`.
 pub const DEFAULT_EXTEND_STRIDE_SECONDS: f64 = EXTEND_STRIDE_SECONDS;
 
+/// Seconds of audio a job has made when its first preview comes; the default of
+/// `--preview-after`.
+pub const DEFAULT_PREVIEW_AFTER_SECONDS: f64 = 1.0;
+
+/// The longest `--preview-after`.
+pub const MAX_PREVIEW_AFTER_SECONDS: f64 = 30.0;
+
 /// A loaded MusicGen checkpoint.
 pub struct MusicGenModel {
     model: Arc<MusicGen>,
     info: ModelInfo,
     windows: Windows,
+    /// When jobs stream previews; `None`: they do not.
+    preview: Option<PreviewSettings>,
     /// The batched step's rows and logits, kept from step to step; one batch thread
     /// steps a model, so the lock is never contended.
     buffers: Mutex<StepBuffers>,
@@ -84,7 +95,7 @@ impl MusicGenModel {
             id,
             kind: ModelKind::MusicGen,
             device,
-            streams_audio: false,
+            streams_audio: true,
             sample_rate: model.sample_rate(),
             channels: model.channels(),
             frame_rate,
@@ -99,6 +110,10 @@ impl MusicGenModel {
         };
         Self {
             model: Arc::new(model),
+            preview: Some(PreviewSettings::new(
+                frame_rate,
+                DEFAULT_PREVIEW_AFTER_SECONDS,
+            )),
             info,
             windows,
             buffers: Mutex::new(StepBuffers::new()),
@@ -119,6 +134,22 @@ impl MusicGenModel {
             ));
         }
         self.windows.stride = frames as usize;
+        Ok(self)
+    }
+
+    /// Sets when a job's first preview comes: after `seconds` of audio (0 turns previews
+    /// off), at most [`MAX_PREVIEW_AFTER_SECONDS`].
+    pub fn with_preview_after(mut self, seconds: f64) -> Result<Self, EngineError> {
+        if !(0.0..=MAX_PREVIEW_AFTER_SECONDS).contains(&seconds) {
+            return Err(EngineError::invalid(
+                "preview_after",
+                format!(
+                    "{seconds} s must be from 0 (no previews) to {MAX_PREVIEW_AFTER_SECONDS} s"
+                ),
+            ));
+        }
+        self.preview = (seconds > 0.0).then(|| PreviewSettings::new(self.info.frame_rate, seconds));
+        self.info.streams_audio = self.preview.is_some();
         Ok(self)
     }
 
@@ -173,6 +204,7 @@ impl MusicModel for MusicGenModel {
         Ok(Box::new(MusicGenSession {
             model: Arc::clone(&self.model),
             generation,
+            previewer: self.preview.map(Previewer::new),
         }))
     }
 
@@ -221,6 +253,8 @@ impl MusicModel for MusicGenModel {
 struct MusicGenSession {
     model: Arc<MusicGen>,
     generation: LongGeneration,
+    /// `None` when previews are off, or after one failed (the job goes on without them).
+    previewer: Option<Previewer>,
 }
 
 impl Session for MusicGenSession {
@@ -236,8 +270,28 @@ impl Session for MusicGenSession {
         Ok(self.generation.step(&self.model)?)
     }
 
+    fn take_preview(&mut self) -> Option<AudioChunk> {
+        let previewer = self.previewer.as_mut()?;
+        match previewer.poll(&self.model, &self.generation) {
+            Ok(chunk) => chunk.map(|chunk| AudioChunk {
+                start_frame: chunk.start,
+                audio: Audio {
+                    sample_rate: self.model.sample_rate(),
+                    channels: chunk.channels,
+                },
+            }),
+            Err(e) => {
+                tracing::warn!("previews stop: {e}");
+                self.previewer = None;
+                None
+            }
+        }
+    }
+
     fn finish(self: Box<Self>) -> Result<Audio, EngineError> {
-        let MusicGenSession { model, generation } = *self;
+        let MusicGenSession {
+            model, generation, ..
+        } = *self;
         let audio = model.decode_audio(&generation.into_frames())?;
         Ok(Audio {
             sample_rate: model.sample_rate(),

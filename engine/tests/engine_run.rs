@@ -1,6 +1,6 @@
 //! The engine's generation loop: progress after every step, monotonic, in stage order;
-//! audio chunks that tile the output while the synth renders; cancellation within one step
-//! on every model.
+//! audio chunks that tile the output while a job runs (MusicGen's sounding like its final
+//! audio); cancellation within one step on every model.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use son1k_engine::musicgen::MusicGenModel;
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{
-    generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, MusicModel,
-    Precision, Session, Stage, Update,
+    generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, ModelKind,
+    MusicModel, Precision, Session, Stage, Update,
 };
 
 fn musicgen() -> MusicGenModel {
@@ -76,16 +76,58 @@ fn progress_is_monotonic_and_synth_chunks_tile_the_output() {
                 Update::Progress(_) => None,
             })
             .collect();
-        if model.info().id.contains("synth") {
-            assert!(chunks.len() > 1, "the synth streams while it renders");
-            let mut next = 0;
-            for chunk in &chunks {
-                assert_eq!(chunk.start_frame, next, "chunks are contiguous");
-                next += chunk.audio.frames();
+        assert!(model.info().streams_audio, "{id}");
+        assert!(chunks.len() > 1, "{id} streams while it runs");
+        let mut next = 0;
+        let mut played = vec![Vec::new(); output.audio.channels.len()];
+        for chunk in &chunks {
+            assert_eq!(chunk.start_frame, next, "{id}: chunks are contiguous");
+            next += chunk.audio.frames();
+            for (played, samples) in played.iter_mut().zip(&chunk.audio.channels) {
+                played.extend_from_slice(samples);
             }
-            assert_eq!(next, output.audio.frames(), "chunks cover the whole piece");
+        }
+        assert_eq!(
+            next,
+            output.audio.frames(),
+            "{id}: chunks cover the whole piece"
+        );
+        if model.info().kind == ModelKind::MusicGen {
+            // The previews sound like the final audio (the synth's final audio is mastered
+            // after its previews, so only MusicGen's can be compared).
+            for (want, got) in output.audio.channels.iter().zip(&played) {
+                assert!(
+                    snr_db(want, got) >= 30.0,
+                    "{id}: {:.1} dB",
+                    snr_db(want, got)
+                );
+            }
+            // The first comes once a second of frames is finished: a frame is finished
+            // `extra_steps` passes after it is started.
+            let info = model.info();
+            let steps_before_first = updates
+                .iter()
+                .take_while(|u| matches!(u, Update::Progress(_)))
+                .filter(|u| matches!(u, Update::Progress(p) if p.stage == Stage::Generating))
+                .count();
+            assert_eq!(
+                steps_before_first,
+                info.frame_rate + info.extra_steps,
+                "{id}"
+            );
         }
     }
+}
+
+/// Signal-to-noise ratio of `got` against `want`, dB.
+fn snr_db(want: &[f32], got: &[f32]) -> f64 {
+    let signal: f64 = want.iter().map(|&x| f64::from(x).powi(2)).sum();
+    let noise: f64 = want
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| f64::from(a - b).powi(2))
+        .sum();
+    10.0 * (signal / noise.max(1e-30)).log10()
 }
 
 #[test]

@@ -45,7 +45,9 @@ impl ModelArgs {
         Ok(match &self.model {
             Some(dir) => Box::new(
                 MusicGenModel::load(dir, self.device, self.dtype, self.kv_cache)?
-                    .with_extend_stride(self.extend_stride)?,
+                    .with_extend_stride(self.extend_stride)?
+                    // Run here, nobody hears previews: no decode is spent on them.
+                    .with_preview_after(0.0)?,
             ),
             None => Box::new(SynthModel::default()),
         })

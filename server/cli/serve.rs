@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::Args;
 use son1k_engine::jobs::EngineConfig;
-use son1k_engine::musicgen::{MusicGenModel, DEFAULT_EXTEND_STRIDE_SECONDS};
+use son1k_engine::musicgen::{
+    MusicGenModel, DEFAULT_EXTEND_STRIDE_SECONDS, DEFAULT_PREVIEW_AFTER_SECONDS,
+};
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{DeviceChoice, EngineError, KvCache, Limits, MusicModel, Precision};
 
@@ -94,6 +96,10 @@ pub struct ServeArgs {
     /// MusicGen past 30 s: seconds each window starts after the one before.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_EXTEND_STRIDE_SECONDS)]
     pub extend_stride: f64,
+    /// MusicGen: seconds of audio a job has made when its first preview streams (then one
+    /// a second); 0 turns previews off, 30 at most.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_PREVIEW_AFTER_SECONDS)]
+    pub preview_after: f64,
     /// Largest song upload for a cover, in bytes.
     #[arg(long, default_value_t = Limits::default().max_song_bytes)]
     pub max_song_bytes: usize,
@@ -274,13 +280,14 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
         insecure_listen: args.insecure_listen,
     };
     let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
-    let extend_stride = args.extend_stride;
+    let (extend_stride, preview_after) = (args.extend_stride, args.preview_after);
     let load_models: ModelLoader = Box::new(move || {
         let mut models: Vec<Arc<dyn MusicModel>> = vec![Arc::new(SynthModel::default())];
         for dir in &dirs {
             tracing::info!(dir = %dir.display(), "loading");
             let model = MusicGenModel::load(dir, device, dtype, kv_cache)?
-                .with_extend_stride(extend_stride)?;
+                .with_extend_stride(extend_stride)?
+                .with_preview_after(preview_after)?;
             models.push(Arc::new(model));
         }
         Ok(models)

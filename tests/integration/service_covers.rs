@@ -120,14 +120,15 @@ async fn an_mp3_is_covered_in_each_mode_with_progress_and_the_final_audio() {
         pb::Capability::CoverMelody as i32,
         pb::Capability::CoverContinuation as i32,
     );
+    let streaming = pb::Capability::StreamingAudio as i32;
     let caps = capabilities(&mut client, "melody").await;
     assert!(
-        caps.contains(&melody) && caps.contains(&continuation),
+        caps.contains(&melody) && caps.contains(&continuation) && caps.contains(&streaming),
         "{caps:?}"
     );
     let caps = capabilities(&mut client, "plain").await;
     assert!(
-        !caps.contains(&melody) && caps.contains(&continuation),
+        !caps.contains(&melody) && caps.contains(&continuation) && caps.contains(&streaming),
         "{caps:?}"
     );
     let caps = capabilities(&mut client, "son1k-synth").await;
@@ -181,6 +182,26 @@ async fn an_mp3_is_covered_in_each_mode_with_progress_and_the_final_audio() {
             reader.duration(),
             seconds * RATE,
             "{label}: exact to the sample"
+        );
+        // Previews stream while it runs, one after another, covering the whole output.
+        let mut next = 0;
+        for event in &events {
+            if let Some(pb::generation_event::Event::AudioChunk(chunk)) = &event.event {
+                assert_eq!(chunk.start_frame, next, "{label}: contiguous previews");
+                assert_eq!((chunk.sample_rate, chunk.channels), (RATE, 1), "{label}");
+                next += chunk.pcm_s16le.len() as u64 / 2;
+            }
+        }
+        assert_eq!(
+            next,
+            u64::from(seconds * RATE),
+            "{label}: previews of it all"
+        );
+        let first_chunk = names.iter().position(|n| *n == "chunk");
+        let last_progress = names.iter().rposition(|n| *n == "progress");
+        assert!(
+            first_chunk.is_some() && first_chunk < last_progress,
+            "{label}: previews before the end: {names:?}"
         );
     }
 }

@@ -195,7 +195,10 @@ mod tests {
                 }
             }
             assert!(chunks.len() >= 4, "{} previews", chunks.len());
-            assert!(windows_run == 1 || windows_run >= 3, "{windows_run} windows");
+            assert!(
+                windows_run == 1 || windows_run >= 3,
+                "{windows_run} windows"
+            );
             for (want, got) in finale.iter().zip(&played) {
                 assert_eq!(want.len(), got.len());
                 let snr = snr_db(want, got);
