@@ -32,7 +32,7 @@ impl WeightFormat {
     /// divide).
     fn blocks_for(self, inner: usize) -> Option<BlockFormat> {
         match self {
-            _ if inner % BLOCK != 0 => None,
+            _ if !inner.is_multiple_of(BLOCK) => None,
             Self::Dense => None,
             Self::Q8 => Some(BlockFormat::Q8),
             Self::Q4 => Some(BlockFormat::Q4),
@@ -44,9 +44,9 @@ impl WeightFormat {
     fn ggml_for(self, inner: usize) -> Option<GgmlDType> {
         match self {
             Self::Dense => None,
-            Self::Q8 => (inner % 32 == 0).then_some(GgmlDType::Q8_0),
-            Self::Q4 if inner % 256 == 0 => Some(GgmlDType::Q4K),
-            Self::Q4 => (inner % 32 == 0).then_some(GgmlDType::Q4_0),
+            Self::Q8 => inner.is_multiple_of(32).then_some(GgmlDType::Q8_0),
+            Self::Q4 if inner.is_multiple_of(256) => Some(GgmlDType::Q4K),
+            Self::Q4 => inner.is_multiple_of(32).then_some(GgmlDType::Q4_0),
         }
     }
 
@@ -194,7 +194,7 @@ impl CpuWeights<'_> {
             Self::Dense { values, rows, cols } => {
                 let fits = m >= 1
                     && x.len() == m * cols
-                    && sums.len() % m == 0
+                    && sums.len().is_multiple_of(m)
                     && first + sums.len() / m <= *rows;
                 fits.then(|| crate::kernels::gemv::features(x, m, values, first, sums))
             }

@@ -409,7 +409,7 @@ fn plan_residual(residual: &[i32], n: usize, order: usize) -> (RicePlan, u64) {
     // Partitions must split the block evenly, and the first must keep at least one residual.
     let mut finest = 0;
     while finest < MAX_PARTITION_ORDER
-        && n % (1 << (finest + 1)) == 0
+        && n.is_multiple_of(1 << (finest + 1))
         && (n >> (finest + 1)) > order
     {
         finest += 1;

@@ -47,7 +47,7 @@ macro_rules! dots_body {
 /// `w` (`[n, k]`); `out` is `[m, n]`. Returns `None` (leaving `out` alone) when the shapes
 /// do not fit (`m` outside 1 to [`MAX_ROWS`], or slices of the wrong length).
 pub(crate) fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f32]) -> Option<()> {
-    if m == 0 || m > MAX_ROWS || x.len() % m != 0 {
+    if m == 0 || m > MAX_ROWS || !x.len().is_multiple_of(m) {
         return None;
     }
     let k = x.len() / m;

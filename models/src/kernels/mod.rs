@@ -43,8 +43,8 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
 }
 
 /// The vector features of this CPU that matter to the kernels, as the CPU reports them,
-/// and the path the kernels take on it: `avx2+fma` or `portable` (the AVX-512 and VNNI
-/// entries say what the CPU could do; no kernel uses them yet).
+/// and the path the kernels take on it: `avx2+fma`, with `int8 avx512vnni` where the
+/// quantized products use VNNI, or `portable`.
 pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -58,7 +58,9 @@ pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
             ("avx512vnni", has!("avx512vnni")),
         ];
         let names = found.iter().filter(|f| f.1).map(|f| f.0).collect();
-        let path = if has_avx2_fma() {
+        let path = if has_avx512_vnni() {
+            "avx2+fma, int8 avx512vnni"
+        } else if has_avx2_fma() {
             "avx2+fma"
         } else {
             "portable"
@@ -69,6 +71,14 @@ pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
     {
         (Vec::new(), "portable")
     }
+}
+
+/// [`has_avx2_fma_f16c`], plus AVX-512's VL and VNNI, which give 256-bit vectors the
+/// integer dot-product instruction `dpbusd`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512_vnni() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has_avx2_fma_f16c() && has!("avx512f") && has!("avx512vl") && has!("avx512vnni")
 }
 
 /// Runs `f` on a thread of rayon's global pool. The parallel kernels `f` calls then share
@@ -98,6 +108,13 @@ macro_rules! dispatch {
     };
     (avx2_fma_f16c => $fast:expr, portable => $portable:expr $(,)?) => {
         $crate::kernels::dispatch!(@when has_avx2_fma_f16c, $fast, $portable)
+    };
+    (avx512_vnni => $vnni:expr, avx2_fma_f16c => $fast:expr, portable => $portable:expr $(,)?) => {
+        $crate::kernels::dispatch!(
+            @when has_avx512_vnni,
+            $vnni,
+            $crate::kernels::dispatch!(avx2_fma_f16c => $fast, portable => $portable)
+        )
     };
     (@when $check:ident, $fast:expr, $portable:expr) => {{
         #[cfg(target_arch = "x86_64")]

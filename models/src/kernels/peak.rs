@@ -5,8 +5,9 @@
 //!
 //! Each probe runs independent dependency chains in registers, enough to hide the
 //! instructions' latency, with the same instructions the kernels use: FMA for f32, and for
-//! int8 AVX2's signed-by-unsigned sequence (sign, `maddubs`, `madd`, add: 32 products per
-//! four instructions), which `quant::product` runs for 8-bit weights.
+//! int8 the sequence `quant::product` runs for 8-bit weights: with AVX-512 VNNI, sign and
+//! `dpbusd` (32 products per two instructions), else AVX2's sign, `maddubs`, `madd` and
+//! add (per four).
 
 use std::time::Instant;
 
@@ -22,7 +23,8 @@ pub struct Peaks {
     pub f32_gflops: f64,
     /// int8 operations per second (a multiply-add counts two), in billions.
     pub int8_gops: f64,
-    /// The instructions the probes ran: `avx2+fma` or `portable`.
+    /// The instructions the probes ran: `avx2+fma`, `avx2+fma, int8 avx512vnni` or
+    /// `portable`.
     pub path: &'static str,
 }
 
@@ -44,22 +46,8 @@ pub fn measure_peaks(rounds: usize) -> Peaks {
     Peaks {
         f32_gflops: f32_ops / f32_s / 1e9,
         int8_gops: int8_ops / int8_s / 1e9,
-        path: if cfg!(target_arch = "x86_64") && avx2_fma() {
-            "avx2+fma"
-        } else {
-            "portable"
-        },
+        path: super::cpu_features().1,
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    super::has_avx2_fma()
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx2_fma() -> bool {
-    false
 }
 
 /// `rounds` FMAs of eight lanes on each of the chains; returns a value made from them, so
@@ -108,13 +96,37 @@ fn f32_probe_portable(rounds: usize) -> u64 {
 /// of the 8-bit product; returns a value made from them.
 fn int8_probe(rounds: usize) -> u64 {
     super::dispatch!(
-        avx2_fma => int8_probe_avx2(rounds),
+        avx512_vnni => int8_probe_vnni(rounds),
+        avx2_fma_f16c => int8_probe_avx2(rounds),
         portable => int8_probe_portable(rounds),
     )
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+fn int8_probe_vnni(rounds: usize) -> u64 {
+    use std::arch::x86_64::*;
+    let weights = _mm256_set1_epi8(-3);
+    let magnitudes = _mm256_sign_epi8(weights, weights);
+    let mut x: [__m256i; INT8_CHAINS] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 1));
+    let mut acc = [_mm256_setzero_si256(); INT8_CHAINS];
+    for _ in 0..rounds {
+        for (x, acc) in x.iter_mut().zip(acc.iter_mut()) {
+            *x = _mm256_sign_epi8(*x, weights);
+            *acc = _mm256_dpbusd_epi32(*acc, magnitudes, *x);
+        }
+    }
+    let total = acc
+        .iter()
+        .fold(_mm256_setzero_si256(), |s, a| _mm256_add_epi32(s, *a));
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` holds 32 bytes.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), total) };
+    lanes.iter().map(|&l| l as i64).sum::<i64>() as u64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn int8_probe_avx2(rounds: usize) -> u64 {
     use std::arch::x86_64::*;
     let weights = _mm256_set1_epi8(-3);
@@ -169,6 +181,12 @@ mod tests {
     fn the_probes_compute_what_the_portable_loops_do() {
         for rounds in [0, 1, 7, 100] {
             assert_eq!(int8_probe(rounds), int8_probe_portable(rounds), "{rounds}");
+            #[cfg(target_arch = "x86_64")]
+            if crate::kernels::has_avx2_fma_f16c() {
+                // SAFETY: the CPU has the features (checked just above).
+                let avx2 = unsafe { int8_probe_avx2(rounds) };
+                assert_eq!(avx2, int8_probe_portable(rounds), "{rounds}");
+            }
             let fast = f32::from_bits(f32_probe(rounds) as u32);
             let slow = f32::from_bits(f32_probe_portable(rounds) as u32);
             assert!(

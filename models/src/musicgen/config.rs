@@ -226,7 +226,7 @@ impl Config {
                 "true is not supported",
             ));
         }
-        if d.num_attention_heads == 0 || d.hidden_size % d.num_attention_heads != 0 {
+        if d.num_attention_heads == 0 || !d.hidden_size.is_multiple_of(d.num_attention_heads) {
             return Err(unsupported(
                 "decoder.num_attention_heads",
                 format!("must divide hidden_size {}", d.hidden_size),
@@ -235,7 +235,7 @@ impl Config {
         if !matches!(d.audio_channels, 1 | 2) {
             return Err(unsupported("decoder.audio_channels", "must be 1 or 2"));
         }
-        if d.num_codebooks == 0 || d.num_codebooks % d.audio_channels != 0 {
+        if d.num_codebooks == 0 || !d.num_codebooks.is_multiple_of(d.audio_channels) {
             return Err(unsupported(
                 "decoder.num_codebooks",
                 "must be a positive multiple of audio_channels",
@@ -272,7 +272,7 @@ impl Config {
                 "too small to hold one frame",
             ));
         }
-        if d.hidden_size % 2 != 0 || d.hidden_size < 4 {
+        if !d.hidden_size.is_multiple_of(2) || d.hidden_size < 4 {
             return Err(unsupported(
                 "decoder.hidden_size",
                 "must be even and at least 4",

@@ -272,7 +272,7 @@ fn bass_beat(w: &mut Writer, beat: usize, chord: Chord, next: Chord, style: Bass
                 (0.75, root + 12.0, 0.6),
                 (1.5, fifth, 0.7),
             ] {
-                if in_bar % 2 == 0 {
+                if in_bar.is_multiple_of(2) {
                     w.push(b + pos, 0.3, bass, pitch, v);
                 }
             }
@@ -334,7 +334,7 @@ fn comp_beat(
         CompStyle::OffbeatStabs => all(w, b + 0.5, 0.3, 0.5),
         CompStyle::Arpeggio => {
             // Alberti-style broken chord in eighths: low (or middle) tone, then the top.
-            let first = if in_bar % 2 == 0 {
+            let first = if in_bar.is_multiple_of(2) {
                 voices[0]
             } else {
                 voices[1.min(voices.len() - 1)]

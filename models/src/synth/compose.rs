@@ -263,7 +263,7 @@ fn melody(plan: &Plan, sections: &[Section], chords: &[Chord], rng: &mut Rng) ->
                 }
                 let absolute = start_beat as f64 + beat;
                 let chord = chords[(absolute as usize).min(chords.len() - 1)];
-                let strong = start.fract() == 0.0 && (start as usize) % 2 == 0;
+                let strong = start.fract() == 0.0 && (start as usize).is_multiple_of(2);
                 let target = previous + lift + [-2, -1, 1, 2, 0][(rng.next_u64() % 5) as usize];
                 let mut pitch = if strong {
                     nearest_of(&chord.pitch_classes(), target)

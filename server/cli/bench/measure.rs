@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use son1k_engine::musicgen::DEFAULT_PREVIEW_AFTER_SECONDS;
 use son1k_engine::Precision;
 use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
 use son1k_models::musicgen::{
-    Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, Windows,
+    Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, PreviewSettings,
+    Previewer, Windows,
 };
 use son1k_models::sampling::SamplingParams;
 use son1k_models::weights::Weights;
@@ -67,9 +69,12 @@ pub struct BenchReport {
     pub loop_step_ms_mean: Option<f64>,
     /// EnCodec decode of the whole clip, ms.
     pub encodec_ms: Option<f64>,
-    /// From the request to the first playable audio, ms. MusicGen does not stream
-    /// previews yet, so this is the whole generation.
+    /// From the request to the first job's first preview (playable audio), ms.
     pub first_audio_ms: Option<f64>,
+    /// From the request to each job's first preview, every job of every run: median, ms.
+    pub first_audio_ms_p50: Option<f64>,
+    /// The same: 95th percentile, ms.
+    pub first_audio_ms_p95: Option<f64>,
     /// The whole generation, ms.
     pub total_ms: Option<f64>,
     /// Seconds of audio made.
@@ -142,6 +147,8 @@ struct Run {
     encodec_ms: f64,
     total_ms: f64,
     audio_s: f64,
+    /// Each job's first preview, ms from the start of the run.
+    first_audio_ms: Vec<f64>,
     steps: usize,
     /// Each window's passes and the cache position after its first (prefix and prompt
     /// included): `(passes, first)`.
@@ -274,10 +281,21 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 })
                 .collect();
             let steps = job.total_steps();
+            // Previews as the server streams them, decoded between steps.
+            let settings = PreviewSettings::new(frame_rate as usize, DEFAULT_PREVIEW_AFTER_SECONDS);
+            let mut previewers = vec![Previewer::new(settings); concurrency];
+            let mut first_audio_ms = vec![None; concurrency];
             while !jobs.iter().all(LongGeneration::is_done) {
                 let mut refs: Vec<&mut LongGeneration> = jobs.iter_mut().collect();
                 for result in LongGeneration::step_batch(&model, &mut refs, &mut buffers) {
                     result?;
+                }
+                for ((job, previewer), first) in
+                    jobs.iter().zip(&mut previewers).zip(&mut first_audio_ms)
+                {
+                    if previewer.poll(&model, job)?.is_some() && first.is_none() {
+                        *first = Some(t.elapsed().as_secs_f64() * 1e3);
+                    }
                 }
                 bar.inc(1);
             }
@@ -295,6 +313,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 encodec_ms: total_ms - stepped_ms,
                 total_ms,
                 audio_s: samples as f64 / model.sample_rate() as f64,
+                first_audio_ms: first_audio_ms.into_iter().flatten().collect(),
                 steps,
                 windows: window_passes,
             });
@@ -340,6 +359,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let floor_ms =
         (weight_bytes_per_step + kv_bytes_per_step) as f64 / (bandwidth_gb_s * 1e9) * 1e3;
     let step_ms_median = percentile(&step_ms, 0.5);
+    let mut first_audio: Vec<f64> = runs.iter().flat_map(|r| r.first_audio_ms.clone()).collect();
+    first_audio.sort_by(f64::total_cmp);
     let threads_env = Threads::current();
     let rows = concurrency as f64 * if GUIDANCE == 1.0 { 1.0 } else { 2.0 };
     let step_gflops =
@@ -376,7 +397,9 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         windows,
         loop_step_ms_mean,
         encodec_ms: pick(|r| r.encodec_ms),
-        first_audio_ms: pick(|r| r.total_ms),
+        first_audio_ms: pick(|r| r.first_audio_ms.first().copied().unwrap_or(r.total_ms)),
+        first_audio_ms_p50: (!first_audio.is_empty()).then(|| percentile(&first_audio, 0.5)),
+        first_audio_ms_p95: (!first_audio.is_empty()).then(|| percentile(&first_audio, 0.95)),
         total_ms: pick(|r| r.total_ms),
         audio_s: pick(|r| r.audio_s),
         rtf,

@@ -95,7 +95,13 @@ fn print_table(r: &BenchReport) {
         ));
     }
     line(format!("{:<28}{}", "EnCodec decode", ms(r.encodec_ms)));
-    line(format!("{:<28}{}", "first audio", ms(r.first_audio_ms)));
+    line(format!(
+        "{:<28}{} (every job: p50 {}, p95 {})",
+        "first audio",
+        ms(r.first_audio_ms),
+        ms(r.first_audio_ms_p50),
+        ms(r.first_audio_ms_p95)
+    ));
     if let (Some(audio), Some(rtf)) = (r.audio_s, r.rtf) {
         line(format!(
             "{:<28}{rtf:.3} ({audio:.2} s of audio)",

@@ -91,7 +91,7 @@ impl BlockMatrix {
         cols: usize,
         format: BlockFormat,
     ) -> Option<Self> {
-        if cols == 0 || cols % BLOCK != 0 || weights.len() != rows * cols {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || weights.len() != rows * cols {
             return None;
         }
         let blocks = cols / BLOCK;

@@ -16,7 +16,7 @@ use crate::kernels::gemv::{for_feature_tasks, MAX_ROWS};
 /// before the tiles), `quant_matmul` ran q4 faster in five of five alternating runs and q8
 /// in four of five; 64 was mixed.
 pub(crate) const TASK_FEATURES: usize = 32;
-const _: () = assert!(TASK_FEATURES % TILE_ROWS == 0);
+const _: () = assert!(TASK_FEATURES.is_multiple_of(TILE_ROWS));
 
 /// One quantized activation row: values, per-block scales and per-block sums.
 #[derive(Clone, Copy)]
@@ -67,8 +67,8 @@ pub(crate) fn features(
     let m = x.rows;
     let fits = m >= 1
         && x.cols == w.cols
-        && first % TILE_ROWS == 0
-        && sums.len() % m == 0
+        && first.is_multiple_of(TILE_ROWS)
+        && sums.len().is_multiple_of(m)
         && first + sums.len() / m <= w.rows;
     if !fits {
         return None;
@@ -134,6 +134,7 @@ fn features_of<const M: usize>(w: &BlockMatrix, first: usize, rows: &[Row; M], s
     #[cfg(target_arch = "x86_64")]
     // The slices' lengths are checked inside the vector kernel.
     crate::kernels::dispatch!(
+        avx512_vnni => avx2::product_vnni::<M>(w, first, rows, sums),
         avx2_fma_f16c => avx2::product::<M>(w, first, rows, sums),
         portable => {
             for (f, sums) in sums.chunks_exact_mut(M).enumerate() {
@@ -176,7 +177,7 @@ mod avx2 {
     /// How far ahead of the block being multiplied its weights are requested.
     const PREFETCH_BYTES: usize = 4096;
 
-    /// [`features`] for the matrix's format.
+    /// [`features`] for the matrix's format, the integer products by AVX2's `maddubs`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn product<const M: usize>(
         w: &BlockMatrix,
@@ -185,8 +186,24 @@ mod avx2 {
         out: &mut [f32],
     ) {
         match w.format {
-            BlockFormat::Q8 => features::<M, false>(w, first, xs, out),
-            BlockFormat::Q4 => features::<M, true>(w, first, xs, out),
+            BlockFormat::Q8 => features::<M, false, false>(w, first, xs, out),
+            BlockFormat::Q4 => features::<M, true, false>(w, first, xs, out),
+        }
+    }
+
+    /// [`product`] with the integer products by VNNI's `dpbusd` (on 256-bit vectors): one
+    /// instruction for 32 products and their sums where AVX2 takes two to four. The sums
+    /// are the same integers, so the results are the same bits.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) fn product_vnni<const M: usize>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out: &mut [f32],
+    ) {
+        match w.format {
+            BlockFormat::Q8 => features::<M, false, true>(w, first, xs, out),
+            BlockFormat::Q4 => features::<M, true, true>(w, first, xs, out),
         }
     }
 
@@ -194,9 +211,10 @@ mod avx2 {
     /// sums a feature; `Q4` picks 4-bit weights with offsets over 8-bit ones. Per tile
     /// and block, [`block_dots`] gives each activation row the eight rows' integer sums,
     /// a row per lane, and one conversion and an FMA (two with offsets) scale them. All
-    /// sums are NaN when an array lacks what the tiles need.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn features<const M: usize, const Q4: bool>(
+    /// sums are NaN when an array lacks what the tiles need. Inlined into [`product`] and
+    /// [`product_vnni`], it takes their instructions; `VNNI` picks the integer products.
+    #[inline(always)]
+    fn features<const M: usize, const Q4: bool, const VNNI: bool>(
         w: &BlockMatrix,
         first: usize,
         xs: &[Row; M],
@@ -206,7 +224,7 @@ mod avx2 {
         let size = w.format.tile_block_bytes();
         let first_tile = first / TILE_ROWS;
         let end = (first_tile + (out.len() / M).div_ceil(TILE_ROWS)) * blocks;
-        let fits = first % TILE_ROWS == 0
+        let fits = first.is_multiple_of(TILE_ROWS)
             && xs.iter().all(|x| {
                 x.values.len() >= blocks * BLOCK
                     && x.scales.len() >= blocks
@@ -220,7 +238,8 @@ mod avx2 {
             return;
         }
         // SAFETY: every array holds the tiles and blocks read (checked just above), and
-        // the CPU has the features this function is compiled for (its callers check).
+        // the CPU has the features of the function this one is inlined into (its callers
+        // check), VNNI among them when `VNNI` is set.
         unsafe {
             for (t, tile_out) in out.chunks_mut(TILE_ROWS * M).enumerate() {
                 let tile_blocks = (first_tile + t) * blocks;
@@ -235,7 +254,8 @@ mod avx2 {
                     for line in (0..size).step_by(64) {
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
                     }
-                    let dots = block_dots::<M, Q4>(w.values.as_ptr().add(at * size), xs, b);
+                    let values = w.values.as_ptr().add(at * size);
+                    let dots = block_dots::<M, Q4, VNNI>(values, xs, b);
                     let scales = w.scales.as_ptr().add(at * TILE_ROWS);
                     let wd = _mm256_cvtph_ps(_mm_loadu_si128(scales.cast()));
                     for ((acc, dot), x) in acc.iter_mut().zip(dots).zip(xs) {
@@ -270,21 +290,23 @@ mod avx2 {
     /// `|w| * (x * sign(w))`, the magnitudes shared by every activation row; the products
     /// can reach 2 * 127 * 127, so each step widens them to 32 bits. 4 bits: the weights
     /// are unsigned already, and the sixteen-bit sums of a block's eight steps stay below
-    /// 15 * 127 * 2 * 8 = 30480, so they widen once.
+    /// 15 * 127 * 2 * 8 = 30480, so they widen once. With `VNNI`, `dpbusd` multiplies the
+    /// same unsigned by signed bytes and adds each lane's four products to its 32-bit sum
+    /// in one instruction, with no 16-bit step: the same sums.
     ///
     /// # Safety
     ///
     /// `values` points at a whole tile block of the matrix's format
-    /// ([`BlockFormat::tile_block_bytes`]), and each row in `xs` holds block `b`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_dots<const M: usize, const Q4: bool>(
+    /// ([`BlockFormat::tile_block_bytes`]), each row in `xs` holds block `b`, and the CPU
+    /// has AVX2, and AVX-512 VL and VNNI when `VNNI` is set.
+    #[inline(always)]
+    unsafe fn block_dots<const M: usize, const Q4: bool, const VNNI: bool>(
         values: *const u8,
         xs: &[Row; M],
         b: usize,
     ) -> [__m256i; M] {
-        // SAFETY: every read lies in the tile block at `values` or in block `b` of a row
-        // (the caller's contract), and the CPU has the features (the callers check).
+        // SAFETY: every read lies in the tile block at `values` or in block `b` of a row,
+        // and the CPU has the features used (the caller's contract).
         unsafe {
             let ones = _mm256_set1_epi16(1);
             let mut dots = [_mm256_setzero_si256(); M];
@@ -293,6 +315,19 @@ mod avx2 {
                 let x = x.values.as_ptr().add(b * BLOCK + j);
                 _mm256_set1_epi32(x.cast::<i32>().read_unaligned())
             };
+            if Q4 && VNNI {
+                let nibbles = _mm256_set1_epi8(0x0F);
+                for p in 0..4 {
+                    let packed = _mm256_loadu_si256(values.add(p * 32).cast());
+                    let low = _mm256_and_si256(packed, nibbles);
+                    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), nibbles);
+                    for (dot, x) in dots.iter_mut().zip(xs) {
+                        *dot = _mm256_dpbusd_epi32(*dot, low, four(x, 4 * p));
+                        *dot = _mm256_dpbusd_epi32(*dot, high, four(x, 16 + 4 * p));
+                    }
+                }
+                return dots;
+            }
             if Q4 {
                 let nibbles = _mm256_set1_epi8(0x0F);
                 for p in 0..4 {
@@ -314,8 +349,12 @@ mod avx2 {
                 let magnitudes = _mm256_sign_epi8(weights, weights);
                 for (dot, x) in dots.iter_mut().zip(xs) {
                     let signed = _mm256_sign_epi8(four(x, 4 * u), weights);
-                    let products = _mm256_maddubs_epi16(magnitudes, signed);
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(products, ones));
+                    *dot = if VNNI {
+                        _mm256_dpbusd_epi32(*dot, magnitudes, signed)
+                    } else {
+                        let products = _mm256_maddubs_epi16(magnitudes, signed);
+                        _mm256_add_epi32(*dot, _mm256_madd_epi16(products, ones))
+                    };
                 }
             }
             dots
@@ -432,6 +471,40 @@ mod tests {
                     (a - b).abs() <= 1e-5 * b.abs().max(1.0),
                     "{format:?}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    /// Where the CPU has VNNI, its products are the AVX2 ones bit for bit (the integer sums
+    /// are the same), for both formats, every row count and partial tiles; each also
+    /// agrees with the portable loops.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_vnni_products_are_the_avx2_bits() {
+        if !crate::kernels::has_avx512_vnni() {
+            eprintln!("this CPU has no AVX-512 VNNI: its path is not tested here");
+            return;
+        }
+        let (m, k, n) = (4, 288, 44);
+        for format in [BlockFormat::Q8, BlockFormat::Q4] {
+            let matrix = BlockMatrix::quantize(&random(n * k, 5), n, k, format).unwrap();
+            let mut x = QuantizedRows::default();
+            x.quantize(&random(m * k, 6), m, k);
+            let rows = rows::<4>(&x);
+            let (mut plain, mut vnni) = (vec![0f32; n * m], vec![0f32; n * m]);
+            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VL and VNNI (checked above).
+            unsafe {
+                avx2::product::<4>(&matrix, 0, &rows, &mut plain);
+                avx2::product_vnni::<4>(&matrix, 0, &rows, &mut vnni);
+            }
+            assert_eq!(plain, vnni, "{format:?}");
+            for (f, sums) in vnni.chunks_exact(m).enumerate() {
+                for (a, b) in dots_portable::<4>(&matrix, f, &rows).iter().zip(sums) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{format:?}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
