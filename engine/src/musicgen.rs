@@ -214,7 +214,7 @@ impl MusicModel for MusicGenModel {
     }
 
     fn step_batch(&self, sessions: &mut [&mut dyn Session]) -> Vec<Result<(), EngineError>> {
-        // Sessions of another model (none, from the engine) step alone.
+        // A session of another model (the engine never mixes them) fails; the rest step.
         let mut ours: Vec<&mut LongGeneration> = Vec::with_capacity(sessions.len());
         let mut places: Vec<Option<usize>> = Vec::with_capacity(sessions.len());
         let mut results: Vec<Result<(), EngineError>> = Vec::with_capacity(sessions.len());

@@ -116,13 +116,7 @@ fn int8_probe_vnni(rounds: usize) -> u64 {
             *acc = _mm256_dpbusd_epi32(*acc, magnitudes, *x);
         }
     }
-    let total = acc
-        .iter()
-        .fold(_mm256_setzero_si256(), |s, a| _mm256_add_epi32(s, *a));
-    let mut lanes = [0i32; 8];
-    // SAFETY: `lanes` holds 32 bytes.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), total) };
-    lanes.iter().map(|&l| l as i64).sum::<i64>() as u64
+    lane_total(&acc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -143,13 +137,23 @@ fn int8_probe_avx2(rounds: usize) -> u64 {
             *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(products, ones));
         }
     }
-    let total = acc
-        .iter()
-        .fold(_mm256_setzero_si256(), |s, a| _mm256_add_epi32(s, *a));
+    lane_total(&acc)
+}
+
+/// The sum of every 32-bit lane of the int8 probe's chains, as the portable probe sums
+/// them. Inlined into each probe, it takes that probe's instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lane_total(acc: &[std::arch::x86_64::__m256i; INT8_CHAINS]) -> u64 {
+    use std::arch::x86_64::*;
     let mut lanes = [0i32; 8];
-    // SAFETY: `lanes` holds 32 bytes.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), total) };
-    lanes.iter().map(|&l| l as i64).sum::<i64>() as u64
+    let mut total = 0i64;
+    for acc in acc {
+        // SAFETY: `lanes` holds 32 bytes; the probes that call this have AVX.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), *acc) };
+        total += lanes.iter().map(|&l| i64::from(l)).sum::<i64>();
+    }
+    total as u64
 }
 
 fn int8_probe_portable(rounds: usize) -> u64 {

@@ -250,8 +250,7 @@ impl Generation {
             results[index] = match &outcome {
                 Ok(()) => {
                     job.fed = job.columns.len();
-                    let logits = buffers.logits(n).to_vec();
-                    job.sample(&logits, model)
+                    job.sample(buffers.logits(n), model)
                 }
                 Err(e) => Err(ModelError::BatchFailed(e.to_string())),
             };
