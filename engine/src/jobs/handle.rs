@@ -114,10 +114,10 @@ impl Engine {
             // The registry may be gone at shutdown: nothing to tell.
             let _ = registry.blocking_send(Command::Store(report));
         };
-        let store_tx = store
+        let (store_tx, store_health) = store
             .spawn_writer(store_reports, config.min_free_bytes)
             .map_err(io_error)?;
-        let (health_tx, health) = watch::channel(StoreHealth::default());
+        let (health_tx, health) = watch::channel(store_health);
         let registry = commands.clone();
         let worker_reports: ReportTo = Arc::new(move |id: &str, report| {
             // A closed channel means the registry is gone (shutdown): nothing to tell.

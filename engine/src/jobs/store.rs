@@ -214,28 +214,32 @@ impl Store {
     /// Starts the store thread; writes sent to the returned channel happen in order.
     /// `report` hears (on the store thread) when a finished job's log is safely on disk,
     /// when a job's write failed, and when the store's health changes; `min_free_bytes` is
-    /// the free-space floor under which the store reports itself low on space.
+    /// the free-space floor under which the store reports itself low on space. Returns
+    /// the writer's channel and the store's health as it is now: whether the store can be
+    /// written and has room is known before the first submission, not at the first job's
+    /// failure or after the thread's first report.
     pub(super) fn spawn_writer(
         &self,
         report: impl Fn(StoreReport) + Send + 'static,
         min_free_bytes: u64,
-    ) -> io::Result<mpsc::Sender<StoreOp>> {
+    ) -> io::Result<(mpsc::Sender<StoreOp>, StoreHealth)> {
         let (tx, rx) = mpsc::channel::<StoreOp>();
-        let store = self.clone();
+        let mut writer = Writer {
+            store: self.clone(),
+            logs: HashMap::new(),
+            failed: HashSet::new(),
+            health: StoreHealth::default(),
+            min_free_bytes,
+            report: Box::new(report),
+        };
+        writer.health = writer.measure_health(true);
+        let health = writer.health;
+        if health != StoreHealth::default() {
+            tracing::info!(?health, "the store's health at start");
+        }
         std::thread::Builder::new()
             .name("son1k-store".into())
             .spawn(move || {
-                let mut writer = Writer {
-                    store,
-                    logs: HashMap::new(),
-                    failed: HashSet::new(),
-                    health: StoreHealth::default(),
-                    min_free_bytes,
-                    report: Box::new(report),
-                };
-                // Whether the store can be written at all is known at once, not at the
-                // first job's failure.
-                writer.check_health(true);
                 let mut checked = Instant::now();
                 loop {
                     match rx.recv_timeout(HEALTH_EVERY) {
@@ -254,7 +258,7 @@ impl Store {
                     }
                 }
             })?;
-        Ok(tx)
+        Ok((tx, health))
     }
 
     /// Whether a small file can be written and removed in the store now.
@@ -396,6 +400,17 @@ impl Writer {
     /// Probes the store (always, or only while it is unwritable) and measures free space;
     /// reports a change.
     fn check_health(&mut self, probe: bool) {
+        let health = self.measure_health(probe);
+        if health != self.health {
+            tracing::info!(?health, "the store's health changed");
+            self.health = health;
+            (self.report)(StoreReport::Health(health));
+        }
+    }
+
+    /// The store's health now: probed (always, or only while it is unwritable), and its
+    /// free space against the floor.
+    fn measure_health(&self, probe: bool) -> StoreHealth {
         let mut health = self.health;
         if probe || health.unwritable {
             health.unwritable = match self.store.probe() {
@@ -412,11 +427,7 @@ impl Writer {
             .store
             .free_bytes()
             .is_some_and(|free| free < self.min_free_bytes);
-        if health != self.health {
-            tracing::info!(?health, "the store's health changed");
-            self.health = health;
-            (self.report)(StoreReport::Health(health));
-        }
+        health
     }
 }
 
