@@ -36,6 +36,13 @@ pub(crate) fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// [`has_avx2_fma`], plus AVX-512's foundation: sixteen f32 lanes a vector and 32 vector
+/// registers, which the f32 tiles of `gemv` use.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512f() -> bool {
+    has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+}
+
 /// [`has_avx2_fma`], plus F16C for the kernels that widen f16 values (scales, caches).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma_f16c() -> bool {
@@ -43,8 +50,8 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
 }
 
 /// The vector features of this CPU that matter to the kernels, as the CPU reports them,
-/// and the path the kernels take on it: `avx2+fma`, with `int8 avx512vnni` where the
-/// quantized products use VNNI, or `portable`.
+/// and the paths the kernels take on it, f32 then int8: `f32 avx512f, int8 avx512vnni`,
+/// `f32 avx2+fma, int8 avx2`, `portable` and the mixes between.
 pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -55,15 +62,17 @@ pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
             ("f16c", has!("f16c")),
             ("avx512f", has!("avx512f")),
             ("avx512bw", has!("avx512bw")),
+            ("avx512vl", has!("avx512vl")),
             ("avx512vnni", has!("avx512vnni")),
         ];
         let names = found.iter().filter(|f| f.1).map(|f| f.0).collect();
-        let path = if has_avx512_vnni() {
-            "avx2+fma, int8 avx512vnni"
-        } else if has_avx2_fma() {
-            "avx2+fma"
-        } else {
-            "portable"
+        let path = match (has_avx512f(), has_avx512_vnni(), has_avx2_fma_f16c()) {
+            (true, true, _) => "f32 avx512f, int8 avx512vnni",
+            (true, false, true) => "f32 avx512f, int8 avx2",
+            (false, true, _) => "f32 avx2+fma, int8 avx512vnni",
+            (false, false, true) => "f32 avx2+fma, int8 avx2",
+            _ if has_avx2_fma() => "f32 avx2+fma, int8 portable",
+            _ => "portable",
         };
         (names, path)
     }
@@ -103,6 +112,13 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// dispatch!(avx2_fma => dots_avx2_fma(x, k, row, sums), portable => dots_portable(x, k, row, sums))
 /// ```
 macro_rules! dispatch {
+    (avx512f => $wide:expr, avx2_fma => $fast:expr, portable => $portable:expr $(,)?) => {
+        $crate::kernels::dispatch!(
+            @when has_avx512f,
+            $wide,
+            $crate::kernels::dispatch!(avx2_fma => $fast, portable => $portable)
+        )
+    };
     (avx2_fma => $fast:expr, portable => $portable:expr $(,)?) => {
         $crate::kernels::dispatch!(@when has_avx2_fma, $fast, $portable)
     };

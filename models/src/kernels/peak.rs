@@ -4,7 +4,8 @@
 //! `son1k bench` sets its figures against.
 //!
 //! Each probe runs independent dependency chains in registers, enough to hide the
-//! instructions' latency, with the same instructions the kernels use: FMA for f32, and for
+//! instructions' latency, with the same instructions the kernels use: FMA (on AVX-512's
+//! sixteen lanes where the CPU has them) for f32, and for
 //! int8 the sequence `quant::product` runs for 8-bit weights: with AVX-512 VNNI, sign and
 //! `dpbusd` (32 products per two instructions), else AVX2's sign, `maddubs`, `madd` and
 //! add (per four).
@@ -23,8 +24,7 @@ pub struct Peaks {
     pub f32_gflops: f64,
     /// int8 operations per second (a multiply-add counts two), in billions.
     pub int8_gops: f64,
-    /// The instructions the probes ran: `avx2+fma`, `avx2+fma, int8 avx512vnni` or
-    /// `portable`.
+    /// The instructions the probes ran, as [`super::cpu_features`] names them.
     pub path: &'static str,
 }
 
@@ -41,7 +41,7 @@ pub fn measure_peaks(rounds: usize) -> Peaks {
     };
     let f32_s = time(f32_probe);
     let int8_s = time(int8_probe);
-    let f32_ops = (rounds * F32_CHAINS * 8 * 2) as f64 * threads;
+    let f32_ops = (rounds * F32_CHAINS * f32_lanes() * 2) as f64 * threads;
     let int8_ops = (rounds * INT8_CHAINS * 32 * 2) as f64 * threads;
     Peaks {
         f32_gflops: f32_ops / f32_s / 1e9,
@@ -50,13 +50,45 @@ pub fn measure_peaks(rounds: usize) -> Peaks {
     }
 }
 
-/// `rounds` FMAs of eight lanes on each of the chains; returns a value made from them, so
-/// no round can be dropped.
+/// The lanes of [`f32_probe`]'s vectors: those of the f32 kernels on this CPU.
+fn f32_lanes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512f() {
+        return 16;
+    }
+    8
+}
+
+/// `rounds` FMAs of [`f32_lanes`] lanes on each of the chains; returns a value made from
+/// them, so no round can be dropped.
 fn f32_probe(rounds: usize) -> u64 {
     super::dispatch!(
+        avx512f => f32_probe_avx512(rounds),
         avx2_fma => f32_probe_avx2_fma(rounds),
         portable => f32_probe_portable(rounds),
     )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn f32_probe_avx512(rounds: usize) -> u64 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); F32_CHAINS];
+    for _ in 0..rounds {
+        for acc in acc.iter_mut() {
+            *acc = _mm512_fmadd_ps(*acc, a, b);
+        }
+    }
+    let total = acc
+        .iter()
+        .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds sixteen floats.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), total) };
+    // Each lane holds what a lane of the eight-lane probes holds: half of their sum.
+    (lanes.iter().sum::<f32>() / 2.0).to_bits() as u64
 }
 
 #[cfg(target_arch = "x86_64")]
