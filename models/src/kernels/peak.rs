@@ -6,16 +6,15 @@
 //! Each probe runs independent dependency chains in registers, enough to hide the
 //! instructions' latency, with the same instructions the kernels use: FMA (on AVX-512's
 //! sixteen lanes where the CPU has them) for f32, and for
-//! int8 the sequence `quant::product` runs for 8-bit weights: with AVX-512 VNNI, sign and
-//! `dpbusd` (32 products per two instructions), else AVX2's sign, `maddubs`, `madd` and
-//! add (per four).
+//! int8 the sequence `quant::product` runs for 8-bit weights: with AVX-512 VNNI, one
+//! `dpbusd` per 32 products, else AVX2's sign, `maddubs`, `madd` and add (per four).
 
 use std::time::Instant;
 
 /// Chains of the f32 probe: FMA latency (4 cycles) times two FMA ports, plus spare.
 const F32_CHAINS: usize = 12;
-/// Chains of the int8 probe.
-const INT8_CHAINS: usize = 8;
+/// Chains of the int8 probe: `dpbusd`'s latency (5 cycles) times two ports, plus spare.
+const INT8_CHAINS: usize = 12;
 
 /// What the peak probes measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,8 +123,8 @@ fn f32_probe_portable(rounds: usize) -> u64 {
     acc.iter().flatten().sum::<f32>().to_bits() as u64
 }
 
-/// `rounds` groups of 32 int8 products on each chain, each group the four instructions
-/// of the 8-bit product; returns a value made from them.
+/// `rounds` groups of 32 int8 products on each chain, each group the instructions of the
+/// 8-bit product on this CPU; returns a value made from them.
 fn int8_probe(rounds: usize) -> u64 {
     super::dispatch!(
         avx512_vnni => int8_probe_vnni(rounds),
@@ -134,21 +133,32 @@ fn int8_probe(rounds: usize) -> u64 {
     )
 }
 
+/// The VNNI probe: each chain adds, per round, its shifted activations times the weights,
+/// as the 8-bit product does (the weights' correction is shared by every row, so it is
+/// left out). Each lane gains `4 * (129 + chain) * -3` a round.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 fn int8_probe_vnni(rounds: usize) -> u64 {
     use std::arch::x86_64::*;
     let weights = _mm256_set1_epi8(-3);
-    let magnitudes = _mm256_sign_epi8(weights, weights);
-    let mut x: [__m256i; INT8_CHAINS] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 1));
+    let x: [__m256i; INT8_CHAINS] =
+        std::array::from_fn(|i| _mm256_set1_epi8((129 + i) as u8 as i8));
+    let x = std::hint::black_box(x);
     let mut acc = [_mm256_setzero_si256(); INT8_CHAINS];
     for _ in 0..rounds {
-        for (x, acc) in x.iter_mut().zip(acc.iter_mut()) {
-            *x = _mm256_sign_epi8(*x, weights);
-            *acc = _mm256_dpbusd_epi32(*acc, magnitudes, *x);
+        for (x, acc) in x.iter().zip(acc.iter_mut()) {
+            *acc = _mm256_dpbusd_epi32(*acc, *x, weights);
         }
     }
     lane_total(&acc)
+}
+
+/// What [`int8_probe_vnni`] returns, in plain arithmetic.
+#[cfg(test)]
+fn int8_probe_vnni_portable(rounds: usize) -> u64 {
+    (0..INT8_CHAINS)
+        .map(|chain| 8 * rounds as i64 * 4 * (129 + chain as i64) * -3)
+        .sum::<i64>() as u64
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -216,7 +226,12 @@ mod tests {
     #[test]
     fn the_probes_compute_what_the_portable_loops_do() {
         for rounds in [0, 1, 7, 100] {
-            assert_eq!(int8_probe(rounds), int8_probe_portable(rounds), "{rounds}");
+            #[cfg(target_arch = "x86_64")]
+            if crate::kernels::has_avx512_vnni() {
+                // SAFETY: the CPU has the features (checked just above).
+                let vnni = unsafe { int8_probe_vnni(rounds) };
+                assert_eq!(vnni, int8_probe_vnni_portable(rounds), "{rounds}");
+            }
             #[cfg(target_arch = "x86_64")]
             if crate::kernels::has_avx2_fma_f16c() {
                 // SAFETY: the CPU has the features (checked just above).

@@ -217,6 +217,9 @@ pub struct QuantizedRows {
     pub cols: usize,
     /// `rows * cols` values in -127..=127.
     pub values: Vec<i8>,
+    /// The values plus 128, as unsigned bytes (1..=255): VNNI's `dpbusd` multiplies
+    /// unsigned bytes by signed ones, and so takes the signed weights as they are.
+    pub shifted: Vec<u8>,
     /// One scale per block, row by row.
     pub scales: Vec<f32>,
     /// Per block, `scale * sum(values)`: the block's sum, which the 4-bit offsets multiply.
@@ -236,7 +239,15 @@ impl QuantizedRows {
         crate::kernels::dispatch!(
             avx2_fma => self.quantize_blocks_avx2(xs),
             portable => self.quantize_blocks(xs),
-        )
+        );
+        self.shifted.clear();
+        self.shifted
+            .extend(self.values.iter().map(|&v| (v as u8) ^ 0x80));
+    }
+
+    /// Row `i`'s values plus 128 (see [`Self::shifted`]).
+    pub fn shifted_row(&self, i: usize) -> &[u8] {
+        &self.shifted[i * self.cols..(i + 1) * self.cols]
     }
 
     /// [`Self::quantize_blocks`] compiled for AVX2, where its loops become vector code.
