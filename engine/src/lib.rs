@@ -23,7 +23,7 @@ pub use cover::CoverMode;
 pub use device::{DeviceChoice, KvCache, Precision};
 pub use error::EngineError;
 pub use limits::Limits;
-pub use model::{MusicModel, Session};
+pub use model::{MusicModel, PreviewRender, Session};
 pub use model_info::{ModelInfo, ModelKind, SamplingDefaults};
 pub use request::{CoverRequest, GenerateRequest, Length, ValidatedRequest};
 pub use run::{generate, GenerationOutput, Progress, Stage, Update};

@@ -32,6 +32,10 @@ pub trait MusicModel: Send + Sync {
     }
 }
 
+/// The rendering of a preview ([`Session::take_preview`]): `None` where it failed (the
+/// job goes on without previews; the session logs why).
+pub type PreviewRender = Box<dyn FnOnce() -> Option<AudioChunk> + Send>;
+
 /// One job on one model, advanced a step at a time. It owns its state (a model that
 /// batches finds its own sessions among the ones it is given through [`Any`]) and may move
 /// to another thread to be finished.
@@ -51,9 +55,11 @@ pub trait Session: Any + Send {
         Vec::new()
     }
 
-    /// Audio playable while the job runs, ready since the last call (where the model can
-    /// stream; the final audio may differ, e.g. by mastering).
-    fn take_preview(&mut self) -> Option<AudioChunk> {
+    /// Audio playable while the job runs, due since the last call (where the model can
+    /// stream; the final audio may differ, e.g. by mastering), as work that renders it
+    /// away from the steps: a batch need not wait for a decode. A job's renders must run
+    /// in the order they were taken.
+    fn take_preview(&mut self) -> Option<PreviewRender> {
         None
     }
 

@@ -5,12 +5,13 @@
 
 use std::any::Any;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::long_form::EXTEND_STRIDE_SECONDS;
 use son1k_models::musicgen::{
-    GenerationParams, LongGeneration, MusicGen, PreviewSettings, Previewer, Windows,
+    GenerationParams, LongGeneration, MusicGen, PreviewMixer, PreviewSettings, Previewer, Windows,
 };
 use son1k_models::ModelError;
 
@@ -18,7 +19,7 @@ use crate::audio::{Audio, AudioChunk};
 use crate::cover::CoverMode;
 use crate::device::{DeviceChoice, KvCache, Precision};
 use crate::error::EngineError;
-use crate::model::{MusicModel, Session};
+use crate::model::{MusicModel, PreviewRender, Session};
 use crate::model_info::{ModelInfo, ModelKind, SamplingDefaults};
 use crate::request::ValidatedRequest;
 
@@ -205,6 +206,7 @@ impl MusicModel for MusicGenModel {
             model: Arc::clone(&self.model),
             generation,
             previewer: self.preview.map(Previewer::new),
+            renders: Arc::default(),
         }))
     }
 
@@ -253,8 +255,18 @@ impl MusicModel for MusicGenModel {
 struct MusicGenSession {
     model: Arc<MusicGen>,
     generation: LongGeneration,
-    /// `None` when previews are off, or after one failed (the job goes on without them).
+    /// Plans the previews; `None` when they are off.
     previewer: Option<Previewer>,
+    /// Renders them, wherever the renders run.
+    renders: Arc<Renders>,
+}
+
+/// The rendering side of a job's previews.
+#[derive(Default)]
+struct Renders {
+    mixer: Mutex<PreviewMixer>,
+    /// Set when a render failed: the job goes on without previews.
+    failed: AtomicBool,
 }
 
 impl Session for MusicGenSession {
@@ -270,22 +282,35 @@ impl Session for MusicGenSession {
         Ok(self.generation.step(&self.model)?)
     }
 
-    fn take_preview(&mut self) -> Option<AudioChunk> {
-        let previewer = self.previewer.as_mut()?;
-        match previewer.poll(&self.model, &self.generation) {
-            Ok(chunk) => chunk.map(|chunk| AudioChunk {
-                start_frame: chunk.start,
-                audio: Audio {
-                    sample_rate: self.model.sample_rate(),
-                    channels: chunk.channels,
-                },
-            }),
-            Err(e) => {
-                tracing::warn!("previews stop: {e}");
-                self.previewer = None;
-                None
-            }
+    fn take_preview(&mut self) -> Option<PreviewRender> {
+        if self.renders.failed.load(Ordering::Relaxed) {
+            return None;
         }
+        let window = self.previewer.as_mut()?.plan(&self.generation)?;
+        let (model, renders) = (Arc::clone(&self.model), Arc::clone(&self.renders));
+        Some(Box::new(move || {
+            if renders.failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let rendered = match renders.mixer.lock() {
+                Ok(mut mixer) => mixer.render(&model, window).map_err(|e| e.to_string()),
+                Err(_) => Err("an earlier render panicked".to_string()),
+            };
+            match rendered {
+                Ok(chunk) => Some(AudioChunk {
+                    start_frame: chunk.start,
+                    audio: Audio {
+                        sample_rate: model.sample_rate(),
+                        channels: chunk.channels,
+                    },
+                }),
+                Err(e) => {
+                    tracing::warn!("previews stop: {e}");
+                    renders.failed.store(true, Ordering::Relaxed);
+                    None
+                }
+            }
+        }))
     }
 
     fn finish(self: Box<Self>) -> Result<Audio, EngineError> {

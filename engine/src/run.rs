@@ -76,7 +76,7 @@ pub fn generate(
             steps_done: session.steps_done(),
             steps_total: total,
         }));
-        if let Some(chunk) = session.take_preview() {
+        if let Some(chunk) = session.take_preview().and_then(|render| render()) {
             on_update(Update::Chunk(chunk));
         }
     }

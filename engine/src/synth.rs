@@ -7,7 +7,7 @@ use son1k_models::synth::{SynthJob, SAMPLE_RATE};
 use crate::audio::{Audio, AudioChunk};
 use crate::cover::{CoverMode, ANALYSIS_RATE};
 use crate::error::EngineError;
-use crate::model::{MusicModel, Session};
+use crate::model::{MusicModel, PreviewRender, Session};
 use crate::model_info::{ModelInfo, ModelKind, SamplingDefaults};
 use crate::request::ValidatedRequest;
 
@@ -93,16 +93,16 @@ impl Session for SynthSession {
         Ok(())
     }
 
-    fn take_preview(&mut self) -> Option<AudioChunk> {
-        self.job
-            .take_preview()
-            .map(|(start_frame, channels)| AudioChunk {
-                start_frame,
-                audio: Audio {
-                    sample_rate: SAMPLE_RATE,
-                    channels,
-                },
-            })
+    fn take_preview(&mut self) -> Option<PreviewRender> {
+        let (start_frame, channels) = self.job.take_preview()?;
+        let chunk = AudioChunk {
+            start_frame,
+            audio: Audio {
+                sample_rate: SAMPLE_RATE,
+                channels,
+            },
+        };
+        Some(Box::new(move || Some(chunk)))
     }
 
     fn understood(&self) -> Vec<(String, String)> {

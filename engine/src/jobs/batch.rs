@@ -1,8 +1,11 @@
 //! Continuous batching: one batch thread per model that batches steps every active job of
 //! that model in one call ([`MusicModel::step_batch`]). Jobs join between steps and leave
 //! when they finish, fail or are cancelled, without stalling the others: a starter thread
-//! encodes each new job's prompt beside the batch, and a finisher thread decodes, encodes
-//! and stores each finished job while the batch goes on.
+//! encodes each new job's prompt beside the batch, and a finisher thread renders the
+//! previews the batch plans and decodes, encodes and stores each finished job while the
+//! batch goes on. Once a job is in the batch, everything it reports after its progress
+//! (previews, then how it ended) goes through the finisher, in order: no preview comes
+//! after the end.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -11,7 +14,7 @@ use std::sync::{mpsc, Arc};
 use super::store::Store;
 use super::worker::{panicked, store_output, to_pcm, ReportTo, WorkItem, WorkerReport};
 use crate::error::EngineError;
-use crate::model::{MusicModel, Session};
+use crate::model::{MusicModel, PreviewRender, Session};
 use crate::run::{GenerationOutput, Progress, Stage};
 
 /// A started job: its session and what it was asked.
@@ -47,7 +50,7 @@ pub(crate) fn spawn_batch(
     let name = &model.info().id;
     let (work_tx, work_rx) = mpsc::channel::<WorkItem>();
     let (joining_tx, joining_rx) = mpsc::channel::<Started>();
-    let (done_tx, done_rx) = mpsc::channel::<Started>();
+    let (done_tx, done_rx) = mpsc::channel::<Finishing>();
     {
         let (model, reports) = (Arc::clone(&model), Arc::clone(&reports));
         std::thread::Builder::new()
@@ -79,11 +82,38 @@ pub(crate) fn spawn_batch(
     std::thread::Builder::new()
         .name(format!("son1k-finish-{name}"))
         .spawn(move || {
-            for started in done_rx {
-                finish(started, &store, &reports);
+            for finishing in done_rx {
+                match finishing {
+                    Finishing::Preview(id, cancel, render) => {
+                        if cancel.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let chunk = catch_unwind(AssertUnwindSafe(render)).unwrap_or_else(|p| {
+                            tracing::warn!("previews stop: {}", panicked(p.as_ref()));
+                            None
+                        });
+                        if let Some(chunk) = chunk {
+                            reports(&id, WorkerReport::Chunk(to_pcm(&chunk)));
+                        }
+                    }
+                    Finishing::Ended(id, error) => {
+                        reports(&id, WorkerReport::Finished(Err(error)));
+                    }
+                    Finishing::Done(started) => finish(started, &store, &reports),
+                }
             }
         })?;
     Ok(work_tx)
+}
+
+/// What the batch hands the finisher, for each job in the order it happened.
+enum Finishing {
+    /// A preview to render and report (skipped once the job is cancelled).
+    Preview(String, Arc<std::sync::atomic::AtomicBool>, PreviewRender),
+    /// The job ended without finishing its steps.
+    Ended(String, EngineError),
+    /// The job's steps are done: decode, encode, store.
+    Done(Started),
 }
 
 /// Starts a job's session (its prompt encoding), or reports why it ended.
@@ -116,7 +146,7 @@ fn run_batch(
     model: &dyn MusicModel,
     max_batch: usize,
     joining: &mpsc::Receiver<Started>,
-    done: &mpsc::Sender<Started>,
+    done: &mpsc::Sender<Finishing>,
     reports: &ReportTo,
 ) {
     let mut active: Vec<Started> = Vec::new();
@@ -141,7 +171,7 @@ fn run_batch(
         let mut stepping = Vec::with_capacity(active.len());
         for started in active.drain(..) {
             if started.item.cancel.load(Ordering::Relaxed) {
-                started.report(reports, WorkerReport::Finished(Err(EngineError::Cancelled)));
+                end(started, EngineError::Cancelled, done, reports);
             } else if started.session.steps_done() >= started.total {
                 pass_on(started, done, reports);
             } else {
@@ -167,22 +197,25 @@ fn run_batch(
                     results.len(),
                     stepping.len()
                 );
-                fail_all(stepping, &EngineError::Internal(message), reports);
+                fail_all(stepping, &EngineError::Internal(message), done, reports);
                 continue;
             }
             Err(panic) => {
-                fail_all(stepping, &panicked(panic.as_ref()), reports);
+                fail_all(stepping, &panicked(panic.as_ref()), done, reports);
                 continue;
             }
         };
         for (mut started, result) in stepping.into_iter().zip(results) {
             if let Err(e) = result {
-                started.report(reports, WorkerReport::Finished(Err(e)));
+                end(started, e, done, reports);
                 continue;
             }
             started.report(reports, started.progress(Stage::Generating));
-            if let Some(chunk) = started.session.take_preview() {
-                started.report(reports, WorkerReport::Chunk(to_pcm(&chunk)));
+            if let Some(render) = started.session.take_preview() {
+                let item = &started.item;
+                let preview = Finishing::Preview(item.id.clone(), Arc::clone(&item.cancel), render);
+                // A finisher that stopped fails the job when it is passed on.
+                let _ = done.send(preview);
             }
             if started.session.steps_done() >= started.total {
                 pass_on(started, done, reports);
@@ -194,16 +227,34 @@ fn run_batch(
 }
 
 /// Every job of a step that failed as a whole fails with its error.
-fn fail_all(stepping: Vec<Started>, error: &EngineError, reports: &ReportTo) {
+fn fail_all(
+    stepping: Vec<Started>,
+    error: &EngineError,
+    done: &mpsc::Sender<Finishing>,
+    reports: &ReportTo,
+) {
     for started in stepping {
-        let error = EngineError::Internal(error.to_string());
+        end(
+            started,
+            EngineError::Internal(error.to_string()),
+            done,
+            reports,
+        );
+    }
+}
+
+/// Reports, through the finisher (after the job's previews), that a job ended unfinished.
+fn end(started: Started, error: EngineError, done: &mpsc::Sender<Finishing>, reports: &ReportTo) {
+    let id = started.item.id.clone();
+    if let Err(mpsc::SendError(Finishing::Ended(_, error))) = done.send(Finishing::Ended(id, error))
+    {
         started.report(reports, WorkerReport::Finished(Err(error)));
     }
 }
 
 /// Hands a job whose steps are done to the finisher.
-fn pass_on(started: Started, done: &mpsc::Sender<Started>, reports: &ReportTo) {
-    if let Err(mpsc::SendError(started)) = done.send(started) {
+fn pass_on(started: Started, done: &mpsc::Sender<Finishing>, reports: &ReportTo) {
+    if let Err(mpsc::SendError(Finishing::Done(started))) = done.send(Finishing::Done(started)) {
         let error = EngineError::Internal("the finishing thread stopped".into());
         started.report(reports, WorkerReport::Finished(Err(error)));
     }

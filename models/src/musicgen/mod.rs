@@ -17,4 +17,4 @@ pub use delay::DelayPattern;
 pub use generation::{AudioConditions, Generation, GenerationParams};
 pub use long_form::{LongGeneration, Windows};
 pub use model::{Conditioning, MusicGen};
-pub use preview::{PreviewSettings, Previewer};
+pub use preview::{PreviewMixer, PreviewSettings, PreviewWindow, Previewer};

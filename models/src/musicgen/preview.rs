@@ -47,14 +47,39 @@ pub struct PreviewChunk {
     pub channels: Vec<Vec<f32>>,
 }
 
-/// The previews of one job: where the last one ended and the audio held back from it.
+/// The previews of one job: where the last one ended.
+///
+/// A preview is planned where the job steps ([`Previewer::plan`]: cheap, it copies the
+/// frames a window decodes) and rendered wherever the caller likes
+/// ([`PreviewMixer::render`]: the EnCodec decode), so a batch need not wait for it. A job's
+/// windows must be rendered in the order they were planned, by one mixer.
 #[derive(Clone, Debug)]
 pub struct Previewer {
     settings: PreviewSettings,
-    /// Frames of audio sent so far.
+    /// Frames of audio planned so far.
     sent: usize,
-    /// The held-back audio after `sent`, one row per channel (empty before the first).
+    /// Whether the last window planned held audio back (it was not the job's last).
+    holding: bool,
+}
+
+/// The rendering side of a job's previews: the audio the last window held back.
+#[derive(Clone, Debug, Default)]
+pub struct PreviewMixer {
+    /// One row per channel (empty before the first window and after the last).
     held: Vec<Vec<f32>>,
+}
+
+/// A planned preview: the frames to decode and the part of their audio that goes out.
+#[derive(Clone, Debug)]
+pub struct PreviewWindow {
+    /// The frames, `[K][n]`, from frame `start` of the output on.
+    frames: Vec<Vec<u32>>,
+    start: usize,
+    /// The frames whose audio goes out: `from..until` (the rest is held back).
+    from: usize,
+    until: usize,
+    /// Whether this is the job's last preview.
+    last: bool,
 }
 
 impl Previewer {
@@ -63,26 +88,39 @@ impl Previewer {
         Self {
             settings,
             sent: 0,
-            held: Vec::new(),
+            holding: false,
         }
     }
 
     /// The next preview, if one is due: after the first `first_frames` finished frames,
     /// then every `every_frames`, and, once the job is done, the rest of its audio. The
     /// chunks of a whole job cover its output exactly once, in order.
-    pub fn poll(&mut self, model: &MusicGen, job: &LongGeneration) -> Result<Option<PreviewChunk>> {
+    pub fn poll(
+        &mut self,
+        mixer: &mut PreviewMixer,
+        model: &MusicGen,
+        job: &LongGeneration,
+    ) -> Result<Option<PreviewChunk>> {
+        match self.plan(job) {
+            Some(window) => mixer.render(model, window).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::poll`]'s first half: the window of the next preview, if one is due.
+    pub fn plan(&mut self, job: &LongGeneration) -> Option<PreviewWindow> {
         let s = self.settings;
         let finished = job.finished_frames();
         let done = job.is_done();
         let due = if done {
-            finished > self.sent || !self.held.is_empty()
-        } else if self.sent == 0 && self.held.is_empty() {
+            finished > self.sent || self.holding
+        } else if self.sent == 0 && !self.holding {
             finished >= s.first_frames.max(s.overlap_frames + 1)
         } else {
             finished >= self.sent + s.overlap_frames + s.every_frames
         };
         if !due {
-            return Ok(None);
+            return None;
         }
         // Audio up to `until` goes out now; what follows, to `finished`, is held back.
         let until = if done {
@@ -91,18 +129,43 @@ impl Previewer {
             finished - s.overlap_frames
         };
         let start = self.sent.saturating_sub(s.context_frames);
-        let frames: Vec<Vec<u32>> = job
+        let frames = job
             .finished()
             .into_iter()
             .map(|row| row[start..finished].to_vec())
             .collect();
+        let window = PreviewWindow {
+            frames,
+            start,
+            from: self.sent,
+            until,
+            last: done,
+        };
+        self.sent = until;
+        self.holding = !done;
+        Some(window)
+    }
+}
+
+impl PreviewMixer {
+    /// [`Previewer::poll`]'s second half: decodes a window [`Previewer::plan`] gave,
+    /// cross-faded with the audio the window before held back.
+    pub fn render(&mut self, model: &MusicGen, window: PreviewWindow) -> Result<PreviewChunk> {
+        let PreviewWindow {
+            frames,
+            start,
+            from,
+            until,
+            last,
+        } = window;
+        let count = frames.first().map_or(0, Vec::len);
         let audio = model.decode_audio(&frames)?.to_vec2::<f32>()?;
-        let hop = audio.first().map_or(0, Vec::len) / (finished - start).max(1);
-        let (from, to) = ((self.sent - start) * hop, (until - start) * hop);
+        let hop = audio.first().map_or(0, Vec::len) / count.max(1);
+        let (first, end) = ((from - start) * hop, (until - start) * hop);
         let mut channels = Vec::with_capacity(audio.len());
         let mut held = Vec::with_capacity(audio.len());
         for (c, samples) in audio.into_iter().enumerate() {
-            let mut out = samples[from..to].to_vec();
+            let mut out = samples[first..end].to_vec();
             if let Some(previous) = self.held.get(c) {
                 // A linear cross-fade over the first half of the held-back audio, where
                 // the window before still had frames after it to decode from; the rest is
@@ -113,16 +176,14 @@ impl Previewer {
                     *sample = old * (1.0 - r) + *sample * r;
                 }
             }
-            held.push(samples[to..].to_vec());
+            held.push(samples[end..].to_vec());
             channels.push(out);
         }
-        let chunk = PreviewChunk {
-            start: self.sent * hop,
+        self.held = if last { Vec::new() } else { held };
+        Ok(PreviewChunk {
+            start: from * hop,
             channels,
-        };
-        self.sent = until;
-        self.held = if done { Vec::new() } else { held };
-        Ok(Some(chunk))
+        })
     }
 }
 
@@ -171,11 +232,12 @@ mod tests {
                     .unwrap();
             let windows_run = job.plan().len();
             let mut previewer = Previewer::new(PreviewSettings::new(rate, 1.0));
+            let mut mixer = PreviewMixer::default();
             let mut chunks = Vec::new();
             let mut first_at = None;
             while !job.is_done() {
                 job.step(&model).unwrap();
-                if let Some(chunk) = previewer.poll(&model, &job).unwrap() {
+                if let Some(chunk) = previewer.poll(&mut mixer, &model, &job).unwrap() {
                     first_at.get_or_insert(job.finished_frames());
                     chunks.push(chunk);
                 }
@@ -205,5 +267,46 @@ mod tests {
                 assert!(snr >= 30.0, "{snr:.1} dB");
             }
         }
+    }
+
+    /// Windows planned as the job steps and rendered later, all at the end, give the
+    /// chunks that planning and rendering at once gives: the render can lag the batch.
+    #[test]
+    fn rendering_behind_the_steps_gives_the_same_chunks() {
+        let model = tiny_random(5);
+        let rate = model.config().frame_rate();
+        let params = GenerationParams {
+            frames: 3 * rate + 5,
+            guidance_scale: 3.0,
+            sampling: SamplingParams {
+                top_k: 50,
+                top_p: 0.0,
+                temperature: 1.0,
+            },
+            seed: 1,
+        };
+        let run = |lag: bool| {
+            let windows = Windows::audiocraft(model.config());
+            let mut job =
+                LongGeneration::new(&model, &[2, 4], &params, Vec::new(), None, windows).unwrap();
+            let mut previewer = Previewer::new(PreviewSettings::new(rate, 1.0));
+            let mut mixer = PreviewMixer::default();
+            let (mut planned, mut chunks) = (Vec::new(), Vec::new());
+            while !job.is_done() {
+                job.step(&model).unwrap();
+                if lag {
+                    planned.extend(previewer.plan(&job));
+                } else if let Some(chunk) = previewer.poll(&mut mixer, &model, &job).unwrap() {
+                    chunks.push(chunk);
+                }
+            }
+            for window in planned {
+                chunks.push(mixer.render(&model, window).unwrap());
+            }
+            chunks
+        };
+        let at_once = run(false);
+        assert!(at_once.len() >= 3, "{} previews", at_once.len());
+        assert_eq!(run(true), at_once);
     }
 }

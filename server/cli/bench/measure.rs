@@ -11,8 +11,8 @@ use son1k_engine::Precision;
 use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
 use son1k_models::musicgen::{
-    Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, PreviewSettings,
-    Previewer, Windows,
+    Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, PreviewMixer,
+    PreviewSettings, PreviewWindow, Previewer, Windows,
 };
 use son1k_models::sampling::SamplingParams;
 use son1k_models::weights::Weights;
@@ -281,24 +281,41 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 })
                 .collect();
             let steps = job.total_steps();
-            // Previews as the server streams them, decoded between steps.
+            // Previews as the server streams them: planned between steps, rendered on a
+            // thread of their own while the batch goes on.
             let settings = PreviewSettings::new(frame_rate as usize, DEFAULT_PREVIEW_AFTER_SECONDS);
             let mut previewers = vec![Previewer::new(settings); concurrency];
-            let mut first_audio_ms = vec![None; concurrency];
-            while !jobs.iter().all(LongGeneration::is_done) {
-                let mut refs: Vec<&mut LongGeneration> = jobs.iter_mut().collect();
-                for result in LongGeneration::step_batch(&model, &mut refs, &mut buffers) {
-                    result?;
-                }
-                for ((job, previewer), first) in
-                    jobs.iter().zip(&mut previewers).zip(&mut first_audio_ms)
-                {
-                    if previewer.poll(&model, job)?.is_some() && first.is_none() {
-                        *first = Some(t.elapsed().as_secs_f64() * 1e3);
+            let first_audio_ms = std::thread::scope(|scope| {
+                let (windows_tx, windows_rx) = std::sync::mpsc::channel::<(usize, PreviewWindow)>();
+                let model = &model;
+                let renders = scope.spawn(move || {
+                    let mut mixers = vec![PreviewMixer::default(); concurrency];
+                    let mut first_audio_ms = vec![None; concurrency];
+                    for (i, window) in windows_rx {
+                        mixers[i].render(model, window)?;
+                        first_audio_ms[i].get_or_insert(t.elapsed().as_secs_f64() * 1e3);
                     }
+                    anyhow::Ok(first_audio_ms)
+                });
+                while !jobs.iter().all(LongGeneration::is_done) {
+                    let mut refs: Vec<&mut LongGeneration> = jobs.iter_mut().collect();
+                    for result in LongGeneration::step_batch(model, &mut refs, &mut buffers) {
+                        result?;
+                    }
+                    for (i, (job, previewer)) in jobs.iter().zip(&mut previewers).enumerate() {
+                        if let Some(window) = previewer.plan(job) {
+                            // The render thread only stops on an error, reported below.
+                            let _ = windows_tx.send((i, window));
+                        }
+                    }
+                    bar.inc(1);
                 }
-                bar.inc(1);
-            }
+                drop(windows_tx);
+                match renders.join() {
+                    Ok(first) => first,
+                    Err(_) => anyhow::bail!("the preview thread panicked"),
+                }
+            })?;
             let stepped_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_message("decoding with EnCodec");
             let mut samples = 0;
