@@ -117,6 +117,7 @@ pub(super) fn run_job(
     std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
     super::output::summary(
         out,
+        false,
         &super::output::Made {
             duration_s: output.audio.duration_s(),
             sample_rate: output.audio.sample_rate,

@@ -6,6 +6,7 @@ mod cover;
 mod generate;
 mod job_args;
 pub(crate) mod output;
+mod play_to;
 mod progress;
 mod remote;
 pub mod serve;

@@ -30,9 +30,17 @@ pub(crate) struct Made<'a> {
     pub understood: Vec<(&'a str, &'a str)>,
 }
 
-/// Prints what a job wrote: the file line, then what the model understood, a line each.
-pub(crate) fn summary(out: &Path, made: &Made<'_>) {
-    line(format_args!(
+/// Prints what a job wrote: the file line, then what the model understood, a line each;
+/// on stderr with `to_stderr` (where stdout carries audio).
+pub(crate) fn summary(out: &Path, to_stderr: bool, made: &Made<'_>) {
+    let print = |text: std::fmt::Arguments<'_>| {
+        if to_stderr {
+            eprintln!("{text}");
+        } else {
+            line(text);
+        }
+    };
+    print(format_args!(
         "wrote {}: {:.2} s, {} Hz, {} channel(s), seed {}",
         out.display(),
         made.duration_s,
@@ -41,7 +49,7 @@ pub(crate) fn summary(out: &Path, made: &Made<'_>) {
         made.seed
     ));
     for (what, value) in &made.understood {
-        line(format_args!("  {what}: {value}"));
+        print(format_args!("  {what}: {value}"));
     }
 }
 

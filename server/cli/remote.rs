@@ -16,6 +16,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
+use super::play_to::PlayTo;
 use super::progress::Bar;
 use crate::proto::v1 as pb;
 use crate::proto::v1::generation_service_client::GenerationServiceClient;
@@ -54,7 +55,15 @@ pub struct ServerArgs {
     /// web roots (for a server whose certificate a private authority signed).
     #[arg(long, value_name = "FILE", requires = "server")]
     pub tls_ca: Option<PathBuf>,
+    /// With --server: write the previews as they arrive as a WAV stream to this file, or to
+    /// stdout with `-`, so a player hears the music while it is made (`--play-to - |
+    /// ffplay -nodisp -`, `| aplay`); the command's own lines then go to stderr.
+    #[arg(long, value_name = "FILE|-", requires = "server")]
+    pub play_to: Option<PathBuf>,
 }
+
+/// Seconds a cover of the song's whole length (duration 0) may stream to `--play-to`.
+const MAX_PLAY_SECONDS: f64 = 600.0;
 
 /// A job for the server.
 #[derive(Debug)]
@@ -131,8 +140,20 @@ pub(super) fn sample_format(format: SampleFormat) -> i32 {
 /// made. Ctrl-C cancels the job on the server.
 pub(super) fn run(server: &str, remote: &ServerArgs, job: Job, out: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let duration_s = match &job {
+        Job::Generate(r) if r.duration_seconds > 0.0 => r.duration_seconds,
+        Job::Generate(_) => 10.0,
+        Job::Cover(r) if r.duration_seconds > 0.0 => r.duration_seconds,
+        Job::Cover(_) => MAX_PLAY_SECONDS,
+    };
+    let play_to = match &remote.play_to {
+        Some(target) => Some(PlayTo::open(target, duration_s)?),
+        None => None,
+    };
+    let to_stderr = play_to.as_ref().is_some_and(PlayTo::is_stdout);
     runtime.block_on(async {
         let mut session = Session::connect(server, remote).await?;
+        session.play_to = play_to;
         let result = tokio::select! {
             result = session.run(job) => Some(result),
             () = interrupted() => None,
@@ -143,8 +164,11 @@ pub(super) fn run(server: &str, remote: &ServerArgs, job: Job, out: &Path) -> an
             bail!("cancelled");
         };
         let (completed, bytes) = result?;
+        if let Some(play_to) = session.play_to.take() {
+            play_to.finish()?;
+        }
         std::fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))?;
-        summary(&completed, out);
+        summary(&completed, out, to_stderr);
         Ok(())
     })
 }
@@ -156,8 +180,9 @@ async fn interrupted() {
     }
 }
 
-/// Prints the lines the in-process commands print: the file, and what the model understood.
-fn summary(completed: &pb::Completed, out: &Path) {
+/// Prints the lines the in-process commands print: the file, and what the model understood
+/// (on stderr where stdout carries the `--play-to` stream).
+fn summary(completed: &pb::Completed, out: &Path, to_stderr: bool) {
     let mut understood: Vec<(&str, &str)> = completed
         .parameters
         .iter()
@@ -167,6 +192,7 @@ fn summary(completed: &pb::Completed, out: &Path) {
     understood.sort();
     super::output::summary(
         out,
+        to_stderr,
         &super::output::Made {
             duration_s: completed.duration_seconds,
             sample_rate: completed.sample_rate,
@@ -195,6 +221,8 @@ struct Session {
     /// The newest event handled; a re-attached stream starts after it.
     last_sequence: u64,
     pieces: Pieces,
+    /// Where the previews go, with `--play-to`.
+    play_to: Option<PlayTo>,
 }
 
 impl Session {
@@ -249,6 +277,7 @@ impl Session {
             id: None,
             last_sequence: 0,
             pieces: Pieces::default(),
+            play_to: None,
         })
     }
 
@@ -356,9 +385,14 @@ impl Session {
             Some(Event::Cancelled(cancelled)) => {
                 bail!("generation cancelled: {}", cancelled.reason)
             }
-            // Playable previews (the file arrives in pieces) and events newer than this
-            // client.
-            Some(Event::AudioChunk(_)) | None => {}
+            // Playable previews (the file arrives in pieces).
+            Some(Event::AudioChunk(chunk)) => {
+                if let Some(play_to) = &mut self.play_to {
+                    play_to.chunk(&chunk)?;
+                }
+            }
+            // Events newer than this client.
+            None => {}
         }
         Ok(None)
     }

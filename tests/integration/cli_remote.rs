@@ -125,6 +125,71 @@ async fn generate_and_cover_run_on_a_server() {
     assert!(!refused.exists());
 }
 
+/// `--play-to` streams the previews while the job runs: to stdout as one WAV stream (the
+/// command's lines moving to stderr), or to a file with its real lengths; either way the
+/// whole song, in time.
+#[tokio::test]
+async fn previews_play_to_stdout_or_a_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let out = tempfile::tempdir().expect("a temp dir");
+    let url = server.url.as_str();
+    let wav = out.path().join("x.wav");
+    let wav_arg = wav.to_str().expect("utf-8 path");
+    let args = |play_to: &str| {
+        son1k(&[
+            "generate",
+            "--server",
+            url,
+            "--duration",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            wav_arg,
+            "--play-to",
+            play_to,
+            "lofi piano",
+        ])
+    };
+    let run = args("-");
+    assert!(
+        run.status.success(),
+        "{}; log: {}",
+        stderr(&run),
+        server.log()
+    );
+    let stream = &run.stdout;
+    assert!(
+        stream.starts_with(b"RIFF") && &stream[8..16] == b"WAVEfmt ",
+        "not a WAV stream"
+    );
+    assert_eq!(u16::from_le_bytes([stream[22], stream[23]]), 2, "channels");
+    assert_eq!(
+        u32::from_le_bytes([stream[24], stream[25], stream[26], stream[27]]),
+        44_100
+    );
+    assert_eq!(
+        stream.len() - 44,
+        2 * 44_100 * 2 * 2,
+        "2 s of 16-bit stereo"
+    );
+    assert!(stream[44..].iter().any(|&b| b != 0), "silent");
+    assert!(
+        stderr(&run).contains("2.00 s, 44100 Hz"),
+        "{}",
+        stderr(&run)
+    );
+
+    let live = out.path().join("live.wav");
+    let run = args(live.to_str().expect("utf-8 path"));
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_wav(&live, 2.0);
+    assert_wav(&wav, 2.0);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("seed 3"), "{stdout}");
+}
+
 /// A TCP proxy to the server at `url` that cuts its first connection after `cut_after` bytes
 /// from the server, as a dropped network would; later connections pass untouched. Returns
 /// its own URL.

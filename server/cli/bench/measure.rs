@@ -122,7 +122,8 @@ pub struct BenchReport {
 pub struct CpuFeatures {
     /// The features found.
     pub detected: Vec<&'static str>,
-    /// The kernels' path: `avx2+fma` or `portable`.
+    /// The kernels' paths, f32 then int8 (e.g. `f32 avx512f, int8 avx512vnni`), or
+    /// `portable`.
     pub kernels: &'static str,
 }
 
