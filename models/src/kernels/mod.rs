@@ -87,7 +87,11 @@ pub fn cpu_features() -> (Vec<&'static str>, &'static str) {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512_vnni() -> bool {
     use std::arch::is_x86_feature_detected as has;
-    has_avx2_fma_f16c() && has!("avx512f") && has!("avx512vl") && has!("avx512vnni")
+    has_avx2_fma_f16c()
+        && has!("avx512f")
+        && has!("avx512bw")
+        && has!("avx512vl")
+        && has!("avx512vnni")
 }
 
 /// Runs `f` on a thread of rayon's global pool. The parallel kernels `f` calls then share

@@ -137,7 +137,7 @@ fn features_of<const M: usize>(w: &BlockMatrix, first: usize, rows: &[Row; M], s
     #[cfg(target_arch = "x86_64")]
     // The slices' lengths are checked inside the vector kernel.
     crate::kernels::dispatch!(
-        avx512_vnni => avx2::product_vnni::<M>(w, first, rows, sums),
+        avx512_vnni => avx2::product_wide::<M>(w, first, rows, sums),
         avx2_fma_f16c => avx2::product::<M>(w, first, rows, sums),
         portable => {
             for (f, sums) in sums.chunks_exact_mut(M).enumerate() {
@@ -207,6 +207,187 @@ mod avx2 {
         match w.format {
             BlockFormat::Q8 => features::<M, false, true>(w, first, xs, out),
             BlockFormat::Q4 => features::<M, true, true>(w, first, xs, out),
+        }
+    }
+
+    /// [`product_vnni`] on 512-bit vectors: two tiles side by side in each, sixteen
+    /// features a vector, so each activation row runs one `dpbusd` per 32 products of two
+    /// tiles and one conversion and FMA per sixteen sums. A task's last tile, when alone,
+    /// runs on 256 bits. Every lane computes what [`product_vnni`]'s does, in the same
+    /// order: the same bits.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn product_wide<const M: usize>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out: &mut [f32],
+    ) {
+        // Pairs of tiles, the last one maybe partial (a matrix's tiles are padded to whole).
+        let pairs = (out.len() / M).div_ceil(TILE_ROWS) / 2;
+        let (wide, rest) = out.split_at_mut((pairs * 2 * TILE_ROWS * M).min(out.len()));
+        match w.format {
+            BlockFormat::Q8 => wide_features::<M, false>(w, first, xs, wide),
+            BlockFormat::Q4 => wide_features::<M, true>(w, first, xs, wide),
+        }
+        if !rest.is_empty() {
+            product_vnni::<M>(w, first + pairs * 2 * TILE_ROWS, xs, rest);
+        }
+    }
+
+    /// [`product_wide`]'s pairs of tiles from `first` on (`out` ends in a whole or partial
+    /// pair).
+    #[inline(always)]
+    fn wide_features<const M: usize, const Q4: bool>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out: &mut [f32],
+    ) {
+        let blocks = w.blocks_per_row();
+        let size = w.format.tile_block_bytes();
+        let first_tile = first / TILE_ROWS;
+        let end = (first_tile + (out.len() / M).div_ceil(TILE_ROWS)) * blocks;
+        let fits = first.is_multiple_of(TILE_ROWS)
+            && xs.iter().all(|x| {
+                x.values.len() >= blocks * BLOCK
+                    && x.shifted.len() >= blocks * BLOCK
+                    && x.scales.len() >= blocks
+                    && x.sums.len() >= blocks
+            })
+            && w.values.len() >= end * size
+            && w.scales.len() >= end * TILE_ROWS
+            && (!Q4 || w.offsets.len() >= end * TILE_ROWS);
+        if !fits {
+            out.fill(f32::NAN);
+            return;
+        }
+        // SAFETY: every array holds the tiles and blocks read (checked just above), and
+        // the CPU has the features of `product_wide`, which this is inlined into.
+        unsafe {
+            for (p, pair_out) in out.chunks_mut(2 * TILE_ROWS * M).enumerate() {
+                let tiles = [first_tile + 2 * p, first_tile + 2 * p + 1].map(|t| t * blocks);
+                let mut acc = [_mm512_setzero_ps(); M];
+                let mut offset_acc = [_mm512_setzero_ps(); M];
+                for b in 0..blocks {
+                    let at = tiles.map(|t| t + b);
+                    for at in at {
+                        let ahead = w.values.as_ptr().wrapping_add(at * size + PREFETCH_BYTES);
+                        for line in (0..size).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                        }
+                    }
+                    let values = at.map(|at| w.values.as_ptr().add(at * size));
+                    let dots = wide_block_dots::<M, Q4>(values, xs, b);
+                    let halves = at.map(|at| w.scales.as_ptr().add(at * TILE_ROWS));
+                    let wd = _mm512_cvtph_ps(pair_of(halves));
+                    for ((acc, dot), x) in acc.iter_mut().zip(dots).zip(xs) {
+                        let xd = _mm512_set1_ps(*x.scales.get_unchecked(b));
+                        let sums = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), xd);
+                        *acc = _mm512_fmadd_ps(sums, wd, *acc);
+                    }
+                    if Q4 {
+                        let halves = at.map(|at| w.offsets.as_ptr().add(at * TILE_ROWS));
+                        let wm = _mm512_cvtph_ps(pair_of(halves));
+                        for (acc, x) in offset_acc.iter_mut().zip(xs) {
+                            let x_sum = _mm512_set1_ps(*x.sums.get_unchecked(b));
+                            *acc = _mm512_fmadd_ps(wm, x_sum, *acc);
+                        }
+                    }
+                }
+                for i in 0..M {
+                    let mut lanes = [0f32; 2 * TILE_ROWS];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(acc[i], offset_acc[i]));
+                    for (r, lane) in lanes.iter().take(pair_out.len() / M).enumerate() {
+                        pair_out[r * M + i] = *lane;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The eight f16 values at each of two places, as one vector of sixteen.
+    ///
+    /// # Safety
+    ///
+    /// Both places hold eight f16 values (16 bytes).
+    #[inline(always)]
+    unsafe fn pair_of(halves: [*const half::f16; 2]) -> __m256i {
+        // SAFETY: both reads lie in the places given (the caller's contract).
+        unsafe {
+            let low = _mm_loadu_si128(halves[0].cast());
+            let high = _mm_loadu_si128(halves[1].cast());
+            _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(low), high)
+        }
+    }
+
+    /// The 32 bytes at each of two places, as one vector of 64.
+    ///
+    /// # Safety
+    ///
+    /// Both places hold 32 bytes.
+    #[inline(always)]
+    unsafe fn wide_pair(places: [*const u8; 2], offset: usize) -> __m512i {
+        // SAFETY: both reads lie in the places given (the caller's contract).
+        unsafe {
+            let low = _mm256_loadu_si256(places[0].add(offset).cast());
+            let high = _mm256_loadu_si256(places[1].add(offset).cast());
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(low), high)
+        }
+    }
+
+    /// [`block_dots`] with VNNI for two tiles at once, the first's eight rows in the low
+    /// lanes and the second's in the high ones.
+    ///
+    /// # Safety
+    ///
+    /// Both `values` point at whole tile blocks of the matrix's format, each row in `xs`
+    /// holds block `b`, and the CPU has AVX-512 F, BW and VNNI.
+    #[inline(always)]
+    unsafe fn wide_block_dots<const M: usize, const Q4: bool>(
+        values: [*const u8; 2],
+        xs: &[Row; M],
+        b: usize,
+    ) -> [__m512i; M] {
+        // SAFETY: every read lies in the tile blocks at `values` or in block `b` of a row,
+        // and the CPU has the features used (the caller's contract).
+        unsafe {
+            let mut dots = [_mm512_setzero_si512(); M];
+            // Four bytes of row `x` from byte `j` of the block, in every lane.
+            let four = |x: *const u8, j: usize| {
+                _mm512_set1_epi32(x.add(b * BLOCK + j).cast::<i32>().read_unaligned())
+            };
+            if Q4 {
+                let nibbles = _mm512_set1_epi8(0x0F);
+                for p in 0..4 {
+                    let packed = wide_pair(values, p * 32);
+                    let low = _mm512_and_si512(packed, nibbles);
+                    let high = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibbles);
+                    for (dot, x) in dots.iter_mut().zip(xs) {
+                        let x = x.values.as_ptr().cast::<u8>();
+                        *dot = _mm512_dpbusd_epi32(*dot, low, four(x, 4 * p));
+                        *dot = _mm512_dpbusd_epi32(*dot, high, four(x, 16 + 4 * p));
+                    }
+                }
+                return dots;
+            }
+            let bias = _mm512_set1_epi8(i8::MIN);
+            let mut correction = [_mm512_setzero_si512(); 2];
+            let mut odd = [_mm512_setzero_si512(); M];
+            for u in 0..8 {
+                let weights = wide_pair(values, u * 32);
+                let chain = u % 2;
+                correction[chain] = _mm512_dpbusd_epi32(correction[chain], bias, weights);
+                for ((even, odd), x) in dots.iter_mut().zip(odd.iter_mut()).zip(xs) {
+                    let four = four(x.shifted.as_ptr(), 4 * u);
+                    let dot = if chain == 0 { even } else { odd };
+                    *dot = _mm512_dpbusd_epi32(*dot, four, weights);
+                }
+            }
+            let correction = _mm512_add_epi32(correction[0], correction[1]);
+            for (dot, odd) in dots.iter_mut().zip(odd) {
+                *dot = _mm512_sub_epi32(_mm512_add_epi32(*dot, odd), correction);
+            }
+            dots
         }
     }
 
@@ -515,19 +696,29 @@ mod tests {
             eprintln!("this CPU has no AVX-512 VNNI: its path is not tested here");
             return;
         }
-        let (m, k, n) = (4, 288, 44);
-        for format in [BlockFormat::Q8, BlockFormat::Q4] {
+        let (m, k) = (4, 288);
+        // Six tiles, the last partial (three pairs); five whole (two pairs and one alone).
+        for (format, n) in [
+            (BlockFormat::Q8, 44),
+            (BlockFormat::Q4, 44),
+            (BlockFormat::Q8, 40),
+            (BlockFormat::Q4, 40),
+        ] {
             let matrix = BlockMatrix::quantize(&random(n * k, 5), n, k, format).unwrap();
             let mut x = QuantizedRows::default();
             x.quantize(&random(m * k, 6), m, k);
             let rows = rows::<4>(&x);
             let (mut plain, mut vnni) = (vec![0f32; n * m], vec![0f32; n * m]);
-            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 VL and VNNI (checked above).
+            let mut wide = vec![0f32; n * m];
+            // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (checked
+            // above).
             unsafe {
                 avx2::product::<4>(&matrix, 0, &rows, &mut plain);
                 avx2::product_vnni::<4>(&matrix, 0, &rows, &mut vnni);
+                avx2::product_wide::<4>(&matrix, 0, &rows, &mut wide);
             }
             assert_eq!(plain, vnni, "{format:?}");
+            assert_eq!(plain, wide, "{format:?} on 512 bits");
             for (f, sums) in vnni.chunks_exact(m).enumerate() {
                 for (a, b) in dots_portable::<4>(&matrix, f, &rows).iter().zip(sums) {
                     assert!(
