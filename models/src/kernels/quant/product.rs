@@ -356,23 +356,27 @@ mod avx2 {
             let four = |x: *const u8, j: usize| {
                 _mm512_set1_epi32(x.add(b * BLOCK + j).cast::<i32>().read_unaligned())
             };
+            // Two chains of sums per row halve the wait on `dpbusd`'s latency.
+            let mut odd = [_mm512_setzero_si512(); M];
             if Q4 {
                 let nibbles = _mm512_set1_epi8(0x0F);
                 for p in 0..4 {
                     let packed = wide_pair(values, p * 32);
                     let low = _mm512_and_si512(packed, nibbles);
                     let high = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nibbles);
-                    for (dot, x) in dots.iter_mut().zip(xs) {
+                    for ((dot, odd), x) in dots.iter_mut().zip(odd.iter_mut()).zip(xs) {
                         let x = x.values.as_ptr().cast::<u8>();
                         *dot = _mm512_dpbusd_epi32(*dot, low, four(x, 4 * p));
-                        *dot = _mm512_dpbusd_epi32(*dot, high, four(x, 16 + 4 * p));
+                        *odd = _mm512_dpbusd_epi32(*odd, high, four(x, 16 + 4 * p));
                     }
+                }
+                for (dot, odd) in dots.iter_mut().zip(odd) {
+                    *dot = _mm512_add_epi32(*dot, odd);
                 }
                 return dots;
             }
             let bias = _mm512_set1_epi8(i8::MIN);
             let mut correction = [_mm512_setzero_si512(); 2];
-            let mut odd = [_mm512_setzero_si512(); M];
             for u in 0..8 {
                 let weights = wide_pair(values, u * 32);
                 let chain = u % 2;
