@@ -57,7 +57,7 @@ fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
 /// x.rows]`, a feature's value for every row together. `None`, leaving `sums` alone, when
 /// the shapes do not fit.
 ///
-/// Up to [`MAX_ROWS`] rows run in one pass over the weights; more run in groups of that
+/// Up to [`group_rows`] rows run in one pass over the weights; more run in groups of that
 /// many, over [`TASK_FEATURES`] features at a time, so each group after the first reads
 /// those features' blocks from the cache. A row's sums do not depend on the other rows.
 pub(crate) fn features(
@@ -75,16 +75,17 @@ pub(crate) fn features(
     if !fits {
         return None;
     }
-    if m <= MAX_ROWS {
+    let most = group_rows();
+    if m <= most {
         group_features(x, 0, m, w, first, sums);
         return Some(());
     }
     let count = sums.len() / m;
-    let mut group = [0f32; TASK_FEATURES * MAX_ROWS];
+    let mut group = [0f32; TASK_FEATURES * WIDE_GROUP_ROWS];
     for start in (0..count).step_by(TASK_FEATURES) {
         let features = TASK_FEATURES.min(count - start);
-        for row in (0..m).step_by(MAX_ROWS) {
-            let rows = MAX_ROWS.min(m - row);
+        for row in (0..m).step_by(most) {
+            let rows = most.min(m - row);
             let out = &mut group[..features * rows];
             group_features(x, row, rows, w, first + start, out);
             for (f, values) in out.chunks_exact(rows).enumerate() {
@@ -96,7 +97,21 @@ pub(crate) fn features(
     Some(())
 }
 
-/// [`features`] for rows `row..row + rows` of `x` (1 to [`MAX_ROWS`] of them), `sums`
+/// Rows one pass of [`features`] serves: [`WIDE_GROUP_ROWS`] where the products run on
+/// 512-bit VNNI, whose 32 registers hold eight rows' sums, else [`MAX_ROWS`]. More rows a
+/// pass share each block's unpacking (and 8-bit weights' correction) among more rows.
+fn group_rows() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::has_avx512_vnni() {
+        return WIDE_GROUP_ROWS;
+    }
+    MAX_ROWS
+}
+
+/// [`group_rows`] on 512-bit VNNI.
+const WIDE_GROUP_ROWS: usize = 8;
+
+/// [`features`] for rows `row..row + rows` of `x` (1 to [`group_rows`] of them), `sums`
 /// being `[features, rows]`.
 fn group_features(
     x: &QuantizedRows,
@@ -110,7 +125,11 @@ fn group_features(
         1 => features_of::<1>(w, first, &rows_from::<1>(x, row), sums),
         2 => features_of::<2>(w, first, &rows_from::<2>(x, row), sums),
         3 => features_of::<3>(w, first, &rows_from::<3>(x, row), sums),
-        _ => features_of::<4>(w, first, &rows_from::<4>(x, row), sums),
+        4 => features_of::<4>(w, first, &rows_from::<4>(x, row), sums),
+        5 => features_of::<5>(w, first, &rows_from::<5>(x, row), sums),
+        6 => features_of::<6>(w, first, &rows_from::<6>(x, row), sums),
+        7 => features_of::<7>(w, first, &rows_from::<7>(x, row), sums),
+        _ => features_of::<8>(w, first, &rows_from::<8>(x, row), sums),
     }
 }
 
@@ -362,7 +381,9 @@ mod avx2 {
             let four = |x: *const u8, j: usize| {
                 _mm512_set1_epi32(x.add(b * BLOCK + j).cast::<i32>().read_unaligned())
             };
-            // Two chains of sums per row halve the wait on `dpbusd`'s latency.
+            // Two chains of sums per row halve the wait on `dpbusd`'s latency where few rows
+            // give few chains; past four rows, one chain each leaves the registers free.
+            let split = M <= 4;
             let mut odd = [_mm512_setzero_si512(); M];
             if Q4 {
                 let nibbles = _mm512_set1_epi8(0x0F);
@@ -373,7 +394,8 @@ mod avx2 {
                     for ((dot, odd), x) in dots.iter_mut().zip(odd.iter_mut()).zip(xs) {
                         let x = x.values.as_ptr().cast::<u8>();
                         *dot = _mm512_dpbusd_epi32(*dot, low, four(x, 4 * p));
-                        *odd = _mm512_dpbusd_epi32(*odd, high, four(x, 16 + 4 * p));
+                        let high_dot = if split { odd } else { &mut *dot };
+                        *high_dot = _mm512_dpbusd_epi32(*high_dot, high, four(x, 16 + 4 * p));
                     }
                 }
                 for (dot, odd) in dots.iter_mut().zip(odd) {
@@ -389,7 +411,7 @@ mod avx2 {
                 correction[chain] = _mm512_dpbusd_epi32(correction[chain], bias, weights);
                 for ((even, odd), x) in dots.iter_mut().zip(odd.iter_mut()).zip(xs) {
                     let four = four(x.shifted.as_ptr(), 4 * u);
-                    let dot = if chain == 0 { even } else { odd };
+                    let dot = if chain == 0 || !split { even } else { odd };
                     *dot = _mm512_dpbusd_epi32(*dot, four, weights);
                 }
             }
