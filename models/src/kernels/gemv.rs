@@ -141,18 +141,23 @@ fn features_portable(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f
 }
 
 /// Rows of `x` an AVX-512 tile of [`features`] serves.
+#[cfg(target_arch = "x86_64")]
 const WIDE_ROWS: usize = 6;
 /// Features an AVX-512 tile serves: with [`WIDE_ROWS`], 24 accumulators, four weight
 /// vectors and an activation vector fit AVX-512's 32 registers, and a tile runs 24 FMAs
 /// per ten loads of sixteen lanes.
+#[cfg(target_arch = "x86_64")]
 const WIDE_FEATURES: usize = 4;
 /// How many feature groups ahead of the one computed its first rows request weights.
+#[cfg(target_arch = "x86_64")]
 const AHEAD_GROUPS: usize = 2;
 /// Lanes of an AVX-512 tile's accumulators.
+#[cfg(target_arch = "x86_64")]
 const WIDE_LANES: usize = 16;
 /// Padding between the rows of the AVX-512 path's copy of `x`: rows a multiple of 1024
 /// floats apart share the first-level cache's sets, and six of them beside the weights'
 /// streams overflow a set's ways.
+#[cfg(target_arch = "x86_64")]
 const ROW_PADDING: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
