@@ -259,6 +259,30 @@ mod avx2 {
         }
     }
 
+    /// Whether the tiles from feature `first` (which must start a tile) for `out_len` sums
+    /// of `M` rows, and block after block of every row, lie inside their arrays: what
+    /// [`features`] and [`wide_features`] read unchecked.
+    #[inline(always)]
+    fn tiles_fit<const M: usize, const Q4: bool>(
+        w: &BlockMatrix,
+        first: usize,
+        xs: &[Row; M],
+        out_len: usize,
+    ) -> bool {
+        let blocks = w.blocks_per_row();
+        let end = (first / TILE_ROWS + (out_len / M).div_ceil(TILE_ROWS)) * blocks;
+        first.is_multiple_of(TILE_ROWS)
+            && xs.iter().all(|x| {
+                x.values.len() >= blocks * BLOCK
+                    && x.shifted.len() >= blocks * BLOCK
+                    && x.scales.len() >= blocks
+                    && x.sums.len() >= blocks
+            })
+            && w.values.len() >= end * w.format.tile_block_bytes()
+            && w.scales.len() >= end * TILE_ROWS
+            && (!Q4 || w.offsets.len() >= end * TILE_ROWS)
+    }
+
     /// [`product_wide`]'s pairs of tiles from `first` on (`out` ends in a whole or partial
     /// pair).
     #[inline(always)]
@@ -271,18 +295,7 @@ mod avx2 {
         let blocks = w.blocks_per_row();
         let size = w.format.tile_block_bytes();
         let first_tile = first / TILE_ROWS;
-        let end = (first_tile + (out.len() / M).div_ceil(TILE_ROWS)) * blocks;
-        let fits = first.is_multiple_of(TILE_ROWS)
-            && xs.iter().all(|x| {
-                x.values.len() >= blocks * BLOCK
-                    && x.shifted.len() >= blocks * BLOCK
-                    && x.scales.len() >= blocks
-                    && x.sums.len() >= blocks
-            })
-            && w.values.len() >= end * size
-            && w.scales.len() >= end * TILE_ROWS
-            && (!Q4 || w.offsets.len() >= end * TILE_ROWS);
-        if !fits {
+        if !tiles_fit::<M, Q4>(w, first, xs, out.len()) {
             out.fill(f32::NAN);
             return;
         }
@@ -439,18 +452,7 @@ mod avx2 {
         let blocks = w.blocks_per_row();
         let size = w.format.tile_block_bytes();
         let first_tile = first / TILE_ROWS;
-        let end = (first_tile + (out.len() / M).div_ceil(TILE_ROWS)) * blocks;
-        let fits = first.is_multiple_of(TILE_ROWS)
-            && xs.iter().all(|x| {
-                x.values.len() >= blocks * BLOCK
-                    && x.shifted.len() >= blocks * BLOCK
-                    && x.scales.len() >= blocks
-                    && x.sums.len() >= blocks
-            })
-            && w.values.len() >= end * size
-            && w.scales.len() >= end * TILE_ROWS
-            && (!Q4 || w.offsets.len() >= end * TILE_ROWS);
-        if !fits {
+        if !tiles_fit::<M, Q4>(w, first, xs, out.len()) {
             out.fill(f32::NAN);
             return;
         }
