@@ -1,14 +1,16 @@
 //! Weight formats of the large projections: dense in the model's dtype, or quantized at
-//! load to 8 or 4 bits. On the CPU the quantized formats are our own blocks and kernels
-//! (`kernels::quant`), which read each weight once for both guidance rows on the
-//! same thread pool as every other kernel; on GPUs they are candle's ggml blocks and
-//! kernels.
+//! load to 8 or 4 bits. On the CPU, f32 weights are packed at load into panels
+//! (`kernels::panels`) and the quantized formats are our own blocks (`kernels::quant`):
+//! both kernels read each weight once for every activation row of a step, on the same
+//! thread pool as every other kernel. On GPUs they are candle's dense and ggml kernels.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::error::{ModelError, Result};
+use crate::kernels::panels;
+pub use crate::kernels::panels::{PaddedRows, PanelMatrix};
 use crate::kernels::quant::product;
 pub use crate::kernels::quant::{BlockFormat, BlockMatrix, QuantizedRows, BLOCK};
 
@@ -82,8 +84,10 @@ impl WeightFormat {
 /// A projection without bias, `x W^T`, dense or quantized.
 #[derive(Clone, Debug)]
 pub enum Proj {
-    /// Dense weights `[out, in]`.
+    /// Dense weights `[out, in]` off the CPU or in a dtype other than f32.
     Dense(Linear),
+    /// Dense f32 weights on the CPU, packed into panels.
+    Panels(PanelMatrix),
     /// Our block-quantized weights, on the CPU.
     Blocks(BlockMatrix),
     /// candle's block-quantized weights, on GPUs.
@@ -96,7 +100,7 @@ impl Proj {
         let (rows, inner) = weight.dims2()?;
         if weight.device().is_cpu() {
             let Some(blocks) = format.blocks_for(inner) else {
-                return Ok(Self::Dense(Linear::new(weight, None)));
+                return Self::dense_on_cpu(weight);
             };
             let values = weight
                 .to_dtype(DType::F32)?
@@ -104,7 +108,7 @@ impl Proj {
                 .to_vec1::<f32>()?;
             return match BlockMatrix::quantize(&values, rows, inner, blocks) {
                 Some(matrix) => Ok(Self::Blocks(matrix)),
-                None => Ok(Self::Dense(Linear::new(weight, None))),
+                None => Self::dense_on_cpu(weight),
             };
         }
         match format.ggml_for(inner) {
@@ -118,41 +122,63 @@ impl Proj {
 }
 
 impl Proj {
+    /// Dense weights on the CPU: f32 ones packed into panels, others kept for candle.
+    fn dense_on_cpu(weight: Tensor) -> Result<Self> {
+        if weight.dtype() != DType::F32 {
+            return Ok(Self::Dense(Linear::new(weight, None)));
+        }
+        let (rows, cols) = weight.dims2()?;
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
+        match PanelMatrix::pack(&values, rows, cols) {
+            Some(matrix) => Ok(Self::Panels(matrix)),
+            None => Ok(Self::Dense(Linear::new(weight, None))),
+        }
+    }
+
     /// The weights as the CPU kernels read them, for a caller that runs the product's
-    /// tasks itself (`kernels::phases`); `None` for weights off the CPU or not in f32.
-    pub fn cpu_weights(&self) -> candle_core::Result<Option<CpuWeights<'_>>> {
-        Ok(match self {
-            Self::Dense(linear) => {
-                let (rows, cols) = linear.weight().dims2()?;
-                crate::kernels::tensor::cpu_data::<f32>(linear.weight())?
-                    .map(|values| CpuWeights::Dense { values, rows, cols })
-            }
+    /// tasks itself (`kernels::phases`); `None` for weights candle multiplies.
+    pub fn cpu_weights(&self) -> Option<CpuWeights<'_>> {
+        match self {
+            Self::Panels(matrix) => Some(CpuWeights::Panels(matrix)),
             Self::Blocks(matrix) => Some(CpuWeights::Blocks(matrix)),
-            Self::Ggml(_) => None,
-        })
+            Self::Dense(_) | Self::Ggml(_) => None,
+        }
     }
 }
 
-/// A projection's weights on the CPU, borrowed: dense f32 `[rows, cols]` or our blocks.
+/// A projection's weights on the CPU, borrowed: f32 panels or our quantized blocks.
+#[derive(Clone, Copy)]
 pub enum CpuWeights<'a> {
-    /// Dense f32.
-    Dense {
-        /// The elements, row-major.
-        values: crate::kernels::tensor::CpuData<'a, f32>,
-        /// Output features.
-        rows: usize,
-        /// Input features.
-        cols: usize,
-    },
+    /// Dense f32, in panels.
+    Panels(&'a PanelMatrix),
     /// Our quantized blocks.
     Blocks(&'a BlockMatrix),
+}
+
+/// A projection's input rows on the CPU in the form its weights read: padded f32 rows for
+/// panels, 8-bit blocks for quantized weights. Kept from projection to projection, so the
+/// buffers are reused.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectionRows {
+    padded: PaddedRows,
+    quantized: QuantizedRows,
+}
+
+impl ProjectionRows {
+    /// Prepares `x` (`rows` rows of `weights.cols()`) for a product with `weights`.
+    pub fn prepare(&mut self, weights: CpuWeights, x: &[f32], rows: usize) {
+        match weights {
+            CpuWeights::Panels(matrix) => self.padded.pad(x, rows, matrix.cols),
+            CpuWeights::Blocks(matrix) => self.quantized.quantize(x, rows, matrix.cols),
+        }
+    }
 }
 
 impl CpuWeights<'_> {
     /// Output features.
     pub fn rows(&self) -> usize {
         match self {
-            Self::Dense { rows, .. } => *rows,
+            Self::Panels(matrix) => matrix.rows,
             Self::Blocks(matrix) => matrix.rows,
         }
     }
@@ -160,48 +186,26 @@ impl CpuWeights<'_> {
     /// Input features.
     pub fn cols(&self) -> usize {
         match self {
-            Self::Dense { cols, .. } => *cols,
+            Self::Panels(matrix) => matrix.cols,
             Self::Blocks(matrix) => matrix.cols,
         }
-    }
-
-    /// Whether the product reads activations quantized to 8 bits rather than f32.
-    pub fn reads_quantized(&self) -> bool {
-        matches!(self, Self::Blocks(_))
     }
 
     /// Output features one task computes: what each kernel measured best with.
     pub fn task_features(&self) -> usize {
         match self {
-            Self::Dense { .. } => crate::kernels::gemv::TASK_FEATURES,
+            Self::Panels(_) => panels::TASK_FEATURES,
             Self::Blocks(_) => product::TASK_FEATURES,
         }
     }
 
-    /// Output features `first..` of the product with `m` activation rows (any number), as
-    /// many as `sums` (`[features, m]`) holds: dense weights read the f32 rows `x` (`[m, cols]`),
-    /// blocks read `quantized`, the same rows quantized. `None` when the shapes do not
-    /// fit.
-    pub fn features(
-        &self,
-        x: &[f32],
-        m: usize,
-        quantized: &QuantizedRows,
-        first: usize,
-        sums: &mut [f32],
-    ) -> Option<()> {
+    /// Output features `first..` of the product with `rows`, prepared for these weights by
+    /// [`ProjectionRows::prepare`], as many as `sums` (`[features, rows]`) holds. `None`
+    /// when the shapes do not fit.
+    pub fn features(&self, rows: &ProjectionRows, first: usize, sums: &mut [f32]) -> Option<()> {
         match self {
-            Self::Dense { values, rows, cols } => {
-                let fits = m >= 1
-                    && x.len() == m * cols
-                    && sums.len().is_multiple_of(m)
-                    && first + sums.len() / m <= *rows;
-                fits.then(|| crate::kernels::gemv::features(x, m, values, first, sums))
-            }
-            Self::Blocks(matrix) if quantized.rows == m => {
-                product::features(quantized, matrix, first, sums)
-            }
-            Self::Blocks(_) => None,
+            Self::Panels(matrix) => panels::features(&rows.padded, matrix, first, sums),
+            Self::Blocks(matrix) => product::features(&rows.quantized, matrix, first, sums),
         }
     }
 }
@@ -209,10 +213,8 @@ impl CpuWeights<'_> {
 impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::Dense(linear) => match few_rows_f32(xs, linear.weight())? {
-                Some(out) => Ok(out),
-                None => linear.forward(xs),
-            },
+            Self::Dense(linear) => linear.forward(xs),
+            Self::Panels(matrix) => panels_forward(xs, matrix),
             Self::Blocks(matrix) => blocks_forward(xs, matrix),
             Self::Ggml(matmul) => matmul.forward(xs),
         }
@@ -255,29 +257,31 @@ fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tens
     Tensor::from_vec(out, shape, xs.device())
 }
 
-/// `xs W^T` through [`crate::kernels::gemv::matmul_rows`] when it serves the case (f32 on the CPU,
-/// at most [`crate::kernels::gemv::MAX_ROWS`] rows, contiguous): the weights are read once for all
-/// rows. `None` leaves the case to candle.
-fn few_rows_f32(xs: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
+/// `xs W^T` for f32 panels on the CPU, every row in one pass over the weights.
+fn panels_forward(xs: &Tensor, matrix: &PanelMatrix) -> candle_core::Result<Tensor> {
     let dims = xs.dims();
     let Some((&k, leading)) = dims.split_last() else {
-        return Ok(None);
+        candle_core::bail!("a projection needs at least one dimension");
     };
-    let m: usize = leading.iter().product();
-    if !(1..=crate::kernels::gemv::MAX_ROWS).contains(&m) || weight.dim(1)? != k {
-        return Ok(None);
+    if k != matrix.cols {
+        candle_core::bail!("a projection of {} inputs got {k}", matrix.cols);
     }
-    let n = weight.dim(0)?;
-    let product = crate::kernels::tensor::with_f32(xs, |x| {
-        crate::kernels::tensor::with_f32(weight, |w| {
-            let mut out = vec![0f32; m * n];
-            crate::kernels::gemv::matmul_rows(x, m, w, n, &mut out).map(|()| out)
-        })
-    })?;
-    let Some(Ok(Some(Some(out)))) = product else {
-        return Ok(None);
-    };
+    let m: usize = leading.iter().product();
+    let mut out = vec![0f32; m * matrix.rows];
+    if m > 0 {
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        let done = crate::kernels::tensor::with_f32(&xs, |x| {
+            let mut rows = PaddedRows::default();
+            rows.pad(x, m, k);
+            panels::matmul(&rows, matrix, &mut out)
+        })?;
+        match done {
+            None => candle_core::bail!("f32 panels multiply CPU tensors"),
+            Some(None) => candle_core::bail!("a projection: {m} rows do not fit {k} inputs"),
+            Some(Some(())) => {}
+        }
+    }
     let mut shape = leading.to_vec();
-    shape.push(n);
-    Tensor::from_vec(out, shape, xs.device()).map(Some)
+    shape.push(matrix.rows);
+    Tensor::from_vec(out, shape, xs.device())
 }

@@ -1,11 +1,12 @@
-//! Dense f32 projections of a few rows (the guidance pair of a decoder step) that read the
-//! weight matrix once for all rows. candle's `gemm` reads it once per row when a matmul
-//! has two rows, which makes a guided f32 step two to three times slower than a single one;
-//! a step is bound by reading weights, so reading them once is the whole game.
+//! Dense f32 products of a few rows with weights as a model stores them (`[out, in]`,
+//! row-major), reading the weight matrix once for all rows: EnCodec's LSTM and its small
+//! convolutions. candle's `gemm` reads the weights once per row when a matmul has a few
+//! rows. (A decoder's projections, which serve many rows, pack their weights at load for
+//! `panels` instead.)
 
 use rayon::prelude::*;
 
-/// The most rows this kernel serves; more go to the general matmul.
+/// The most rows [`matmul_rows`] and [`dots`] serve.
 pub(crate) const MAX_ROWS: usize = 4;
 /// Output features per parallel task: enough work to amortise scheduling, small enough to
 /// spread a 1024-row matrix over the threads.
@@ -71,12 +72,9 @@ pub(crate) fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f
 /// features' weights are read from memory by the first group of rows and from the cache by
 /// the others. Every (row, feature) sum is the same sequence of operations (eight lanes in
 /// column order, then a fixed reduction tree, then the columns past the last eight) in
-/// whatever tile it falls, so a row's result does not depend on its batch. Where the CPU
-/// has AVX-512, [`features_avx512`] runs tiles of sixteen lanes and six rows by four
-/// features instead (the same independence from the batch, other bits than AVX2's).
+/// whatever tile it falls, so a row's result does not depend on its batch.
 pub(crate) fn features(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
     super::dispatch!(
-        avx512f => features_avx512(x, m, w, first, sums),
         avx2_fma => features_avx2_fma(x, m, w, first, sums),
         portable => features_portable(x, m, w, first, sums),
     )
@@ -138,190 +136,6 @@ fn features_avx2_fma(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f
 
 fn features_portable(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
     features_body!(x, m, w, first, sums, tile_portable);
-}
-
-/// Rows of `x` an AVX-512 tile of [`features`] serves.
-#[cfg(target_arch = "x86_64")]
-const WIDE_ROWS: usize = 6;
-/// Features an AVX-512 tile serves: with [`WIDE_ROWS`], 24 accumulators, four weight
-/// vectors and an activation vector fit AVX-512's 32 registers, and a tile runs 24 FMAs
-/// per ten loads of sixteen lanes.
-#[cfg(target_arch = "x86_64")]
-const WIDE_FEATURES: usize = 4;
-/// How many feature groups ahead of the one computed its first rows request weights.
-#[cfg(target_arch = "x86_64")]
-const AHEAD_GROUPS: usize = 2;
-/// Lanes of an AVX-512 tile's accumulators.
-#[cfg(target_arch = "x86_64")]
-const WIDE_LANES: usize = 16;
-/// Padding between the rows of the AVX-512 path's copy of `x`: rows a multiple of 1024
-/// floats apart share the first-level cache's sets, and six of them beside the weights'
-/// streams overflow a set's ways.
-#[cfg(target_arch = "x86_64")]
-const ROW_PADDING: usize = 16;
-
-#[cfg(target_arch = "x86_64")]
-thread_local! {
-    /// The AVX-512 path's copy of the rows, kept from call to call.
-    static PADDED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// [`features`] in AVX-512 tiles: features in groups of [`WIDE_FEATURES`] (outer; a
-/// task's last group, if short, one feature at a time), rows in groups of [`WIDE_ROWS`]
-/// (inner). A group's weights (16 KiB at 1024 columns) come from memory for its first rows,
-/// with the weights [`AHEAD_GROUPS`] groups on requested meanwhile, and from the cache for
-/// the others. Every (row, feature) pair sums its columns sixteen lanes at a time in
-/// order, then the halves lane by lane and [`reduce_lanes`]' order, then the columns past
-/// the last sixteen, whatever tile it falls in.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn features_avx512(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
-    let k = x.len() / m;
-    let stride = k + ROW_PADDING;
-    PADDED_ROWS.with_borrow_mut(|padded| {
-        padded.clear();
-        padded.resize(m * stride + WIDE_LANES, 0.0);
-        // The copy starts on a cache line, so no load of sixteen lanes splits two lines.
-        let skip = padded.as_ptr().align_offset(64).min(WIDE_LANES);
-        let rows = &mut padded[skip..skip + m * stride];
-        for (copy, row) in rows.chunks_exact_mut(stride).zip(x.chunks_exact(k)) {
-            copy[..k].copy_from_slice(row);
-        }
-        wide_groups(rows, stride, m, w, k, first, sums);
-    });
-}
-
-/// [`features_avx512`] over its padded rows, `stride` floats apart.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn wide_groups(
-    x: &[f32],
-    stride: usize,
-    m: usize,
-    w: &[f32],
-    k: usize,
-    first: usize,
-    sums: &mut [f32],
-) {
-    let count = sums.len() / m;
-    let mut out = [[0f32; WIDE_FEATURES]; WIDE_ROWS];
-    for f in (0..count).step_by(WIDE_FEATURES) {
-        let feats = WIDE_FEATURES.min(count - f);
-        let ws = &w[(first + f) * k..(first + f + feats) * k];
-        // The requests past the matrix's end are dropped.
-        let mut ahead = w
-            .as_ptr()
-            .wrapping_add((first + f + AHEAD_GROUPS * WIDE_FEATURES) * k);
-        for row in (0..m).step_by(WIDE_ROWS) {
-            let rows = WIDE_ROWS.min(m - row);
-            let tile = Tile {
-                xs: &x[row * stride..(row + rows) * stride],
-                stride,
-                ws,
-                k,
-                ahead,
-            };
-            match rows {
-                1 => tile.run::<1>(feats, &mut out),
-                2 => tile.run::<2>(feats, &mut out),
-                3 => tile.run::<3>(feats, &mut out),
-                4 => tile.run::<4>(feats, &mut out),
-                5 => tile.run::<5>(feats, &mut out),
-                _ => tile.run::<6>(feats, &mut out),
-            }
-            ahead = std::ptr::null();
-            for (j, sums) in sums[f * m..(f + feats) * m].chunks_exact_mut(m).enumerate() {
-                for (i, sum) in sums[row..row + rows].iter_mut().enumerate() {
-                    *sum = out[i][j];
-                }
-            }
-        }
-    }
-}
-
-/// One tile of [`features_avx512`]: up to [`WIDE_ROWS`] rows of `xs` (`stride` floats
-/// apart, `k` of each used) by up to [`WIDE_FEATURES`] rows of `ws` (each `k` long).
-/// Unless `ahead` is null, the [`WIDE_FEATURES`] weight rows from `ahead` on are
-/// requested into the second-level cache as the tile goes (a request never faults,
-/// wherever it points).
-#[cfg(target_arch = "x86_64")]
-struct Tile<'a> {
-    xs: &'a [f32],
-    stride: usize,
-    ws: &'a [f32],
-    k: usize,
-    ahead: *const f32,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Tile<'_> {
-    /// `out[i][j]` for the tile's `R` rows and `feats` features: one pass of `R` by
-    /// [`WIDE_FEATURES`], or where the group is short, a pass per feature.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn run<const R: usize>(&self, feats: usize, out: &mut [[f32; WIDE_FEATURES]; WIDE_ROWS]) {
-        if feats == WIDE_FEATURES {
-            self.pass::<R, WIDE_FEATURES>(0, out);
-        } else {
-            for j in 0..feats {
-                self.pass::<R, 1>(j, out);
-            }
-        }
-    }
-
-    /// `out[i][first + j]` for the tile's `R` rows and features `first..first + F`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    fn pass<const R: usize, const F: usize>(
-        &self,
-        first: usize,
-        out: &mut [[f32; WIDE_FEATURES]; WIDE_ROWS],
-    ) {
-        use std::arch::x86_64::*;
-        let (k, stride) = (self.k, self.stride);
-        assert!(
-            self.xs.len() >= (R - 1) * stride + k
-                && stride >= k
-                && self.ws.len() >= (first + F) * k
-                && first + F <= WIDE_FEATURES,
-            "a tile's rows are whole"
-        );
-        let full = k / WIDE_LANES * WIDE_LANES;
-        let mut acc = [[_mm512_setzero_ps(); F]; R];
-        let (x, w) = (self.xs.as_ptr(), self.ws.as_ptr().wrapping_add(first * k));
-        for t in (0..full).step_by(WIDE_LANES) {
-            // SAFETY: `t + 16 <= k`, `xs` holds `R` rows `stride` apart and `ws` `first + F`
-            // rows of `k` (asserted above), so every load lies inside them; a prefetch
-            // never faults.
-            unsafe {
-                let wv: [__m512; F] = std::array::from_fn(|j| _mm512_loadu_ps(w.add(j * k + t)));
-                if !self.ahead.is_null() {
-                    for j in 0..F {
-                        let line = self.ahead.wrapping_add((first + j) * k + t);
-                        _mm_prefetch::<_MM_HINT_T1>(line.cast());
-                    }
-                }
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_ps(x.add(i * stride + t));
-                    for (acc, wv) in acc.iter_mut().zip(wv) {
-                        *acc = _mm512_fmadd_ps(wv, xv, *acc);
-                    }
-                }
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            for (j, acc) in acc.iter().enumerate() {
-                let mut lanes = [0f32; WIDE_LANES];
-                // SAFETY: `lanes` holds sixteen floats.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
-                let mut total = reduce_lanes(std::array::from_fn(|l| lanes[l] + lanes[l + 8]));
-                for t in full..k {
-                    total = self.ws[(first + j) * k + t].mul_add(self.xs[i * stride + t], total);
-                }
-                out[i][first + j] = total;
-            }
-        }
-    }
 }
 
 /// The sum of eight lanes in [`features`]' fixed order: the halves added lane by lane,
@@ -533,39 +347,6 @@ mod tests {
                     (a - b).abs() <= 1e-5 * (k as f32).sqrt(),
                     "{m}x{k}x{n}: {a} vs {b}"
                 );
-            }
-        }
-    }
-
-    /// Where the CPU has AVX-512, its tiles agree with the portable ones and with the AVX2
-    /// ones, on every row count up to two groups and features that end in a short group.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn the_avx512_tiles_agree_with_the_portable_and_avx2_ones() {
-        if !crate::kernels::has_avx512f() {
-            eprintln!("this CPU has no AVX-512: its f32 tiles are not tested here");
-            return;
-        }
-        let mut rng = crate::random::Rng::new(6);
-        for m in 1..=13 {
-            for (k, n) in [(1024, 70), (37, 6), (16, 5)] {
-                let x = rng.uniform_f32s(m * k, -1.0, 1.0);
-                let w = rng.uniform_f32s(n * k, -1.0, 1.0);
-                let (mut portable, mut avx2, mut wide) =
-                    (vec![0f32; n * m], vec![0f32; n * m], vec![0f32; n * m]);
-                features_portable(&x, m, &w, 0, &mut portable);
-                // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
-                unsafe {
-                    features_avx2_fma(&x, m, &w, 0, &mut avx2);
-                    features_avx512(&x, m, &w, 0, &mut wide);
-                }
-                for ((a, b), c) in wide.iter().zip(&portable).zip(&avx2) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (k as f32).sqrt()
-                            && (a - c).abs() <= 1e-5 * (k as f32).sqrt(),
-                        "{m}x{k}x{n}: {a} vs {b} and {c}"
-                    );
-                }
             }
         }
     }

@@ -7,7 +7,8 @@
 //!
 //! - `tensor`: borrowing the elements of contiguous CPU tensors;
 //! - `gemm`: strided GEMM into a view (convolutions read their input in place);
-//! - `gemv`: products of a few rows (the guidance pair) reading each weight once;
+//! - `gemv`: products of a few rows reading each weight once (EnCodec's LSTM);
+//! - `panels`: dense f32 products of any number of rows on weights packed at load;
 //! - `quant`: 8- and 4-bit weight blocks and their products;
 //! - [`attention`]: the attention of one new position to a KV cache;
 //! - `activations`: ELU, GELU and the LSTM's gates, vectorised;
@@ -24,6 +25,7 @@ pub(crate) mod activations;
 pub mod attention;
 pub(crate) mod gemm;
 pub(crate) mod gemv;
+pub(crate) mod panels;
 pub mod peak;
 pub(crate) mod phases;
 pub(crate) mod quant;
@@ -37,7 +39,7 @@ pub(crate) fn has_avx2_fma() -> bool {
 }
 
 /// [`has_avx2_fma`], plus AVX-512's foundation: sixteen f32 lanes a vector and 32 vector
-/// registers, which the f32 tiles of `gemv` use.
+/// registers, which the f32 tiles of `panels` use.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx512f() -> bool {
     has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")

@@ -16,7 +16,7 @@ pub(crate) fn with_f32<R>(
 
 /// The elements of a contiguous CPU tensor of element type `T`, borrowed for as long as
 /// the value lives.
-pub struct CpuData<'a, T> {
+pub(crate) struct CpuData<'a, T> {
     storage: StorageRef<'a>,
     start: usize,
     len: usize,

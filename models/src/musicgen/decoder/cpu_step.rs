@@ -288,7 +288,7 @@ impl<'a> WeightViews<'a> {
             heads: decoder
                 .lm_heads
                 .iter()
-                .map(|head| some(head.cpu_weights()?, NOT_ON_CPU))
+                .map(|head| some(head.cpu_weights(), NOT_ON_CPU))
                 .collect::<Result<_>>()?,
         })
     }
@@ -524,10 +524,9 @@ impl Step<'_> {
                 None => self.weights.heads.first().map(|w| (w, &b.normed)),
                 Some(_) => self.projection(p).map(|(w, input, _)| (w, input)),
             };
-            if let Some((weights, input)) = product.filter(|(w, _)| w.reads_quantized()) {
-                let cols = weights.cols();
-                let input = input.slice(0..self.rows * cols);
-                b.quantized.whole_mut().quantize(input, self.rows, cols);
+            if let Some((weights, input)) = product {
+                let input = input.slice(0..self.rows * weights.cols());
+                b.projected.whole_mut().prepare(*weights, input, self.rows);
             }
         }
     }
@@ -546,8 +545,8 @@ impl Step<'_> {
                 Some((l, Phase::SelfHeads)) => self.self_head(scratch, l, i),
                 Some((l, Phase::CrossHeads)) => self.cross_head(scratch, l, i),
                 Some(_) => {
-                    if let Some((weights, input, target)) = self.projection(p) {
-                        self.project(scratch, weights, input, i, target);
+                    if let Some((weights, _, target)) = self.projection(p) {
+                        self.project(scratch, weights, i, target);
                     }
                 }
                 None => {
@@ -560,7 +559,7 @@ impl Step<'_> {
                         epilogue: Epilogue::Store,
                     };
                     let weights = &self.weights.heads[codebook];
-                    self.project(scratch, weights, &self.buffers.normed, index, target);
+                    self.project(scratch, weights, index, target);
                 }
             }
         }
@@ -570,29 +569,24 @@ impl Step<'_> {
     ///
     /// # Safety
     ///
-    /// As for [`Self::task`]: no task of the phase writes `input` or the quantized rows,
-    /// and no other task writes this task's features of `target`.
+    /// As for [`Self::task`]: no task of the phase writes the prepared rows, and no other
+    /// task writes this task's features of `target`.
     unsafe fn project(
         &self,
         scratch: &mut TaskScratch,
         weights: &CpuWeights,
-        input: &SharedSlice<f32>,
         index: usize,
         target: Target,
     ) {
-        // SAFETY: the caller's contract: nobody writes `input` or the quantized rows, and
-        // this task alone writes its features of `target`.
+        // SAFETY: the caller's contract: nobody writes the prepared rows, and this task
+        // alone writes its features of `target`.
         unsafe {
             let m = self.rows;
             let first = index * weights.task_features();
             let count = weights.task_features().min(weights.rows() - first);
             scratch.sums.resize(count * m, 0.0);
-            let x = input.slice(0..m * weights.cols());
-            let quantized = self.buffers.quantized.get();
-            if weights
-                .features(x, m, quantized, first, &mut scratch.sums)
-                .is_none()
-            {
+            let rows = self.buffers.projected.get();
+            if weights.features(rows, first, &mut scratch.sums).is_none() {
                 self.failed.store(true, Ordering::Relaxed);
                 return;
             }

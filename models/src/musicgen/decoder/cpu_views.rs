@@ -63,7 +63,7 @@ impl<'a> LayerView<'a> {
         let Inputs::Fused(qkv) = &layer.self_attn.inputs else {
             return Err(laid_out_otherwise());
         };
-        let weights = |proj: &'a crate::quant::Proj| some(proj.cpu_weights()?, NOT_ON_CPU);
+        let weights = |proj: &'a crate::quant::Proj| some(proj.cpu_weights(), NOT_ON_CPU);
         let cross = match &layer.cross {
             Some(cross) => {
                 let Inputs::Separate { q, .. } = &cross.attn.inputs else {

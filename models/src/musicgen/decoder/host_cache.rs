@@ -9,7 +9,7 @@ use super::Decoder;
 use crate::error::Result;
 use crate::kernels::attention::CacheRows;
 use crate::kernels::phases::{Shared, SharedSlice};
-use crate::quant::QuantizedRows;
+use crate::quant::ProjectionRows;
 
 /// A cache element of the self-attention keys and values.
 pub(super) trait KvElement: Copy + Default + Send + Sync {
@@ -98,8 +98,8 @@ pub(super) struct Buffers {
     pub(super) attended: SharedSlice<f32>,
     /// GELU of the first feed-forward projection `[rows, ffn]`.
     pub(super) hidden: SharedSlice<f32>,
-    /// The current projection's input quantized, for quantized weights.
-    pub(super) quantized: Shared<QuantizedRows>,
+    /// The current projection's input in the form its weights read.
+    pub(super) projected: Shared<ProjectionRows>,
     /// `[rows, codebooks, vocab]`.
     pub(super) logits: SharedSlice<f32>,
 }
@@ -117,7 +117,7 @@ impl Buffers {
             queries: zeros(rows * h),
             attended: zeros(rows * h),
             hidden: zeros(rows * cfg.ffn_dim),
-            quantized: Shared::new(QuantizedRows::default()),
+            projected: Shared::new(ProjectionRows::default()),
             logits: zeros(rows * decoder.lm_heads.len() * cfg.vocab_size),
         }
     }
