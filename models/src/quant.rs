@@ -128,8 +128,11 @@ impl Proj {
             return Ok(Self::Dense(Linear::new(weight, None)));
         }
         let (rows, cols) = weight.dims2()?;
-        let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        match PanelMatrix::pack(&values, rows, cols) {
+        let weight = weight.contiguous()?;
+        // Packed straight from the tensor's storage: no third copy of the matrix.
+        let packed =
+            crate::kernels::tensor::with_f32(&weight, |w| PanelMatrix::pack(w, rows, cols))?;
+        match packed.flatten() {
             Some(matrix) => Ok(Self::Panels(matrix)),
             None => Ok(Self::Dense(Linear::new(weight, None))),
         }
