@@ -38,7 +38,7 @@ const ROW_PADDING: usize = 16;
 /// Output features per parallel task: two panels.
 pub(crate) const TASK_FEATURES: usize = 2 * PANEL;
 
-/// A weight matrix `[rows, cols]` packed into panels of [`PANEL`] rows, each stored
+/// A weight matrix `[rows, cols]` packed into panels of 32 rows, each stored
 /// column by column; the last panel is padded with zero rows.
 #[derive(Clone, Debug)]
 pub struct PanelMatrix {
@@ -83,7 +83,7 @@ impl PanelMatrix {
     }
 }
 
-/// Activation rows as [`features`] reads them: `rows` rows of `cols`, `stride` floats
+/// Activation rows as the panel product reads them: `rows` rows of `cols`, `stride` floats
 /// apart, from a cache line on.
 #[derive(Clone, Debug, Default)]
 pub struct PaddedRows {
