@@ -168,12 +168,24 @@ pub struct ProjectionRows {
 }
 
 impl ProjectionRows {
-    /// Prepares `x` (`rows` rows of `weights.cols()`) for a product with `weights`.
+    /// Prepares `x` (`rows` rows of `weights.cols()`) for a product with `weights`; the
+    /// other form is forgotten, so weights of the other kind decline these rows.
     pub fn prepare(&mut self, weights: CpuWeights, x: &[f32], rows: usize) {
         match weights {
-            CpuWeights::Panels(matrix) => self.padded.pad(x, rows, matrix.cols),
-            CpuWeights::Blocks(matrix) => self.quantized.quantize(x, rows, matrix.cols),
+            CpuWeights::Panels(matrix) => {
+                self.padded.pad(x, rows, matrix.cols);
+                self.quantized.rows = 0;
+            }
+            CpuWeights::Blocks(matrix) => {
+                self.quantized.quantize(x, rows, matrix.cols);
+                self.padded.clear();
+            }
         }
+    }
+
+    /// Rows prepared for the last weights [`Self::prepare`] was given.
+    pub fn rows(&self) -> usize {
+        self.padded.rows.max(self.quantized.rows)
     }
 }
 
@@ -192,6 +204,11 @@ impl CpuWeights<'_> {
             Self::Panels(matrix) => matrix.cols,
             Self::Blocks(matrix) => matrix.cols,
         }
+    }
+
+    /// Whether the product reads f32 panels (rather than quantized blocks).
+    pub fn reads_panels(&self) -> bool {
+        matches!(self, Self::Panels(_))
     }
 
     /// Output features one task computes: what each kernel measured best with.
@@ -287,4 +304,51 @@ fn panels_forward(xs: &Tensor, matrix: &PanelMatrix) -> candle_core::Result<Tens
     let mut shape = leading.to_vec();
     shape.push(matrix.rows);
     Tensor::from_vec(out, shape, xs.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPU f32 weights are packed into panels, and any number of rows through them agrees
+    /// with candle's matmul to rounding; other dtypes stay with candle.
+    #[test]
+    fn f32_panels_agree_with_candle_and_other_dtypes_stay_dense() {
+        let device = Device::Cpu;
+        let mut rng = crate::random::Rng::new(11);
+        let (out, inner) = (70, 200);
+        let values = rng.uniform_f32s(out * inner, -1.0, 1.0);
+        let weight = Tensor::from_vec(values, (out, inner), &device).unwrap();
+        let proj = Proj::new(weight.clone(), WeightFormat::Dense).unwrap();
+        assert!(matches!(proj, Proj::Panels(_)));
+        for rows in [1, 3, 40] {
+            let xs = Tensor::from_vec(
+                rng.uniform_f32s(rows * inner, -1.0, 1.0),
+                (1, rows, inner),
+                &device,
+            )
+            .unwrap();
+            let ours = proj.forward(&xs).unwrap();
+            let theirs = xs.broadcast_matmul(&weight.t().unwrap()).unwrap();
+            assert_eq!(ours.dims(), &[1, rows, out]);
+            let worst = (ours - theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(worst < 1e-4, "{rows} rows: {worst}");
+        }
+        let wrong = Tensor::zeros((1, 2, inner + 1), DType::F32, &device).unwrap();
+        assert!(proj.forward(&wrong).is_err(), "a row of the wrong width");
+        let half = weight.to_dtype(DType::BF16).unwrap();
+        assert!(matches!(
+            Proj::new(half, WeightFormat::Dense).unwrap(),
+            Proj::Dense(_)
+        ));
+    }
 }

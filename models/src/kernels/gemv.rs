@@ -61,18 +61,16 @@ pub(crate) fn matmul_rows(x: &[f32], m: usize, w: &[f32], n: usize, out: &mut [f
     Some(())
 }
 
-/// Output features `first..` of `x w^T` for the `m` rows of `x` (`[m, k]`, any number of
-/// them), as many as `sums` holds: `sums` is `[features, m]`, a feature's value for every
-/// row together. `w` (`[n, k]`) must hold every row asked for.
+/// Output features `first..` of `x w^T` for the `m` rows of `x` (`[m, k]`, at most
+/// [`MAX_ROWS`] as [`matmul_rows`] calls it), as many as `sums` holds: `sums` is
+/// `[features, m]`, a feature's value for every row together. `w` (`[n, k]`) must hold
+/// every row asked for.
 ///
 /// The work is cut into tiles of up to [`TILE_ROWS`] rows by [`TILE_FEATURES`] features,
 /// each a register-blocked dot product over `k`: per eight columns, a tile loads each of its
-/// weight rows and activation rows once and runs one FMA per (row, feature) pair, so up to
-/// twelve FMAs share seven loads and the step turns compute-bound only at many rows. The
-/// features' weights are read from memory by the first group of rows and from the cache by
-/// the others. Every (row, feature) sum is the same sequence of operations (eight lanes in
-/// column order, then a fixed reduction tree, then the columns past the last eight) in
-/// whatever tile it falls, so a row's result does not depend on its batch.
+/// weight rows and activation rows once and runs one FMA per (row, feature) pair. Every
+/// (row, feature) sum is the same sequence of operations (eight lanes in column order, then
+/// a fixed reduction tree, then the columns past the last eight) in whatever tile it falls.
 pub(crate) fn features(x: &[f32], m: usize, w: &[f32], first: usize, sums: &mut [f32]) {
     super::dispatch!(
         avx2_fma => features_avx2_fma(x, m, w, first, sums),

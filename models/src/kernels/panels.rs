@@ -11,12 +11,14 @@
 //! walks the columns in blocks of [`BLOCK_COLUMNS`]: a block of the panel (16 KiB) stays
 //! in the first-level cache while every group of rows passes over it, and the next blocks
 //! are requested meanwhile. The activations are copied once per projection into
-//! [`PaddedRows`], whose rows lie a cache line more than a multiple of 4 KiB apart, so a
-//! group's rows do not compete for the same cache sets.
+//! [`PaddedRows`], whose rows lie a cache line further apart than their length, so rows of
+//! a power-of-two length (1024 floats: 4 KiB) do not compete for the same cache sets.
 //!
 //! Every (row, feature) sum is one chain of fused multiply-adds over the columns in
 //! order, whatever the tile, the group or the instructions: a row's result does not
-//! depend on its batch, and the AVX-512, AVX2 and portable paths give the same bits.
+//! depend on its batch, and the AVX-512, AVX2 and portable paths give the same bits. The
+//! price is the portable path's speed on x86-64 CPUs without FMA (before 2013), where
+//! `f32::mul_add` is a library call per element.
 
 use rayon::prelude::*;
 
@@ -72,11 +74,6 @@ impl PanelMatrix {
         Some(Self { rows, cols, values })
     }
 
-    /// Bytes the packed weights take.
-    pub fn bytes(&self) -> usize {
-        self.values.len() * std::mem::size_of::<f32>()
-    }
-
     /// Panel `p`: `cols` columns of [`PANEL`] features.
     fn panel(&self, p: usize) -> &[f32] {
         &self.values[p * self.cols * PANEL..(p + 1) * self.cols * PANEL]
@@ -98,8 +95,14 @@ pub struct PaddedRows {
 }
 
 impl PaddedRows {
-    /// Copies `xs` (`rows` rows of `cols`) into `self`, reusing its buffer.
+    /// Copies `xs` (`rows` rows of `cols`) into `self`, reusing its buffer. Where `xs` is
+    /// not that shape, `self` holds no rows, which every product declines.
     pub fn pad(&mut self, xs: &[f32], rows: usize, cols: usize) {
+        let rows = if cols > 0 && rows.checked_mul(cols) == Some(xs.len()) {
+            rows
+        } else {
+            0
+        };
         self.rows = rows;
         self.cols = cols;
         self.stride = cols + ROW_PADDING;
@@ -111,6 +114,11 @@ impl PaddedRows {
         for (copy, row) in copies.zip(xs.chunks_exact(cols).take(rows)) {
             copy[..cols].copy_from_slice(row);
         }
+    }
+
+    /// Forgets the rows: every product declines until the next [`Self::pad`].
+    pub fn clear(&mut self) {
+        self.rows = 0;
     }
 
     /// Rows `first..first + count`, from the first one's start to the last one's end.
@@ -297,7 +305,7 @@ fn tile_avx512<const R: usize>(tile: &Tile, partial: &mut Partial) {
                 acc[0] = _mm512_fmadd_ps(b, w0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(b, w1, acc[1]);
             }
-            w = w.add(PANEL);
+            w = w.wrapping_add(PANEL);
         }
     }
     for (acc, partial) in acc.iter().zip(partial.iter_mut()) {
@@ -345,7 +353,7 @@ fn tile_avx2_fma<const R: usize>(tile: &Tile, partial: &mut Partial) {
                     acc[0] = _mm256_fmadd_ps(b, w0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(b, w1, acc[1]);
                 }
-                w = w.add(PANEL);
+                w = w.wrapping_add(PANEL);
             }
         }
         for (acc, partial) in acc.iter().zip(partial.iter_mut()) {
@@ -448,7 +456,8 @@ mod tests {
     #[test]
     fn every_path_gives_the_portable_bits() {
         let mut rng = crate::random::Rng::new(6);
-        let (k, n) = (300, 96);
+        // Two whole panels and a partial third.
+        let (k, n) = (300, 70);
         let w = rng.uniform_f32s(n * k, -1.0, 1.0);
         let matrix = PanelMatrix::pack(&w, n, k).unwrap();
         for m in 1..=26 {

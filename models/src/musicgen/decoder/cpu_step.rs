@@ -4,8 +4,8 @@
 //! and the two feed-forward projections), then the LM heads. A projection's tasks are
 //! feature ranges over the rows of every job, so the weights are read once per step however
 //! many jobs share it; a head's task is one row's head, over that row's job's own cache,
-//! position and text. Norms and the quantization of a projection's input run between phases
-//! on the thread that finished the phase before. The residual additions, GELU and the cache
+//! position and text. Norms and the preparation of a projection's input (padded or
+//! quantized rows) run between phases on the thread that finished the phase before. The residual additions, GELU and the cache
 //! writes happen inside the tasks that produce their inputs.
 //!
 //! Every row is computed by the same operations whatever the other rows are, so a job's
@@ -278,6 +278,27 @@ struct WeightViews<'a> {
 
 impl<'a> WeightViews<'a> {
     fn new(decoder: &'a Decoder) -> Result<Self> {
+        let heads: Vec<CpuWeights> = decoder
+            .lm_heads
+            .iter()
+            .map(|head| some(head.cpu_weights(), NOT_ON_CPU))
+            .collect::<Result<_>>()?;
+        // The heads' phase prepares its input for the first head and cuts every head into
+        // the first one's tasks.
+        let like_first = |w: &CpuWeights| {
+            heads.first().is_some_and(|first| {
+                (w.rows(), w.cols(), w.task_features(), w.reads_panels())
+                    == (
+                        first.rows(),
+                        first.cols(),
+                        first.task_features(),
+                        first.reads_panels(),
+                    )
+            })
+        };
+        if !heads.iter().all(like_first) {
+            return Err(unsupported("LM heads of different shapes or formats"));
+        }
         Ok(Self {
             layers: decoder
                 .layers
@@ -285,11 +306,7 @@ impl<'a> WeightViews<'a> {
                 .map(LayerView::new)
                 .collect::<Result<_>>()?,
             final_norm: Norm::new(&decoder.final_norm)?,
-            heads: decoder
-                .lm_heads
-                .iter()
-                .map(|head| some(head.cpu_weights(), NOT_ON_CPU))
-                .collect::<Result<_>>()?,
+            heads,
         })
     }
 }
@@ -495,8 +512,8 @@ impl Step<'_> {
         }
     }
 
-    /// Normalises the residual stream for the phases that start a block, and quantizes
-    /// the input of a projection of quantized weights.
+    /// Normalises the residual stream for the phases that start a block, and prepares a
+    /// projection's input in the form its weights read (padded f32 rows or 8-bit blocks).
     ///
     /// # Safety
     ///
@@ -586,7 +603,7 @@ impl Step<'_> {
             let count = weights.task_features().min(weights.rows() - first);
             scratch.sums.resize(count * m, 0.0);
             let rows = self.buffers.projected.get();
-            if weights.features(rows, first, &mut scratch.sums).is_none() {
+            if rows.rows() != m || weights.features(rows, first, &mut scratch.sums).is_none() {
                 self.failed.store(true, Ordering::Relaxed);
                 return;
             }
@@ -800,7 +817,9 @@ mod tests {
     /// one at a time, then three more batched (attending to what the step's buffers hold):
     /// the logits agree with candle's composition of
     /// the same layers, for dense and quantized weights, f32 and f16 caches, both head
-    /// kernels, with and without a guidance row. Dense weights agree to rounding.
+    /// kernels, with and without a guidance row. Dense weights agree to rounding (both
+    /// paths project through the same panels, which `quant`'s tests hold against candle's
+    /// matmul).
     #[test]
     fn the_cpu_step_matches_the_general_path() {
         for (heads, format, kv, rows, tolerance) in [
