@@ -245,18 +245,8 @@ impl Module for Proj {
 /// and multiplied [`crate::kernels::gemv::MAX_ROWS`] rows at a time (a decoder step has two; a
 /// longer prompt takes several passes over the weights).
 fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tensor> {
-    let dims = xs.dims();
-    let Some((&k, leading)) = dims.split_last() else {
-        candle_core::bail!("a quantized projection needs at least one dimension");
-    };
-    if k != matrix.cols {
-        candle_core::bail!("a quantized projection of {} inputs got {k}", matrix.cols);
-    }
-    let m: usize = leading.iter().product();
-    let n = matrix.rows;
-    let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-    let mut out = vec![0f32; m * n];
-    let done = crate::kernels::tensor::with_f32(&xs, |x| {
+    let (k, n) = (matrix.cols, matrix.rows);
+    cpu_forward(xs, "a quantized projection", k, n, |x, out| {
         let mut quantized = QuantizedRows::default();
         for (x, out) in x
             .chunks(crate::kernels::gemv::MAX_ROWS * k)
@@ -266,43 +256,47 @@ fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tens
             product::matmul_rows(&quantized, matrix, out)?;
         }
         Some(())
-    })?;
-    match done {
-        None => candle_core::bail!("quantized projections run on CPU tensors"),
-        Some(None) => candle_core::bail!("quantized projection: {m} rows do not fit {n}x{k}"),
-        Some(Some(())) => {}
-    }
-    let mut shape = leading.to_vec();
-    shape.push(n);
-    Tensor::from_vec(out, shape, xs.device())
+    })
 }
 
 /// `xs W^T` for f32 panels on the CPU, every row in one pass over the weights.
 fn panels_forward(xs: &Tensor, matrix: &PanelMatrix) -> candle_core::Result<Tensor> {
+    cpu_forward(xs, "a projection", matrix.cols, matrix.rows, |x, out| {
+        let mut rows = PaddedRows::default();
+        rows.pad(x, x.len() / matrix.cols, matrix.cols);
+        panels::matmul(&rows, matrix, out)
+    })
+}
+
+/// `xs W^T` for weights of `n` outputs and `k` inputs that our CPU kernels multiply:
+/// `product(x, out)` fills `out` (`[m, n]`) from the `m` rows of `x` (`[m, k]`), or
+/// returns `None` when they do not fit. `what` names the projection in errors.
+fn cpu_forward(
+    xs: &Tensor,
+    what: &str,
+    k: usize,
+    n: usize,
+    product: impl FnOnce(&[f32], &mut [f32]) -> Option<()>,
+) -> candle_core::Result<Tensor> {
     let dims = xs.dims();
-    let Some((&k, leading)) = dims.split_last() else {
-        candle_core::bail!("a projection needs at least one dimension");
+    let Some((&inputs, leading)) = dims.split_last() else {
+        candle_core::bail!("{what} needs at least one dimension");
     };
-    if k != matrix.cols {
-        candle_core::bail!("a projection of {} inputs got {k}", matrix.cols);
+    if inputs != k {
+        candle_core::bail!("{what} of {k} inputs got {inputs}");
     }
     let m: usize = leading.iter().product();
-    let mut out = vec![0f32; m * matrix.rows];
+    let mut out = vec![0f32; m * n];
     if m > 0 {
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-        let done = crate::kernels::tensor::with_f32(&xs, |x| {
-            let mut rows = PaddedRows::default();
-            rows.pad(x, m, k);
-            panels::matmul(&rows, matrix, &mut out)
-        })?;
-        match done {
-            None => candle_core::bail!("f32 panels multiply CPU tensors"),
-            Some(None) => candle_core::bail!("a projection: {m} rows do not fit {k} inputs"),
+        match crate::kernels::tensor::with_f32(&xs, |x| product(x, &mut out))? {
+            None => candle_core::bail!("{what} runs on CPU tensors"),
+            Some(None) => candle_core::bail!("{what}: {m} rows do not fit {n}x{k}"),
             Some(Some(())) => {}
         }
     }
     let mut shape = leading.to_vec();
-    shape.push(matrix.rows);
+    shape.push(n);
     Tensor::from_vec(out, shape, xs.device())
 }
 

@@ -269,19 +269,6 @@ fn dots_portable(x: &[f32], k: usize, row: &[f32], sums: &mut [f32]) {
 mod tests {
     use super::*;
 
-    fn reference(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
-        let k = x.len() / m;
-        let mut out = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                out[i * n + j] = (0..k)
-                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
-                    .sum::<f64>() as f32;
-            }
-        }
-        out
-    }
-
     #[test]
     fn matches_a_plain_matmul_for_every_row_count_and_odd_sizes() {
         let mut rng = crate::random::Rng::new(3);
@@ -296,7 +283,7 @@ mod tests {
             let w = rng.uniform_f32s(n * k, -0.5, 0.5);
             let mut out = vec![0f32; m * n];
             matmul_rows(&x, m, &w, n, &mut out).unwrap();
-            let want = reference(&x, m, &w, n);
+            let want = crate::kernels::reference_matmul(&x, m, &w, n);
             for (a, b) in out.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (k as f32).sqrt(),

@@ -187,3 +187,19 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// `x w^T` in f64, rounded to f32: the reference the f32 products' tests hold them to
+/// (`x` is `[m, k]`, `w` is `[n, k]`, the result `[m, n]`).
+#[cfg(test)]
+pub(crate) fn reference_matmul(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let k = x.len() / m;
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}

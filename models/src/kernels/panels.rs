@@ -387,19 +387,6 @@ fn tile_portable<const R: usize>(tile: &Tile, partial: &mut Partial) {
 mod tests {
     use super::*;
 
-    fn reference(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
-        let k = x.len() / m;
-        let mut out = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                out[i * n + j] = (0..k)
-                    .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
-                    .sum::<f64>() as f32;
-            }
-        }
-        out
-    }
-
     fn product(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
         let k = x.len() / m;
         let matrix = PanelMatrix::pack(w, n, k).unwrap();
@@ -427,7 +414,7 @@ mod tests {
             let x = rng.uniform_f32s(m * k, -0.5, 0.5);
             let w = rng.uniform_f32s(n * k, -0.5, 0.5);
             let out = product(&x, m, &w, n);
-            let want = reference(&x, m, &w, n);
+            let want = crate::kernels::reference_matmul(&x, m, &w, n);
             for (a, b) in out.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (k as f32).sqrt(),

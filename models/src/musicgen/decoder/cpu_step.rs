@@ -5,8 +5,9 @@
 //! feature ranges over the rows of every job, so the weights are read once per step however
 //! many jobs share it; a head's task is one row's head, over that row's job's own cache,
 //! position and text. Norms and the preparation of a projection's input (padded or
-//! quantized rows) run between phases on the thread that finished the phase before. The residual additions, GELU and the cache
-//! writes happen inside the tasks that produce their inputs.
+//! quantized rows) run between phases on the thread that finished the phase before. The
+//! residual additions, GELU and the cache writes happen inside the tasks that produce their
+//! inputs.
 //!
 //! Every row is computed by the same operations whatever the other rows are, so a job's
 //! logits are the same bits alone or batched.
