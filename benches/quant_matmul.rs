@@ -1,13 +1,15 @@
-//! Benchmark of the decoder's projections alone: two activation rows (the guidance pair)
-//! times a set of musicgen-small-shaped weight matrices too large for the cache, in each
-//! weight format, as a decoder step runs them. Prints ms per pass over the set and the
-//! weight bytes read per second, so a kernel can be compared with the machine's bandwidth.
+//! Benchmark of the decoder's projections alone: activation rows (two, the guidance pair
+//! of one job, unless `--rows` says more: a batch of jobs) times a set of
+//! musicgen-small-shaped weight matrices too large for the cache, in each weight format, as
+//! a decoder step runs them. Prints ms per pass over the set, the weight bytes read per
+//! second, and the multiply-adds per second, so a kernel can be compared with the
+//! machine's bandwidth and compute peak.
 //!
 //! `cargo bench --bench quant_matmul -- [--passes N] [--layers L] [--shape OUTxIN]
-//! [--reps R]`: `--shape` multiplies one matrix of that shape instead of the layers'
-//! set, and `--reps` multiplies the set R times a pass. `--shape 1024x1024 --reps 100`
-//! stays in the two cores' L2 caches (0.6 MB in q4): the kernels' arithmetic and per-call
-//! costs alone.
+//! [--reps R] [--rows M]`: `--shape` multiplies one matrix of that shape instead of the
+//! layers' set, and `--reps` multiplies the set R times a pass. `--shape 1024x1024 --reps
+//! 100` stays in the two cores' L2 caches (0.6 MB in q4): the kernels' arithmetic and
+//! per-call costs alone.
 
 use std::time::Instant;
 
@@ -30,6 +32,9 @@ struct Args {
     /// Times the set is multiplied in a pass.
     #[arg(long, default_value_t = 1)]
     reps: usize,
+    /// Activation rows multiplied at once: 2 per job in a batch (its guidance pair).
+    #[arg(long, default_value_t = 2)]
+    rows: usize,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -51,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layers,
         shape,
         reps,
+        rows,
         ..
     } = Args::parse();
     let device = Device::Cpu;
@@ -83,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
         let inputs = shapes
             .iter()
-            .map(|&(_, inner)| Tensor::randn(0f32, 1.0, (2, 1, inner), &device))
+            .map(|&(_, inner)| Tensor::randn(0f32, 1.0, (rows.max(1), 1, inner), &device))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let weights = reps * shapes.iter().map(|(o, i)| o * i).sum::<usize>();
         let bytes =
@@ -106,9 +112,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         println!(
-            "{name}: {:.3} ms per pass (median of {passes}), {:.1} GB/s of weights",
+            "{name}: {:.3} ms per pass (median of {passes}), {:.1} GB/s of weights, \
+             {:.0} G multiply-adds/s over {rows} rows",
             median * 1e3,
-            bytes / median / 1e9
+            bytes / median / 1e9,
+            (weights * rows.max(1)) as f64 / median / 1e9
         );
     }
     Ok(())

@@ -241,21 +241,15 @@ impl Module for Proj {
     }
 }
 
-/// `xs W^T` for our CPU blocks: the activations are quantized to 8 bits once per call
-/// and multiplied [`crate::kernels::gemv::MAX_ROWS`] rows at a time (a decoder step has two; a
-/// longer prompt takes several passes over the weights).
+/// `xs W^T` for our CPU blocks: the activations are quantized to 8 bits once per call, and
+/// every row (a decoder step has two a job, a prompt's prefill one a token) is multiplied
+/// in one pass over the weights.
 fn blocks_forward(xs: &Tensor, matrix: &BlockMatrix) -> candle_core::Result<Tensor> {
     let (k, n) = (matrix.cols, matrix.rows);
     cpu_forward(xs, "a quantized projection", k, n, |x, out| {
         let mut quantized = QuantizedRows::default();
-        for (x, out) in x
-            .chunks(crate::kernels::gemv::MAX_ROWS * k)
-            .zip(out.chunks_mut(crate::kernels::gemv::MAX_ROWS * n))
-        {
-            quantized.quantize(x, x.len() / k, k);
-            product::matmul_rows(&quantized, matrix, out)?;
-        }
-        Some(())
+        quantized.quantize(x, x.len() / k, k);
+        product::matmul_rows(&quantized, matrix, out)
     })
 }
 

@@ -28,28 +28,20 @@ struct Row<'a> {
     sums: &'a [f32],
 }
 
-/// `out[i][j] = x[i] . w[j]` (`out` is `[x.rows, w.rows]`). `None`, leaving `out` alone,
-/// when the shapes do not fit: `x.rows` outside 1 to [`MAX_ROWS`], or columns that differ.
+/// `out[i][j] = x[i] . w[j]` (`out` is `[x.rows, w.rows]`) for any number of rows, each
+/// pass over the weights serving a group of them ([`features`]). `None`, leaving `out`
+/// alone, when the shapes do not fit: no rows, columns that differ, or an `out` of another
+/// size.
 pub(crate) fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Option<()> {
     let m = x.rows;
-    if !(1..=MAX_ROWS).contains(&m) || x.cols != w.cols || out.len() != m * w.rows {
+    if m == 0 || x.cols != w.cols || out.len() != m * w.rows {
         return None;
     }
-    match m {
-        1 => run::<1>(x, w, out),
-        2 => run::<2>(x, w, out),
-        3 => run::<3>(x, w, out),
-        _ => run::<4>(x, w, out),
-    }
-    Some(())
-}
-
-/// The product for `M` rows.
-fn run<const M: usize>(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) {
-    let rows = rows::<M>(x);
-    for_feature_tasks(w.rows, M, TASK_FEATURES, out, |first, chunk| {
-        features_of::<M>(w, first, &rows, chunk)
+    for_feature_tasks(w.rows, m, TASK_FEATURES, out, |first, chunk| {
+        // The task's features start a tile and lie in the matrix: `features` serves them.
+        let _ = features(x, w, first, chunk);
     });
+    Some(())
 }
 
 /// Output features `first..` (`first` a multiple of [`TILE_ROWS`]) of `x w^T` for every
@@ -131,11 +123,6 @@ fn group_features(
         7 => features_of::<7>(w, first, &rows_from::<7>(x, row), sums),
         _ => features_of::<8>(w, first, &rows_from::<8>(x, row), sums),
     }
-}
-
-/// The first `M` rows of `x`.
-fn rows<const M: usize>(x: &QuantizedRows) -> [Row<'_>; M] {
-    rows_from::<M>(x, 0)
 }
 
 /// `M` rows of `x` from row `start` on.
@@ -741,7 +728,7 @@ mod tests {
             let matrix = BlockMatrix::quantize(&random(n * k, 5), n, k, format).unwrap();
             let mut x = QuantizedRows::default();
             x.quantize(&random(m * k, 6), m, k);
-            let rows = rows::<4>(&x);
+            let rows = rows_from::<4>(&x, 0);
             let (mut plain, mut vnni) = (vec![0f32; n * m], vec![0f32; n * m]);
             let mut wide = vec![0f32; n * m];
             // SAFETY: the CPU has AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI (checked
@@ -801,7 +788,10 @@ mod tests {
         let matrix = BlockMatrix::quantize(&random(64, 1), 2, 32, BlockFormat::Q8).unwrap();
         let mut x = QuantizedRows::default();
         x.quantize(&random(5 * 32, 1), 5, 32);
-        assert!(matmul_rows(&x, &matrix, &mut [0.0; 10]).is_none());
+        assert!(matmul_rows(&x, &matrix, &mut [0.0; 9]).is_none());
+        assert!(matmul_rows(&x, &matrix, &mut [0.0; 10]).is_some());
+        x.quantize(&random(0, 1), 0, 32);
+        assert!(matmul_rows(&x, &matrix, &mut []).is_none());
         x.quantize(&random(64, 1), 1, 64);
         assert!(matmul_rows(&x, &matrix, &mut [0.0; 2]).is_none());
         assert!(BlockMatrix::quantize(&random(40, 1), 1, 40, BlockFormat::Q4).is_none());
