@@ -286,7 +286,10 @@ impl Session for MusicGenSession {
         if self.renders.failed.load(Ordering::Relaxed) {
             return None;
         }
-        let window = self.previewer.as_mut()?.plan(&self.generation)?;
+        let window = self
+            .previewer
+            .as_mut()?
+            .plan(&self.model, &self.generation)?;
         let (model, renders) = (Arc::clone(&self.model), Arc::clone(&self.renders));
         Some(Box::new(move || {
             if renders.failed.load(Ordering::Relaxed) {

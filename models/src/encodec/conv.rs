@@ -85,6 +85,17 @@ impl Conv1d {
         (taps - 1) * self.dilation + 1
     }
 
+    /// Frames after its own that an output of this (unstrided) convolution reads: what a
+    /// decode must wait for before the output is final.
+    pub(super) fn lookahead(&self) -> Result<usize> {
+        let kernel = self.span(self.weight.dim(1)?);
+        // The right part of the padding, as `padding` splits it.
+        Ok(match self.causal {
+            true => 0,
+            false => kernel.saturating_sub(self.stride) / 2,
+        })
+    }
+
     /// Samples padded on the (left, right) of an input of `length`: transformers' split of
     /// the kernel's padding, plus what completes the last strided window.
     pub(super) fn padding(&self, length: usize, taps: usize) -> (usize, usize) {

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{Conv1d, ConvTranspose1d};
-use super::lstm::Lstm;
+use super::lstm::{Lstm, LstmState};
 use super::pad::pad_frames;
 use super::seanet::{Layer, ResnetBlock};
 use crate::error::{ModelError, Result};
@@ -276,13 +276,19 @@ impl ConvTranspose1d {
 }
 
 impl Lstm {
-    /// The stacked LSTM over the time axis of `x`, plus `x`.
+    /// The stacked LSTM over the time axis of `x`, plus `x`, from zero state.
     pub(super) fn forward_cpu(&self, x: Signal) -> Result<Signal> {
+        self.forward_cpu_from(x, &mut LstmState::default())
+    }
+
+    /// [`Self::forward_cpu`] over the frames after those `state` has seen, which it then
+    /// holds the state after.
+    pub(super) fn forward_cpu_from(&self, x: Signal, state: &mut LstmState) -> Result<Signal> {
         let steps = x.len;
         // Each layer reads the previous one's `[T, H]` output; the first reads `x`.
         let mut input: Cow<'_, [f32]> = Cow::Borrowed(&x.data);
         let mut input_dim = x.channels;
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.hidden;
             let w_ih = elements(&layer.w_ih, "LSTM weight_ih")?;
             let w_hh = elements(&layer.w_hh, "LSTM weight_hh")?;
@@ -307,7 +313,7 @@ impl Lstm {
                 "LSTM input projection",
             )?;
             let mut outputs = vec![0f32; steps * h];
-            let (mut hx, mut cx) = (vec![0f32; h], vec![0f32; h]);
+            let (mut hx, mut cx) = state.layer(l, h);
             let mut recurrent = vec![0f32; 4 * h];
             for (frame, output) in gates.chunks_exact(4 * h).zip(outputs.chunks_exact_mut(h)) {
                 crate::kernels::gemv::matmul_rows(&hx, 1, &w_hh, 4 * h, &mut recurrent)
@@ -315,6 +321,7 @@ impl Lstm {
                 lstm_cell(frame, &recurrent, &mut cx, &mut hx);
                 output.copy_from_slice(&hx);
             }
+            state.set_layer(l, (hx, cx));
             input = Cow::Owned(outputs);
             input_dim = h;
         }
@@ -369,6 +376,25 @@ impl Layer {
             Self::Resnet(block) => block.forward_cpu(x),
         }
     }
+}
+
+/// The LSTM over `[1, C, T]` (f32, on the CPU) from `state`, which it then holds the
+/// state after.
+pub(super) fn run_lstm_from(lstm: &Lstm, xs: &Tensor, state: &mut LstmState) -> Result<Tensor> {
+    let (_, channels, len) = xs.dims3()?;
+    let data = xs.get(0)?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+    let signal = lstm.forward_cpu_from(
+        Signal {
+            channels,
+            len,
+            data,
+        },
+        state,
+    )?;
+    let shape = (signal.len, signal.channels);
+    Ok(Tensor::from_vec(signal.data, shape, xs.device())?
+        .t()?
+        .unsqueeze(0)?)
 }
 
 /// Runs `layers` on `[B, C, T]` (f32, on the CPU), one batch item at a time; the output has

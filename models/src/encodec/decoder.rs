@@ -16,15 +16,15 @@ pub(super) const CHUNK_FRAMES: usize = 500;
 /// Frames of context a chunk is decoded with on each side: more than the receptive field
 /// of the layers after the LSTM (under two frames), so every kept sample is the whole
 /// decode's.
-const CHUNK_CONTEXT_FRAMES: usize = 4;
+pub(super) const CHUNK_CONTEXT_FRAMES: usize = 4;
 
 /// EnCodec's decoding path: codebook lookup and sum (the residual vector quantizer's decode),
 /// then the SEANet decoder, always in f32.
 pub struct EncodecDecoder {
-    config: Config,
+    pub(super) config: Config,
     /// `quantizer.layers.{i}.codebook.embed`, `[codebook_size, codebook_dim]` each.
     codebooks: Vec<Tensor>,
-    layers: Vec<Layer>,
+    pub(super) layers: Vec<Layer>,
     device: Device,
 }
 
@@ -172,7 +172,7 @@ impl EncodecDecoder {
 
     /// `layers` on `[B, C, T]`: on plain buffers ([`super::cpu`]) on the CPU, else as candle
     /// ops; the output has `out_channels` channels.
-    fn run(&self, layers: &[Layer], xs: &Tensor, out_channels: usize) -> Result<Tensor> {
+    pub(super) fn run(&self, layers: &[Layer], xs: &Tensor, out_channels: usize) -> Result<Tensor> {
         if self.device.is_cpu() {
             return super::cpu::run_layers(layers, xs, out_channels, &self.device);
         }
@@ -192,37 +192,9 @@ pub(super) fn bad_codes(message: String) -> ModelError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
-    use crate::encodec::decoder_weight_shapes;
-    use crate::encodec::test_util::{max_diff, random, row};
-    use crate::weights::Weights;
-
-    fn tiny_config(use_conv_shortcut: bool) -> Config {
-        Config {
-            // hop 6 at 600 Hz: 100 frames/s, and 2 kbps // (100 * 10) gives 2 quantizers.
-            target_bandwidths: vec![2.0],
-            sampling_rate: 600,
-            hidden_size: 4,
-            num_filters: 2,
-            num_residual_layers: 2,
-            upsampling_ratios: vec![3, 2],
-            use_causal_conv: false,
-            codebook_size: 8,
-            codebook_dim: Some(4),
-            use_conv_shortcut,
-            ..Config::default()
-        }
-    }
-
-    fn tiny_weights(cfg: &Config) -> Result<Weights> {
-        let mut map = HashMap::new();
-        for (i, (name, shape)) in decoder_weight_shapes(cfg).into_iter().enumerate() {
-            map.insert(name, random(&shape, 1000 + i as u64, 0.4)?);
-        }
-        Ok(Weights::from_tensors(map, &Device::Cpu))
-    }
+    use crate::encodec::test_util::{max_diff, random, row, tiny_config, tiny_weights};
 
     #[test]
     fn tiny_decoder_outputs_hop_samples_per_frame_and_batches_independently() -> Result<()> {

@@ -37,8 +37,9 @@ impl LstmLayer {
         })
     }
 
-    /// `[T, B, in]` -> `[T, B, H]`, from zero initial state.
-    fn forward(&self, xs_tbc: &Tensor) -> Result<Tensor> {
+    /// `[T, B, in]` -> `[T, B, H]`, from the state `(h, c)` (`[B, H]` each), which ends as
+    /// the state after the last frame.
+    fn forward_from(&self, xs_tbc: &Tensor, state: &mut (Tensor, Tensor)) -> Result<Tensor> {
         let (steps, batch, c_in) = xs_tbc.dims3()?;
         let h = self.hidden;
         // Hoisted: W_ih·x + b_ih + b_hh for every frame at once; the loop only adds W_hh·h.
@@ -47,8 +48,7 @@ impl LstmLayer {
             .matmul(&self.w_ih.t()?)?
             .broadcast_add(&self.bias)?
             .reshape((steps, batch, 4 * h))?;
-        let mut hx = Tensor::zeros((batch, h), xs_tbc.dtype(), xs_tbc.device())?;
-        let mut cx = hx.clone();
+        let (mut hx, mut cx) = state.clone();
         let mut outputs = Vec::with_capacity(steps);
         for t in 0..steps {
             let gates = (projected.get(t)? + hx.matmul(&self.w_hh.t()?)?)?;
@@ -62,7 +62,35 @@ impl LstmLayer {
             hx = (out_gate * cx.tanh()?)?;
             outputs.push(hx.clone());
         }
+        *state = (hx, cx);
         Ok(Tensor::stack(&outputs, 0)?)
+    }
+}
+
+/// An LSTM's state between the pieces of a sequence it runs over, for one batch item: each
+/// layer's hidden and cell vectors after the frames so far (none before the first frame,
+/// which starts from zeros).
+#[derive(Clone, Debug, Default)]
+pub(super) struct LstmState {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl LstmState {
+    /// Layer `l`'s `(h, c)`: zeros of `hidden` before the first frame.
+    pub(super) fn layer(&self, l: usize, hidden: usize) -> (Vec<f32>, Vec<f32>) {
+        self.layers
+            .get(l)
+            .filter(|(h, c)| h.len() == hidden && c.len() == hidden)
+            .cloned()
+            .unwrap_or_else(|| (vec![0f32; hidden], vec![0f32; hidden]))
+    }
+
+    /// Keeps layer `l`'s `(h, c)` after the frames just run.
+    pub(super) fn set_layer(&mut self, l: usize, state: (Vec<f32>, Vec<f32>)) {
+        if self.layers.len() <= l {
+            self.layers.resize(l + 1, (Vec::new(), Vec::new()));
+        }
+        self.layers[l] = state;
     }
 }
 
@@ -81,12 +109,52 @@ impl Lstm {
         Ok(Self { layers })
     }
 
-    /// `[B, C, T]` -> `[B, C, T]`.
+    /// `[B, C, T]` -> `[B, C, T]`, from zero state.
     pub(super) fn forward(&self, xs_bct: &Tensor) -> Result<Tensor> {
+        let (batch, _, _) = xs_bct.dims3()?;
+        let zeros = |h: usize| Tensor::zeros((batch, h), xs_bct.dtype(), xs_bct.device());
+        let mut states = self
+            .layers
+            .iter()
+            .map(|layer| Ok((zeros(layer.hidden)?, zeros(layer.hidden)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.forward_from(xs_bct, &mut states)
+    }
+
+    /// `[1, C, T]` -> `[1, C, T]`: the frames after those `state` has seen, which it then
+    /// holds the state after.
+    pub(super) fn forward_stream(&self, xs_bct: &Tensor, state: &mut LstmState) -> Result<Tensor> {
+        let (device, dtype) = (xs_bct.device(), xs_bct.dtype());
+        let mut states = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let (h, c) = state.layer(l, layer.hidden);
+                let row = |v: Vec<f32>| -> Result<Tensor> {
+                    Ok(Tensor::from_vec(v, (1, layer.hidden), device)?.to_dtype(dtype)?)
+                };
+                Ok((row(h)?, row(c)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ys = self.forward_from(xs_bct, &mut states)?;
+        for (l, (h, c)) in states.into_iter().enumerate() {
+            let vector = |t: Tensor| -> Result<Vec<f32>> {
+                Ok(t.to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?)
+            };
+            state.set_layer(l, (vector(h)?, vector(c)?));
+        }
+        Ok(ys)
+    }
+
+    /// The layers over `[B, C, T]` from each layer's `(h, c)`, plus the input.
+    fn forward_from(&self, xs_bct: &Tensor, states: &mut [(Tensor, Tensor)]) -> Result<Tensor> {
         let xs_tbc = xs_bct.permute((2, 0, 1))?.contiguous()?;
         let mut ys = xs_tbc.clone();
-        for layer in &self.layers {
-            ys = layer.forward(&ys)?;
+        for (layer, state) in self.layers.iter().zip(states.iter_mut()) {
+            ys = layer.forward_from(&ys, state)?;
         }
         let ys = (ys + xs_tbc)?;
         Ok(ys.permute((1, 2, 0))?.contiguous()?)

@@ -6,7 +6,8 @@
 //! One role per file: `config` holds the codec [`Config`], `pad` and `conv` the padded
 //! (strided, transposed) convolutions, `lstm` the LSTM, `seanet` the residual blocks and layer
 //! plans, `cpu` every decoder layer's CPU path on plain buffers, `decoder` the
-//! [`EncodecDecoder`] and `encoder` the [`EncodecEncoder`].
+//! [`EncodecDecoder`], `stream` its decode while frames still arrive ([`DecodeStream`]) and
+//! `encoder` the [`EncodecEncoder`].
 
 mod config;
 mod conv;
@@ -16,18 +17,24 @@ mod encoder;
 mod lstm;
 mod pad;
 mod seanet;
+mod stream;
 
 pub use config::Config;
 pub use decoder::EncodecDecoder;
 pub use encoder::EncodecEncoder;
 pub use seanet::decoder_weight_shapes;
+pub use stream::DecodeStream;
 
 /// Helpers shared by the unit tests of the EnCodec modules.
 #[cfg(test)]
 mod test_util {
+    use std::collections::HashMap;
+
     use candle_core::{Device, Tensor};
 
+    use super::{decoder_weight_shapes, Config};
     use crate::error::Result;
+    use crate::weights::Weights;
 
     /// All elements of an f32 tensor, flattened.
     pub(super) fn row(t: &Tensor) -> Vec<f32> {
@@ -65,6 +72,34 @@ mod test_util {
             shape,
             &Device::Cpu,
         )?)
+    }
+
+    /// A decoder config small enough for unit tests: hop 6 at 600 Hz (100 frames/s), two
+    /// quantizers.
+    pub(super) fn tiny_config(use_conv_shortcut: bool) -> Config {
+        Config {
+            // hop 6 at 600 Hz: 100 frames/s, and 2 kbps // (100 * 10) gives 2 quantizers.
+            target_bandwidths: vec![2.0],
+            sampling_rate: 600,
+            hidden_size: 4,
+            num_filters: 2,
+            num_residual_layers: 2,
+            upsampling_ratios: vec![3, 2],
+            use_causal_conv: false,
+            codebook_size: 8,
+            codebook_dim: Some(4),
+            use_conv_shortcut,
+            ..Config::default()
+        }
+    }
+
+    /// Random decoder weights for `cfg`.
+    pub(super) fn tiny_weights(cfg: &Config) -> Result<Weights> {
+        let mut map = HashMap::new();
+        for (i, (name, shape)) in decoder_weight_shapes(cfg).into_iter().enumerate() {
+            map.insert(name, random(&shape, 1000 + i as u64, 0.4)?);
+        }
+        Ok(Weights::from_tensors(map, &Device::Cpu))
     }
 
     /// Largest absolute elementwise difference.

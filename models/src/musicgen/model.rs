@@ -9,7 +9,7 @@ use candle_nn::Linear;
 use super::config::{Config, GenerationConfig};
 use super::decoder::{self, Decoder, DecoderCache};
 use super::tokenizer::PromptTokenizer;
-use crate::encodec::{EncodecDecoder, EncodecEncoder};
+use crate::encodec::{DecodeStream, EncodecDecoder, EncodecEncoder};
 use crate::error::{ModelError, Result};
 use crate::quant::WeightFormat;
 use crate::t5::T5Encoder;
@@ -381,22 +381,56 @@ impl MusicGen {
     /// Decodes frames (`[K][N]`, codebooks interleaved L/R for stereo) to audio
     /// `[channels, N * hop]`: stereo is two mono decodes of the even and odd codebooks.
     pub fn decode_audio(&self, frames: &[Vec<u32>]) -> Result<Tensor> {
-        let channels = self.channels();
-        let per_channel: Vec<Tensor> = (0..channels)
+        let per_channel: Vec<Tensor> = (0..self.channels())
             .map(|c| {
-                let rows: Vec<u32> = frames
-                    .iter()
-                    .skip(c)
-                    .step_by(channels)
-                    .flat_map(|row| row.iter().copied())
-                    .collect();
-                let k = frames.len() / channels;
-                let n = frames.first().map_or(0, Vec::len);
-                let codes = Tensor::from_vec(rows, (1, k, n), &self.device)?;
+                let codes = self.channel_codes(frames, c)?;
                 // [1, 1, samples] -> [1, samples]
                 Ok(crate::kernels::on_pool(|| self.audio.decode(&codes))?.squeeze(0)?)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&per_channel, 0)?)
+    }
+
+    /// Decodes what more of a piece's frames add, as they arrive: `frames` (as
+    /// [`Self::decode_audio`] takes them) are every frame so far, `streams` one
+    /// [`DecodeStream`] per channel (empty at the start). Returns the index of the audio's
+    /// first sample in the piece and its samples, one row per channel: up to [`Self::preview_delay`] frames
+    /// short of `frames`, or to their end when `done`. Each frame's audio is decoded once,
+    /// and sounds as [`Self::decode_audio`]'s does.
+    pub fn decode_more(
+        &self,
+        streams: &mut Vec<DecodeStream>,
+        frames: &[Vec<u32>],
+        done: bool,
+    ) -> Result<(usize, Vec<Vec<f32>>)> {
+        streams.resize_with(self.channels(), DecodeStream::default);
+        let first = streams.first().map_or(0, DecodeStream::sent) * self.audio.hop_length();
+        let mut channels = Vec::with_capacity(streams.len());
+        for (c, stream) in streams.iter_mut().enumerate() {
+            let codes = self.channel_codes(frames, c)?;
+            let audio = crate::kernels::on_pool(|| self.audio.decode_more(stream, &codes, done))?;
+            channels.extend(audio.squeeze(0)?.to_vec2::<f32>()?);
+        }
+        Ok((first, channels))
+    }
+
+    /// Frames [`Self::decode_more`] holds back behind those it is given, until the piece
+    /// is done.
+    pub fn preview_delay(&self) -> Result<usize> {
+        self.audio.stream_delay()
+    }
+
+    /// Channel `c`'s codebooks of `frames`, `[1, K / channels, N]`.
+    fn channel_codes(&self, frames: &[Vec<u32>], c: usize) -> Result<Tensor> {
+        let channels = self.channels();
+        let rows: Vec<u32> = frames
+            .iter()
+            .skip(c)
+            .step_by(channels)
+            .flat_map(|row| row.iter().copied())
+            .collect();
+        let k = frames.len() / channels;
+        let n = frames.first().map_or(0, Vec::len);
+        Ok(Tensor::from_vec(rows, (1, k, n), &self.device)?)
     }
 }

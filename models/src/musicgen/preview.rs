@@ -1,39 +1,29 @@
-//! Playable audio while a MusicGen job runs: EnCodec decodes of the frames finished so
-//! far, in overlapping windows. Each window starts some context before the audio it adds
-//! (EnCodec's convolutions and LSTM need it to sound as the whole decode does), and its
-//! last frames are held back and cross-faded into the next window's, where the next
-//! window has the right context for them. Played one after another, the chunks sound like
-//! the final decode, which stays exactly what it is without previews.
+//! Playable audio while a MusicGen job runs: the EnCodec decode of the frames finished so
+//! far, each frame's audio decoded once, as soon as the frames it reads have arrived
+//! ([`MusicGen::decode_more`]). Played one after another, the chunks are the final decode's
+//! audio (to rounding); the final decode stays exactly what it is without previews.
 
 use super::long_form::LongGeneration;
 use super::model::MusicGen;
+use crate::encodec::DecodeStream;
 use crate::error::Result;
 
-/// When previews come and how they overlap, in frames.
+/// When previews come, in frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PreviewSettings {
     /// Finished frames before the first preview (default: 1 s of audio).
     pub first_frames: usize,
-    /// Finished frames between previews (default: 1 s).
+    /// Frames of new audio between previews (default: 1 s).
     pub every_frames: usize,
-    /// Frames decoded before the audio a preview adds, then dropped (default: 1 s).
-    pub context_frames: usize,
-    /// Frames at a preview's end held back and cross-faded into the next (default:
-    /// 200 ms, at least one frame): EnCodec's convolutions look ahead, so a window's last
-    /// frames want the frames after them.
-    pub overlap_frames: usize,
 }
 
 impl PreviewSettings {
     /// The defaults at `frame_rate` frames a second, the first preview after `first_s`
     /// seconds of audio.
     pub fn new(frame_rate: usize, first_s: f64) -> Self {
-        let second = frame_rate.max(1);
         Self {
-            first_frames: ((first_s * second as f64).round() as usize).max(1),
-            every_frames: second,
-            context_frames: second,
-            overlap_frames: (second / 5).max(1),
+            first_frames: ((first_s * frame_rate.max(1) as f64).round() as usize).max(1),
+            every_frames: frame_rate.max(1),
         }
     }
 }
@@ -47,38 +37,33 @@ pub struct PreviewChunk {
     pub channels: Vec<Vec<f32>>,
 }
 
-/// The previews of one job: where the last one ended.
+/// When a job's previews are due.
 ///
 /// A preview is planned where the job steps ([`Previewer::plan`]: cheap, it copies the
-/// frames a window decodes) and rendered wherever the caller likes
-/// ([`PreviewMixer::render`]: the EnCodec decode), so a batch need not wait for it. A job's
-/// windows must be rendered in the order they were planned, by one mixer.
+/// finished frames) and rendered wherever the caller likes ([`PreviewMixer::render`]: the
+/// EnCodec decode), so a batch need not wait for it. A job's windows must be rendered in
+/// the order they were planned, by one mixer.
 #[derive(Clone, Debug)]
 pub struct Previewer {
     settings: PreviewSettings,
-    /// Frames of audio planned so far.
-    sent: usize,
-    /// Whether the last window planned held audio back (it was not the job's last).
-    holding: bool,
+    /// Frames of audio the windows planned so far bring out.
+    planned: usize,
+    /// Whether the last window (the job's end) has been planned.
+    ended: bool,
 }
 
-/// The rendering side of a job's previews: the audio the last window held back.
+/// The rendering side of a job's previews: its decode so far, one stream per channel.
 #[derive(Clone, Debug, Default)]
 pub struct PreviewMixer {
-    /// One row per channel (empty before the first window and after the last).
-    held: Vec<Vec<f32>>,
+    streams: Vec<DecodeStream>,
 }
 
-/// A planned preview: the frames to decode and the part of their audio that goes out.
+/// A planned preview: the frames finished so far.
 #[derive(Clone, Debug)]
 pub struct PreviewWindow {
-    /// The frames, `[K][n]`, from frame `start` of the output on.
+    /// Every finished frame, `[K][n]`.
     frames: Vec<Vec<u32>>,
-    start: usize,
-    /// The frames whose audio goes out: `from..until` (the rest is held back).
-    from: usize,
-    until: usize,
-    /// Whether this is the job's last preview.
+    /// Whether the job is done: this is its last preview.
     last: bool,
 }
 
@@ -87,103 +72,69 @@ impl Previewer {
     pub fn new(settings: PreviewSettings) -> Self {
         Self {
             settings,
-            sent: 0,
-            holding: false,
+            planned: 0,
+            ended: false,
         }
     }
 
-    /// The next preview, if one is due: after the first `first_frames` finished frames,
-    /// then every `every_frames`, and, once the job is done, the rest of its audio. The
-    /// chunks of a whole job cover its output exactly once, in order.
+    /// The next preview, if one is due: once `first_frames` frames are finished, then
+    /// every `every_frames` of new audio, and, once the job is done, the rest of its audio.
+    /// The chunks of a whole job cover its output exactly once, in order.
     pub fn poll(
         &mut self,
         mixer: &mut PreviewMixer,
         model: &MusicGen,
         job: &LongGeneration,
     ) -> Result<Option<PreviewChunk>> {
-        match self.plan(job) {
+        match self.plan(model, job) {
             Some(window) => mixer.render(model, window).map(Some),
             None => Ok(None),
         }
     }
 
     /// [`Self::poll`]'s first half: the window of the next preview, if one is due.
-    pub fn plan(&mut self, job: &LongGeneration) -> Option<PreviewWindow> {
+    pub fn plan(&mut self, model: &MusicGen, job: &LongGeneration) -> Option<PreviewWindow> {
         let s = self.settings;
         let finished = job.finished_frames();
         let done = job.is_done();
-        let due = if done {
-            finished > self.sent || self.holding
-        } else if self.sent == 0 && !self.holding {
-            finished >= s.first_frames.max(s.overlap_frames + 1)
+        // A decoder that cannot stream fails at the render, which ends the job's previews
+        // with the reason logged; here it only times them.
+        let delay = model.preview_delay().unwrap_or(0);
+        // The audio a window now would bring out: up to the decode's delay short of the
+        // finished frames, or all of them at the end.
+        let ready = if done {
+            finished
         } else {
-            finished >= self.sent + s.overlap_frames + s.every_frames
+            finished.saturating_sub(delay)
+        };
+        let due = if self.ended {
+            false
+        } else if done {
+            true
+        } else if self.planned == 0 {
+            finished >= s.first_frames && ready > 0
+        } else {
+            ready >= self.planned + s.every_frames
         };
         if !due {
             return None;
         }
-        // Audio up to `until` goes out now; what follows, to `finished`, is held back.
-        let until = if done {
-            finished
-        } else {
-            finished - s.overlap_frames
-        };
-        let start = self.sent.saturating_sub(s.context_frames);
-        let frames = job
-            .finished()
-            .into_iter()
-            .map(|row| row[start..finished].to_vec())
-            .collect();
-        let window = PreviewWindow {
-            frames,
-            start,
-            from: self.sent,
-            until,
+        self.planned = ready;
+        self.ended = done;
+        Some(PreviewWindow {
+            frames: job.finished(),
             last: done,
-        };
-        self.sent = until;
-        self.holding = !done;
-        Some(window)
+        })
     }
 }
 
 impl PreviewMixer {
-    /// [`Previewer::poll`]'s second half: decodes a window [`Previewer::plan`] gave,
-    /// cross-faded with the audio the window before held back.
+    /// [`Previewer::poll`]'s second half: decodes the audio a window [`Previewer::plan`]
+    /// gave adds to the windows before.
     pub fn render(&mut self, model: &MusicGen, window: PreviewWindow) -> Result<PreviewChunk> {
-        let PreviewWindow {
-            frames,
-            start,
-            from,
-            until,
-            last,
-        } = window;
-        let count = frames.first().map_or(0, Vec::len);
-        let audio = model.decode_audio(&frames)?.to_vec2::<f32>()?;
-        let hop = audio.first().map_or(0, Vec::len) / count.max(1);
-        let (first, end) = ((from - start) * hop, (until - start) * hop);
-        let mut channels = Vec::with_capacity(audio.len());
-        let mut held = Vec::with_capacity(audio.len());
-        for (c, samples) in audio.into_iter().enumerate() {
-            let mut out = samples[first..end].to_vec();
-            if let Some(previous) = self.held.get(c) {
-                // A linear cross-fade over the first half of the held-back audio, where
-                // the window before still had frames after it to decode from; the rest is
-                // this window's alone.
-                let n = (previous.len() / 2).min(out.len());
-                for (i, (sample, old)) in out.iter_mut().zip(previous).take(n).enumerate() {
-                    let r = (i as f32 + 0.5) / n as f32;
-                    *sample = old * (1.0 - r) + *sample * r;
-                }
-            }
-            held.push(samples[end..].to_vec());
-            channels.push(out);
-        }
-        self.held = if last { Vec::new() } else { held };
-        Ok(PreviewChunk {
-            start: from * hop,
-            channels,
-        })
+        let (start, channels) =
+            model.decode_more(&mut self.streams, &window.frames, window.last)?;
+        Ok(PreviewChunk { start, channels })
     }
 }
 
@@ -205,8 +156,9 @@ mod tests {
         10.0 * (signal / noise.max(1e-30)).log10()
     }
 
-    /// A job's previews, concatenated, are its final audio within 30 dB, the first comes
-    /// once 1 s of frames is finished, and they tile the output exactly.
+    /// A job's previews, concatenated, are its final audio (to rounding, where the bar is
+    /// 30 dB), the first comes once 1 s of frames is finished, and they tile the output
+    /// exactly.
     #[test]
     fn previews_played_in_order_sound_like_the_final_audio() {
         let model = tiny_random(5);
@@ -264,7 +216,9 @@ mod tests {
             for (want, got) in finale.iter().zip(&played) {
                 assert_eq!(want.len(), got.len());
                 let snr = snr_db(want, got);
-                assert!(snr >= 30.0, "{snr:.1} dB");
+                // The bar is 30 dB; each frame decoded once, as the whole decode does, the
+                // chunks are the final audio to rounding.
+                assert!(snr >= 90.0, "{snr:.1} dB");
             }
         }
     }
@@ -295,7 +249,7 @@ mod tests {
             while !job.is_done() {
                 job.step(&model).unwrap();
                 if lag {
-                    planned.extend(previewer.plan(&job));
+                    planned.extend(previewer.plan(&model, &job));
                 } else if let Some(chunk) = previewer.poll(&mut mixer, &model, &job).unwrap() {
                     chunks.push(chunk);
                 }

@@ -304,7 +304,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                         result?;
                     }
                     for (i, (job, previewer)) in jobs.iter().zip(&mut previewers).enumerate() {
-                        if let Some(window) = previewer.plan(job) {
+                        if let Some(window) = previewer.plan(model, job) {
                             // The render thread only stops on an error, reported below.
                             let _ = windows_tx.send((i, window));
                         }
