@@ -235,4 +235,41 @@ mod tests {
         }
         Ok(())
     }
+
+    /// Run piece by piece from the state each piece leaves, on the candle path (the one
+    /// GPUs take) and on the CPU buffers, the LSTM gives what it gives over the whole
+    /// sequence at once.
+    #[test]
+    fn pieces_from_the_carried_state_are_the_whole_sequence() -> Result<()> {
+        let (dim, steps) = (4, 9);
+        let layers = (0..2)
+            .map(|l| {
+                let seed = 40 + 4 * l as u64;
+                LstmLayer::from_tensors(
+                    &random(&[4 * dim, dim], seed, 0.5)?,
+                    &random(&[4 * dim, dim], seed + 1, 0.5)?,
+                    &random(&[4 * dim], seed + 2, 0.5)?,
+                    &random(&[4 * dim], seed + 3, 0.5)?,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lstm = Lstm { layers };
+        let x = random(&[1, dim, steps], 7, 1.0)?;
+        let whole = lstm.forward(&x)?;
+        for cut in [1, 4, 8] {
+            let pieces = [x.narrow(2, 0, cut)?, x.narrow(2, cut, steps - cut)?];
+            let (mut candle, mut cpu) = (LstmState::default(), LstmState::default());
+            let mut by_candle = Vec::new();
+            let mut by_cpu = Vec::new();
+            for piece in &pieces {
+                by_candle.push(lstm.forward_stream(piece, &mut candle)?);
+                by_cpu.push(crate::encodec::cpu::run_lstm_from(&lstm, piece, &mut cpu)?);
+            }
+            for streamed in [Tensor::cat(&by_candle, 2)?, Tensor::cat(&by_cpu, 2)?] {
+                let diff = crate::encodec::test_util::max_diff(&streamed, &whole);
+                assert!(diff < 1e-6, "cut at {cut}: differs by {diff}");
+            }
+        }
+        Ok(())
+    }
 }
