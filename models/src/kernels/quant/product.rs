@@ -1,6 +1,7 @@
-//! Products of a few activation rows (the guidance pair of a decoder step) with a
-//! [`BlockMatrix`], reading each weight block once for all rows and running on the same
-//! rayon pool as every other kernel of ours, so no second pool competes for the cores.
+//! Products of activation rows (a batched decoder step's guidance pairs, a prefill's
+//! tokens) with a [`BlockMatrix`], reading each weight block once for a group of rows (up
+//! to four, or eight on 512-bit VNNI) and running on the same rayon pool as every other
+//! kernel of ours, so no second pool competes for the cores.
 //!
 //! Per block, the integer dot product of the 8-bit activations with the weight values is
 //! scaled by both blocks' scales; 4-bit weights add their offset times the activation
@@ -29,19 +30,22 @@ struct Row<'a> {
 }
 
 /// `out[i][j] = x[i] . w[j]` (`out` is `[x.rows, w.rows]`) for any number of rows, each
-/// pass over the weights serving a group of them ([`features`]). `None`, leaving `out`
-/// alone, when the shapes do not fit: no rows, columns that differ, or an `out` of another
-/// size.
+/// pass over the weights serving a group of them ([`features`]). `None` when the shapes
+/// do not fit (no rows, columns that differ, or an `out` of another size: `out` is then
+/// left alone).
 pub(crate) fn matmul_rows(x: &QuantizedRows, w: &BlockMatrix, out: &mut [f32]) -> Option<()> {
     let m = x.rows;
     if m == 0 || x.cols != w.cols || out.len() != m * w.rows {
         return None;
     }
+    let refused = std::sync::atomic::AtomicBool::new(false);
     for_feature_tasks(w.rows, m, TASK_FEATURES, out, |first, chunk| {
-        // The task's features start a tile and lie in the matrix: `features` serves them.
-        let _ = features(x, w, first, chunk);
+        // Each task's features start a tile and lie in the matrix: `features` serves them.
+        if features(x, w, first, chunk).is_none() {
+            refused.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     });
-    Some(())
+    (!refused.into_inner()).then_some(())
 }
 
 /// Output features `first..` (`first` a multiple of [`TILE_ROWS`]) of `x w^T` for every
@@ -625,12 +629,16 @@ mod tests {
     fn both_formats_compute_the_product_of_their_dequantized_values_for_every_row_count() {
         for format in [BlockFormat::Q8, BlockFormat::Q4] {
             // 70, 33, 129, 1 and 5 rows end in a partial tile of eight; 288 is nine blocks.
+            // 5, 9 and 17 rows run in groups of four (eight on 512-bit VNNI).
             for (m, k, n) in [
                 (1, 1024, 70),
                 (2, 4096, 33),
                 (3, 64, 129),
                 (4, 32, 1),
                 (2, 288, 5),
+                (5, 288, 70),
+                (9, 64, 33),
+                (17, 128, 40),
             ] {
                 let weights = random(n * k, 7);
                 let matrix = BlockMatrix::quantize(&weights, n, k, format).unwrap();
