@@ -88,11 +88,22 @@ impl Conv1d {
     /// Frames after its own that an output of this (unstrided) convolution reads: what a
     /// decode must wait for before the output is final.
     pub(super) fn lookahead(&self) -> Result<usize> {
-        let kernel = self.span(self.weight.dim(1)?);
-        // The right part of the padding, as `padding` splits it.
+        Ok(self.reach()?.1)
+    }
+
+    /// Frames before its own that an output of this (unstrided) convolution reads: what a
+    /// decode that resumes must run it over again.
+    pub(super) fn lookbehind(&self) -> Result<usize> {
+        Ok(self.reach()?.0)
+    }
+
+    /// Frames (behind, ahead) an output reads: `padding`'s split of the kernel's padding,
+    /// without what completes a last strided window.
+    fn reach(&self) -> Result<(usize, usize)> {
+        let total = self.span(self.weight.dim(1)?).saturating_sub(self.stride);
         Ok(match self.causal {
-            true => 0,
-            false => kernel.saturating_sub(self.stride) / 2,
+            true => (total, 0),
+            false => (total - total / 2, total / 2),
         })
     }
 

@@ -313,7 +313,7 @@ impl Lstm {
                 "LSTM input projection",
             )?;
             let mut outputs = vec![0f32; steps * h];
-            let (mut hx, mut cx) = state.layer(l, h);
+            let (mut hx, mut cx) = state.layer(l, h)?;
             let mut recurrent = vec![0f32; 4 * h];
             for (frame, output) in gates.chunks_exact(4 * h).zip(outputs.chunks_exact_mut(h)) {
                 crate::kernels::gemv::matmul_rows(&hx, 1, &w_hh, 4 * h, &mut recurrent)

@@ -76,13 +76,19 @@ pub(super) struct LstmState {
 }
 
 impl LstmState {
-    /// Layer `l`'s `(h, c)`: zeros of `hidden` before the first frame.
-    pub(super) fn layer(&self, l: usize, hidden: usize) -> (Vec<f32>, Vec<f32>) {
-        self.layers
-            .get(l)
-            .filter(|(h, c)| h.len() == hidden && c.len() == hidden)
-            .cloned()
-            .unwrap_or_else(|| (vec![0f32; hidden], vec![0f32; hidden]))
+    /// Layer `l`'s `(h, c)`: zeros of `hidden` before the first frame; an error when the
+    /// state was left by a layer of another size.
+    pub(super) fn layer(&self, l: usize, hidden: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        match self.layers.get(l) {
+            None => Ok((vec![0f32; hidden], vec![0f32; hidden])),
+            Some((h, c)) if h.len() == hidden && c.len() == hidden => Ok((h.clone(), c.clone())),
+            Some((h, _)) => Err(crate::error::ModelError::Candle(candle_core::Error::Msg(
+                format!(
+                    "LSTM state of {} features for layer {l} of {hidden}",
+                    h.len()
+                ),
+            ))),
+        }
     }
 
     /// Keeps layer `l`'s `(h, c)` after the frames just run.
@@ -130,7 +136,7 @@ impl Lstm {
             .iter()
             .enumerate()
             .map(|(l, layer)| {
-                let (h, c) = state.layer(l, layer.hidden);
+                let (h, c) = state.layer(l, layer.hidden)?;
                 let row = |v: Vec<f32>| -> Result<Tensor> {
                     Ok(Tensor::from_vec(v, (1, layer.hidden), device)?.to_dtype(dtype)?)
                 };
@@ -237,7 +243,8 @@ mod tests {
     }
 
     /// Run piece by piece from the state each piece leaves, on the candle path (the one
-    /// GPUs take) and on the CPU buffers, the LSTM gives what it gives over the whole
+    /// GPUs take; here on the CPU in f32, so its device and dtype round trip is not
+    /// exercised) and on the CPU buffers, the LSTM gives what it gives over the whole
     /// sequence at once.
     #[test]
     fn pieces_from_the_carried_state_are_the_whole_sequence() -> Result<()> {

@@ -290,20 +290,26 @@ impl LongGeneration {
         kept + self.current.finished_frames().saturating_sub(prompt)
     }
 
-    /// The output's first [`Self::finished_frames`] frames, `[K][n]`.
-    pub fn finished(&self) -> Vec<Vec<u32>> {
+    /// The output's frames from `start` up to [`Self::finished_frames`], `[K][n]` (none
+    /// when `start` is past them).
+    pub fn finished_from(&self, start: usize) -> Vec<Vec<u32>> {
         let prompt = self.setup.plan[self.index].prompt;
         let running = self.current.finished_frames().saturating_sub(prompt);
-        let frames = self.current.frames();
-        let mut out = if self.kept.is_empty() {
-            vec![Vec::new(); frames.len()]
-        } else {
-            self.kept.clone()
-        };
-        for (out, row) in out.iter_mut().zip(frames) {
-            out.extend_from_slice(&row[prompt..prompt + running]);
-        }
-        out
+        let kept = self.kept.first().map_or(0, Vec::len);
+        let skip = start.saturating_sub(kept).min(running);
+        self.current
+            .frames()
+            .iter()
+            .enumerate()
+            .map(|(k, row)| {
+                let mut out = Vec::new();
+                if let Some(kept_row) = self.kept.get(k) {
+                    out.extend_from_slice(&kept_row[start.min(kept_row.len())..]);
+                }
+                out.extend_from_slice(&row[prompt + skip..prompt + running]);
+                out
+            })
+            .collect()
     }
 
     /// Every frame, once done, `[K][params.frames]`.

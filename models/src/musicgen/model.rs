@@ -391,33 +391,43 @@ impl MusicGen {
         Ok(Tensor::cat(&per_channel, 0)?)
     }
 
-    /// Decodes what more of a piece's frames add, as they arrive: `frames` (as
-    /// [`Self::decode_audio`] takes them) are every frame so far, `streams` one
-    /// [`DecodeStream`] per channel (empty at the start). Returns the index of the audio's
-    /// first sample in the piece and its samples, one row per channel: up to [`Self::preview_delay`] frames
-    /// short of `frames`, or to their end when `done`. Each frame's audio is decoded once,
-    /// and sounds as [`Self::decode_audio`]'s does.
+    /// Decodes what more of a piece's frames add, as they arrive: `frames` (laid out as
+    /// [`Self::decode_audio`] takes them) are the piece's frames from frame `first` on, which
+    /// must be at most [`Self::preview_context`] frames before the audio decoded so far;
+    /// `streams` holds one [`DecodeStream`] per channel (empty at the start). Returns the
+    /// index of the audio's first sample in the piece and its samples, one row per channel:
+    /// up to [`Self::preview_delay`] frames short of `frames`' end, or to it when `done`.
+    /// Each frame's audio is decoded once, and is [`Self::decode_audio`]'s to rounding.
+    /// After an error the streams are out of step: start again or stop.
     pub fn decode_more(
         &self,
         streams: &mut Vec<DecodeStream>,
         frames: &[Vec<u32>],
+        first: usize,
         done: bool,
     ) -> Result<(usize, Vec<Vec<f32>>)> {
         streams.resize_with(self.channels(), DecodeStream::default);
-        let first = streams.first().map_or(0, DecodeStream::sent) * self.audio.hop_length();
+        let start = streams.first().map_or(0, DecodeStream::sent) * self.audio.hop_length();
         let mut channels = Vec::with_capacity(streams.len());
         for (c, stream) in streams.iter_mut().enumerate() {
             let codes = self.channel_codes(frames, c)?;
-            let audio = crate::kernels::on_pool(|| self.audio.decode_more(stream, &codes, done))?;
+            let audio =
+                crate::kernels::on_pool(|| self.audio.decode_more(stream, &codes, first, done))?;
             channels.extend(audio.squeeze(0)?.to_vec2::<f32>()?);
         }
-        Ok((first, channels))
+        Ok((start, channels))
     }
 
     /// Frames [`Self::decode_more`] holds back behind those it is given, until the piece
     /// is done.
     pub fn preview_delay(&self) -> Result<usize> {
         self.audio.stream_delay()
+    }
+
+    /// Frames before the audio decoded so far that [`Self::decode_more`]'s next frames
+    /// must start at or before.
+    pub fn preview_context(&self) -> Result<usize> {
+        self.audio.stream_context()
     }
 
     /// Channel `c`'s codebooks of `frames`, `[1, K / channels, N]`.
