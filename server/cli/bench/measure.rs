@@ -75,6 +75,13 @@ pub struct BenchReport {
     pub first_audio_ms_p50: Option<f64>,
     /// The same: 95th percentile, ms.
     pub first_audio_ms_p95: Option<f64>,
+    /// Seconds of audio every job had generated when its first preview was planned: the
+    /// most over every job of every run.
+    pub first_preview_after_s: Option<f64>,
+    /// Each job's previews played one after another against its final audio: the lowest
+    /// signal-to-noise ratio over every job and channel of every run, dB (capped at 200,
+    /// where they are the same bits).
+    pub preview_snr_db_min: Option<f64>,
     /// The whole generation, ms.
     pub total_ms: Option<f64>,
     /// Seconds of audio made.
@@ -140,6 +147,31 @@ fn median(values: &mut [f64]) -> Option<f64> {
     (!values.is_empty()).then(|| percentile(values, 0.5))
 }
 
+/// Signal-to-noise ratio of `got` against `want`, dB: 200 where they are the same, and a
+/// length that differs counts the missing samples as noise.
+fn snr_db(want: &[f32], got: &[f32]) -> f64 {
+    let signal: f64 = want.iter().map(|&x| f64::from(x).powi(2)).sum();
+    let mut noise: f64 = want
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| f64::from(a - b).powi(2))
+        .sum();
+    noise += want
+        .iter()
+        .skip(got.len())
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>();
+    noise += got
+        .iter()
+        .skip(want.len())
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>();
+    if noise == 0.0 {
+        return 200.0;
+    }
+    (10.0 * (signal / noise).log10()).min(200.0)
+}
+
 /// One end-to-end run of every job together, ms: (text encoding, step loop, EnCodec,
 /// total); audio s of one job.
 struct Run {
@@ -150,6 +182,10 @@ struct Run {
     audio_s: f64,
     /// Each job's first preview, ms from the start of the run.
     first_audio_ms: Vec<f64>,
+    /// Each job's finished frames when its first preview was planned.
+    first_preview_frames: Vec<usize>,
+    /// Each job's previews against its final audio, the lowest over its channels, dB.
+    preview_snr_db: Vec<f64>,
     steps: usize,
     /// Each window's passes and the cache position after its first (prefix and prompt
     /// included): `(passes, first)`.
@@ -286,17 +322,24 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             // thread of their own while the batch goes on.
             let settings = PreviewSettings::new(frame_rate as usize, DEFAULT_PREVIEW_AFTER_SECONDS);
             let mut previewers = vec![Previewer::new(settings); concurrency];
-            let first_audio_ms = std::thread::scope(|scope| {
+            let mut first_preview_frames = vec![None; concurrency];
+            let (first_audio_ms, played) = std::thread::scope(|scope| {
                 let (windows_tx, windows_rx) = std::sync::mpsc::channel::<(usize, PreviewWindow)>();
                 let model = &model;
                 let renders = scope.spawn(move || {
                     let mut mixers = vec![PreviewMixer::default(); concurrency];
                     let mut first_audio_ms = vec![None; concurrency];
+                    // Each job's previews played one after another, one row per channel.
+                    let mut played: Vec<Vec<Vec<f32>>> = vec![Vec::new(); concurrency];
                     for (i, window) in windows_rx {
-                        mixers[i].render(model, window)?;
+                        let chunk = mixers[i].render(model, window)?;
                         first_audio_ms[i].get_or_insert(t.elapsed().as_secs_f64() * 1e3);
+                        played[i].resize(chunk.channels.len(), Vec::new());
+                        for (played, samples) in played[i].iter_mut().zip(chunk.channels) {
+                            played.extend(samples);
+                        }
                     }
-                    anyhow::Ok(first_audio_ms)
+                    anyhow::Ok((first_audio_ms, played))
                 });
                 while !jobs.iter().all(LongGeneration::is_done) {
                     let mut refs: Vec<&mut LongGeneration> = jobs.iter_mut().collect();
@@ -305,6 +348,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                     }
                     for (i, (job, previewer)) in jobs.iter().zip(&mut previewers).enumerate() {
                         if let Some(window) = previewer.plan(model, job) {
+                            first_preview_frames[i].get_or_insert(job.finished_frames());
                             // The render thread only stops on an error, reported below.
                             let _ = windows_tx.send((i, window));
                         }
@@ -320,11 +364,26 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             let stepped_ms = t.elapsed().as_secs_f64() * 1e3;
             bar.set_message("decoding with EnCodec");
             let mut samples = 0;
+            let mut finals = Vec::with_capacity(concurrency);
             for job in jobs {
-                samples = model.decode_audio(&job.into_frames())?.dim(1)?;
+                let audio = model.decode_audio(&job.into_frames())?;
+                samples = audio.dim(1)?;
+                finals.push(audio);
             }
             device.synchronize()?;
             let total_ms = t.elapsed().as_secs_f64() * 1e3;
+            let preview_snr_db = finals
+                .into_iter()
+                .zip(&played)
+                .map(|(audio, played)| {
+                    let finale = audio.to_vec2::<f32>()?;
+                    Ok(finale
+                        .iter()
+                        .zip(played)
+                        .map(|(want, got)| snr_db(want, got))
+                        .fold(f64::INFINITY, f64::min))
+                })
+                .collect::<anyhow::Result<Vec<f64>>>()?;
             runs.push(Run {
                 text_ms,
                 loop_ms: stepped_ms - text_ms,
@@ -332,6 +391,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
                 total_ms,
                 audio_s: samples as f64 / model.sample_rate() as f64,
                 first_audio_ms: first_audio_ms.into_iter().flatten().collect(),
+                first_preview_frames: first_preview_frames.into_iter().flatten().collect(),
+                preview_snr_db,
                 steps,
                 windows: window_passes,
             });
@@ -418,6 +479,15 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         first_audio_ms: pick(|r| r.first_audio_ms.first().copied().unwrap_or(r.total_ms)),
         first_audio_ms_p50: (!first_audio.is_empty()).then(|| percentile(&first_audio, 0.5)),
         first_audio_ms_p95: (!first_audio.is_empty()).then(|| percentile(&first_audio, 0.95)),
+        first_preview_after_s: runs
+            .iter()
+            .flat_map(|r| r.first_preview_frames.iter())
+            .max()
+            .map(|&frames| frames as f64 / model.config().frame_rate().max(1) as f64),
+        preview_snr_db_min: runs
+            .iter()
+            .flat_map(|r| r.preview_snr_db.iter().copied())
+            .reduce(f64::min),
         total_ms: pick(|r| r.total_ms),
         audio_s: pick(|r| r.audio_s),
         rtf,

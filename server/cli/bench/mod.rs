@@ -102,6 +102,13 @@ fn print_table(r: &BenchReport) {
         ms(r.first_audio_ms_p50),
         ms(r.first_audio_ms_p95)
     ));
+    if let (Some(after), Some(snr)) = (r.first_preview_after_s, r.preview_snr_db_min) {
+        line(format!(
+            "{:<28}first after {after:.2} s of audio; played in order, {snr:.1} dB SNR \
+             against the final audio (the lowest job)",
+            "previews"
+        ));
+    }
     if let (Some(audio), Some(rtf)) = (r.audio_s, r.rtf) {
         line(format!(
             "{:<28}{rtf:.3} ({audio:.2} s of audio)",
