@@ -1,7 +1,8 @@
 //! EnCodec's layers (the decoder's and the encoder's) on the CPU in f32, over plain
-//! time-major `[time, channels]` buffers, one batch item at a time. candle's convolutions first copy every shifted window of their
-//! input (im2col: seven copies of a 20 MB signal for a 7-tap kernel at 32 kHz) and each of
-//! its LSTM steps is a dozen small tensor ops. Here:
+//! time-major `[time, channels]` buffers, one batch item at a time. candle's convolutions
+//! first copy every shifted window of their input (im2col: seven copies of a 20 MB signal
+//! for a 7-tap kernel at 32 kHz) and each of its LSTM steps is a dozen small tensor ops.
+//! Here:
 //! - an undilated convolution is one GEMM over the padded input, read in place (a frame's
 //!   taps are one contiguous run, matching the tap-major weights); a dilated one is one
 //!   GEMM per tap, and one with a few output channels is dot products;
@@ -9,7 +10,8 @@
 //!   overlap-add into the trimmed output;
 //! - ELU runs in place, and a residual block adds its last convolution into its input;
 //! - the LSTM projects every frame at once and runs its recurrence with the few-row
-//!   product kernel of [`crate::gemv`] and vectorised gates.
+//!   product kernel of [`crate::kernels::gemv`] and vectorised gates, from zero state or
+//!   from the state a decode stream carries.
 //!
 //! Time-major frames keep every GEMM's output contiguous per frame, the layout its kernels
 //! store fastest, and let padding and the LSTM move whole frames. The sums are the candle

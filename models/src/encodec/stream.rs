@@ -3,11 +3,11 @@
 //! decoded once, with a few frames of context, and sounds as the whole decode does.
 //!
 //! The decoder's layers before its LSTM are convolutions that read a few frames either
-//! side; the LSTM carries its state from frame to frame; the upsampling layers after it read under
-//! two frames either side. So a frame's LSTM output is final once the convolutions'
-//! look-ahead has arrived, and its audio once [`CHUNK_CONTEXT_FRAMES`] more LSTM outputs
-//! have: the stream runs the LSTM over each frame once, from the state the frames before
-//! left, and the upsampling layers over each frame once plus that context.
+//! side; the LSTM carries its state from frame to frame; the upsampling layers after it
+//! read under two frames either side. So a frame's LSTM output is final once the
+//! convolutions' look-ahead has arrived, and its audio once [`CHUNK_CONTEXT_FRAMES`] more
+//! LSTM outputs have: the stream runs the LSTM over each frame once, from the state the
+//! frames before left, and the upsampling layers over each frame once plus that context.
 
 use candle_core::{DType, Tensor};
 

@@ -40,9 +40,9 @@ pub struct PreviewChunk {
 /// When a job's previews are due.
 ///
 /// A preview is planned where the job steps ([`Previewer::plan`]: cheap, it copies the
-/// finished frames its decode reads) and rendered wherever the caller likes ([`PreviewMixer::render`]: the
-/// EnCodec decode), so a batch need not wait for it. A job's windows must be rendered in
-/// the order they were planned, by one mixer.
+/// finished frames its decode reads) and rendered wherever the caller likes
+/// ([`PreviewMixer::render`]: the EnCodec decode), so a batch need not wait for it. A job's
+/// windows must be rendered in the order they were planned, by one mixer.
 #[derive(Clone, Debug)]
 pub struct Previewer {
     settings: PreviewSettings,
