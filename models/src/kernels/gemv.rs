@@ -284,12 +284,7 @@ mod tests {
             let mut out = vec![0f32; m * n];
             matmul_rows(&x, m, &w, n, &mut out).unwrap();
             let want = crate::kernels::reference_matmul(&x, m, &w, n);
-            for (a, b) in out.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (k as f32).sqrt(),
-                    "{m}x{k}x{n}: {a} vs {b}"
-                );
-            }
+            crate::kernels::assert_near_reference(&out, &want, k, &format!("{m}x{k}x{n}"));
         }
     }
 

@@ -203,3 +203,16 @@ pub(crate) fn reference_matmul(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<
     }
     out
 }
+
+/// Asserts every product in `got` is within `1e-4 * sqrt(k)` of the reference's, for
+/// products over `k` terms; `what` names the case in the failure.
+#[cfg(test)]
+pub(crate) fn assert_near_reference(got: &[f32], want: &[f32], k: usize, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (a, b) in got.iter().zip(want) {
+        assert!(
+            (a - b).abs() <= 1e-4 * (k as f32).sqrt(),
+            "{what}: {a} vs {b}"
+        );
+    }
+}

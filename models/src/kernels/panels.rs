@@ -415,12 +415,7 @@ mod tests {
             let w = rng.uniform_f32s(n * k, -0.5, 0.5);
             let out = product(&x, m, &w, n);
             let want = crate::kernels::reference_matmul(&x, m, &w, n);
-            for (a, b) in out.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (k as f32).sqrt(),
-                    "{m}x{k}x{n}: {a} vs {b}"
-                );
-            }
+            crate::kernels::assert_near_reference(&out, &want, k, &format!("{m}x{k}x{n}"));
         }
     }
 

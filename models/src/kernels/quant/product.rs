@@ -647,12 +647,8 @@ mod tests {
                 let mut out = vec![0f32; m * n];
                 matmul_rows(&x, &matrix, &mut out).unwrap();
                 let want = reference(&x, &matrix.dequantize(), n);
-                for (a, b) in out.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() <= 1e-4 * (k as f32).sqrt(),
-                        "{format:?} {m}x{k}x{n}: {a} vs {b}"
-                    );
-                }
+                let what = format!("{format:?} {m}x{k}x{n}");
+                crate::kernels::assert_near_reference(&out, &want, k, &what);
             }
         }
     }
