@@ -139,14 +139,9 @@ impl EncodecDecoder {
     /// [`Self::decode_embeddings`] in chunks of `chunk` frames.
     fn decode_in_chunks(&self, embeddings: &Tensor, chunk: usize) -> Result<Tensor> {
         let xs = embeddings.to_dtype(DType::F32)?.to_device(&self.device)?;
-        let split = self
-            .layers
-            .iter()
-            .position(|layer| matches!(layer, Layer::Lstm(_)))
-            .map_or(0, |lstm| lstm + 1);
+        let split = self.lstm_position().map_or(0, |lstm| lstm + 1);
         let (head, tail) = self.layers.split_at(split);
-        let lstm_channels = self.config.num_filters << self.config.upsampling_ratios.len();
-        let latents = self.run(head, &xs, lstm_channels)?;
+        let latents = self.run(head, &xs, self.lstm_channels())?;
         let frames = latents.dim(2)?;
         let chunk = chunk.max(1);
         if frames <= chunk.saturating_add(2 * CHUNK_CONTEXT_FRAMES) {
@@ -168,6 +163,18 @@ impl EncodecDecoder {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&pieces, 2)?)
+    }
+
+    /// Where the LSTM sits among the layers (`None` for a decoder without one).
+    pub(super) fn lstm_position(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .position(|layer| matches!(layer, Layer::Lstm(_)))
+    }
+
+    /// Channels of the LSTM's input and output: the latents the upsampling layers read.
+    pub(super) fn lstm_channels(&self) -> usize {
+        self.config.num_filters << self.config.upsampling_ratios.len()
     }
 
     /// `layers` on `[B, C, T]`: on plain buffers ([`super::cpu`]) on the CPU, else as candle
@@ -192,7 +199,6 @@ pub(super) fn bad_codes(message: String) -> ModelError {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::encodec::test_util::{max_diff, random, row, tiny_config, tiny_weights};
 

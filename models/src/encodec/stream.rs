@@ -16,7 +16,7 @@ use super::lstm::{Lstm, LstmState};
 use super::seanet::Layer;
 use crate::error::Result;
 
-/// The decoder's layers up to its LSTM.
+/// The decoder's layers around its LSTM.
 struct Head<'a> {
     /// The convolutions before the LSTM.
     convs: &'a [Layer],
@@ -24,6 +24,8 @@ struct Head<'a> {
     lookbehind: usize,
     lookahead: usize,
     lstm: &'a Lstm,
+    /// The upsampling layers after the LSTM.
+    tail: &'a [Layer],
 }
 
 /// The state of one batch item's decode between pieces of its frames.
@@ -111,12 +113,9 @@ impl EncodecDecoder {
             }
             let embeddings =
                 self.embed_codes(&codes.narrow(2, from - first, finished - from)?)?;
-            let channels = self.config.num_filters << self.config.upsampling_ratios.len();
-            let inputs = self.run(head.convs, &embeddings, channels)?.narrow(
-                2,
-                stream.through_lstm - from,
-                through - stream.through_lstm,
-            )?;
+            let inputs = self
+                .run(head.convs, &embeddings, self.lstm_channels())?
+                .narrow(2, stream.through_lstm - from, through - stream.through_lstm)?;
             let outputs = if self.device().is_cpu() {
                 super::cpu::run_lstm_from(head.lstm, &inputs, &mut stream.lstm)?
             } else {
@@ -149,10 +148,9 @@ impl EncodecDecoder {
             .saturating_sub(CHUNK_CONTEXT_FRAMES)
             .max(stream.latents_from);
         let to = (until + CHUNK_CONTEXT_FRAMES).min(through);
-        let tail = &self.layers[self.layers.len() - self.tail_len()?..];
         let window = latents.narrow(2, from - stream.latents_from, to - from)?;
         let hop = self.hop_length();
-        let audio = self.run(tail, &window, audio_channels)?.narrow(
+        let audio = self.run(head.tail, &window, audio_channels)?.narrow(
             2,
             (stream.sent - from) * hop,
             (until - stream.sent) * hop,
@@ -171,10 +169,10 @@ impl EncodecDecoder {
         Ok(audio)
     }
 
-    /// The convolutions before the LSTM and the LSTM.
+    /// The convolutions before the LSTM, the LSTM and the layers after it.
     fn head(&self) -> Result<Head<'_>> {
-        let split = self.layers.len() - self.tail_len()? - 1;
-        let (convs, rest) = self.layers.split_at(split);
+        let at = self.lstm_position().ok_or_else(unstreamable)?;
+        let (convs, rest) = self.layers.split_at(at);
         let (mut lookbehind, mut lookahead) = (0, 0);
         for layer in convs {
             match layer {
@@ -185,25 +183,16 @@ impl EncodecDecoder {
                 _ => return Err(unstreamable()),
             }
         }
-        match rest.first() {
-            Some(Layer::Lstm(lstm)) => Ok(Head {
+        match rest.split_first() {
+            Some((Layer::Lstm(lstm), tail)) => Ok(Head {
                 convs,
                 lookbehind,
                 lookahead,
                 lstm,
+                tail,
             }),
             _ => Err(unstreamable()),
         }
-    }
-
-    /// Layers after the LSTM.
-    fn tail_len(&self) -> Result<usize> {
-        let lstm = self
-            .layers
-            .iter()
-            .position(|layer| matches!(layer, Layer::Lstm(_)))
-            .ok_or_else(unstreamable)?;
-        Ok(self.layers.len() - lstm - 1)
     }
 }
 
