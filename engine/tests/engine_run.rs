@@ -11,6 +11,7 @@ use son1k_engine::{
     generate, DeviceChoice, EngineError, GenerateRequest, KvCache, Length, Limits, ModelKind,
     MusicModel, Precision, Session, Stage, Update,
 };
+use son1k_models::musicgen::snr_db;
 
 fn musicgen() -> MusicGenModel {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/musicgen-tiny-mono");
@@ -117,17 +118,6 @@ fn progress_is_monotonic_and_synth_chunks_tile_the_output() {
             );
         }
     }
-}
-
-/// Signal-to-noise ratio of `got` against `want`, dB.
-fn snr_db(want: &[f32], got: &[f32]) -> f64 {
-    let signal: f64 = want.iter().map(|&x| f64::from(x).powi(2)).sum();
-    let noise: f64 = want
-        .iter()
-        .zip(got)
-        .map(|(&a, &b)| f64::from(a - b).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(1e-30)).log10()
 }
 
 #[test]

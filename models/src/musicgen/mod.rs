@@ -17,4 +17,4 @@ pub use delay::DelayPattern;
 pub use generation::{AudioConditions, Generation, GenerationParams};
 pub use long_form::{LongGeneration, Windows};
 pub use model::{Conditioning, MusicGen};
-pub use preview::{PreviewMixer, PreviewSettings, PreviewWindow, Previewer};
+pub use preview::{snr_db, PreviewMixer, PreviewSettings, PreviewWindow, Previewer};

@@ -143,23 +143,38 @@ impl PreviewMixer {
     }
 }
 
+/// Signal-to-noise ratio of `got` (previews played in order) against `want` (the final
+/// audio), dB: 200 where they are the same, and samples one has past the other's end
+/// count as noise.
+pub fn snr_db(want: &[f32], got: &[f32]) -> f64 {
+    let signal: f64 = want.iter().map(|&x| f64::from(x).powi(2)).sum();
+    let mut noise: f64 = want
+        .iter()
+        .zip(got)
+        .map(|(&a, &b)| f64::from(a - b).powi(2))
+        .sum();
+    noise += want
+        .iter()
+        .skip(got.len())
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>();
+    noise += got
+        .iter()
+        .skip(want.len())
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>();
+    if noise == 0.0 {
+        return 200.0;
+    }
+    (10.0 * (signal / noise).log10()).min(200.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::musicgen::presets::tiny_random;
     use crate::musicgen::{GenerationParams, Windows};
     use crate::sampling::SamplingParams;
-
-    /// Signal-to-noise ratio of `got` against `want`, dB.
-    fn snr_db(want: &[f32], got: &[f32]) -> f64 {
-        let signal: f64 = want.iter().map(|&x| f64::from(x).powi(2)).sum();
-        let noise: f64 = want
-            .iter()
-            .zip(got)
-            .map(|(&a, &b)| f64::from(a - b).powi(2))
-            .sum();
-        10.0 * (signal / noise.max(1e-30)).log10()
-    }
 
     /// A job's previews, concatenated, are its final audio to rounding (90 dB, where the
     /// issue asks 30), the first comes once 1 s of frames is finished, and they tile the

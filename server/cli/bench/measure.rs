@@ -11,7 +11,7 @@ use son1k_engine::Precision;
 use son1k_models::musicgen::decoder::StepBuffers;
 use son1k_models::musicgen::presets::{preset, PRESET_NAMES};
 use son1k_models::musicgen::{
-    Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, PreviewMixer,
+    snr_db, Generation, GenerationConfig, GenerationParams, LongGeneration, MusicGen, PreviewMixer,
     PreviewSettings, PreviewWindow, Previewer, Windows,
 };
 use son1k_models::sampling::SamplingParams;
@@ -145,31 +145,6 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
 fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     (!values.is_empty()).then(|| percentile(values, 0.5))
-}
-
-/// Signal-to-noise ratio of `got` against `want`, dB: 200 where they are the same, and a
-/// length that differs counts the missing samples as noise.
-fn snr_db(want: &[f32], got: &[f32]) -> f64 {
-    let signal: f64 = want.iter().map(|&x| f64::from(x).powi(2)).sum();
-    let mut noise: f64 = want
-        .iter()
-        .zip(got)
-        .map(|(&a, &b)| f64::from(a - b).powi(2))
-        .sum();
-    noise += want
-        .iter()
-        .skip(got.len())
-        .map(|&x| f64::from(x).powi(2))
-        .sum::<f64>();
-    noise += got
-        .iter()
-        .skip(want.len())
-        .map(|&x| f64::from(x).powi(2))
-        .sum::<f64>();
-    if noise == 0.0 {
-        return 200.0;
-    }
-    (10.0 * (signal / noise).log10()).min(200.0)
 }
 
 /// One end-to-end run of every job together, ms: (text encoding, step loop, EnCodec,
