@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod service;

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::Tokens;
+use crate::metrics::{count_rpcs, RpcMetrics, Scrape};
 use crate::proto::v1::generation_service_server::GenerationServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::service::GenerationApi;
@@ -119,6 +120,7 @@ pub async fn serve_on(
 
     // Load the models while the server already answers health checks.
     let engine_config = config.engine;
+    let node = engine_config.node.clone();
     let loading = tokio::task::spawn_blocking(load_models);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let limits = &config.transport;
@@ -160,7 +162,7 @@ pub async fn serve_on(
         .await
         .context("starting the engine stopped")??;
     let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
-    tracing::info!(models = ?names, %addr, "serving");
+    tracing::info!(%node, models = ?names, %addr, "serving");
     let _ = engine_ready.set(engine.clone());
     let _ = ready.send(());
     let following = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
@@ -170,7 +172,7 @@ pub async fn serve_on(
         () = &mut shutdown => {}
     }
     following.abort();
-    tracing::info!("draining: no new jobs, waiting for running ones");
+    tracing::info!(%node, "draining: no new jobs, waiting for running ones");
     set_health(&health, ServingStatus::NotServing).await;
     if tokio::time::timeout(config.drain_timeout, engine.drain())
         .await
@@ -188,8 +190,8 @@ pub async fn serve_on(
 }
 
 /// Every route: the generation service (Cover with room for an upload, every other method
-/// with small messages), health, reflection, grpc-web, the page and CORS; an open server
-/// also refuses requests that do not come from this machine.
+/// with small messages), health, reflection, grpc-web, the page, `/metrics` and CORS; an
+/// open server also refuses requests that do not come from this machine.
 fn routes(
     config: &ServeConfig,
     ready: Arc<OnceLock<Engine>>,
@@ -198,7 +200,8 @@ fn routes(
     >,
 ) -> anyhow::Result<axum::Router> {
     let limits = &config.transport;
-    let api = GenerationApi::new(ready, limits.max_streams_per_tenant);
+    let rpcs = Arc::new(RpcMetrics::default());
+    let api = GenerationApi::new(Arc::clone(&ready), limits.max_streams_per_tenant);
     let small = GenerationServiceServer::new(api.clone())
         .max_decoding_message_size(limits.max_message_bytes);
     let cover = GenerationServiceServer::new(api).max_decoding_message_size(
@@ -230,8 +233,20 @@ fn routes(
         .add_service(reflection_v1alpha)
         .into_axum_router()
         .route_service(&format!("/{SERVICE_NAME}/Cover"), cover)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&rpcs),
+            count_rpcs,
+        ))
         .layer(tonic_web::GrpcWebLayer::new())
         .route("/", get(crate::web::index))
+        .route(
+            "/metrics",
+            get(crate::metrics::metrics).with_state(Scrape {
+                engine: ready,
+                rpcs,
+                tokens: config.tokens.clone(),
+            }),
+        )
         .layer(cors(config.tokens.required()))
         .layer(axum::middleware::from_fn(activity::track));
     Ok(if config.tokens.required() {

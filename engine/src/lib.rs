@@ -11,6 +11,7 @@ pub mod digest;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod model_info;
 pub mod musicgen;

@@ -59,6 +59,18 @@ pub fn generate(
     cancel: &AtomicBool,
     on_update: &mut dyn FnMut(Update),
 ) -> Result<GenerationOutput, EngineError> {
+    generate_timed(model, request, cancel, on_update, &mut |_| {})
+}
+
+/// [`generate`], telling `on_step` how long each step took (the step alone, not the
+/// reports and previews after it).
+pub fn generate_timed(
+    model: &dyn MusicModel,
+    request: &ValidatedRequest,
+    cancel: &AtomicBool,
+    on_update: &mut dyn FnMut(Update),
+    on_step: &mut dyn FnMut(std::time::Duration),
+) -> Result<GenerationOutput, EngineError> {
     let mut session = model.start(request)?;
     let total = session.total_steps();
     on_update(Update::Progress(Progress {
@@ -70,7 +82,9 @@ pub fn generate(
         if cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
+        let stepping = std::time::Instant::now();
         session.step()?;
+        on_step(stepping.elapsed());
         on_update(Update::Progress(Progress {
             stage: Stage::Generating,
             steps_done: session.steps_done(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 use clap::Args;
-use son1k_engine::jobs::EngineConfig;
+use son1k_engine::jobs::{default_node_name, EngineConfig};
 use son1k_engine::musicgen::{
     MusicGenModel, DEFAULT_EXTEND_STRIDE_SECONDS, DEFAULT_PREVIEW_AFTER_SECONDS,
 };
@@ -146,6 +146,57 @@ pub struct ServeArgs {
     /// Seconds after that request when the connection is closed, streams or not.
     #[arg(long, value_name = "SECONDS", default_value_t = TransportLimits::default().max_connection_age_grace.as_secs_f64())]
     pub max_connection_age_grace: f64,
+    /// This node's name in its logs and in every job's span (default: the host's name).
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line,
+    /// with the job's span: id, tenant, model, node) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `son1k serve` writes its logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (coloured on a terminal).
+    Text,
+    /// One JSON object a line, with the current span's fields.
+    Json,
+}
+
+/// Longest `--node-id`, in bytes.
+const MAX_NODE_ID_BYTES: usize = 128;
+
+/// A node name as given: printable, without spaces, at most [`MAX_NODE_ID_BYTES`].
+fn node_id(name: &str) -> Result<String, EngineError> {
+    let printable = name.chars().all(|c| c.is_ascii_graphic());
+    if name.is_empty() || name.len() > MAX_NODE_ID_BYTES || !printable {
+        return Err(EngineError::invalid(
+            "argument",
+            format!(
+                "--node-id must be 1 to {MAX_NODE_ID_BYTES} printable ASCII characters \
+                 without spaces, not {name:?}"
+            ),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Sends log lines to stderr in `format`.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// The longest duration a flag may give: a century, far past any sensible setting and
@@ -196,12 +247,9 @@ fn tls_identity(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<Identity> {
 
 /// Runs the command.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let log_format = args.log_format;
     let (config, load_models) = plan(args)?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logs(log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let listener = bind(&config).await?;
@@ -248,6 +296,10 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
         )?,
         max_stored_bytes_per_tenant: args.max_stored_bytes_per_tenant,
         max_submits_per_minute: count("max-submits-per-minute", args.max_submits_per_minute)?,
+        node: match &args.node_id {
+            Some(name) => node_id(name)?,
+            None => default_node_name(),
+        },
         ..EngineConfig::new(&args.data_dir)
     };
     let transport = TransportLimits {

@@ -15,5 +15,6 @@ mod service_covers;
 mod service_disk;
 mod service_hardening;
 mod service_load;
+mod service_metrics;
 mod service_quotas;
 mod service_web;

@@ -1,40 +1,9 @@
 //! Browsers' path over real sockets: the page, a CORS preflight, and a grpc-web stream
 //! over HTTP/1.1 that carries the same events as gRPC.
 
-use crate::common::server::{audio_file, collect, generate, names, Server};
+use crate::common::server::{audio_file, collect, generate, http1, names, Server};
 use prost::Message;
 use son1k::proto::v1 as pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// One HTTP/1.1 exchange on a fresh connection: (head in lower case, de-chunked body).
-async fn http1(addr: &str, request: Vec<u8>) -> (String, Vec<u8>) {
-    let mut socket = TcpStream::connect(addr).await.unwrap();
-    socket.write_all(&request).await.unwrap();
-    let mut response = Vec::new();
-    socket.read_to_end(&mut response).await.unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete head");
-    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
-    let mut rest = &response[split + 4..];
-    if !head.contains("transfer-encoding: chunked") {
-        return (head, rest.to_vec());
-    }
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return (head, body);
-        }
-        body.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
 
 const TOKEN: &str = "studio-token-0123456789";
 

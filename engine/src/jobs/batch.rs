@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
+use super::metrics::JobMetrics;
 use super::store::Store;
 use super::worker::{panicked, store_output, to_pcm, ReportTo, WorkItem, WorkerReport};
 use crate::error::EngineError;
@@ -46,6 +47,7 @@ pub(crate) fn spawn_batch(
     max_batch: usize,
     store: Store,
     reports: ReportTo,
+    metrics: Arc<JobMetrics>,
 ) -> std::io::Result<mpsc::Sender<WorkItem>> {
     let name = &model.info().id;
     let (work_tx, work_rx) = mpsc::channel::<WorkItem>();
@@ -76,6 +78,7 @@ pub(crate) fn spawn_batch(
                     &joining_rx,
                     &done_tx,
                     &reports,
+                    &metrics,
                 )
             })?;
     }
@@ -84,10 +87,11 @@ pub(crate) fn spawn_batch(
         .spawn(move || {
             for finishing in done_rx {
                 match finishing {
-                    Finishing::Preview(id, cancel, render) => {
+                    Finishing::Preview(id, cancel, span, render) => {
                         if cancel.load(Ordering::Relaxed) {
                             continue;
                         }
+                        let _job = span.enter();
                         let chunk = catch_unwind(AssertUnwindSafe(render)).unwrap_or_else(|p| {
                             tracing::warn!("previews stop: {}", panicked(p.as_ref()));
                             None
@@ -108,8 +112,14 @@ pub(crate) fn spawn_batch(
 
 /// What the batch hands the finisher, for each job in the order it happened.
 enum Finishing {
-    /// A preview to render and report (skipped once the job is cancelled).
-    Preview(String, Arc<std::sync::atomic::AtomicBool>, PreviewRender),
+    /// A preview to render and report (skipped once the job is cancelled), in the job's
+    /// span.
+    Preview(
+        String,
+        Arc<std::sync::atomic::AtomicBool>,
+        tracing::Span,
+        PreviewRender,
+    ),
     /// The job ended without finishing its steps.
     Ended(String, EngineError),
     /// The job's steps are done: decode, encode, store.
@@ -118,6 +128,8 @@ enum Finishing {
 
 /// Starts a job's session (its prompt encoding), or reports why it ended.
 fn start(item: WorkItem, model: &dyn MusicModel, reports: &ReportTo) -> Option<Started> {
+    let span = item.span.clone();
+    let _job = span.enter();
     if item.cancel.load(Ordering::Relaxed) {
         reports(
             &item.id,
@@ -148,7 +160,9 @@ fn run_batch(
     joining: &mpsc::Receiver<Started>,
     done: &mpsc::Sender<Finishing>,
     reports: &ReportTo,
+    metrics: &JobMetrics,
 ) {
+    let name = &model.info().id;
     let mut active: Vec<Started> = Vec::new();
     let mut open = true;
     loop {
@@ -184,11 +198,13 @@ fn run_batch(
             }
             return;
         }
+        let stepped = std::time::Instant::now();
         let results = catch_unwind(AssertUnwindSafe(|| {
             let mut sessions: Vec<&mut dyn Session> =
                 stepping.iter_mut().map(|s| s.session.as_mut()).collect();
             model.step_batch(&mut sessions)
         }));
+        metrics.step(name, stepped.elapsed());
         let results = match results {
             Ok(results) if results.len() == stepping.len() => results,
             Ok(results) => {
@@ -213,7 +229,12 @@ fn run_batch(
             started.report(reports, started.progress(Stage::Generating));
             if let Some(render) = started.session.take_preview() {
                 let item = &started.item;
-                let preview = Finishing::Preview(item.id.clone(), Arc::clone(&item.cancel), render);
+                let preview = Finishing::Preview(
+                    item.id.clone(),
+                    Arc::clone(&item.cancel),
+                    item.span.clone(),
+                    render,
+                );
                 // A finisher that stopped fails the job when it is passed on.
                 let _ = done.send(preview);
             }
@@ -264,6 +285,7 @@ fn pass_on(started: Started, done: &mpsc::Sender<Finishing>, reports: &ReportTo)
 fn finish(started: Started, store: &Store, reports: &ReportTo) {
     let decoding = started.progress(Stage::Decoding);
     let Started { item, session, .. } = started;
+    let _job = item.span.enter();
     let report = |report: WorkerReport| reports(&item.id, report);
     if item.cancel.load(Ordering::Relaxed) {
         report(WorkerReport::Finished(Err(EngineError::Cancelled)));

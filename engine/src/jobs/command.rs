@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::event::{JobEvent, JobKind, JobState};
 use super::job::JobInfo;
+use super::metrics::Gauges;
 use super::store::StoreReport;
 use super::tenants::ListCursor;
 use super::worker::WorkerReport;
@@ -91,6 +92,10 @@ pub(crate) enum Command {
     },
     Drain {
         reply: oneshot::Sender<()>,
+    },
+    /// What the gauges of `/metrics` read: jobs by state, the queue, the slots.
+    Gauges {
+        reply: oneshot::Sender<Gauges>,
     },
     /// Answers once every event and record so far is on disk.
     Flush {

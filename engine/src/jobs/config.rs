@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub max_stored_bytes_per_tenant: u64,
     /// Jobs one tenant may submit a minute, in bursts of as many (default 120).
     pub max_submits_per_minute: u32,
+    /// This node's name in logs and in each job's span (default: the host's name, from
+    /// [`default_node_name`]).
+    pub node: String,
 }
 
 impl EngineConfig {
@@ -74,6 +77,18 @@ impl EngineConfig {
             max_stored_jobs_per_tenant: 1000,
             max_stored_bytes_per_tenant: 1 << 30,
             max_submits_per_minute: 120,
+            node: default_node_name(),
         }
     }
+}
+
+/// The host's name (Linux's `/proc/sys/kernel/hostname`, else `$HOSTNAME`), or `son1k`
+/// where neither says.
+pub fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "son1k".into())
 }

@@ -13,6 +13,7 @@ use super::config::EngineConfig;
 use super::decode_slots::DecodeSlots;
 use super::event::{EventBody, JobEvent, JobKind, JobState};
 use super::job::{pick_model, JobInfo};
+use super::metrics::JobMetrics;
 use super::registry::Registry;
 use super::restore::restore;
 use super::store::{kept_after_end, Store, StoreHealth};
@@ -22,6 +23,7 @@ use crate::audio::AudioFormat;
 use crate::cover::{load_song, Song};
 use crate::error::EngineError;
 use crate::limits::Limits;
+use crate::metrics::Exposition;
 use crate::model::MusicModel;
 use crate::model_info::ModelInfo;
 
@@ -42,6 +44,8 @@ pub struct Engine {
     decoding: DecodeSlots,
     /// Whether the store can take new work, as the registry last heard.
     health: watch::Receiver<StoreHealth>,
+    /// What the registry and the model threads count.
+    metrics: Arc<JobMetrics>,
 }
 
 /// Sets its flag when dropped: an abandoned request stops the work it started.
@@ -126,12 +130,17 @@ impl Engine {
                 report,
             });
         });
+        let metrics = Arc::new(JobMetrics::default());
+        for model in &models {
+            metrics.register(&model.info().id);
+        }
         let work = Workers::spawn(
             &models,
             config.max_running.max(1),
             config.max_batch.max(1),
             store.clone(),
             worker_reports,
+            Arc::clone(&metrics),
         )
         .map_err(io_error)?;
         let mut infos: Vec<ModelInfo> = models.iter().map(|m| m.info().clone()).collect();
@@ -149,9 +158,18 @@ impl Engine {
             config.max_decodes_per_tenant.max(1),
             config.decode_wait,
         );
-        let registry = Registry::new(config, models, restored, work, store_tx, health_tx);
+        let registry = Registry::new(
+            config,
+            models,
+            restored,
+            work,
+            store_tx,
+            health_tx,
+            Arc::clone(&metrics),
+        );
         tokio::spawn(registry.run(inbox));
         Ok(Self {
+            metrics,
             commands,
             store,
             models: Arc::new(infos),
@@ -224,6 +242,14 @@ impl Engine {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())
+    }
+
+    /// This node's job metrics in the Prometheus text format: jobs by state, the queue and
+    /// the slots as the registry holds them now, and per model the jobs submitted and
+    /// ended, step latency, real-time factor and first-audio latency since it started.
+    pub async fn metrics(&self) -> Result<Exposition, EngineError> {
+        let gauges = self.ask(|reply| Command::Gauges { reply }).await?;
+        Ok(self.metrics.render(&gauges))
     }
 
     /// Admits a job (or finds the one its idempotency key already made).

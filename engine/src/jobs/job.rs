@@ -72,6 +72,12 @@ pub(crate) struct Job {
     pub started: Option<Instant>,
     /// Audio frames the job makes, for progress reports.
     pub frames: u32,
+    /// When it was admitted (or restored).
+    pub admitted: Instant,
+    /// Whether any audio of it has gone out yet (a preview or the final file).
+    pub heard: bool,
+    /// Its span: the job's id, tenant, model and node, entered wherever it is worked on.
+    pub span: tracing::Span,
 }
 
 impl Job {
@@ -88,6 +94,9 @@ impl Job {
             cancel_waiters: Vec::new(),
             started: None,
             frames: 0,
+            admitted: Instant::now(),
+            heard: false,
+            span: tracing::Span::none(),
         }
     }
 

@@ -9,6 +9,7 @@ mod decode_slots;
 mod event;
 mod handle;
 mod job;
+mod metrics;
 mod registry;
 mod restore;
 mod store;
@@ -16,7 +17,7 @@ mod tenants;
 mod worker;
 
 pub use command::{Admitted, ReservationId, Submission};
-pub use config::EngineConfig;
+pub use config::{default_node_name, EngineConfig};
 pub use event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, PcmChunk,
     ProgressReport, ResolvedParams,

@@ -18,6 +18,7 @@ use super::job::{
     new_job_id, now_unix_ms, pick_model, queued_progress, state_after, Job, JobInfo,
     WRITING_PERCENT,
 };
+use super::metrics::{state_label, Gauges, JobMetrics, LaneSlots};
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
 use super::tenants::Tenants;
 use super::worker::{WorkItem, WorkerReport, Workers};
@@ -81,6 +82,8 @@ pub(crate) struct Registry {
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// The store's health, as its thread last reported it; published to the server.
     health: watch::Sender<StoreHealth>,
+    /// Jobs submitted and ended, run times and first audio, per model.
+    metrics: Arc<JobMetrics>,
 }
 
 /// A registry that goes away (its runtime is dropped: a server embedded in another program
@@ -102,6 +105,7 @@ impl Registry {
         work: Workers,
         store: std_mpsc::Sender<StoreOp>,
         health: watch::Sender<StoreHealth>,
+        metrics: Arc<JobMetrics>,
     ) -> Self {
         let tenants = Tenants::new(
             config.max_stored_jobs_per_tenant,
@@ -126,6 +130,7 @@ impl Registry {
             draining: false,
             drain_waiters: Vec::new(),
             health,
+            metrics,
         };
         for job in restored {
             let info = &job.info;
@@ -213,6 +218,9 @@ impl Registry {
                 } else {
                     self.drain_waiters.push(reply);
                 }
+            }
+            Command::Gauges { reply } => {
+                let _ = reply.send(self.gauges());
             }
             Command::Flush { reply } => {
                 let _ = self.store.send(StoreOp::Barrier(reply));
@@ -335,15 +343,25 @@ impl Registry {
             finished_unix_ms: None,
             last_sequence: 0,
         };
-        tracing::info!(job = %id, tenant = %info.tenant, model = %info.model, queue_position, "admitted");
+        let span = tracing::info_span!(
+            "job",
+            job = %id,
+            tenant = %info.tenant,
+            model = %info.model,
+            node = %self.config.node,
+        );
+        span.in_scope(|| tracing::info!(queue_position, "admitted"));
+        self.metrics.submitted(&info.model);
         let item = WorkItem {
             id: id.clone(),
             model,
             request,
             format: submission.format,
             cancel: Arc::default(),
+            span: span.clone(),
         };
         let mut job = Job::new(info);
+        job.span = span;
         job.cancel = Arc::clone(&item.cancel);
         job.frames = item.request.frames as u32;
         let model_id = job.info.model.clone();
@@ -502,7 +520,7 @@ impl Registry {
         };
         job.info.state = JobState::Running;
         job.started = Some(Instant::now());
-        tracing::info!(job = %item.id, tenant = %job.info.tenant, model = %job.info.model, "running");
+        job.span.in_scope(|| tracing::info!("running"));
         let starting = ProgressReport {
             stage: JobStage::Encoding,
             frames_total: job.frames,
@@ -723,7 +741,7 @@ impl Registry {
                             _ => FailureCode::Internal,
                         };
                         if e.is_internal() {
-                            tracing::warn!(job = %id, "failed: {e}");
+                            job.span.in_scope(|| tracing::warn!("failed: {e}"));
                         }
                         if matches!(e, EngineError::Output { .. }) {
                             // The audio could not be stored: is the store still writable?
@@ -788,6 +806,11 @@ impl Registry {
         if let EventBody::Progress(report) = &body {
             job.info.progress = report.clone();
         }
+        if matches!(body, EventBody::AudioChunk(_) | EventBody::Completed(_)) && !job.heard {
+            job.heard = true;
+            let waited = job.admitted.elapsed();
+            self.metrics.first_audio(&job.info.model, waited);
+        }
         let event = Arc::new(JobEvent {
             sequence: job.info.last_sequence,
             time_unix_ms: now_unix_ms(),
@@ -826,7 +849,15 @@ impl Registry {
                 }
                 _ => {}
             }
-            tracing::info!(job = %id, tenant = %job.info.tenant, model = %job.info.model, ?state, "ended");
+            let info = &job.info;
+            job.span
+                .in_scope(|| tracing::info!(state = state_label(state), "ended"));
+            self.metrics.ended(&info.model, state);
+            if let (EventBody::Completed(result), Some(started)) = (&body, job.started) {
+                let model = &info.model;
+                self.metrics
+                    .finished(model, started.elapsed(), result.duration_s);
+            }
         }
         self.append(id, body);
         if let Some(job) = self.jobs.get_mut(id) {
@@ -838,6 +869,47 @@ impl Registry {
         }
         let _ = self.store.send(StoreOp::Close(id.to_string()));
         self.save(id);
+    }
+
+    /// Jobs by state, the queue and each lane's slots, as held now.
+    fn gauges(&self) -> Gauges {
+        let states = [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Cancelled,
+        ];
+        let jobs = states
+            .map(|state| {
+                let count = self.jobs.values().filter(|j| j.info.state == state).count();
+                (state_label(state), count)
+            })
+            .to_vec();
+        let mut lanes = vec![Lane::Pool];
+        for model in &self.models {
+            if let lane @ Lane::Batch(_) = self.lane(model) {
+                lanes.push(lane);
+            }
+        }
+        let slots = lanes
+            .into_iter()
+            .map(|lane| LaneSlots {
+                busy: self.running.values().filter(|l| **l == lane).count(),
+                total: self.capacity(&lane),
+                lane: match lane {
+                    Lane::Pool => "pool".into(),
+                    Lane::Batch(model) => model,
+                },
+            })
+            .collect();
+        let waiting_reservations = self.reserved.values().filter(|r| !r.starts).count();
+        Gauges {
+            jobs,
+            queue_depth: self.queue.len() + waiting_reservations,
+            slots,
+            store_writable: !self.health.borrow().unwritable,
+        }
     }
 
     fn save(&self, id: &str) {

@@ -659,7 +659,22 @@ async fn a_full_batch_queues_the_next_job_until_one_leaves() {
         let info = engine.get(tenant, &job.id).await.unwrap();
         assert_eq!(info.state, JobState::Completed);
     }
-    let sizes = sizes.lock().unwrap();
-    assert!(sizes.iter().all(|&n| n <= 2), "{sizes:?}");
-    assert_eq!(sizes.iter().sum::<usize>(), 30);
+    let steps = {
+        let sizes = sizes.lock().unwrap();
+        assert!(sizes.iter().all(|&n| n <= 2), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 30);
+        sizes.len()
+    };
+    // Each batched step is one observation, whatever its size; the model's lane has the
+    // batch's slots.
+    let text = engine.metrics().await.unwrap().finish();
+    let model = &engine.models()[0].id;
+    for line in [
+        format!("son1k_step_seconds_count{{model=\"{model}\"}} {steps}"),
+        format!("son1k_slots{{lane=\"{model}\"}} 2"),
+        format!("son1k_running_slots{{lane=\"{model}\"}} 0"),
+        format!("son1k_jobs_ended_total{{model=\"{model}\",state=\"completed\"}} 3"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 }

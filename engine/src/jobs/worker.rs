@@ -9,12 +9,13 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use super::batch::spawn_batch;
 use super::event::{JobResult, PcmChunk, ResolvedParams};
+use super::metrics::JobMetrics;
 use super::store::Store;
 use crate::audio::{encode_audio, to_i16, AudioChunk, AudioFormat};
 use crate::error::EngineError;
 use crate::model::MusicModel;
 use crate::request::ValidatedRequest;
-use crate::run::{generate, GenerationOutput, Progress, Update};
+use crate::run::{generate_timed, GenerationOutput, Progress, Update};
 
 /// A job handed to a worker.
 pub(crate) struct WorkItem {
@@ -28,6 +29,8 @@ pub(crate) struct WorkItem {
     pub format: AudioFormat,
     /// Set when the job is cancelled; checked before every step.
     pub cancel: Arc<AtomicBool>,
+    /// The job's span, entered on every thread that works on it.
+    pub span: tracing::Span,
 }
 
 /// What a worker tells the registry about a job.
@@ -55,13 +58,15 @@ pub(crate) struct Workers {
 
 impl Workers {
     /// Starts `pool` worker threads, and a batch of at most `max_batch` jobs for each model
-    /// that batches; every report of every job goes to `reports`.
+    /// that batches; every report of every job goes to `reports`, and every step's time
+    /// to `metrics`.
     pub(crate) fn spawn(
         models: &[Arc<dyn MusicModel>],
         pool: usize,
         max_batch: usize,
         store: Store,
         reports: ReportTo,
+        metrics: Arc<JobMetrics>,
     ) -> std::io::Result<Self> {
         let mut batches = Vec::new();
         for model in models.iter().filter(|m| m.batches()) {
@@ -70,10 +75,11 @@ impl Workers {
                 max_batch,
                 store.clone(),
                 Arc::clone(&reports),
+                Arc::clone(&metrics),
             )?;
             batches.push((Arc::clone(model), work));
         }
-        let pool = spawn_pool(pool, store, reports)?;
+        let pool = spawn_pool(pool, store, reports, metrics)?;
         Ok(Self { pool, batches })
     }
 
@@ -98,6 +104,7 @@ fn spawn_pool(
     count: usize,
     store: Store,
     reports: ReportTo,
+    metrics: Arc<JobMetrics>,
 ) -> std::io::Result<mpsc::Sender<WorkItem>> {
     let (tx, rx) = mpsc::channel::<WorkItem>();
     let rx = Arc::new(Mutex::new(rx));
@@ -105,6 +112,7 @@ fn spawn_pool(
         let rx = Arc::clone(&rx);
         let store = store.clone();
         let reports = Arc::clone(&reports);
+        let metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name(format!("son1k-worker-{n}"))
             .spawn(move || loop {
@@ -114,7 +122,7 @@ fn spawn_pool(
                     Err(_) => return,
                 };
                 let Ok(item) = item else { return };
-                run_item(item, &store, &reports);
+                run_item(item, &store, &reports, &metrics);
             })?;
     }
     Ok(tx)
@@ -122,9 +130,10 @@ fn spawn_pool(
 
 /// Runs one job to its end and reports it. A panic in the model fails the job, not the
 /// worker.
-fn run_item(item: WorkItem, store: &Store, reports: &ReportTo) {
+fn run_item(item: WorkItem, store: &Store, reports: &ReportTo, metrics: &JobMetrics) {
+    let _job = item.span.enter();
     let report = |report: WorkerReport| reports(&item.id, report);
-    let outcome = catch_unwind(AssertUnwindSafe(|| run_job(&item, store, &report)))
+    let outcome = catch_unwind(AssertUnwindSafe(|| run_job(&item, store, &report, metrics)))
         .unwrap_or_else(|panic| Err(panicked(panic.as_ref())));
     report(WorkerReport::Finished(outcome));
 }
@@ -143,8 +152,10 @@ fn run_job(
     item: &WorkItem,
     store: &Store,
     report: &dyn Fn(WorkerReport),
+    metrics: &JobMetrics,
 ) -> Result<JobResult, EngineError> {
-    let output = generate(
+    let model = &item.model.info().id;
+    let output = generate_timed(
         item.model.as_ref(),
         &item.request,
         &item.cancel,
@@ -152,6 +163,7 @@ fn run_job(
             Update::Progress(p) => report(WorkerReport::Progress(p)),
             Update::Chunk(chunk) => report(WorkerReport::Chunk(to_pcm(&chunk))),
         },
+        &mut |elapsed| metrics.step(model, elapsed),
     )?;
     store_output(item, output, store, report)
 }

@@ -15,7 +15,8 @@ use son1k::node::serve_on;
 use son1k::proto::v1 as pb;
 use son1k::proto::v1::generation_event::Event;
 use son1k::proto::v1::generation_service_client::GenerationServiceClient;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -513,5 +514,34 @@ fn stop(kill: &mut Option<oneshot::Sender<()>>, thread: &mut Option<std::thread:
     drop(kill.take());
     if let Some(thread) = thread.take() {
         let _ = thread.join();
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (head in lower case, de-chunked body).
+pub(crate) async fn http1(addr: &str, request: Vec<u8>) -> (String, Vec<u8>) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    let mut rest = &response[split + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (head, rest.to_vec());
+    }
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (head, body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
     }
 }
