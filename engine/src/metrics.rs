@@ -1,6 +1,6 @@
 //! Operators' metrics in the Prometheus text format (version 0.0.4): histograms with fixed
 //! buckets, and a writer that lays out families of samples with their help and type lines.
-//! The job system ([`crate::jobs::Engine::metrics_text`]) and the server's transport both
+//! The job system ([`crate::jobs::Engine::metrics`]) and the server's transport both
 //! write through it, so `/metrics` is one document in one format.
 
 use std::fmt::Write as _;

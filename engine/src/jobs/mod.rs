@@ -3,6 +3,7 @@
 //! store on disk where results and records survive restarts.
 
 mod batch;
+pub mod broker;
 mod command;
 mod config;
 mod decode_slots;

@@ -1,0 +1,149 @@
+//! Job records and idempotency keys in the broker's key-value buckets. A record changes only
+//! by compare-and-set on the revision its writer read, so two nodes that race (a cancel and
+//! a completion, an old owner and a new one) cannot both win; an idempotency key is created
+//! once, and every later request with it finds the first one's job.
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::names::{record_key, request_key, tenant_prefix};
+use super::unavailable;
+use crate::error::EngineError;
+use crate::jobs::job::JobInfo;
+
+/// A job as the cluster keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// What clients see of it.
+    pub info: JobInfo,
+    /// The node running it, once one took it.
+    pub owner: Option<String>,
+    /// Runs started so far: each node that takes it counts one.
+    pub attempt: u32,
+    /// Its work message's stream sequence, while it is queued or running.
+    pub work_sequence: Option<u64>,
+    /// A client asked to cancel it while it ran; its owner stops it.
+    pub cancel_requested: bool,
+}
+
+/// What a request's idempotency key answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestClaim {
+    /// The job the key's first request made.
+    pub job: String,
+    /// Its parameters' digest: the key with other parameters is refused.
+    pub fingerprint: u64,
+}
+
+/// The records and idempotency keys.
+#[derive(Clone)]
+pub struct Records {
+    jobs: kv::Store,
+    requests: kv::Store,
+}
+
+impl Records {
+    pub(super) fn new(jobs: kv::Store, requests: kv::Store) -> Self {
+        Self { jobs, requests }
+    }
+
+    /// Stores a new record; `None` if one with its key exists. Returns its revision.
+    pub async fn create(&self, record: &Record) -> Result<Option<u64>, EngineError> {
+        let key = record_key(&record.info.tenant, &record.info.id);
+        match self.jobs.create(key, encode(record)?).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(unavailable("cannot store a job", e)),
+        }
+    }
+
+    /// `tenant`'s job `job` and its revision; `None` when the tenant has no such job.
+    pub async fn read(
+        &self,
+        tenant: &str,
+        job: &str,
+    ) -> Result<Option<(Record, u64)>, EngineError> {
+        let entry = self
+            .jobs
+            .entry(record_key(tenant, job))
+            .await
+            .map_err(|e| unavailable("cannot read a job", e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let record = decode::<Record>(&entry.value)?;
+        // The key carries a digest of the tenant; the record says who it is.
+        Ok((record.info.tenant == tenant).then_some((record, entry.revision)))
+    }
+
+    /// Replaces a record read at `revision`; `None` if it changed since (the caller lost
+    /// the race and reads it again).
+    pub async fn update(&self, record: &Record, revision: u64) -> Result<Option<u64>, EngineError> {
+        let key = record_key(&record.info.tenant, &record.info.id);
+        match self.jobs.update(key, encode(record)?, revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(unavailable("cannot update a job", e)),
+        }
+    }
+
+    /// Every record of `tenant` (unordered).
+    pub async fn list(&self, tenant: &str) -> Result<Vec<Record>, EngineError> {
+        let prefix = format!("{}.", tenant_prefix(tenant));
+        let mut keys = self
+            .jobs
+            .keys()
+            .await
+            .map_err(|e| unavailable("cannot list jobs", e))?;
+        let mut records = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| unavailable("cannot list jobs", e))?;
+            let Some(job) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some((record, _)) = self.read(tenant, job).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Claims `tenant`'s `request_id` for `claim.job`: `None` when this call created the
+    /// key, else what the key's first request made.
+    pub async fn claim_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        claim: &RequestClaim,
+    ) -> Result<Option<RequestClaim>, EngineError> {
+        let key = request_key(tenant, request_id);
+        match self.requests.create(&key, encode(claim)?).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let value = self
+                    .requests
+                    .get(&key)
+                    .await
+                    .map_err(|e| unavailable("cannot read a request key", e))?;
+                match value {
+                    Some(value) => Ok(Some(decode(&value)?)),
+                    // Expired between the two calls: the key is free again.
+                    None => Box::pin(self.claim_request(tenant, request_id, claim)).await,
+                }
+            }
+            Err(e) => Err(unavailable("cannot store a request key", e)),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<bytes::Bytes, EngineError> {
+    serde_json::to_vec(value)
+        .map(Into::into)
+        .map_err(|e| EngineError::Internal(format!("cannot encode a record: {e}")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, EngineError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| EngineError::Internal(format!("the broker holds an unreadable record: {e}")))
+}

@@ -1,0 +1,345 @@
+//! The broker's parts against a real NATS server ([`super::test_server`]): fencing and
+//! replay of the logs, the queue's atomic limits, leases that pass to another node, records
+//! by compare-and-set and idempotency keys.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::log::Appended;
+use super::queue::{Offer, WorkOrder};
+use super::records::{Record, RequestClaim};
+use super::test_server::NatsServer;
+use super::{Broker, BrokerConfig};
+use crate::jobs::event::{EventBody, JobEvent, JobKind, JobStage, JobState, ProgressReport};
+use crate::jobs::job::JobInfo;
+
+async fn broker(server: &NatsServer, config: &BrokerConfig) -> Broker {
+    Broker::connect(&server.url, "test", config).await.unwrap()
+}
+
+fn config() -> BrokerConfig {
+    BrokerConfig::new(6, 2, Duration::from_secs(3600))
+}
+
+fn event(sequence: u64, body: EventBody) -> JobEvent {
+    JobEvent {
+        sequence,
+        time_unix_ms: 0,
+        body,
+    }
+}
+
+fn progress(percent: f32) -> EventBody {
+    EventBody::Progress(ProgressReport {
+        percent,
+        stage: JobStage::Generating,
+        frames_done: 0,
+        frames_total: 0,
+        eta_s: None,
+        queue_position: 0,
+    })
+}
+
+const JOB: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test]
+async fn a_stale_writer_is_fenced_and_a_replay_gives_each_event_once_to_the_end() {
+    let server = NatsServer::start();
+    let broker = broker(&server, &config()).await;
+    let log = &broker.log;
+    assert_eq!(log.last(JOB).await.unwrap(), None);
+    let accepted = event(
+        1,
+        EventBody::Accepted {
+            queue_position: 0,
+            model: "m".into(),
+        },
+    );
+    let Appended::Stored(first) = log.append(JOB, 0, &accepted).await.unwrap() else {
+        panic!("the first event of an empty log is stored");
+    };
+    // Two writers both believe they own the job after `first`: one wins, the other is
+    // refused, and the refused one's event is not in the log.
+    let Appended::Stored(second) = log
+        .append(JOB, first, &event(2, progress(10.0)))
+        .await
+        .unwrap()
+    else {
+        panic!("the owner's event is stored");
+    };
+    let zombie = log
+        .append(JOB, first, &event(2, progress(99.0)))
+        .await
+        .unwrap();
+    assert_eq!(zombie, Appended::Fenced);
+    let stale_empty = log.append(JOB, 0, &event(2, progress(99.0))).await.unwrap();
+    assert_eq!(stale_empty, Appended::Fenced);
+    assert_eq!(
+        log.last(JOB).await.unwrap(),
+        Some((second, event(2, progress(10.0))))
+    );
+
+    // A replay that starts now follows the job live to its terminal event and stops.
+    let mut replay = log.replay(JOB, 1).await.unwrap();
+    assert_eq!(
+        replay.next().await.unwrap().unwrap(),
+        event(2, progress(10.0))
+    );
+    let done = event(
+        3,
+        EventBody::Cancelled {
+            reason: "test".into(),
+        },
+    );
+    let writer = log.clone();
+    let appended = tokio::spawn(async move { writer.append(JOB, second, &done).await });
+    let live = tokio::time::timeout(Duration::from_secs(10), replay.next()).await;
+    assert!(matches!(
+        live.unwrap().unwrap().unwrap().body,
+        EventBody::Cancelled { .. }
+    ));
+    assert!(matches!(
+        appended.await.unwrap().unwrap(),
+        Appended::Stored(_)
+    ));
+    assert!(
+        replay.next().await.is_none(),
+        "the replay ends at the terminal event"
+    );
+
+    // From any point, each stored event once, in order.
+    for after in 0..=3 {
+        let events: Vec<u64> = log
+            .replay(JOB, after)
+            .await
+            .unwrap()
+            .map(|e| e.unwrap().sequence)
+            .collect()
+            .await;
+        assert_eq!(
+            events,
+            ((after + 1)..=3).collect::<Vec<u64>>(),
+            "after {after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_queue_refuses_past_a_tenants_limit_and_its_own_atomically() {
+    let server = NatsServer::start();
+    let broker = broker(&server, &config()).await;
+    let order = |tenant: &str, n: usize| WorkOrder {
+        job: format!("{tenant}-{n}"),
+        tenant: tenant.into(),
+    };
+    // Ten offers from one tenant at once, as if from ten nodes: exactly its limit of 2 is
+    // queued.
+    let offers = futures_util::future::join_all((0..10).map(|n| {
+        let queue = broker.queue.clone();
+        let order = order("a", n);
+        async move { queue.offer(&order).await.unwrap() }
+    }))
+    .await;
+    let queued = offers
+        .iter()
+        .filter(|o| matches!(o, Offer::Queued(_)))
+        .count();
+    assert_eq!(queued, 2, "{offers:?}");
+    assert!(offers
+        .iter()
+        .all(|o| matches!(o, Offer::Queued(_) | Offer::TenantFull)));
+    // A retried publish of a queued job is stored once.
+    let first = offers
+        .iter()
+        .position(|o| matches!(o, Offer::Queued(_)))
+        .unwrap();
+    assert!(matches!(
+        broker.queue.offer(&order("a", first)).await.unwrap(),
+        Offer::Queued(_)
+    ));
+    // Other tenants fill the cluster's 6 places; the next is refused as a full queue.
+    for (tenant, n) in [("b", 0), ("b", 1), ("c", 0), ("c", 1)] {
+        assert!(matches!(
+            broker.queue.offer(&order(tenant, n)).await.unwrap(),
+            Offer::Queued(_)
+        ));
+    }
+    assert_eq!(
+        broker.queue.offer(&order("d", 0)).await.unwrap(),
+        Offer::QueueFull
+    );
+    // A queued job taken away frees its tenant's place.
+    let Offer::Queued(sequence) = offers[first] else {
+        unreachable!()
+    };
+    assert!(broker.queue.remove(sequence).await.unwrap());
+    assert!(!broker.queue.remove(sequence).await.unwrap());
+    assert!(matches!(
+        broker.queue.offer(&order("a", 99)).await.unwrap(),
+        Offer::Queued(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_lease_kept_alive_stays_and_a_dropped_one_passes_to_another_node() {
+    let server = NatsServer::start();
+    let config = BrokerConfig {
+        ack_wait: Duration::from_millis(800),
+        ..config()
+    };
+    let node_a = broker(&server, &config).await;
+    let node_b = broker(&server, &config).await;
+    let order = WorkOrder {
+        job: JOB.into(),
+        tenant: "t".into(),
+    };
+    node_a.queue.offer(&order).await.unwrap();
+    let lease = node_a
+        .queue
+        .take(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lease.order.clone(), lease.delivered), (order.clone(), 1));
+    // Kept alive past three ack waits: nobody else gets it.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lease.extend().await.unwrap();
+    }
+    assert!(node_b
+        .queue
+        .take(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    // Its holder stops (killed, or paused): after the ack wait another node takes it,
+    // knowing it is a second delivery.
+    drop(lease);
+    let again = node_b
+        .queue
+        .take(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.order.clone(), again.delivered), (order.clone(), 2));
+    // Finished, it leaves the queue: the tenant's place is free and nothing comes back.
+    again.finish().await.unwrap();
+    assert!(node_a
+        .queue
+        .take(Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .is_none());
+    for n in 0..2 {
+        let next = WorkOrder {
+            job: format!("next-{n}"),
+            tenant: "t".into(),
+        };
+        assert!(matches!(
+            node_a.queue.offer(&next).await.unwrap(),
+            Offer::Queued(_)
+        ));
+    }
+}
+
+fn record(tenant: &str, id: &str) -> Record {
+    Record {
+        info: JobInfo {
+            id: id.into(),
+            tenant: tenant.into(),
+            kind: JobKind::Generation,
+            model: "m".into(),
+            prompt: "p".into(),
+            request_id: None,
+            fingerprint: 1,
+            state: JobState::Queued,
+            progress: ProgressReport {
+                percent: 0.0,
+                stage: JobStage::Queued,
+                frames_done: 0,
+                frames_total: 0,
+                eta_s: None,
+                queue_position: 1,
+            },
+            result: None,
+            failure: None,
+            created_unix_ms: 0,
+            finished_unix_ms: None,
+            last_sequence: 1,
+        },
+        owner: None,
+        attempt: 0,
+        work_sequence: None,
+        cancel_requested: false,
+    }
+}
+
+#[tokio::test]
+async fn records_change_by_revision_and_a_request_key_answers_for_its_first_job() {
+    let server = NatsServer::start();
+    let broker = broker(&server, &config()).await;
+    let records = &broker.records;
+    let mine = record("a", JOB);
+    let revision = records.create(&mine).await.unwrap().unwrap();
+    assert_eq!(records.create(&mine).await.unwrap(), None, "created once");
+    // Another tenant's id is as unknown as a made-up one.
+    assert_eq!(records.read("b", JOB).await.unwrap(), None);
+    let (read, at) = records.read("a", JOB).await.unwrap().unwrap();
+    assert_eq!((read, at), (mine.clone(), revision));
+    // Two nodes race from the same revision: one wins.
+    let running = Record {
+        owner: Some("node-1".into()),
+        attempt: 1,
+        ..mine.clone()
+    };
+    let cancelled = Record {
+        cancel_requested: true,
+        ..mine.clone()
+    };
+    let won = records.update(&running, revision).await.unwrap();
+    assert!(won.is_some());
+    assert_eq!(records.update(&cancelled, revision).await.unwrap(), None);
+    assert_eq!(records.read("a", JOB).await.unwrap().unwrap().0, running);
+    records
+        .create(&record("a", "other"))
+        .await
+        .unwrap()
+        .unwrap();
+    records
+        .create(&record("b", "theirs"))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut listed: Vec<String> = records
+        .list("a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.info.id)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [JOB.to_string(), "other".to_string()]);
+
+    let claim = RequestClaim {
+        job: JOB.into(),
+        fingerprint: 7,
+    };
+    assert_eq!(
+        records.claim_request("a", "key-1", &claim).await.unwrap(),
+        None
+    );
+    let later = RequestClaim {
+        job: "second".into(),
+        fingerprint: 8,
+    };
+    assert_eq!(
+        records.claim_request("a", "key-1", &later).await.unwrap(),
+        Some(claim.clone())
+    );
+    // The same key from another tenant is its own.
+    assert_eq!(
+        records.claim_request("b", "key-1", &later).await.unwrap(),
+        None
+    );
+}
