@@ -42,7 +42,7 @@ pub struct AudioChunk {
 }
 
 /// How samples are stored in the output file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SampleFormat {
     /// 16-bit signed PCM, clipped to [-1, 1].
     #[default]

@@ -13,7 +13,7 @@ use crate::limits::Limits;
 use crate::model_info::ModelInfo;
 
 /// How long the output is.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Length {
     /// Seconds of audio: `floor(seconds * frame_rate)` frames, as audiocraft counts them.
     Seconds(f64),
@@ -62,8 +62,9 @@ pub struct Cover {
     pub clip: Range<usize>,
 }
 
-/// A request as a client states it; unset sampling fields take the model's defaults.
-#[derive(Clone, Debug, PartialEq)]
+/// A request as a client states it; unset sampling fields take the model's defaults. It
+/// travels to other nodes as JSON without its cover (a cover's song travels as the file).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenerateRequest {
     /// What to generate.
     pub prompt: String,
@@ -82,6 +83,7 @@ pub struct GenerateRequest {
     /// Output sample format.
     pub sample_format: SampleFormat,
     /// The song to cover and how, for a cover request.
+    #[serde(skip)]
     pub cover: Option<CoverRequest>,
 }
 

@@ -81,6 +81,16 @@ impl JobLog {
         }
     }
 
+    /// Removes every event of a job that was refused before any client saw it.
+    pub async fn forget(&self, job: &str) -> Result<(), EngineError> {
+        self.stream
+            .purge()
+            .filter(events_subject(job))
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("cannot remove a job's log", e))
+    }
+
     /// `job`'s stored events after job sequence `after`, then the live ones, until its
     /// terminal event; each once, in order.
     pub async fn replay(

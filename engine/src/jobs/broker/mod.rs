@@ -16,10 +16,13 @@
 //! - [`records::Records`]: job records in KV with compare-and-set by revision, and
 //!   idempotency keys that only their first request creates.
 //! - Finished audio goes to the object store [`names::AUDIO_STORE`].
+//! - [`cluster::Cluster`]: what any node answers for any job on these: submit, get, list,
+//!   cancel and its events.
 //!
 //! Names and keys are in [`names`]; `../shared/reference/scale-out.md` has the design notes
 //! behind them.
 
+pub mod cluster;
 pub mod log;
 pub mod names;
 pub mod queue;

@@ -84,6 +84,16 @@ impl WorkQueue {
         }
     }
 
+    /// Work messages no node has taken yet: the cluster's line.
+    pub async fn waiting(&self) -> Result<u32, EngineError> {
+        let info = self
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| unavailable("cannot tell the queue's length", e))?;
+        Ok(u32::try_from(info.num_pending).unwrap_or(u32::MAX))
+    }
+
     /// Takes the next work message, waiting up to `wait` for one; `None` when none came.
     pub async fn take(&self, wait: Duration) -> Result<Option<Lease>, EngineError> {
         let mut batch = self

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::names::{record_key, request_key, tenant_prefix};
 use super::unavailable;
+use crate::audio::AudioFormat;
 use crate::error::EngineError;
 use crate::jobs::job::JobInfo;
+use crate::request::GenerateRequest;
 
 /// A job as the cluster keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +27,11 @@ pub struct Record {
     pub work_sequence: Option<u64>,
     /// A client asked to cancel it while it ran; its owner stops it.
     pub cancel_requested: bool,
+    /// What to run, for the node that takes it (its seed chosen, so a re-run after a lost
+    /// node makes the same audio).
+    pub request: GenerateRequest,
+    /// The final file's container.
+    pub format: AudioFormat,
 }
 
 /// What a request's idempotency key answers.
@@ -110,30 +117,65 @@ impl Records {
     }
 
     /// Claims `tenant`'s `request_id` for `claim.job`: `None` when this call created the
-    /// key, else what the key's first request made.
+    /// key, else what the key's first request made and the key's revision (for
+    /// [`Self::reclaim_request`]).
     pub async fn claim_request(
         &self,
         tenant: &str,
         request_id: &str,
         claim: &RequestClaim,
-    ) -> Result<Option<RequestClaim>, EngineError> {
+    ) -> Result<Option<(RequestClaim, u64)>, EngineError> {
         let key = request_key(tenant, request_id);
         match self.requests.create(&key, encode(claim)?).await {
             Ok(_) => Ok(None),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let value = self
+                let entry = self
                     .requests
-                    .get(&key)
+                    .entry(&key)
                     .await
                     .map_err(|e| unavailable("cannot read a request key", e))?;
-                match value {
-                    Some(value) => Ok(Some(decode(&value)?)),
-                    // Expired between the two calls: the key is free again.
+                match entry.filter(|e| e.operation == kv::Operation::Put) {
+                    Some(entry) => Ok(Some((decode(&entry.value)?, entry.revision))),
+                    // Expired or released between the two calls: the key is free again.
                     None => Box::pin(self.claim_request(tenant, request_id, claim)).await,
                 }
             }
             Err(e) => Err(unavailable("cannot store a request key", e)),
         }
+    }
+
+    /// Points a key whose job may be submitted again (cancelled, or cut off) at a new job,
+    /// if it is still at `revision`: `false` when another request got there first.
+    pub async fn reclaim_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        claim: &RequestClaim,
+        revision: u64,
+    ) -> Result<bool, EngineError> {
+        let key = request_key(tenant, request_id);
+        match self.requests.update(key, encode(claim)?, revision).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(unavailable("cannot store a request key", e)),
+        }
+    }
+
+    /// Forgets a key this node claimed for a job that was then refused, so the client's
+    /// retry is a new request.
+    pub async fn release_request(&self, tenant: &str, request_id: &str) -> Result<(), EngineError> {
+        self.requests
+            .purge(request_key(tenant, request_id))
+            .await
+            .map_err(|e| unavailable("cannot release a request key", e))
+    }
+
+    /// Removes the record of a job that was refused before any client saw it.
+    pub async fn remove(&self, tenant: &str, job: &str) -> Result<(), EngineError> {
+        self.jobs
+            .purge(record_key(tenant, job))
+            .await
+            .map_err(|e| unavailable("cannot remove a job", e))
     }
 }
 

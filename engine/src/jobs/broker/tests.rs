@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use super::cluster::Cluster;
 use super::log::Appended;
 use super::queue::{Offer, WorkOrder};
 use super::records::{Record, RequestClaim};
 use super::test_server::NatsServer;
 use super::{Broker, BrokerConfig};
+use crate::error::EngineError;
 use crate::jobs::event::{EventBody, JobEvent, JobKind, JobStage, JobState, ProgressReport};
 use crate::jobs::job::JobInfo;
 
@@ -272,6 +274,8 @@ fn record(tenant: &str, id: &str) -> Record {
         attempt: 0,
         work_sequence: None,
         cancel_requested: false,
+        request: crate::request::GenerateRequest::new("p", crate::request::Length::Seconds(1.0)),
+        format: crate::audio::AudioFormat::Wav,
     }
 }
 
@@ -333,13 +337,220 @@ async fn records_change_by_revision_and_a_request_key_answers_for_its_first_job(
         job: "second".into(),
         fingerprint: 8,
     };
+    let (existing, revision) = records
+        .claim_request("a", "key-1", &later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(existing, claim);
+    // A retry of a cancelled job takes the key over once; a second from the same revision
+    // loses.
+    assert!(records
+        .reclaim_request("a", "key-1", &later, revision)
+        .await
+        .unwrap());
+    assert!(!records
+        .reclaim_request("a", "key-1", &claim, revision)
+        .await
+        .unwrap());
+    // A released key is free for the next request.
+    records.release_request("a", "key-1").await.unwrap();
     assert_eq!(
-        records.claim_request("a", "key-1", &later).await.unwrap(),
-        Some(claim.clone())
+        records.claim_request("a", "key-1", &claim).await.unwrap(),
+        None
     );
     // The same key from another tenant is its own.
     assert_eq!(
         records.claim_request("b", "key-1", &later).await.unwrap(),
         None
+    );
+}
+
+/// A new job's record as a node fills it before submitting.
+fn new_job(tenant: &str, n: u8, request_id: Option<&str>, fingerprint: u64) -> Record {
+    let id = format!("{n:032x}");
+    let mut job = record(tenant, &id);
+    job.info.request_id = request_id.map(Into::into);
+    job.info.fingerprint = fingerprint;
+    job.info.created_unix_ms = i64::from(n);
+    job
+}
+
+fn id(n: u8) -> String {
+    format!("{n:032x}")
+}
+
+/// Every event of a job that has ended.
+async fn ended_log(cluster: &Cluster, tenant: &str, job: &str) -> Vec<JobEvent> {
+    let events = cluster.events(tenant, job, 0).await.unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(10), events.collect::<Vec<_>>());
+    all.await.unwrap().into_iter().map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn a_submit_is_idempotent_admitted_by_the_clusters_limits_and_cancelled_in_line() {
+    let server = NatsServer::start();
+    let broker = broker(&server, &config()).await;
+    let cluster = Cluster::new(broker, Duration::from_secs(3));
+    let first = cluster.submit(new_job("a", 1, Some("k"), 1)).await.unwrap();
+    assert_eq!((first.id.as_str(), first.existing), (id(1).as_str(), false));
+    let opening: Vec<EventBody> = cluster
+        .events("a", &id(1), 0)
+        .await
+        .unwrap()
+        .take(2)
+        .map(|e| e.unwrap().body)
+        .collect()
+        .await;
+    assert!(
+        matches!(
+            opening[0],
+            EventBody::Accepted {
+                queue_position: 1,
+                ..
+            }
+        ),
+        "{opening:?}"
+    );
+    assert!(matches!(&opening[1], EventBody::Progress(p) if p.queue_position == 1));
+    assert_eq!(cluster.get("a", &id(1)).await.unwrap().last_sequence, 2);
+
+    // The same key answers for its job; with other parameters it is refused.
+    let again = cluster.submit(new_job("a", 2, Some("k"), 1)).await.unwrap();
+    assert_eq!((again.id.as_str(), again.existing), (id(1).as_str(), true));
+    let other = cluster
+        .submit(new_job("a", 3, Some("k"), 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(other, EngineError::AlreadyExists(_)), "{other}");
+
+    // The tenant's limit of 2 holds across the cluster: the third is refused with a hint,
+    // and leaves nothing behind (no record, no log, its key free).
+    cluster
+        .submit(new_job("a", 4, Some("k4"), 1))
+        .await
+        .unwrap();
+    let refused = cluster
+        .submit(new_job("a", 5, Some("k5"), 1))
+        .await
+        .unwrap_err();
+    let EngineError::ResourceExhausted { retry_after, .. } = refused else {
+        panic!("{refused}");
+    };
+    assert_eq!(retry_after, Duration::from_secs(3));
+    assert!(matches!(
+        cluster.get("a", &id(5)).await,
+        Err(EngineError::NotFound(_))
+    ));
+    let (listed, next) = cluster.list("a", None, 10).await.unwrap();
+    let listed: Vec<String> = listed.into_iter().map(|i| i.id).collect();
+    assert_eq!((listed, next), (vec![id(4), id(1)], None));
+    let (page, next) = cluster.list("a", None, 1).await.unwrap();
+    assert_eq!(page[0].id, id(4));
+    let (page, next) = cluster.list("a", next.as_ref(), 1).await.unwrap();
+    assert_eq!((page[0].id.clone(), next), (id(1), None));
+
+    // Another tenant's job is unknown to every call.
+    assert!(matches!(
+        cluster.get("b", &id(4)).await,
+        Err(EngineError::NotFound(_))
+    ));
+    assert!(matches!(
+        cluster.cancel("b", &id(4), "x").await,
+        Err(EngineError::NotFound(_))
+    ));
+    assert!(cluster.events("b", &id(4), 0).await.is_err());
+    assert!(cluster.list("b", None, 10).await.unwrap().0.is_empty());
+
+    // Cancelled in line: its log ends, its place frees, and its key may start a new job.
+    assert_eq!(
+        cluster
+            .cancel("a", &id(1), "changed my mind")
+            .await
+            .unwrap(),
+        JobState::Cancelled
+    );
+    let log = ended_log(&cluster, "a", &id(1)).await;
+    assert_eq!(
+        log.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(matches!(&log[2].body, EventBody::Cancelled { reason } if reason == "changed my mind"));
+    assert_eq!(
+        cluster.cancel("a", &id(1), "again").await.unwrap(),
+        JobState::Cancelled
+    );
+    let retried = cluster.submit(new_job("a", 6, Some("k"), 1)).await.unwrap();
+    assert_eq!(
+        (retried.id.as_str(), retried.existing),
+        (id(6).as_str(), false)
+    );
+    let past = cluster.events("a", &id(6), 3).await.err().unwrap();
+    assert!(
+        matches!(past, EngineError::InvalidArgument { .. }),
+        "{past}"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_flags_it_and_answers_once_its_node_stopped_it() {
+    let server = NatsServer::start();
+    let broker = broker(&server, &config()).await;
+    let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
+    cluster.submit(new_job("a", 1, None, 1)).await.unwrap();
+    // A node takes it and runs it, watching its record for a cancel.
+    let lease = broker
+        .queue
+        .take(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut running, revision) = broker.records.read("a", &id(1)).await.unwrap().unwrap();
+    running.info.state = JobState::Running;
+    running.owner = Some("node-1".into());
+    broker
+        .records
+        .update(&running, revision)
+        .await
+        .unwrap()
+        .unwrap();
+    let node = tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            loop {
+                let (mut record, revision) =
+                    broker.records.read("a", &id(1)).await.unwrap().unwrap();
+                if record.cancel_requested {
+                    let (at, last) = broker.log.last(&id(1)).await.unwrap().unwrap();
+                    let body = EventBody::Cancelled {
+                        reason: "stopped".into(),
+                    };
+                    let event = event(last.sequence + 1, body);
+                    broker.log.append(&id(1), at, &event).await.unwrap();
+                    record.info.state = JobState::Cancelled;
+                    broker
+                        .records
+                        .update(&record, revision)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    lease.finish().await.unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let state = cluster.cancel("a", &id(1), "stop").await.unwrap();
+    assert_eq!(state, JobState::Cancelled);
+    node.await.unwrap();
+    let log = ended_log(&cluster, "a", &id(1)).await;
+    assert_eq!(
+        log.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        cluster.get("a", &id(1)).await.unwrap().state,
+        JobState::Cancelled
     );
 }
