@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::routing::get;
+use son1k_engine::jobs::broker::BrokerConfig;
 use son1k_engine::jobs::{Engine, EngineConfig};
 use son1k_engine::MusicModel;
 use tokio::net::TcpListener;
@@ -50,6 +51,9 @@ pub struct ServeConfig {
     pub tls: Option<Identity>,
     /// Allows listening off loopback without TLS (tokens then cross the network in clear).
     pub insecure_listen: bool,
+    /// A NATS JetStream server this node shares its jobs through with other nodes, and
+    /// how the shared queue is set up; `None` runs the jobs of this node alone.
+    pub broker: Option<(String, BrokerConfig)>,
 }
 
 impl ServeConfig {
@@ -158,9 +162,16 @@ pub async fn serve_on(
         () = &mut shutdown => return Ok(()),
     };
     // Restoring stored jobs reads the disk: off the async threads.
-    let engine = tokio::task::spawn_blocking(move || Engine::start(engine_config, models))
+    let mut engine = tokio::task::spawn_blocking(move || Engine::start(engine_config, models))
         .await
         .context("starting the engine stopped")??;
+    if let Some((url, broker)) = config.broker.clone() {
+        engine = engine
+            .join_cluster(&url, broker)
+            .await
+            .with_context(|| format!("cannot join the cluster on {url}"))?;
+        tracing::info!(%node, %url, "joined the cluster");
+    }
     let names: Vec<&str> = engine.models().iter().map(|m| m.id.as_str()).collect();
     tracing::info!(%node, models = ?names, %addr, "serving");
     let _ = engine_ready.set(engine.clone());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser as _;
 use clap::Args;
+use son1k_engine::jobs::broker::BrokerConfig;
 use son1k_engine::jobs::{default_node_name, EngineConfig};
 use son1k_engine::musicgen::{
     MusicGenModel, DEFAULT_EXTEND_STRIDE_SECONDS, DEFAULT_PREVIEW_AFTER_SECONDS,
@@ -146,6 +147,27 @@ pub struct ServeArgs {
     /// Seconds after that request when the connection is closed, streams or not.
     #[arg(long, value_name = "SECONDS", default_value_t = TransportLimits::default().max_connection_age_grace.as_secs_f64())]
     pub max_connection_age_grace: f64,
+    /// A NATS server with JetStream (`nats://HOST:PORT`) to share jobs with other nodes:
+    /// one queue, one log per job, one result store. Without it the node runs alone.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// With --broker: unfinished jobs the whole cluster holds (running and waiting); past
+    /// it submits are RESOURCE_EXHAUSTED. Every node should give the same value.
+    #[arg(long, default_value_t = 256, requires = "broker")]
+    pub cluster_capacity: usize,
+    /// With --broker: seconds a node holds a job without a heartbeat before another node
+    /// may take it over.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        requires = "broker"
+    )]
+    pub lease_seconds: f64,
+    /// With --broker: runs of a job whose nodes stopped before it is given up as failed
+    /// (INTERRUPTED).
+    #[arg(long, default_value_t = 3, requires = "broker")]
+    pub max_attempts: u32,
     /// This node's name in its logs and in every job's span (default: the host's name).
     #[arg(long, value_name = "NAME")]
     pub node_id: Option<String>,
@@ -322,6 +344,19 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
         (Some(cert), Some(key)) => Some(tls_identity(cert, key)?),
         _ => None,
     };
+    let broker = match &args.broker {
+        Some(url) => {
+            let mut broker = BrokerConfig::new(
+                count("cluster-capacity", args.cluster_capacity)?,
+                engine.max_jobs_per_tenant,
+                engine.retention,
+            );
+            broker.ack_wait = seconds("lease-seconds", args.lease_seconds)?;
+            broker.max_attempts = count("max-attempts", args.max_attempts)?;
+            Some((url.clone(), broker))
+        }
+        None => None,
+    };
     let config = ServeConfig {
         addr: args.addr,
         tokens,
@@ -330,6 +365,7 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
         transport,
         tls,
         insecure_listen: args.insecure_listen,
+        broker,
     };
     let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
     let (extend_stride, preview_after) = (args.extend_stride, args.preview_after);

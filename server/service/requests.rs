@@ -158,5 +158,6 @@ fn submission(
         request_id: Some(fields.request_id.to_string()).filter(|k| !k.is_empty()),
         fingerprint: fields.fingerprint,
         reservation: None,
+        cluster_id: None,
     })
 }

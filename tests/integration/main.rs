@@ -11,6 +11,7 @@ mod cli_generate;
 mod cli_remote;
 mod service;
 mod service_access;
+mod service_cluster;
 mod service_covers;
 mod service_disk;
 mod service_hardening;

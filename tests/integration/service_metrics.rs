@@ -2,64 +2,11 @@
 //! parser with counts that match the jobs and calls a test made, a scrape that needs a
 //! token where calls do, and JSON logs whose job lines carry the job's span.
 
-use std::collections::HashMap;
-
+use crate::common::metrics::{samples, scrape, value};
 use crate::common::server::{
-    authed, collect, completed, generate, http1, is_stage, name, read_until, Server,
+    authed, collect, completed, generate, is_stage, name, read_until, Server,
 };
 use son1k::proto::v1 as pb;
-
-/// `GET /metrics` from `addr`, with a bearer token if given: (head in lower case, body).
-async fn scrape(addr: &str, token: Option<&str>) -> (String, String) {
-    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
-    );
-    let (head, body) = http1(addr, request.into_bytes()).await;
-    (head, String::from_utf8(body).expect("a UTF-8 document"))
-}
-
-/// Every sample of a document, by name and sorted labels (`name{a="x",b="y"}`), parsed
-/// by `prometheus-parse`; histograms give their `_count` and `_sum`.
-fn samples(text: &str) -> HashMap<String, f64> {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let parsed = prometheus_parse::Scrape::parse(lines).expect("a valid text-format document");
-    let mut samples = HashMap::new();
-    for sample in parsed.samples {
-        let mut labels: Vec<String> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{v}\""))
-            .collect();
-        labels.sort();
-        let key = |suffix: &str| format!("{}{suffix}{{{}}}", sample.metric, labels.join(","));
-        match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => {
-                samples.insert(key(""), v);
-            }
-            prometheus_parse::Value::Histogram(buckets) => {
-                let count = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
-                samples.insert(key("_count"), count);
-            }
-            prometheus_parse::Value::Summary(_) => {}
-        }
-    }
-    samples
-}
-
-/// A sample's value; a missing sample fails the test with the document's names.
-fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
-    match samples.get(key) {
-        Some(v) => *v,
-        None => {
-            let mut names: Vec<&String> = samples.keys().collect();
-            names.sort();
-            panic!("no sample {key} among {names:#?}");
-        }
-    }
-}
 
 const SYNTH: &str = "model=\"son1k-synth\"";
 

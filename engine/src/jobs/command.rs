@@ -36,6 +36,9 @@ pub struct Submission {
     /// The admission slot taken before expensive preparation (decoding an upload), from
     /// [`Engine::reserve`](super::Engine::reserve); `None` is admitted as it comes.
     pub reservation: Option<ReservationId>,
+    /// A cluster admitted it already, under this id: this node runs it under the same id,
+    /// without the tenant's admission again (its node's slot is all it takes).
+    pub cluster_id: Option<String>,
 }
 
 /// Names an admission slot held by a [`Reservation`](super::Reservation).

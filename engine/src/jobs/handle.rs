@@ -8,11 +8,15 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::broker::cluster::Cluster;
+use super::broker::records::Record;
+use super::broker::runner::Runner;
+use super::broker::{Broker, BrokerConfig};
 use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
 use super::decode_slots::DecodeSlots;
 use super::event::{EventBody, JobEvent, JobKind, JobState};
-use super::job::{pick_model, JobInfo};
+use super::job::{check_container, new_job_id, now_unix_ms, pick_model, queued_progress, JobInfo};
 use super::metrics::JobMetrics;
 use super::registry::Registry;
 use super::restore::restore;
@@ -26,6 +30,10 @@ use crate::limits::Limits;
 use crate::metrics::Exposition;
 use crate::model::MusicModel;
 use crate::model_info::ModelInfo;
+
+/// Why a cluster node refuses a cover.
+const NO_CLUSTER_COVERS: &str =
+    "covers are not served by a cluster yet (--broker): send them to a node without a broker";
 
 /// Commands the registry's inbox holds before senders wait.
 const INBOX: usize = 1024;
@@ -46,6 +54,24 @@ pub struct Engine {
     health: watch::Receiver<StoreHealth>,
     /// What the registry and the model threads count.
     metrics: Arc<JobMetrics>,
+    /// This node's name.
+    node: String,
+    /// Jobs this node runs at once: its pool and each batch.
+    slots: usize,
+    /// The retry hint of a refusal with nothing better to go on.
+    retry_after: std::time::Duration,
+    /// With a broker: the cluster this node answers for (every client call goes to it;
+    /// the node's own registry runs the jobs its runner takes).
+    cluster: Option<ClusterSide>,
+}
+
+/// A node's part in a cluster.
+#[derive(Clone)]
+struct ClusterSide {
+    cluster: Cluster,
+    broker: Broker,
+    /// Set when the node drains: its runner takes no more work.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Sets its flag when dropped: an abandoned request stops the work it started.
@@ -158,6 +184,9 @@ impl Engine {
             config.max_decodes_per_tenant.max(1),
             config.decode_wait,
         );
+        let batching = models.iter().filter(|m| work.batches(m)).count();
+        let slots = config.max_running.max(1) + config.max_batch.max(1) * batching;
+        let (node, retry_after) = (config.node.clone(), config.retry_after);
         let registry = Registry::new(
             config,
             models,
@@ -169,6 +198,10 @@ impl Engine {
         );
         tokio::spawn(registry.run(inbox));
         Ok(Self {
+            cluster: None,
+            node,
+            slots,
+            retry_after,
             metrics,
             commands,
             store,
@@ -179,6 +212,33 @@ impl Engine {
             decoding,
             health,
         })
+    }
+
+    /// Makes this node one of a cluster on the broker at `url`: client calls go to the
+    /// cluster's shared queue, logs and records, and a runner takes the cluster's jobs onto
+    /// this node's own engine while it has a free slot.
+    pub async fn join_cluster(
+        mut self,
+        url: &str,
+        config: BrokerConfig,
+    ) -> Result<Self, EngineError> {
+        let node = self.node.clone();
+        let broker = Broker::connect(url, &node, &config).await?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let runner = Runner {
+            broker: broker.clone(),
+            config,
+            engine: self.clone(),
+            node,
+            stopping: Arc::clone(&stopping),
+        };
+        tokio::spawn(runner.run(self.slots));
+        self.cluster = Some(ClusterSide {
+            cluster: Cluster::new(broker.clone(), self.retry_after),
+            broker,
+            stopping,
+        });
+        Ok(self)
     }
 
     /// The store's health as it changes: a server reports itself not serving while the
@@ -254,11 +314,59 @@ impl Engine {
 
     /// Admits a job (or finds the one its idempotency key already made).
     pub async fn submit(&self, submission: Submission) -> Result<Admitted, EngineError> {
+        if let Some(side) = &self.cluster {
+            return side.cluster.submit(self.cluster_record(submission)?).await;
+        }
         self.ask(|reply| Command::Submit {
             submission: Box::new(submission),
             reply,
         })
         .await?
+    }
+
+    /// A submission as the cluster keeps it: validated here (this node serves the same
+    /// models as the others), its seed chosen, so whichever node runs it, and runs it
+    /// again after a lost node, makes the same audio.
+    fn cluster_record(&self, submission: Submission) -> Result<Record, EngineError> {
+        if submission.request.cover.is_some() {
+            return Err(EngineError::Unsupported(NO_CLUSTER_COVERS.into()));
+        }
+        let listed: Vec<&ModelInfo> = self.models.iter().collect();
+        let model = pick_model(
+            &listed,
+            submission.model.as_deref(),
+            self.default_model.as_deref(),
+        )?;
+        let model = &self.models[model];
+        let validated = submission.request.validate(&self.limits, model)?;
+        check_container(submission.format, validated.sample_format)?;
+        let mut request = submission.request;
+        request.seed = Some(validated.seed);
+        let info = JobInfo {
+            id: new_job_id()?,
+            tenant: submission.tenant,
+            kind: submission.kind,
+            model: model.id.clone(),
+            prompt: validated.prompt,
+            request_id: submission.request_id,
+            fingerprint: submission.fingerprint,
+            state: JobState::Queued,
+            progress: queued_progress(0),
+            result: None,
+            failure: None,
+            created_unix_ms: now_unix_ms(),
+            finished_unix_ms: None,
+            last_sequence: 0,
+        };
+        Ok(Record {
+            info,
+            owner: None,
+            attempt: 0,
+            work_sequence: None,
+            cancel_requested: false,
+            request,
+            format: submission.format,
+        })
     }
 
     /// The job's events after `after` (0 = all), then live ones until it ends.
@@ -268,13 +376,30 @@ impl Engine {
         id: &str,
         after: u64,
     ) -> Result<EventStream, EngineError> {
-        let feed = self.subscribe(tenant, id, after).await?;
+        let (kind, source) = match &self.cluster {
+            Some(side) => {
+                let kind = side.cluster.get(tenant, id).await?.kind;
+                let events = side.cluster.events(tenant, id, after).await?;
+                (kind, Source::Cluster(events))
+            }
+            None => {
+                let feed = self.subscribe(tenant, id, after).await?;
+                let kind = feed.kind;
+                (
+                    kind,
+                    Source::Local {
+                        feed,
+                        from_disk: None,
+                    },
+                )
+            }
+        };
         Ok(EventStream {
             engine: self.clone(),
             tenant: tenant.to_string(),
             id: id.to_string(),
-            feed,
-            from_disk: None,
+            kind,
+            source,
             cursor: after,
             ended: false,
         })
@@ -292,6 +417,9 @@ impl Engine {
 
     /// A job's current state.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<JobInfo, EngineError> {
+        if let Some(side) = &self.cluster {
+            return side.cluster.get(tenant, id).await;
+        }
         self.ask(|reply| Command::Get {
             tenant: tenant.to_string(),
             id: id.to_string(),
@@ -308,6 +436,9 @@ impl Engine {
         after: Option<ListCursor>,
         size: usize,
     ) -> Result<(Vec<JobInfo>, Option<ListCursor>), EngineError> {
+        if let Some(side) = &self.cluster {
+            return side.cluster.list(tenant, after.as_ref(), size).await;
+        }
         self.ask(|reply| Command::List {
             tenant: tenant.to_string(),
             after,
@@ -320,6 +451,19 @@ impl Engine {
     /// Cancels a job; answers once it has stopped (within one model step), with the state
     /// it ended in (a job that finished first stays completed).
     pub async fn cancel(
+        &self,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<JobState, EngineError> {
+        if let Some(side) = &self.cluster {
+            return side.cluster.cancel(tenant, id, reason).await;
+        }
+        self.local_cancel(tenant, id, reason).await
+    }
+
+    /// [`Self::cancel`] of a job of this node's own registry.
+    pub(crate) async fn local_cancel(
         &self,
         tenant: &str,
         id: &str,
@@ -339,6 +483,10 @@ impl Engine {
     /// slot counts against the queue and the tenant's limits until a [`Submission`] names
     /// it or the reservation is dropped. `model` is the id of the model the job will run on.
     pub async fn reserve(&self, tenant: &str, model: &str) -> Result<Reservation, EngineError> {
+        // Refused before the upload is decoded.
+        if self.cluster.is_some() {
+            return Err(EngineError::Unsupported(NO_CLUSTER_COVERS.into()));
+        }
         let id = self
             .ask(|reply| Command::Reserve {
                 tenant: tenant.to_string(),
@@ -352,8 +500,12 @@ impl Engine {
         })
     }
 
-    /// Stops admitting jobs, cancels queued ones and waits for running ones to end.
+    /// Stops admitting jobs (and, in a cluster, taking them), cancels queued ones and waits
+    /// for running ones to end.
     pub async fn drain(&self) {
+        if let Some(side) = &self.cluster {
+            side.stopping.store(true, Ordering::Relaxed);
+        }
         let _ = self.ask(|reply| Command::Drain { reply }).await;
     }
 
@@ -385,6 +537,9 @@ impl Engine {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, EngineError> {
+        if let Some(side) = &self.cluster {
+            self.fetch_audio(side, audio).await?;
+        }
         let store = self.store.clone();
         let (id, format) = (audio.id.clone(), audio.format);
         let len = len.min(self.audio_piece_bytes);
@@ -406,14 +561,59 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Copies a cluster job's audio from the broker's object store into this node's store,
+    /// once, so its pieces are read from disk like a local job's.
+    async fn fetch_audio(
+        &self,
+        side: &ClusterSide,
+        audio: &StoredAudio,
+    ) -> Result<(), EngineError> {
+        let path = self.store.audio_path(&audio.id, audio.format);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let mut object = side.broker.audio.get(&audio.id).await.map_err(|e| {
+            EngineError::NotFound(format!(
+                "the audio of generation `{}` is gone: {e}",
+                audio.id
+            ))
+        })?;
+        let mut bytes = Vec::with_capacity(audio.total_bytes as usize);
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("the broker did not send audio: {e}")))?;
+        let store = self.store.clone();
+        let (id, format) = (audio.id.clone(), audio.format);
+        tokio::task::spawn_blocking(move || store.write_audio(&id, format, &bytes))
+            .await
+            .map_err(|e| EngineError::Internal(format!("storing audio stopped: {e}")))?
+            .map_err(|e| EngineError::Output {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Where a stream's events come from.
+enum Source {
+    /// This node's registry (and a finished job's log on its disk).
+    Local {
+        feed: Feed,
+        /// A finished job's remaining events, read from its stored log.
+        from_disk: Option<VecDeque<JobEvent>>,
+    },
+    /// The cluster's log of the job on the broker.
+    Cluster(futures_util::stream::BoxStream<'static, Result<JobEvent, EngineError>>),
+}
+
 /// A job's events in order, each exactly once, ending after the terminal event.
 pub struct EventStream {
     engine: Engine,
     tenant: String,
     id: String,
-    feed: Feed,
-    /// A finished job's remaining events, read from its stored log.
-    from_disk: Option<VecDeque<JobEvent>>,
+    kind: JobKind,
+    source: Source,
     cursor: u64,
     ended: bool,
 }
@@ -426,7 +626,7 @@ impl EventStream {
 
     /// Whether the job is a generation or a cover.
     pub fn kind(&self) -> JobKind {
-        self.feed.kind
+        self.kind
     }
 
     /// The next event; `None` after the terminal event. Audio pieces come with their
@@ -436,17 +636,40 @@ impl EventStream {
             if self.ended {
                 return None;
             }
-            if self.feed.from_disk {
+            let (feed, from_disk) = match &mut self.source {
+                Source::Cluster(events) => {
+                    let event = match futures_util::StreamExt::next(events).await {
+                        Some(Ok(event)) => event,
+                        Some(Err(e)) => {
+                            self.ended = true;
+                            return Some(Err(e));
+                        }
+                        None => {
+                            self.ended = true;
+                            return None;
+                        }
+                    };
+                    if event.sequence <= self.cursor {
+                        continue;
+                    }
+                    self.cursor = event.sequence;
+                    self.ended = event.body.is_terminal();
+                    return Some(fill(&self.engine, &self.id, &event).await);
+                }
+                Source::Local { feed, from_disk } => (feed, from_disk),
+            };
+            if feed.from_disk {
                 return self.next_from_disk().await;
             }
-            match self.feed.events.recv().await {
+            let _ = from_disk;
+            match feed.events.recv().await {
                 Some(event) if event.sequence <= self.cursor => continue,
                 Some(event) => {
                     self.cursor = event.sequence;
                     self.ended = event.body.is_terminal();
-                    return Some(self.fill(&event).await);
+                    return Some(fill(&self.engine, &self.id, &event).await);
                 }
-                None if self.feed.to_the_end => {
+                None if feed.to_the_end => {
                     self.ended = true;
                     return None;
                 }
@@ -457,7 +680,12 @@ impl EventStream {
                     .subscribe(&self.tenant, &self.id, self.cursor)
                     .await
                 {
-                    Ok(feed) => self.feed = feed,
+                    Ok(next) => {
+                        self.source = Source::Local {
+                            feed: next,
+                            from_disk: None,
+                        }
+                    }
                     Err(e) => {
                         self.ended = true;
                         return Some(Err(e));
@@ -469,7 +697,10 @@ impl EventStream {
 
     /// The next event of a finished job whose log is on disk.
     async fn next_from_disk(&mut self) -> Option<Result<JobEvent, EngineError>> {
-        if self.from_disk.is_none() {
+        let Source::Local { from_disk, .. } = &mut self.source else {
+            return None;
+        };
+        if from_disk.is_none() {
             let store = self.engine.store.clone();
             let (id, after) = (self.id.clone(), self.cursor);
             let read = tokio::task::spawn_blocking(move || store.read_events(&id)).await;
@@ -478,7 +709,9 @@ impl EventStream {
                     let rest = events
                         .into_iter()
                         .filter(|e| e.sequence > after && kept_after_end(e));
-                    self.from_disk = Some(rest.collect());
+                    if let Source::Local { from_disk, .. } = &mut self.source {
+                        *from_disk = Some(rest.collect());
+                    }
                 }
                 Ok(Err(e)) => {
                     self.ended = true;
@@ -495,29 +728,32 @@ impl EventStream {
                 }
             }
         }
-        let event = self.from_disk.as_mut()?.pop_front();
+        let Source::Local { from_disk, .. } = &mut self.source else {
+            return None;
+        };
+        let event = from_disk.as_mut()?.pop_front();
         let Some(event) = event else {
             self.ended = true;
             return None;
         };
         self.cursor = event.sequence;
         self.ended = event.body.is_terminal();
-        Some(self.fill(&event).await)
+        Some(fill(&self.engine, &self.id, &event).await)
     }
+}
 
-    async fn fill(&self, event: &JobEvent) -> Result<JobEvent, EngineError> {
-        let mut event = event.clone();
-        if let EventBody::AudioPiece(piece) = &mut event.body {
-            let audio = StoredAudio {
-                format: piece.format,
-                total_bytes: piece.total_bytes,
-                id: self.id.clone(),
-            };
-            piece.data = self
-                .engine
-                .read_audio(&audio, piece.offset, piece.len as usize)
-                .await?;
-        }
-        Ok(event)
+/// An event as a client gets it: an audio piece with its bytes.
+async fn fill(engine: &Engine, id: &str, event: &JobEvent) -> Result<JobEvent, EngineError> {
+    let mut event = event.clone();
+    if let EventBody::AudioPiece(piece) = &mut event.body {
+        let audio = StoredAudio {
+            format: piece.format,
+            total_bytes: piece.total_bytes,
+            id: id.to_string(),
+        };
+        piece.data = engine
+            .read_audio(&audio, piece.offset, piece.len as usize)
+            .await?;
     }
+    Ok(event)
 }

@@ -15,14 +15,13 @@ use super::event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobStage, JobState, ProgressReport,
 };
 use super::job::{
-    new_job_id, now_unix_ms, pick_model, queued_progress, state_after, Job, JobInfo,
-    WRITING_PERCENT,
+    check_container, new_job_id, now_unix_ms, pick_model, queued_progress, state_after, Job,
+    JobInfo, WRITING_PERCENT,
 };
 use super::metrics::{state_label, Gauges, JobMetrics, LaneSlots};
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
 use super::tenants::Tenants;
 use super::worker::{WorkItem, WorkerReport, Workers};
-use crate::audio::{AudioFormat, SampleFormat};
 use crate::error::EngineError;
 use crate::model::MusicModel;
 use crate::model_info::ModelInfo;
@@ -305,8 +304,8 @@ impl Registry {
         let reserved = submission
             .reservation
             .is_some_and(|id| self.reserved.remove(&id).is_some());
-        let starts_now = if reserved {
-            // The slot was counted when it was taken.
+        let starts_now = if reserved || submission.cluster_id.is_some() {
+            // The slot was counted when it was taken, or the cluster admitted the job.
             self.refuse_if_draining()?;
             self.starts_now(&lane)
         } else {
@@ -315,13 +314,14 @@ impl Registry {
         let request = submission
             .request
             .validate(&self.config.limits, model.info())?;
-        if submission.format == AudioFormat::Flac && request.sample_format == SampleFormat::F32 {
-            return Err(EngineError::invalid(
-                "sample_format",
-                "32-bit float is available in WAV only; FLAC stores 16-bit",
-            ));
-        }
-        let id = new_job_id()?;
+        check_container(submission.format, request.sample_format)?;
+        let id = match &submission.cluster_id {
+            Some(id) => {
+                self.forget_ended_run(id)?;
+                id.clone()
+            }
+            None => new_job_id()?,
+        };
         let queue_position = if starts_now {
             0
         } else {
@@ -394,6 +394,27 @@ impl Registry {
             id,
             existing: false,
         })
+    }
+
+    /// Makes room for another run of a cluster's job here: an earlier run that ended is
+    /// forgotten (the cluster keeps the job); one still running refuses the new run.
+    fn forget_ended_run(&mut self, id: &str) -> Result<(), EngineError> {
+        let Some(job) = self.jobs.get(id) else {
+            return Ok(());
+        };
+        if !job.info.state.is_terminal() {
+            return Err(EngineError::AlreadyExists(format!(
+                "generation {id} is still running on this node"
+            )));
+        }
+        if let Some(job) = self.jobs.remove(id) {
+            let info = job.info;
+            let bytes = info.result.as_ref().map_or(0, |r| r.audio_bytes);
+            self.tenants
+                .remove_job(&info.tenant, info.created_unix_ms, &info.id, bytes);
+        }
+        let _ = self.store.send(StoreOp::Delete(id.to_string()));
+        Ok(())
     }
 
     /// The lane `model`'s jobs run in.

@@ -195,6 +195,7 @@ fn submission(tenant: &str) -> Submission {
         request_id: None,
         fingerprint: 0,
         reservation: None,
+        cluster_id: None,
     }
 }
 

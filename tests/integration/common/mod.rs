@@ -57,4 +57,5 @@ pub(crate) fn read_wav(path: &Path) -> (hound::WavSpec, Vec<f32>) {
     (spec, samples)
 }
 pub(crate) mod flac_bomb;
+pub(crate) mod metrics;
 pub(crate) mod server;

@@ -168,7 +168,8 @@ impl Cluster {
         Err(raced("claim its request id"))
     }
 
-    /// A tenant's job, with the sequence of its last stored event.
+    /// A tenant's job, with the sequence of its last stored event (and its end, once its
+    /// log has one).
     pub async fn get(&self, tenant: &str, id: &str) -> Result<JobInfo, EngineError> {
         let (record, _) = self
             .broker
@@ -179,6 +180,17 @@ impl Cluster {
         let mut info = record.info;
         if let Some((_, last)) = self.broker.log.last(id).await? {
             info.last_sequence = info.last_sequence.max(last.sequence);
+            // The log ends before its owner writes the record: a client that saw the end
+            // gets the same answer here.
+            if let Some(state) = crate::jobs::job::state_after(&last.body) {
+                info.state = state;
+                info.finished_unix_ms.get_or_insert(last.time_unix_ms);
+                match last.body {
+                    EventBody::Completed(result) => info.result = Some(result),
+                    EventBody::Failed { code, message } => info.failure = Some((code, message)),
+                    _ => {}
+                }
+            }
         }
         Ok(info)
     }
@@ -218,7 +230,7 @@ impl Cluster {
     /// compare-and-set (a node that takes it meanwhile finds it cancelled), a Cancelled
     /// event after its last, and its work message removed, which frees its place. A
     /// running one is flagged for its node, which stops it within a step; this answers once
-    /// its log ends (or with its state after [`CANCEL_WAIT`]). An ended one stays as it
+    /// its log ends (or with its state after a minute). An ended one stays as it
     /// ended.
     pub async fn cancel(
         &self,

@@ -27,9 +27,10 @@ pub mod log;
 pub mod names;
 pub mod queue;
 pub mod records;
+pub(crate) mod runner;
 
-#[cfg(test)]
-mod test_server;
+#[cfg(any(test, feature = "test-broker"))]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 
@@ -50,8 +51,10 @@ pub struct BrokerConfig {
     /// How long a node holds a job without an in-progress ack before another node may
     /// take it (default 30 s).
     pub ack_wait: Duration,
-    /// Deliveries of one work message before the job is given up (default 3).
-    pub max_deliver: i64,
+    /// Runs of one job before it is given up as Failed (INTERRUPTED), each on a node that
+    /// stopped before finishing it (default 3). Its work message is delivered once more
+    /// than this, so the node that takes the last delivery ends it and frees its place.
+    pub max_attempts: u32,
     /// How long job logs, records and audio are kept (the node's retention).
     pub retention: Duration,
     /// How long an idempotency key answers for its job (default 24 h).
@@ -65,7 +68,7 @@ impl BrokerConfig {
             max_unfinished,
             max_jobs_per_tenant,
             ack_wait: Duration::from_secs(30),
-            max_deliver: 3,
+            max_attempts: 3,
             retention,
             request_key_ttl: Duration::from_secs(24 * 3600),
         }
@@ -152,7 +155,7 @@ impl Broker {
             durable_name: Some(names::WORKERS.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: config.ack_wait,
-            max_deliver: config.max_deliver,
+            max_deliver: i64::from(config.max_attempts) + 1,
             ..Default::default()
         };
         // The consumer's settings follow the configuration: created, or updated in place.

@@ -179,7 +179,7 @@ impl Lease {
 
     /// Ends the lease: the job is done with, and its message leaves the queue (freeing its
     /// tenant's place).
-    pub async fn finish(self) -> Result<(), EngineError> {
+    pub async fn finish(&self) -> Result<(), EngineError> {
         self.message
             .double_ack()
             .await

@@ -4,6 +4,7 @@
 //! once, and every later request with it finds the first one's job.
 
 use async_nats::jetstream::kv;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,28 @@ impl Records {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(unavailable("cannot update a job", e)),
         }
+    }
+
+    /// `tenant`'s job `job` each time it changes from now on (a node follows the job it
+    /// runs, for a cancel from another node).
+    pub async fn watch(
+        &self,
+        tenant: &str,
+        job: &str,
+    ) -> Result<BoxStream<'static, Record>, EngineError> {
+        let changes = self
+            .jobs
+            .watch(record_key(tenant, job))
+            .await
+            .map_err(|e| unavailable("cannot follow a job", e))?;
+        let records = changes.filter_map(|entry| {
+            let record = entry
+                .ok()
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| decode::<Record>(&e.value).ok());
+            std::future::ready(record)
+        });
+        Ok(records.boxed())
     }
 
     /// Every record of `tenant` (unordered).

@@ -9,19 +9,19 @@ use std::time::{Duration, Instant};
 
 /// The pinned server: 2.15 honours the expected last subject sequence the logs rely on,
 /// and reports per-subject limits with their own text.
-pub(super) const VERSION: &str = "2.15.1";
+pub const VERSION: &str = "2.15.1";
 
 /// A running server; killed when dropped.
-pub(super) struct NatsServer {
+pub struct NatsServer {
     child: Child,
     /// `nats://127.0.0.1:PORT`.
-    pub(super) url: String,
+    pub url: String,
     _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream on a free loopback port and waits until it listens.
-    pub(super) fn start() -> Self {
+    pub fn start() -> Self {
         let binary = binary();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let child = Command::new(&binary)
@@ -129,6 +129,7 @@ fn install(home: &Path) {
     );
 }
 
+#[cfg(test)]
 #[test]
 fn ci_installs_the_version_the_tests_pin() {
     let ci = include_str!("../../../../.ci/run");

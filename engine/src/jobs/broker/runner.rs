@@ -1,0 +1,361 @@
+//! A node's runner: takes jobs from the cluster's queue while the node has a free slot and
+//! runs each on the node's own engine, under the cluster's id. Its events go to the job's
+//! log on the broker, numbered after the events already there and fenced by the log's last
+//! sequence: a node that lost the job (paused past its lease) is refused at its next write,
+//! stops the job here and never acks it. While a job runs, a heartbeat keeps its lease, and
+//! a cancel another node sets on its record stops it here. Its audio goes to the object
+//! store before the events that announce it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::log::Appended;
+use super::queue::Lease;
+use super::records::Record;
+use super::{Broker, BrokerConfig};
+use crate::error::EngineError;
+use crate::jobs::command::Submission;
+use crate::jobs::event::{EventBody, FailureCode, JobEvent, JobState};
+use crate::jobs::handle::Engine;
+use crate::jobs::job::{now_unix_ms, state_after};
+
+/// How long one wait for work lasts before the runner asks again.
+const TAKE_WAIT: Duration = Duration::from_secs(1);
+/// The pause after the broker failed to hand out work.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Attempts at a record update that other nodes keep winning.
+const RACES: usize = 16;
+
+/// What a node needs to run the cluster's jobs.
+#[derive(Clone)]
+pub(crate) struct Runner {
+    pub(crate) broker: Broker,
+    pub(crate) config: BrokerConfig,
+    /// The node's own engine (its local registry, workers and store).
+    pub(crate) engine: Engine,
+    pub(crate) node: String,
+    /// Set when the node drains: no more work is taken.
+    pub(crate) stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How a run ended for the node.
+enum Outcome {
+    /// The job is done with (ended, or nothing to run): its message may go.
+    Done,
+    /// Another node owns the job now: its message is not this node's to ack.
+    Lost,
+}
+
+impl Runner {
+    /// Takes and runs jobs, at most `slots` at once, until the process ends.
+    pub(crate) async fn run(self, slots: usize) {
+        let slots = Arc::new(Semaphore::new(slots.max(1)));
+        loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            match self.broker.queue.take(TAKE_WAIT).await {
+                Ok(Some(lease)) => {
+                    let runner = self.clone();
+                    tokio::spawn(async move {
+                        runner.run_lease(lease).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(node = %self.node, "cannot take work: {e}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one taken job, keeping its lease meanwhile, and acks it once it is done with.
+    async fn run_lease(&self, lease: Lease) {
+        let lease = Arc::new(lease);
+        let heartbeat = tokio::spawn({
+            let (lease, every) = (Arc::clone(&lease), self.config.ack_wait / 3);
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    // A failed extension is retried at the next beat; a lost lease shows
+                    // at the next write, which is fenced.
+                    let _ = lease.extend().await;
+                }
+            }
+        });
+        let order = &lease.order;
+        let outcome = self
+            .drive(&order.tenant, &order.job, lease.stream_sequence)
+            .await;
+        heartbeat.abort();
+        match outcome {
+            Ok(Outcome::Done) => {
+                if let Err(e) = lease.finish().await {
+                    tracing::warn!(job = %order.job, node = %self.node, "{e}");
+                }
+            }
+            Ok(Outcome::Lost) => {
+                tracing::warn!(job = %order.job, node = %self.node, "another node owns the job now: stopped it here");
+            }
+            // Not acked: the job goes to a node (maybe this one) after the ack wait.
+            Err(e) => tracing::warn!(job = %order.job, node = %self.node, "the run stopped: {e}"),
+        }
+    }
+
+    /// Takes the job's record, runs it here and writes how it ended.
+    async fn drive(&self, tenant: &str, id: &str, work: u64) -> Result<Outcome, EngineError> {
+        let Some(record) = self.take_ownership(tenant, id, work).await? else {
+            return Ok(Outcome::Done);
+        };
+        let (mut expected, mut next, mut percent) = self.tail(id).await?;
+        let submission = Submission {
+            tenant: tenant.to_string(),
+            kind: record.info.kind,
+            model: Some(record.info.model.clone()),
+            request: record.request.clone(),
+            format: record.format,
+            request_id: None,
+            fingerprint: record.info.fingerprint,
+            reservation: None,
+            cluster_id: Some(id.to_string()),
+        };
+        if let Err(e) = self.engine.submit(submission).await {
+            let body = EventBody::Failed {
+                code: FailureCode::Internal,
+                message: e.public_message(),
+            };
+            return self.end(&record, expected, next, body).await;
+        }
+        let mut local = self.engine.watch(tenant, id, 0).await?;
+        let cancels = tokio::spawn(
+            self.clone()
+                .follow_cancel(tenant.to_string(), id.to_string()),
+        );
+        let ended = async {
+            while let Some(event) = local.next().await {
+                let event = event?;
+                let body = match event.body {
+                    // The cluster announced the job when it was submitted.
+                    EventBody::Accepted { .. } => continue,
+                    // A re-run starts its percent over: hold the highest already shown.
+                    EventBody::Progress(mut report) => {
+                        report.percent = report.percent.max(percent);
+                        percent = report.percent;
+                        EventBody::Progress(report)
+                    }
+                    EventBody::AudioPiece(mut piece) => {
+                        if piece.offset == 0 {
+                            self.upload_audio(tenant, id).await?;
+                        }
+                        piece.data = Vec::new();
+                        EventBody::AudioPiece(piece)
+                    }
+                    other => other,
+                };
+                let terminal = body.is_terminal();
+                let event = JobEvent {
+                    sequence: next,
+                    time_unix_ms: event.time_unix_ms,
+                    body,
+                };
+                match self.broker.log.append(id, expected, &event).await? {
+                    Appended::Stored(at) => (expected, next) = (at, next + 1),
+                    Appended::Fenced => {
+                        let reason = "another node took the job over";
+                        let _ = self.engine.local_cancel(tenant, id, reason).await;
+                        return Ok(Outcome::Lost);
+                    }
+                }
+                if terminal {
+                    self.write_end(tenant, id, &event).await?;
+                    return Ok(Outcome::Done);
+                }
+            }
+            Err(EngineError::Internal(
+                "the node's job ended without its last event".into(),
+            ))
+        }
+        .await;
+        cancels.abort();
+        ended
+    }
+
+    /// Makes this node the job's owner (one more attempt) unless it is done with: `None`
+    /// for a job that ended, was removed, or was given up here (its last attempt used).
+    async fn take_ownership(
+        &self,
+        tenant: &str,
+        id: &str,
+        work: u64,
+    ) -> Result<Option<Record>, EngineError> {
+        let records = &self.broker.records;
+        for _ in 0..RACES {
+            let Some((mut record, revision)) = records.read(tenant, id).await? else {
+                return Ok(None);
+            };
+            if record.info.state.is_terminal() {
+                return Ok(None);
+            }
+            let (expected, next, _) = self.tail(id).await?;
+            if record.cancel_requested {
+                let body = EventBody::Cancelled {
+                    reason: "cancelled".into(),
+                };
+                self.end(&record, expected, next, body).await?;
+                return Ok(None);
+            }
+            if record.attempt >= self.config.max_attempts {
+                let body = EventBody::Failed {
+                    code: FailureCode::Interrupted,
+                    message: format!(
+                        "the generation was interrupted {} times (its nodes stopped); \
+                         submit it again",
+                        record.attempt
+                    ),
+                };
+                self.end(&record, expected, next, body).await?;
+                return Ok(None);
+            }
+            record.info.state = JobState::Running;
+            record.owner = Some(self.node.clone());
+            record.attempt += 1;
+            record.work_sequence = Some(work);
+            if records.update(&record, revision).await?.is_some() {
+                tracing::info!(job = %id, tenant, node = %self.node, attempt = record.attempt, "took the job");
+                return Ok(Some(record));
+            }
+        }
+        Err(EngineError::Unavailable(
+            "the job kept changing; retried later".into(),
+        ))
+    }
+
+    /// Where the job's log stands: the stream sequence the next append expects, the next
+    /// job sequence, and the highest percent shown so far.
+    async fn tail(&self, id: &str) -> Result<(u64, u64, f32), EngineError> {
+        let Some((at, last)) = self.broker.log.last(id).await? else {
+            return Ok((0, 1, 0.0));
+        };
+        let mut percent = 0f32;
+        let mut events = self.broker.log.replay(id, 0).await?;
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if let EventBody::Progress(report) = &event.body {
+                percent = percent.max(report.percent);
+            }
+            if event.sequence >= last.sequence {
+                break;
+            }
+        }
+        Ok((at, last.sequence + 1, percent))
+    }
+
+    /// Ends a job this node does not run (cancelled before, or given up): its terminal
+    /// event after the log's last, then its record.
+    async fn end(
+        &self,
+        record: &Record,
+        expected: u64,
+        next: u64,
+        body: EventBody,
+    ) -> Result<Outcome, EngineError> {
+        let event = JobEvent {
+            sequence: next,
+            time_unix_ms: now_unix_ms(),
+            body,
+        };
+        let (tenant, id) = (&record.info.tenant, &record.info.id);
+        match self.broker.log.append(id, expected, &event).await? {
+            Appended::Stored(_) => {
+                self.write_end(tenant, id, &event).await?;
+                Ok(Outcome::Done)
+            }
+            Appended::Fenced => Ok(Outcome::Lost),
+        }
+    }
+
+    /// Writes a job's end into its record.
+    async fn write_end(&self, tenant: &str, id: &str, last: &JobEvent) -> Result<(), EngineError> {
+        let Some(state) = state_after(&last.body) else {
+            return Ok(());
+        };
+        let records = &self.broker.records;
+        for _ in 0..RACES {
+            let Some((mut record, revision)) = records.read(tenant, id).await? else {
+                return Ok(());
+            };
+            record.info.state = state;
+            record.info.finished_unix_ms = Some(now_unix_ms());
+            record.info.last_sequence = last.sequence;
+            record.work_sequence = None;
+            match &last.body {
+                EventBody::Completed(result) => {
+                    record.info.result = Some(result.clone());
+                    record.info.progress.percent = 100.0;
+                }
+                EventBody::Failed { code, message } => {
+                    record.info.failure = Some((*code, message.clone()))
+                }
+                _ => {}
+            }
+            if records.update(&record, revision).await?.is_some() {
+                tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");
+                return Ok(());
+            }
+        }
+        Err(EngineError::Unavailable(
+            "the job's record kept changing".into(),
+        ))
+    }
+
+    /// Copies a completed job's file from this node's store to the cluster's.
+    async fn upload_audio(&self, tenant: &str, id: &str) -> Result<(), EngineError> {
+        let audio = self.engine.audio(tenant, id).await?;
+        let mut bytes = Vec::with_capacity(audio.total_bytes as usize);
+        while (bytes.len() as u64) < audio.total_bytes {
+            let left =
+                usize::try_from(audio.total_bytes - bytes.len() as u64).unwrap_or(usize::MAX);
+            let piece = self
+                .engine
+                .read_audio(&audio, bytes.len() as u64, left)
+                .await?;
+            if piece.is_empty() {
+                break;
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        self.broker
+            .audio
+            .put(id, &mut bytes.as_slice())
+            .await
+            .map(|_| ())
+            .map_err(|e| super::unavailable("did not store a job's audio", e))
+    }
+
+    /// Stops the job here when a client anywhere asks to cancel it.
+    async fn follow_cancel(self, tenant: String, id: String) {
+        let Ok(mut changes) = self.broker.records.watch(&tenant, &id).await else {
+            return;
+        };
+        // A cancel set before the watch began shows in the record as it is now.
+        let now = self.broker.records.read(&tenant, &id).await.ok().flatten();
+        if now.is_some_and(|(record, _)| record.cancel_requested) {
+            let _ = self.engine.local_cancel(&tenant, &id, "cancelled").await;
+            return;
+        }
+        while let Some(record) = changes.next().await {
+            if record.cancel_requested {
+                let _ = self.engine.local_cancel(&tenant, &id, "cancelled").await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Nodes sharing one queue, job logs and results on a NATS server with JetStream
+//! (`son1k serve --broker`), over real sockets: jobs submitted to one node run on whichever
+//! node has a free slot, and every node streams, lists, serves the audio of and cancels
+//! every job; admission and idempotency hold across the cluster.
+
+use son1k::proto::v1 as pb;
+use son1k_engine::jobs::broker::test_server::NatsServer;
+
+use crate::common::metrics::{samples, scrape, value};
+use crate::common::server::{
+    collect, completed, generate, is_stage, name, read_until, retry_after_secs, watch, Client,
+    Server,
+};
+
+/// `count` nodes on `nats`, each running one job at a time, with `extra` flags.
+async fn nodes(
+    nats: &NatsServer,
+    dir: &std::path::Path,
+    count: usize,
+    extra: &[&str],
+) -> Vec<Server> {
+    let mut nodes = Vec::new();
+    for n in 1..=count {
+        let node = format!("node-{n}");
+        let mut flags = vec![
+            "--broker",
+            &nats.url,
+            "--node-id",
+            &node,
+            "--max-running",
+            "1",
+        ];
+        flags.extend_from_slice(extra);
+        nodes.push(Server::start(&dir.join(&node), &flags).await);
+    }
+    nodes
+}
+
+/// The whole audio file of a job, by GetAudio.
+async fn get_audio(client: &mut Client, id: &str) -> Vec<u8> {
+    let request = pb::GetAudioRequest {
+        generation_id: id.to_string(),
+    };
+    let mut stream = client.get_audio(request).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(piece) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&piece.data);
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_one_queue_and_every_node_answers_for_every_job() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nodes(&nats, dir.path(), 3, &["--max-duration", "600"]).await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.client().await);
+    }
+
+    // Six jobs at once through the first node, which runs one at a time; each stream is
+    // read as it comes (one connection's streams share its flow-control window).
+    let mut streams = Vec::new();
+    for seed in 0..6 {
+        let request = generate("house groove", 20.0, seed);
+        let stream = clients[0].generate(request).await.unwrap().into_inner();
+        streams.push(tokio::spawn(collect(stream)));
+    }
+    let mut jobs = Vec::new();
+    for stream in streams {
+        let events = stream.await.unwrap().unwrap();
+        completed(&events);
+        jobs.push(events);
+    }
+    // Whichever node had a free slot ran them: more than one did, and six runs in all.
+    let mut ran = Vec::new();
+    for node in &nodes {
+        let (_, text) = scrape(&node.addr, None).await;
+        let runs = value(
+            &samples(&text),
+            "son1k_jobs_submitted_total{model=\"son1k-synth\"}",
+        );
+        ran.push(runs);
+    }
+    assert_eq!(ran.iter().sum::<f64>(), 6.0, "{ran:?}");
+    assert!(ran.iter().filter(|&&n| n > 0.0).count() >= 2, "{ran:?}");
+
+    // Every node streams every job's log the same, each event once and in order, one
+    // terminal event last, and serves the same file.
+    for events in &jobs {
+        let id = &events[0].generation_id;
+        let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+        assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+        let terminal = events.iter().filter(|e| name(e) == "completed").count();
+        assert_eq!(terminal, 1);
+        let stored: Vec<u64> = watch(&mut clients[0], id, 0)
+            .await
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        let audio = get_audio(&mut clients[0], id).await;
+        assert!(!audio.is_empty());
+        for client in &mut clients[1..] {
+            let seen: Vec<u64> = watch(client, id, 0)
+                .await
+                .iter()
+                .map(|e| e.sequence)
+                .collect();
+            assert_eq!(seen, stored, "job {id}");
+            assert_eq!(get_audio(client, id).await, audio, "job {id}");
+        }
+    }
+    // Every node lists the tenant's jobs.
+    for client in &mut clients {
+        let page = client
+            .list_generations(pb::ListGenerationsRequest {
+                page_size: 50,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.generations.len(), 6);
+    }
+
+    // A long job cancelled from the last node stops where it runs; its stream on the
+    // first node ends Cancelled.
+    let mut long = clients[0]
+        .generate(generate("endless drone", 600.0, 9))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = read_until(&mut long, |e| is_stage(e, pb::Stage::Generating)).await;
+    let id = seen[0].generation_id.clone();
+    let state = clients[2]
+        .cancel_generation(pb::CancelGenerationRequest {
+            generation_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state;
+    assert_eq!(state, pb::GenerationState::Cancelled as i32);
+    let rest = collect(long).await.unwrap();
+    assert_eq!(rest.last().map(name), Some("cancelled"));
+    let polled = clients[1]
+        .get_generation(pb::GetGenerationRequest { generation_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(polled.state, pb::GenerationState::Cancelled as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_and_idempotency_hold_across_the_cluster() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nodes(
+        &nats,
+        dir.path(),
+        2,
+        &["--max-duration", "600", "--max-jobs-per-tenant", "1"],
+    )
+    .await;
+    let mut first = nodes[0].client().await;
+    let mut second = nodes[1].client().await;
+    let keyed = pb::GenerateRequest {
+        request_id: "retry-me".into(),
+        ..generate("slow ambient", 600.0, 3)
+    };
+    let mut running = first.generate(keyed.clone()).await.unwrap().into_inner();
+    let seen = read_until(&mut running, |e| is_stage(e, pb::Stage::Generating)).await;
+    let id = seen[0].generation_id.clone();
+    // The tenant's one unfinished job counts on every node.
+    let refused = second
+        .generate(generate("another one", 1.0, 4))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(retry_after_secs(&refused) >= 1);
+    // The same request id on another node is the same job, from its first event.
+    let again = second.generate(keyed.clone()).await.unwrap().into_inner();
+    let mut again = again;
+    let first_event = again.message().await.unwrap().unwrap();
+    assert_eq!(
+        (first_event.generation_id.as_str(), first_event.sequence),
+        (id.as_str(), 1)
+    );
+    let other = pb::GenerateRequest {
+        prompt: "other parameters".into(),
+        ..keyed.clone()
+    };
+    let conflict = second.generate(other).await.unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+    second
+        .cancel_generation(pb::CancelGenerationRequest {
+            generation_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        collect(running).await.unwrap().last().map(name),
+        Some("cancelled")
+    );
+    // Covers wait for a later step: refused before the upload is decoded.
+    let cover = pb::CoverRequest {
+        song: vec![1; 64],
+        prompt: "a cover".into(),
+        ..Default::default()
+    };
+    let refused = second.cover(cover).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    // Its place frees on any node once its owner has taken its work back (just after the
+    // end it announced).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let next = loop {
+        match second.generate(generate("short", 1.0, 5)).await {
+            Ok(next) => break next.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the place never freed"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    completed(&collect(next).await.unwrap());
+}
