@@ -105,8 +105,16 @@ impl Runner {
             Ok(Outcome::Lost) => {
                 tracing::warn!(job = %order.job, node = %self.node, "another node owns the job now: stopped it here");
             }
-            // Not acked: the job goes to a node (maybe this one) after the ack wait.
-            Err(e) => tracing::warn!(job = %order.job, node = %self.node, "the run stopped: {e}"),
+            // Not acked: the job goes to a node (maybe this one) after the ack wait. Its
+            // run here stops, since nothing it does would reach the cluster.
+            Err(e) => {
+                tracing::warn!(job = %order.job, node = %self.node, "the run stopped: {e}");
+                let reason = "this node lost the broker during the run";
+                let _ = self
+                    .engine
+                    .local_cancel(&order.tenant, &order.job, reason)
+                    .await;
+            }
         }
     }
 
