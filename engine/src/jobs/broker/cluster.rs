@@ -22,6 +22,11 @@ use crate::jobs::tenants::ListCursor;
 /// the state it is in.
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
 
+/// How often, and how long apart, a submit looks for the job its request id names before
+/// taking over a key whose job never appeared (its submit stopped half-way).
+const CLAIM_WAITS: usize = 20;
+const CLAIM_PAUSE: Duration = Duration::from_millis(50);
+
 /// Attempts at a compare-and-set that other nodes keep winning before giving up.
 const RACES: usize = 16;
 
@@ -73,6 +78,27 @@ impl Cluster {
         let Some(revision) = records.create(&record).await? else {
             return Err(EngineError::Internal(format!("job id {id} is taken")));
         };
+        let admitted = self.open_and_queue(&mut record, revision).await;
+        if admitted.is_err() {
+            // Refused, or the broker failed half-way: take back what this submit stored, so
+            // no job waits with no work message and the client's retry is a new request.
+            let _ = records.remove(&tenant, &id).await;
+            let _ = self.broker.log.forget(&id).await;
+            if let Some(key) = &record.info.request_id {
+                let _ = records.release_request(&tenant, key).await;
+            }
+        }
+        admitted
+    }
+
+    /// Opens a stored job's log with Accepted and its place in line, and queues it.
+    async fn open_and_queue(
+        &self,
+        record: &mut Record,
+        revision: u64,
+    ) -> Result<Admitted, EngineError> {
+        let (tenant, id) = (record.info.tenant.clone(), record.info.id.clone());
+        let position = record.info.progress.queue_position;
         let opening = [
             EventBody::Accepted {
                 queue_position: position,
@@ -96,13 +122,13 @@ impl Cluster {
         }
         let order = WorkOrder {
             job: id.clone(),
-            tenant: tenant.clone(),
+            tenant,
         };
         let refusal = match self.broker.queue.offer(&order).await? {
             Offer::Queued(sequence) => {
                 record.work_sequence = Some(sequence);
                 // A node may have taken (and updated) it already; that record is newer.
-                let _ = records.update(&record, revision).await?;
+                let _ = self.broker.records.update(record, revision).await?;
                 return Ok(Admitted {
                     id,
                     existing: false,
@@ -114,11 +140,6 @@ impl Cluster {
             }
             Offer::QueueFull => "the cluster's queue is full (max_queued)",
         };
-        records.remove(&tenant, &id).await?;
-        self.broker.log.forget(&id).await?;
-        if let Some(key) = &record.info.request_id {
-            records.release_request(&tenant, key).await?;
-        }
         Err(EngineError::ResourceExhausted {
             message: refusal.into(),
             retry_after: self.retry_after,
@@ -144,7 +165,16 @@ impl Cluster {
             else {
                 return Ok(None);
             };
-            let answering = records.read(&info.tenant, &existing.job).await?;
+            let mut answering = records.read(&info.tenant, &existing.job).await?;
+            // The key's first request may still be storing its job: give it a moment
+            // before taking a key whose job never appeared.
+            for _ in 0..CLAIM_WAITS {
+                if answering.is_some() {
+                    break;
+                }
+                tokio::time::sleep(CLAIM_PAUSE).await;
+                answering = records.read(&info.tenant, &existing.job).await?;
+            }
             if let Some((job, _)) = answering.filter(|(job, _)| !retryable(&job.info)) {
                 if existing.fingerprint != info.fingerprint {
                     return Err(EngineError::AlreadyExists(format!(
@@ -246,15 +276,17 @@ impl Cluster {
                 .ok_or_else(|| not_found(id))?;
             match record.info.state {
                 JobState::Queued => {
-                    record.info.state = JobState::Cancelled;
-                    record.info.finished_unix_ms = Some(now_unix_ms());
-                    if records.update(&record, revision).await?.is_none() {
-                        continue;
-                    }
+                    // The log's end first: a node that takes the job meanwhile finds it
+                    // ended (or is fenced by it), and the record never says Cancelled
+                    // without its log saying so.
                     let cancelled = EventBody::Cancelled {
                         reason: reason.into(),
                     };
                     self.append_last(id, cancelled).await?;
+                    record.info.state = JobState::Cancelled;
+                    record.info.finished_unix_ms = Some(now_unix_ms());
+                    // A node that took it meanwhile writes the record from the log's end.
+                    let _ = records.update(&record, revision).await?;
                     if let Some(sequence) = record.work_sequence {
                         self.broker.queue.remove(sequence).await?;
                     }

@@ -52,8 +52,9 @@ pub struct BrokerConfig {
     /// take it (default 30 s).
     pub ack_wait: Duration,
     /// Runs of one job before it is given up as Failed (INTERRUPTED), each on a node that
-    /// stopped before finishing it (default 3). Its work message is delivered once more
-    /// than this, so the node that takes the last delivery ends it and frees its place.
+    /// stopped before finishing it (default 3). The job's record counts the runs; its work
+    /// message is delivered until a node ends it, so the node that takes it after the last
+    /// run ends it and frees its place.
     pub max_attempts: u32,
     /// How long job logs, records and audio are kept (the node's retention).
     pub retention: Duration,
@@ -155,7 +156,9 @@ impl Broker {
             durable_name: Some(names::WORKERS.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: config.ack_wait,
-            max_deliver: i64::from(config.max_attempts) + 1,
+            // Unlimited: the record's attempts bound the runs (a delivery that dies before
+            // taking the job counts none), and the last delivery frees the job's place.
+            max_deliver: -1,
             ..Default::default()
         };
         // The consumer's settings follow the configuration: created, or updated in place.

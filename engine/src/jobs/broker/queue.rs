@@ -112,8 +112,15 @@ impl WorkQueue {
             .info()
             .map_err(|e| unavailable("sent work without its delivery", e))?;
         let (stream_sequence, delivered) = (info.stream_sequence, info.delivered);
-        let order = serde_json::from_slice(&message.payload)
-            .map_err(|e| EngineError::Internal(format!("an unreadable work order: {e}")))?;
+        let order = match serde_json::from_slice(&message.payload) {
+            Ok(order) => order,
+            Err(e) => {
+                // Nothing can run it: it must not come back, nor hold a place.
+                tracing::warn!("dropping an unreadable work order: {e}");
+                let _ = message.ack_with(AckKind::Term).await;
+                return Ok(None);
+            }
+        };
         Ok(Some(Lease {
             message,
             order,

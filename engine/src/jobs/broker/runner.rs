@@ -41,6 +41,14 @@ pub(crate) struct Runner {
     pub(crate) stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// What a node may do with a job it took from the queue.
+enum Taken {
+    /// Run it: this node owns it now.
+    Run(Box<Record>),
+    /// Nothing to run (ended, removed, or ended here now).
+    Done(Outcome),
+}
+
 /// How a run ended for the node.
 enum Outcome {
     /// The job is done with (ended, or nothing to run): its message may go.
@@ -120,8 +128,9 @@ impl Runner {
 
     /// Takes the job's record, runs it here and writes how it ended.
     async fn drive(&self, tenant: &str, id: &str, work: u64) -> Result<Outcome, EngineError> {
-        let Some(record) = self.take_ownership(tenant, id, work).await? else {
-            return Ok(Outcome::Done);
+        let record = match self.take_ownership(tenant, id, work).await? {
+            Taken::Run(record) => record,
+            Taken::Done(outcome) => return Ok(outcome),
         };
         let (mut expected, mut next, mut percent) = self.tail(id).await?;
         let submission = Submission {
@@ -135,13 +144,9 @@ impl Runner {
             reservation: None,
             cluster_id: Some(id.to_string()),
         };
-        if let Err(e) = self.engine.submit(submission).await {
-            let body = EventBody::Failed {
-                code: FailureCode::Internal,
-                message: e.public_message(),
-            };
-            return self.end(&record, expected, next, body).await;
-        }
+        // A refusal here (draining, a full disk, a run of it still going) is this node's,
+        // not the job's: the job goes to a node after the lease, counting this attempt.
+        self.engine.submit(submission).await?;
         let mut local = self.engine.watch(tenant, id, 0).await?;
         let cancels = tokio::spawn(
             self.clone()
@@ -161,6 +166,11 @@ impl Runner {
                     }
                     EventBody::AudioPiece(mut piece) => {
                         if piece.offset == 0 {
+                            if !self.still_owner(tenant, id, record.attempt).await? {
+                                let reason = "another node took the job over";
+                                let _ = self.engine.local_cancel(tenant, id, reason).await;
+                                return Ok(Outcome::Lost);
+                            }
                             self.upload_audio(tenant, id).await?;
                         }
                         piece.data = Vec::new();
@@ -196,29 +206,37 @@ impl Runner {
         ended
     }
 
-    /// Makes this node the job's owner (one more attempt) unless it is done with: `None`
-    /// for a job that ended, was removed, or was given up here (its last attempt used).
+    /// Makes this node the job's owner (one more attempt) unless it is done with: a job
+    /// that ended (in its record, or in its log, whose end the record then takes), was
+    /// removed, was cancelled while no node ran it, or has used its last attempt.
     async fn take_ownership(
         &self,
         tenant: &str,
         id: &str,
         work: u64,
-    ) -> Result<Option<Record>, EngineError> {
+    ) -> Result<Taken, EngineError> {
         let records = &self.broker.records;
         for _ in 0..RACES {
             let Some((mut record, revision)) = records.read(tenant, id).await? else {
-                return Ok(None);
+                return Ok(Taken::Done(Outcome::Done));
             };
             if record.info.state.is_terminal() {
-                return Ok(None);
+                return Ok(Taken::Done(Outcome::Done));
+            }
+            // An owner that wrote the end and stopped before its record: the log says how
+            // it ended.
+            if let Some((_, last)) = self.broker.log.last(id).await? {
+                if last.body.is_terminal() {
+                    self.write_end(tenant, id, &last).await?;
+                    return Ok(Taken::Done(Outcome::Done));
+                }
             }
             let (expected, next, _) = self.tail(id).await?;
             if record.cancel_requested {
                 let body = EventBody::Cancelled {
                     reason: "cancelled".into(),
                 };
-                self.end(&record, expected, next, body).await?;
-                return Ok(None);
+                return Ok(Taken::Done(self.end(&record, expected, next, body).await?));
             }
             if record.attempt >= self.config.max_attempts {
                 let body = EventBody::Failed {
@@ -229,8 +247,7 @@ impl Runner {
                         record.attempt
                     ),
                 };
-                self.end(&record, expected, next, body).await?;
-                return Ok(None);
+                return Ok(Taken::Done(self.end(&record, expected, next, body).await?));
             }
             record.info.state = JobState::Running;
             record.owner = Some(self.node.clone());
@@ -238,7 +255,7 @@ impl Runner {
             record.work_sequence = Some(work);
             if records.update(&record, revision).await?.is_some() {
                 tracing::info!(job = %id, tenant, node = %self.node, attempt = record.attempt, "took the job");
-                return Ok(Some(record));
+                return Ok(Taken::Run(Box::new(record)));
             }
         }
         Err(EngineError::Unavailable(
@@ -322,6 +339,15 @@ impl Runner {
         Err(EngineError::Unavailable(
             "the job's record kept changing".into(),
         ))
+    }
+
+    /// Whether this node's run is still the job's latest: checked before its audio goes
+    /// to the cluster's store, which its fenced events cannot guard.
+    async fn still_owner(&self, tenant: &str, id: &str, attempt: u32) -> Result<bool, EngineError> {
+        let record = self.broker.records.read(tenant, id).await?;
+        Ok(record.is_some_and(|(r, _)| {
+            r.owner.as_deref() == Some(self.node.as_str()) && r.attempt == attempt
+        }))
     }
 
     /// Copies a completed job's file from this node's store to the cluster's.

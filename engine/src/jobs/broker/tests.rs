@@ -554,3 +554,81 @@ async fn cancelling_a_running_job_flags_it_and_answers_once_its_node_stopped_it(
         JobState::Cancelled
     );
 }
+
+#[tokio::test]
+async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
+    let server = NatsServer::start();
+    let config = BrokerConfig {
+        ack_wait: Duration::from_millis(800),
+        ..config()
+    };
+    let broker = broker(&server, &config).await;
+    let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
+    cluster.submit(new_job("a", 1, None, 1)).await.unwrap();
+    // An owner took it, wrote its end, and stopped before its record and its ack.
+    let lease = broker
+        .queue
+        .take(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut running, revision) = broker.records.read("a", &id(1)).await.unwrap().unwrap();
+    running.info.state = JobState::Running;
+    running.attempt = 1;
+    broker
+        .records
+        .update(&running, revision)
+        .await
+        .unwrap()
+        .unwrap();
+    let (at, last) = broker.log.last(&id(1)).await.unwrap().unwrap();
+    let failed = EventBody::Failed {
+        code: crate::jobs::event::FailureCode::Internal,
+        message: "boom".into(),
+    };
+    broker
+        .log
+        .append(&id(1), at, &event(last.sequence + 1, failed))
+        .await
+        .unwrap();
+    drop(lease);
+    // A node's runner takes it after the lease: it writes the log's end into the record and
+    // takes the work back, running nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let models: Vec<std::sync::Arc<dyn crate::model::MusicModel>> =
+        vec![std::sync::Arc::new(crate::synth::SynthModel::default())];
+    let engine =
+        crate::jobs::Engine::start(crate::jobs::EngineConfig::new(dir.path()), models).unwrap();
+    let runner = super::runner::Runner {
+        broker: broker.clone(),
+        config: config.clone(),
+        engine: engine.clone(),
+        node: "node-2".into(),
+        stopping: Default::default(),
+    };
+    let running = tokio::spawn(runner.run(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (record, _) = broker.records.read("a", &id(1)).await.unwrap().unwrap();
+        if record.info.state == JobState::Failed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record never took the log's end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.abort();
+    assert_eq!(cluster.get("a", &id(1)).await.unwrap().last_sequence, 3);
+    let log = ended_log(&cluster, "a", &id(1)).await;
+    assert_eq!(log.len(), 3, "nothing ran again");
+    assert!(
+        engine.get("a", &id(1)).await.is_err(),
+        "the node never ran it"
+    );
+    // Its work is taken back: the tenant's two places are free.
+    for n in 2..4 {
+        cluster.submit(new_job("a", n, None, 1)).await.unwrap();
+    }
+}
