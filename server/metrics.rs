@@ -161,7 +161,14 @@ pub(crate) async fn count_rpcs(
         .find(|m| **m == path)
         .copied()
         .unwrap_or("unknown");
+    // A call whose client leaves before its handler answers is counted when dropped.
+    let mut pending = Pending {
+        rpcs: Arc::clone(&rpcs),
+        method,
+        answered: false,
+    };
     let response = next.run(request).await;
+    pending.answered = true;
     let header_code = code_of(response.headers());
     response.map(|body| {
         Body::new(Counted {
@@ -173,6 +180,22 @@ pub(crate) async fn count_rpcs(
             ended: false,
         })
     })
+}
+
+/// A call whose handler has not answered yet: counted as CANCELLED if it is dropped so
+/// (its client went away, or its deadline passed).
+struct Pending {
+    rpcs: Arc<RpcMetrics>,
+    method: &'static str,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.rpcs.ended(self.method, "CANCELLED", 0);
+        }
+    }
 }
 
 /// The `grpc-status` a header map carries, as its label.
@@ -260,6 +283,30 @@ mod tests {
             let path = format!("son1k.v1.GenerationService/{method}");
             assert!(METHODS.contains(&path.as_str()), "{path} is not counted");
         }
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_handler_answers_counts_as_cancelled() {
+        use tower::ServiceExt;
+        let rpcs = Arc::new(RpcMetrics::default());
+        let never = axum::routing::post(std::future::pending::<()>);
+        let router = axum::Router::new()
+            .route("/son1k.v1.GenerationService/ListModels", never)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&rpcs),
+                count_rpcs,
+            ));
+        let request = http::Request::post("/son1k.v1.GenerationService/ListModels")
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .body(Body::empty())
+            .unwrap();
+        let call = router.oneshot(request);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), call).await;
+        assert!(waited.is_err(), "the handler never answers");
+        let text = rpcs.render().finish();
+        let line = "son1k_rpcs_total{method=\"son1k.v1.GenerationService/ListModels\",\
+                    code=\"CANCELLED\"} 1";
+        assert!(text.lines().any(|l| l == line), "{text}");
     }
 
     #[test]
