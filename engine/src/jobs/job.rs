@@ -48,6 +48,22 @@ pub struct JobInfo {
     pub last_sequence: u64,
 }
 
+impl JobInfo {
+    /// Records the end a terminal event says (its state, result or failure) at
+    /// `finished_unix_ms`; `None`, changing nothing, for an event that is not an end.
+    pub(crate) fn take_end(&mut self, body: &EventBody, finished_unix_ms: i64) -> Option<JobState> {
+        let state = state_after(body)?;
+        self.state = state;
+        self.finished_unix_ms = Some(finished_unix_ms);
+        match body {
+            EventBody::Completed(result) => self.result = Some(result.clone()),
+            EventBody::Failed { code, message } => self.failure = Some((*code, message.clone())),
+            _ => {}
+        }
+        Some(state)
+    }
+}
+
 /// The registry's view of a job. Only the registry task touches it.
 pub(crate) struct Job {
     /// The public record.

@@ -858,17 +858,9 @@ impl Registry {
                     self.unfinished.remove(&job.info.tenant);
                 }
             }
-            job.info.state = state;
-            job.info.finished_unix_ms = Some(now_unix_ms());
-            match &body {
-                EventBody::Completed(result) => {
-                    self.tenants.add_bytes(&job.info.tenant, result.audio_bytes);
-                    job.info.result = Some(result.clone());
-                }
-                EventBody::Failed { code, message } => {
-                    job.info.failure = Some((*code, message.clone()))
-                }
-                _ => {}
+            job.info.take_end(&body, now_unix_ms());
+            if let EventBody::Completed(result) = &body {
+                self.tenants.add_bytes(&job.info.tenant, result.audio_bytes);
             }
             let info = &job.info;
             job.span

@@ -28,7 +28,7 @@ const CLAIM_WAITS: usize = 20;
 const CLAIM_PAUSE: Duration = Duration::from_millis(50);
 
 /// Attempts at a compare-and-set that other nodes keep winning before giving up.
-const RACES: usize = 16;
+pub(super) const RACES: usize = 16;
 
 /// The cluster's job operations.
 #[derive(Clone)]
@@ -212,15 +212,8 @@ impl Cluster {
             info.last_sequence = info.last_sequence.max(last.sequence);
             // The log ends before its owner writes the record: a client that saw the end
             // gets the same answer here.
-            if let Some(state) = crate::jobs::job::state_after(&last.body) {
-                info.state = state;
-                info.finished_unix_ms.get_or_insert(last.time_unix_ms);
-                match last.body {
-                    EventBody::Completed(result) => info.result = Some(result),
-                    EventBody::Failed { code, message } => info.failure = Some((code, message)),
-                    _ => {}
-                }
-            }
+            let finished = info.finished_unix_ms.unwrap_or(last.time_unix_ms);
+            info.take_end(&last.body, finished);
         }
         Ok(info)
     }

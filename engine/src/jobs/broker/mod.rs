@@ -169,26 +169,9 @@ impl Broker {
                 .await
                 .map_err(|e| setup(names::WORKERS)(e.into()))?,
         };
-        let jobs = context
-            .create_or_update_key_value(kv::Config {
-                bucket: names::JOBS_BUCKET.into(),
-                history: 1,
-                max_age: config.retention,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(names::JOBS_BUCKET)(e.into()))?;
-        let requests = context
-            .create_or_update_key_value(kv::Config {
-                bucket: names::REQUESTS_BUCKET.into(),
-                history: 1,
-                max_age: config.request_key_ttl,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(names::REQUESTS_BUCKET)(e.into()))?;
+        let jobs = ensure_bucket(&context, names::JOBS_BUCKET, config.retention).await?;
+        let requests =
+            ensure_bucket(&context, names::REQUESTS_BUCKET, config.request_key_ttl).await?;
         let audio = match context.get_object_store(names::AUDIO_STORE).await {
             Ok(store) => store,
             Err(_) => context
@@ -227,4 +210,23 @@ async fn ensure_stream(
         .get_stream(&name)
         .await
         .map_err(|e| unavailable(&what, e))
+}
+
+/// Creates the key-value bucket `name` (one value a key, on disk, each kept `max_age`), or
+/// updates it to that.
+async fn ensure_bucket(
+    context: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, EngineError> {
+    context
+        .create_or_update_key_value(kv::Config {
+            bucket: name.into(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&format!("cannot set up {name}"), e))
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
+use super::cluster::RACES;
 use super::log::Appended;
 use super::queue::Lease;
 use super::records::Record;
@@ -26,8 +27,6 @@ use crate::jobs::job::{now_unix_ms, state_after};
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 /// The pause after the broker failed to hand out work.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// Attempts at a record update that other nodes keep winning.
-const RACES: usize = 16;
 
 /// What a node needs to run the cluster's jobs.
 #[derive(Clone)]
@@ -317,19 +316,11 @@ impl Runner {
             let Some((mut record, revision)) = records.read(tenant, id).await? else {
                 return Ok(());
             };
-            record.info.state = state;
-            record.info.finished_unix_ms = Some(now_unix_ms());
+            record.info.take_end(&last.body, now_unix_ms());
             record.info.last_sequence = last.sequence;
             record.work_sequence = None;
-            match &last.body {
-                EventBody::Completed(result) => {
-                    record.info.result = Some(result.clone());
-                    record.info.progress.percent = 100.0;
-                }
-                EventBody::Failed { code, message } => {
-                    record.info.failure = Some((*code, message.clone()))
-                }
-                _ => {}
+            if state == JobState::Completed {
+                record.info.progress.percent = 100.0;
             }
             if records.update(&record, revision).await?.is_some() {
                 tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");

@@ -380,6 +380,29 @@ fn id(n: u8) -> String {
     format!("{n:032x}")
 }
 
+/// Takes `tenant`'s job `job` from the queue as a runner would: its lease, and its record
+/// Running, owned by `node-1`, on its first attempt.
+async fn take_as_owner(broker: &Broker, tenant: &str, job: &str) -> super::queue::Lease {
+    let lease = broker
+        .queue
+        .take(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.order.job, job);
+    let (mut running, revision) = broker.records.read(tenant, job).await.unwrap().unwrap();
+    running.info.state = JobState::Running;
+    running.owner = Some("node-1".into());
+    running.attempt = 1;
+    broker
+        .records
+        .update(&running, revision)
+        .await
+        .unwrap()
+        .unwrap();
+    lease
+}
+
 /// Every event of a job that has ended.
 async fn ended_log(cluster: &Cluster, tenant: &str, job: &str) -> Vec<JobEvent> {
     let events = cluster.events(tenant, job, 0).await.unwrap();
@@ -499,21 +522,7 @@ async fn cancelling_a_running_job_flags_it_and_answers_once_its_node_stopped_it(
     let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
     cluster.submit(new_job("a", 1, None, 1)).await.unwrap();
     // A node takes it and runs it, watching its record for a cancel.
-    let lease = broker
-        .queue
-        .take(Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    let (mut running, revision) = broker.records.read("a", &id(1)).await.unwrap().unwrap();
-    running.info.state = JobState::Running;
-    running.owner = Some("node-1".into());
-    broker
-        .records
-        .update(&running, revision)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take_as_owner(&broker, "a", &id(1)).await;
     let node = tokio::spawn({
         let broker = broker.clone();
         async move {
@@ -566,21 +575,7 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
     let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
     cluster.submit(new_job("a", 1, None, 1)).await.unwrap();
     // An owner took it, wrote its end, and stopped before its record and its ack.
-    let lease = broker
-        .queue
-        .take(Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    let (mut running, revision) = broker.records.read("a", &id(1)).await.unwrap().unwrap();
-    running.info.state = JobState::Running;
-    running.attempt = 1;
-    broker
-        .records
-        .update(&running, revision)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take_as_owner(&broker, "a", &id(1)).await;
     let (at, last) = broker.log.last(&id(1)).await.unwrap().unwrap();
     let failed = EventBody::Failed {
         code: crate::jobs::event::FailureCode::Internal,
