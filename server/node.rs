@@ -176,7 +176,7 @@ pub async fn serve_on(
     tracing::info!(%node, models = ?names, %addr, "serving");
     let _ = engine_ready.set(engine.clone());
     let _ = ready.send(());
-    let following = tokio::spawn(follow_store_health(engine.clone(), health.clone()));
+    let following = tokio::spawn(follow_health(engine.clone(), health.clone()));
 
     tokio::select! {
         result = &mut server => return Ok(result??),
@@ -299,18 +299,27 @@ fn cors(tokens_required: bool) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 3600))
 }
 
-/// Reports SERVING while the engine's store can write and NOT_SERVING while it cannot (a
-/// full or read-only disk), until the task is stopped.
-async fn follow_store_health(engine: Engine, health: tonic_health::server::HealthReporter) {
+/// Reports SERVING while the engine's store can write and, with a broker, while the node
+/// reaches it; NOT_SERVING while either fails (a full or read-only disk, a lost broker),
+/// until the task is stopped.
+async fn follow_health(engine: Engine, health: tonic_health::server::HealthReporter) {
     let mut store = engine.store_health();
+    // Without a broker, one that is always reached and never changes.
+    let (_always, reached) = tokio::sync::watch::channel(true);
+    let mut broker = engine.broker_connected().unwrap_or(reached);
     loop {
-        let status = if store.borrow_and_update().unwritable {
-            ServingStatus::NotServing
-        } else {
+        let serving = !store.borrow_and_update().unwritable && *broker.borrow_and_update();
+        let status = if serving {
             ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
         };
         set_health(&health, status).await;
-        if store.changed().await.is_err() {
+        let changed = tokio::select! {
+            changed = store.changed() => changed,
+            changed = broker.changed() => changed,
+        };
+        if changed.is_err() {
             return;
         }
     }

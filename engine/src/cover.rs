@@ -12,7 +12,7 @@ use crate::limits::Limits;
 pub const ANALYSIS_RATE: u32 = 22_050;
 
 /// How a model covers a song.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CoverMode {
     /// Re-creates the song's melody in the prompt's style (the synth; MusicGen-Melody's
     /// chroma conditioning).

@@ -186,7 +186,7 @@ impl GenerationService for GenerationApi {
             .map_err(to_status)?;
         let mut submission =
             requests::cover(&tenant, &request, song, limits.max_duration_s).map_err(to_status)?;
-        submission.reservation = Some(reservation.id());
+        submission.reservation = reservation.id();
         let cancel_on_disconnect = request.cancel_on_disconnect;
         let started = self.start(tenant, submission, cancel_on_disconnect).await;
         drop(reservation);

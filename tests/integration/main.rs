@@ -12,6 +12,7 @@ mod cli_remote;
 mod service;
 mod service_access;
 mod service_cluster;
+mod service_cluster_faults;
 mod service_covers;
 mod service_disk;
 mod service_hardening;

@@ -1,15 +1,15 @@
 //! Nodes sharing one queue, job logs and results on a NATS server with JetStream
 //! (`son1k serve --broker`), over real sockets: jobs submitted to one node run on whichever
 //! node has a free slot, and every node streams, lists, serves the audio of and cancels
-//! every job; admission and idempotency hold across the cluster.
+//! every job, covers included; admission and idempotency hold across the cluster.
 
 use son1k::proto::v1 as pb;
 use son1k_engine::jobs::broker::test_server::NatsServer;
 
 use crate::common::metrics::{samples, scrape, value};
 use crate::common::server::{
-    collect, completed, generate, is_stage, name, read_until, retry_after_secs, watch, Client,
-    Server,
+    audio_file, collect, completed, generate, generate_when_admitted, get_audio, is_stage, name,
+    names, read_until, retry_after_secs, watch, Server,
 };
 
 /// `count` nodes on `nats`, each running one job at a time, with `extra` flags.
@@ -36,17 +36,39 @@ async fn nodes(
     nodes
 }
 
-/// The whole audio file of a job, by GetAudio.
-async fn get_audio(client: &mut Client, id: &str) -> Vec<u8> {
-    let request = pb::GetAudioRequest {
-        generation_id: id.to_string(),
+/// `seconds` of a four-note tune as a 16-bit WAV file at 22.05 kHz.
+fn wav_song(seconds: u32) -> Vec<u8> {
+    const RATE: u32 = 22_050;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
     };
-    let mut stream = client.get_audio(request).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(piece) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&piece.data);
+    let mut file = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut file, spec).unwrap();
+    for i in 0..seconds * RATE {
+        let note = [262.0, 330.0, 392.0, 523.0][(i / (RATE / 2)) as usize % 4];
+        let x = 0.4 * (2.0 * std::f32::consts::PI * note * i as f32 / RATE as f32).sin();
+        writer.write_sample((x * 32767.0) as i16).unwrap();
     }
-    bytes
+    writer.finalize().unwrap();
+    file.into_inner()
+}
+
+/// A melody cover of `song` by the synth.
+fn cover(song: &[u8], seconds: f64) -> pb::CoverRequest {
+    pb::CoverRequest {
+        song: song.to_vec(),
+        prompt: "bright synth pop".into(),
+        duration_seconds: seconds,
+        mode: pb::CoverMode::Melody as i32,
+        sampling: Some(pb::Sampling {
+            seed: Some(8),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,6 +172,32 @@ async fn three_nodes_run_one_queue_and_every_node_answers_for_every_job() {
         .unwrap()
         .into_inner();
     assert_eq!(polled.state, pb::GenerationState::Cancelled as i32);
+
+    // A cover uploaded to one node runs on whichever is free, and every node follows it
+    // and serves its file.
+    let song = wav_song(6);
+    let stream = clients[1]
+        .cover(cover(&song, 4.0))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = collect(stream).await.unwrap();
+    completed(&events);
+    let id = &events[0].generation_id;
+    let file = audio_file(&events);
+    for client in &mut clients {
+        let seen = watch(client, id, 0).await;
+        assert_eq!(names(&seen), names(&events));
+        assert_eq!(get_audio(client, id).await, file);
+    }
+    // The same upload again makes the same cover (its song went to the node that ran it
+    // intact).
+    let again = clients[2]
+        .cover(cover(&song, 4.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audio_file(&collect(again).await.unwrap()), file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,6 +231,13 @@ async fn admission_and_idempotency_hold_across_the_cluster() {
         "{refused:?}"
     );
     assert!(retry_after_secs(&refused) >= 1);
+    // A cover counts against the same limit.
+    let refused = second.cover(cover(&wav_song(6), 4.0)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
     // The same request id on another node is the same job, from its first event.
     let again = second.generate(keyed.clone()).await.unwrap().into_inner();
     let mut again = again;
@@ -207,33 +262,8 @@ async fn admission_and_idempotency_hold_across_the_cluster() {
         collect(running).await.unwrap().last().map(name),
         Some("cancelled")
     );
-    // Covers wait for a later step: refused before the upload is decoded.
-    let cover = pb::CoverRequest {
-        song: vec![1; 64],
-        prompt: "a cover".into(),
-        ..Default::default()
-    };
-    let refused = second.cover(cover).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
     // Its place frees on any node once its owner has taken its work back (just after the
     // end it announced).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let next = loop {
-        match second.generate(generate("short", 1.0, 5)).await {
-            Ok(next) => break next.into_inner(),
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the place never freed"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(status) => panic!("{status:?}"),
-        }
-    };
+    let next = generate_when_admitted(&mut second, generate("short", 1.0, 5)).await;
     completed(&collect(next).await.unwrap());
 }

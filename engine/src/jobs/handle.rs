@@ -6,9 +6,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures_util::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::broker::cluster::Cluster;
+use super::broker::inputs::CoverSpec;
 use super::broker::records::Record;
 use super::broker::runner::Runner;
 use super::broker::{Broker, BrokerConfig};
@@ -30,10 +32,6 @@ use crate::limits::Limits;
 use crate::metrics::Exposition;
 use crate::model::MusicModel;
 use crate::model_info::ModelInfo;
-
-/// Why a cluster node refuses a cover.
-const NO_CLUSTER_COVERS: &str =
-    "covers are not served by a cluster yet (--broker): send them to a node without a broker";
 
 /// Commands the registry's inbox holds before senders wait.
 const INBOX: usize = 1024;
@@ -86,20 +84,24 @@ impl Drop for StopWhenDropped {
 /// An admission slot taken before a job is submitted; given back when dropped unless a
 /// submission used it.
 pub struct Reservation {
-    id: ReservationId,
+    /// `None` on a cluster's node, where the broker admits the job when it is submitted.
+    id: Option<ReservationId>,
     commands: mpsc::Sender<Command>,
 }
 
 impl Reservation {
     /// What a [`Submission`] names to use this slot.
-    pub fn id(&self) -> ReservationId {
+    pub fn id(&self) -> Option<ReservationId> {
         self.id
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let release = Command::Release { id: self.id };
+        let Some(id) = self.id else {
+            return;
+        };
+        let release = Command::Release { id };
         if let Err(mpsc::error::TrySendError::Full(release)) = self.commands.try_send(release) {
             // A busy inbox: send it from a task rather than lose the slot.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -247,6 +249,14 @@ impl Engine {
         self.health.clone()
     }
 
+    /// With a broker, whether this node reaches it now, as it changes: a node that lost
+    /// its broker reports itself not serving and refuses submissions until it is back.
+    pub fn broker_connected(&self) -> Option<watch::Receiver<bool>> {
+        self.cluster
+            .as_ref()
+            .map(|side| side.broker.connected.clone())
+    }
+
     /// The models this engine runs, the default first.
     pub fn models(&self) -> &[ModelInfo] {
         &self.models
@@ -315,7 +325,13 @@ impl Engine {
     /// Admits a job (or finds the one its idempotency key already made).
     pub async fn submit(&self, submission: Submission) -> Result<Admitted, EngineError> {
         if let Some(side) = &self.cluster {
-            return side.cluster.submit(self.cluster_record(submission)?).await;
+            let song = submission
+                .request
+                .cover
+                .as_ref()
+                .map(|c| Arc::clone(&c.song));
+            let record = self.cluster_record(submission)?;
+            return side.cluster.submit(record, song.as_deref()).await;
         }
         self.ask(|reply| Command::Submit {
             submission: Box::new(submission),
@@ -328,9 +344,6 @@ impl Engine {
     /// models as the others), its seed chosen, so whichever node runs it, and runs it
     /// again after a lost node, makes the same audio.
     fn cluster_record(&self, submission: Submission) -> Result<Record, EngineError> {
-        if submission.request.cover.is_some() {
-            return Err(EngineError::Unsupported(NO_CLUSTER_COVERS.into()));
-        }
         let listed: Vec<&ModelInfo> = self.models.iter().collect();
         let model = pick_model(
             &listed,
@@ -342,6 +355,7 @@ impl Engine {
         check_container(submission.format, validated.sample_format)?;
         let mut request = submission.request;
         request.seed = Some(validated.seed);
+        let cover = request.cover.take().as_ref().map(CoverSpec::of);
         let info = JobInfo {
             id: new_job_id()?,
             tenant: submission.tenant,
@@ -366,6 +380,7 @@ impl Engine {
             cancel_requested: false,
             request,
             format: submission.format,
+            cover,
         })
     }
 
@@ -380,7 +395,9 @@ impl Engine {
             Some(side) => {
                 let kind = side.cluster.get(tenant, id).await?.kind;
                 let events = side.cluster.events(tenant, id, after).await?;
-                (kind, Source::Cluster(events))
+                let mut connection = side.broker.connected.clone();
+                connection.mark_unchanged();
+                (kind, Source::Cluster { events, connection })
             }
             None => {
                 let feed = self.subscribe(tenant, id, after).await?;
@@ -483,9 +500,13 @@ impl Engine {
     /// slot counts against the queue and the tenant's limits until a [`Submission`] names
     /// it or the reservation is dropped. `model` is the id of the model the job will run on.
     pub async fn reserve(&self, tenant: &str, model: &str) -> Result<Reservation, EngineError> {
-        // Refused before the upload is decoded.
+        // A cluster admits the job when it is submitted, atomically on the broker; the
+        // node's decode slots still bound the decoding before it.
         if self.cluster.is_some() {
-            return Err(EngineError::Unsupported(NO_CLUSTER_COVERS.into()));
+            return Ok(Reservation {
+                id: None,
+                commands: self.commands.clone(),
+            });
         }
         let id = self
             .ask(|reply| Command::Reserve {
@@ -495,7 +516,7 @@ impl Engine {
             })
             .await??;
         Ok(Reservation {
-            id,
+            id: Some(id),
             commands: self.commands.clone(),
         })
     }
@@ -595,6 +616,37 @@ impl Engine {
     }
 }
 
+/// How long a stream of a cluster job waits for a lost broker to come back before it ends
+/// with UNAVAILABLE (the client may then re-attach from its last event).
+const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Engine {
+    /// A cluster job's events after `after`, read again once the broker answers, within
+    /// [`RESUME_WINDOW`]; `why` is what stopped the last reading.
+    async fn resume_cluster_events(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        why: String,
+    ) -> Result<BoxStream<'static, Result<JobEvent, EngineError>>, EngineError> {
+        let Some(side) = &self.cluster else {
+            return Err(EngineError::Unavailable(why));
+        };
+        tracing::warn!(job = %id, "a stream lost the broker ({why}); resuming after event {after}");
+        let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+        loop {
+            match side.cluster.events(tenant, id, after).await {
+                Err(EngineError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(job = %id, "the broker is not back yet: {why}");
+                    tokio::time::sleep(super::broker::RECONNECT_PAUSE / 4).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// Where a stream's events come from.
 enum Source {
     /// This node's registry (and a finished job's log on its disk).
@@ -603,8 +655,12 @@ enum Source {
         /// A finished job's remaining events, read from its stored log.
         from_disk: Option<VecDeque<JobEvent>>,
     },
-    /// The cluster's log of the job on the broker.
-    Cluster(futures_util::stream::BoxStream<'static, Result<JobEvent, EngineError>>),
+    /// The cluster's log of the job on the broker, read again after the last event
+    /// delivered whenever the connection comes back.
+    Cluster {
+        events: BoxStream<'static, Result<JobEvent, EngineError>>,
+        connection: watch::Receiver<bool>,
+    },
 }
 
 /// A job's events in order, each exactly once, ending after the terminal event.
@@ -637,9 +693,45 @@ impl EventStream {
                 return None;
             }
             let (feed, from_disk) = match &mut self.source {
-                Source::Cluster(events) => {
-                    let event = match futures_util::StreamExt::next(events).await {
+                Source::Cluster { events, connection } => {
+                    let next = tokio::select! {
+                        next = futures_util::StreamExt::next(events) => next,
+                        // A lost connection can lose what was on the way (the broker
+                        // restarted, or cut off a slow reader): once it is back, the
+                        // stream reads again after the last event it delivered.
+                        Ok(()) = connection.changed() => {
+                            if *connection.borrow_and_update() {
+                                let why = "the connection was lost".to_string();
+                                match self.engine.resume_cluster_events(&self.tenant, &self.id, self.cursor, why).await {
+                                    Ok(resumed) => *events = resumed,
+                                    Err(e) => {
+                                        self.ended = true;
+                                        return Some(Err(e));
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                    };
+                    let event = match next {
                         Some(Ok(event)) => event,
+                        // The broker went away (restarted, say): the log is still there
+                        // once it is back, so the stream goes on after the last event
+                        // it delivered.
+                        Some(Err(EngineError::Unavailable(why))) => {
+                            match self
+                                .engine
+                                .resume_cluster_events(&self.tenant, &self.id, self.cursor, why)
+                                .await
+                            {
+                                Ok(resumed) => *events = resumed,
+                                Err(e) => {
+                                    self.ended = true;
+                                    return Some(Err(e));
+                                }
+                            }
+                            continue;
+                        }
                         Some(Err(e)) => {
                             self.ended = true;
                             return Some(Err(e));

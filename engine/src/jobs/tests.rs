@@ -382,7 +382,7 @@ async fn a_reserved_slot_counts_before_its_job_exists_and_an_unused_one_is_given
     assert!(engine.reserve("c", "gated").await.is_err());
     // ... which its submission then takes.
     let cover = Submission {
-        reservation: Some(reservation.id()),
+        reservation: reservation.id(),
         ..submission("b")
     };
     let queued = engine.submit(cover).await.unwrap();
@@ -490,14 +490,14 @@ async fn reservations_take_free_workers_first_and_then_count_against_the_queue()
     // Each submission takes the place its reservation held.
     let first = engine
         .submit(Submission {
-            reservation: Some(starts.id()),
+            reservation: starts.id(),
             ..submission("a")
         })
         .await
         .unwrap();
     let second = engine
         .submit(Submission {
-            reservation: Some(waits.id()),
+            reservation: waits.id(),
             ..submission("b")
         })
         .await

@@ -339,8 +339,22 @@ impl Server {
 
     /// Sends SIGTERM to a process server (a graceful stop).
     pub(crate) fn terminate(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    /// Pauses a process server (SIGSTOP): it holds its connections and does nothing.
+    pub(crate) fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a paused process server go on (SIGCONT).
+    pub(crate) fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("a process id");
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("a signal");
+        rustix::process::kill_process(pid, signal).expect("a signal");
     }
 
     /// Waits for a process server to exit by itself.
@@ -400,6 +414,26 @@ pub(crate) fn generate(prompt: &str, seconds: f64, seed: u64) -> pb::GenerateReq
     }
 }
 
+/// Generate, retried while it is refused RESOURCE_EXHAUSTED, for at most 10 s: for a place
+/// that frees just after the end a client saw (a cluster's node takes the job's work back
+/// right after writing its end).
+pub(crate) async fn generate_when_admitted(
+    client: &mut Client,
+    request: pb::GenerateRequest,
+) -> Streaming<pb::GenerationEvent> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.generate(request.clone()).await {
+            Ok(stream) => return stream.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(Instant::now() < deadline, "the place never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
 /// The `retry-after` hint of a refusal, in seconds (panics when it has none).
 pub(crate) fn retry_after_secs(status: &Status) -> u64 {
     status
@@ -429,6 +463,19 @@ pub(crate) async fn watch(client: &mut Client, id: &str, after: u64) -> Vec<pb::
     };
     let stream = client.watch(request).await.expect("watch").into_inner();
     collect(stream).await.expect("a healthy stream")
+}
+
+/// The whole audio file of a job, by GetAudio.
+pub(crate) async fn get_audio(client: &mut Client, id: &str) -> Vec<u8> {
+    let request = pb::GetAudioRequest {
+        generation_id: id.to_string(),
+    };
+    let mut stream = client.get_audio(request).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(piece) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&piece.data);
+    }
+    bytes
 }
 
 /// A job's polling view.

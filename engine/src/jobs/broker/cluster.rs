@@ -8,10 +8,12 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+use super::inputs;
 use super::log::Appended;
 use super::queue::{Offer, WorkOrder};
 use super::records::{Record, RequestClaim};
 use super::Broker;
+use crate::cover::Song;
 use crate::error::EngineError;
 use crate::jobs::command::Admitted;
 use crate::jobs::event::{EventBody, FailureCode, JobEvent, JobState};
@@ -65,13 +67,27 @@ impl Cluster {
     /// Submits a job whose record the caller filled from a validated request (state
     /// Queued, a fresh id): claims its request id, stores the record, opens its log with
     /// Accepted and its place in line, and queues it. A refusal by the queue's limits
-    /// takes all of that back and is `ResourceExhausted` with a retry hint.
-    pub async fn submit(&self, mut record: Record) -> Result<Admitted, EngineError> {
+    /// takes all of that back and is `ResourceExhausted` with a retry hint. While the
+    /// broker is out of reach it is refused at once, `Unavailable`. A cover's decoded
+    /// `song` is stored for the node that runs it.
+    pub async fn submit(
+        &self,
+        mut record: Record,
+        song: Option<&Song>,
+    ) -> Result<Admitted, EngineError> {
+        self.broker.check_connected()?;
         if let Some(existing) = self.claim(&record).await? {
             return Ok(existing);
         }
         let records = &self.broker.records;
-        let (tenant, id) = (record.info.tenant.clone(), record.info.id.clone());
+        let id = record.info.id.clone();
+        // A cover's song is in place before any node can take its job.
+        if let Some(song) = song {
+            if let Err(e) = inputs::put_song(&self.broker.inputs, &id, song).await {
+                self.undo_submit(&record).await;
+                return Err(e);
+            }
+        }
         let position = self.broker.queue.waiting().await? + 1;
         record.info.progress = queued_progress(position);
         record.info.last_sequence = 2;
@@ -80,15 +96,24 @@ impl Cluster {
         };
         let admitted = self.open_and_queue(&mut record, revision).await;
         if admitted.is_err() {
-            // Refused, or the broker failed half-way: take back what this submit stored, so
-            // no job waits with no work message and the client's retry is a new request.
-            let _ = records.remove(&tenant, &id).await;
-            let _ = self.broker.log.forget(&id).await;
-            if let Some(key) = &record.info.request_id {
-                let _ = records.release_request(&tenant, key).await;
-            }
+            self.undo_submit(&record).await;
         }
         admitted
+    }
+
+    /// Takes back what a refused submit stored (or a submit the broker failed half-way),
+    /// so no job waits with no work message and the client's retry is a new request.
+    async fn undo_submit(&self, record: &Record) {
+        let (tenant, id) = (&record.info.tenant, &record.info.id);
+        let records = &self.broker.records;
+        let _ = records.remove(tenant, id).await;
+        let _ = self.broker.log.forget(id).await;
+        if record.cover.is_some() {
+            inputs::remove_song(&self.broker.inputs, id).await;
+        }
+        if let Some(key) = &record.info.request_id {
+            let _ = records.release_request(tenant, key).await;
+        }
     }
 
     /// Opens a stored job's log with Accepted and its place in line, and queues it.
@@ -113,7 +138,12 @@ impl Cluster {
                 time_unix_ms: now_unix_ms(),
                 body,
             };
-            match self.broker.log.append(&id, expected, &event).await? {
+            match self
+                .broker
+                .log
+                .append(&id, expected, &event, "submit")
+                .await?
+            {
                 Appended::Stored(at) => expected = at,
                 Appended::Fenced => {
                     return Err(EngineError::Internal(format!("job {id}'s log was not new")))
@@ -312,7 +342,12 @@ impl Cluster {
                 time_unix_ms: now_unix_ms(),
                 body: body.clone(),
             };
-            if let Appended::Stored(_) = self.broker.log.append(id, expected, &event).await? {
+            if let Appended::Stored(_) = self
+                .broker
+                .log
+                .append(id, expected, &event, "cancel")
+                .await?
+            {
                 return Ok(());
             }
         }

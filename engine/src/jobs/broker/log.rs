@@ -40,21 +40,30 @@ pub struct JobLog {
 /// again (the ordered consumer delivers live events as they come; this bounds a stall).
 const REPLAY_IDLE: Duration = Duration::from_secs(30);
 
+/// Events a replay asks for at once.
+const REPLAY_BATCH: i64 = 16;
+
 impl JobLog {
     pub(super) fn new(context: jetstream::Context, stream: stream::Stream) -> Self {
         Self { context, stream }
     }
 
     /// Appends `event` to `job`'s log if the log's last stored message is still at stream
-    /// sequence `expected` (0: the log is empty).
+    /// sequence `expected` (0: the log is empty). `writer` names this writer's run of the
+    /// job (a node and its attempt) in the message's id: an append it repeats because the
+    /// first one's answer was lost (the broker restarted, say) finds its own message last
+    /// and is answered as stored there, not refused as fenced.
     pub async fn append(
         &self,
         job: &str,
         expected: u64,
         event: &JobEvent,
+        writer: &str,
     ) -> Result<Appended, EngineError> {
+        let message_id = format!("{job}.{}.{writer}", event.sequence);
         let publish = jetstream::message::PublishMessage::build()
             .payload(encode(event)?)
+            .message_id(&message_id)
             .expected_last_subject_sequence(expected);
         let sent = self
             .context
@@ -63,8 +72,31 @@ impl JobLog {
             .map_err(|e| unavailable("refused an event", e))?;
         match sent.await {
             Ok(ack) => Ok(Appended::Stored(ack.sequence)),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Appended::Fenced),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                self.stored_as(job, &message_id).await
+            }
             Err(e) => Err(unavailable("did not store an event", e)),
+        }
+    }
+
+    /// After a refused append: stored, if the log's last message is the one with
+    /// `message_id` (an earlier try of this very append); fenced otherwise.
+    async fn stored_as(&self, job: &str, message_id: &str) -> Result<Appended, EngineError> {
+        match self
+            .stream
+            .direct_get_last_for_subject(events_subject(job))
+            .await
+        {
+            Ok(last) => {
+                let id = last.headers.get(async_nats::header::NATS_MESSAGE_ID);
+                Ok(if id.is_some_and(|id| id.as_str() == message_id) {
+                    Appended::Stored(last.sequence)
+                } else {
+                    Appended::Fenced
+                })
+            }
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(Appended::Fenced),
+            Err(e) => Err(unavailable("cannot read a job's log", e)),
         }
     }
 
@@ -104,6 +136,10 @@ impl JobLog {
                 filter_subject: events_subject(job),
                 deliver_policy: consumer::DeliverPolicy::All,
                 max_expires: REPLAY_IDLE,
+                // Previews carry their PCM: a few at a time, so a reader that is slower
+                // than the broker is not sent more than it can hold (the broker cuts off
+                // a client that falls 64 MiB behind).
+                max_batch: REPLAY_BATCH,
                 ..Default::default()
             })
             .await

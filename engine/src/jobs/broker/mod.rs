@@ -15,7 +15,8 @@
 //!   by two owners, and a replay from any node delivers each stored event once, in order.
 //! - [`records::Records`]: job records in KV with compare-and-set by revision, and
 //!   idempotency keys that only their first request creates.
-//! - Finished audio goes to the object store [`names::AUDIO_STORE`].
+//! - Finished audio goes to the object store [`names::AUDIO_STORE`], and a cover's song
+//!   travels to the node that runs it through [`inputs`].
 //! - [`cluster::Cluster`]: what any node answers for any job on these: submit, get, list,
 //!   cancel and its events.
 //!
@@ -23,6 +24,7 @@
 //! behind them.
 
 pub mod cluster;
+pub mod inputs;
 pub mod log;
 pub mod names;
 pub mod queue;
@@ -37,6 +39,8 @@ mod tests;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use async_nats::Event;
+use tokio::sync::watch;
 
 use crate::error::EngineError;
 
@@ -76,6 +80,9 @@ impl BrokerConfig {
     }
 }
 
+/// The longest pause between two attempts to reach a lost broker.
+pub const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
 /// A connection to the broker with its streams, consumer and buckets in place.
 #[derive(Clone)]
 pub struct Broker {
@@ -89,6 +96,11 @@ pub struct Broker {
     pub records: records::Records,
     /// Finished audio.
     pub audio: object_store::ObjectStore,
+    /// Covers' songs while their jobs are unfinished.
+    pub inputs: object_store::ObjectStore,
+    /// Whether the connection is up now: false from a lost connection until the client
+    /// has reconnected by itself.
+    pub connected: watch::Receiver<bool>,
 }
 
 /// A broker error as the engine reports it: the broker is out of reach or refused.
@@ -99,25 +111,59 @@ pub(crate) fn unavailable(what: &str, error: impl std::fmt::Display) -> EngineEr
 impl Broker {
     /// Connects to `url` (`nats://host:port`) as `node` and creates or updates every stream,
     /// the consumer and the buckets to `config`. The client reconnects by itself after
-    /// a lost connection.
+    /// a lost connection, as often as it takes (at most [`RECONNECT_PAUSE`] apart), and
+    /// [`Broker::connected`] follows it.
     pub async fn connect(
         url: &str,
         node: &str,
         config: &BrokerConfig,
     ) -> Result<Self, EngineError> {
+        let (up, connected) = watch::channel(true);
+        let node_name = node.to_string();
         let client = async_nats::ConnectOptions::new()
             .name(format!("son1k {node}"))
             .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(|attempts| {
+                let pause = Duration::from_millis(100).saturating_mul(attempts as u32);
+                pause.min(RECONNECT_PAUSE)
+            })
+            .event_callback(move |event| {
+                match &event {
+                    Event::Disconnected => {
+                        tracing::warn!(node = %node_name, "lost the broker; reconnecting");
+                        up.send_replace(false);
+                    }
+                    Event::Connected => {
+                        tracing::info!(node = %node_name, "connected to the broker");
+                        up.send_replace(true);
+                    }
+                    _ => {}
+                }
+                std::future::ready(())
+            })
             .connect(url)
             .await
             .map_err(|e| unavailable(&format!("at {url} cannot be reached"), e))?;
-        Self::set_up(jetstream::new(client), config).await
+        Self::set_up(jetstream::new(client), config, connected).await
+    }
+
+    /// Refuses at once, as UNAVAILABLE, while the connection is down, rather than after a
+    /// request's timeout.
+    pub fn check_connected(&self) -> Result<(), EngineError> {
+        if *self.connected.borrow() {
+            Ok(())
+        } else {
+            Err(EngineError::Unavailable(
+                "the broker is out of reach (the node is reconnecting); retry shortly".into(),
+            ))
+        }
     }
 
     /// Creates or updates what the nodes share.
     async fn set_up(
         context: jetstream::Context,
         config: &BrokerConfig,
+        connected: watch::Receiver<bool>,
     ) -> Result<Self, EngineError> {
         let setup = |what: &str| {
             let what = format!("cannot set up {what}");
@@ -172,24 +218,16 @@ impl Broker {
         let jobs = ensure_bucket(&context, names::JOBS_BUCKET, config.retention).await?;
         let requests =
             ensure_bucket(&context, names::REQUESTS_BUCKET, config.request_key_ttl).await?;
-        let audio = match context.get_object_store(names::AUDIO_STORE).await {
-            Ok(store) => store,
-            Err(_) => context
-                .create_object_store(object_store::Config {
-                    bucket: names::AUDIO_STORE.into(),
-                    max_age: config.retention,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| setup(names::AUDIO_STORE)(e.into()))?,
-        };
+        let audio = ensure_object_store(&context, names::AUDIO_STORE, config.retention).await?;
+        let inputs = ensure_object_store(&context, names::INPUTS_STORE, config.retention).await?;
         Ok(Self {
             queue: queue::WorkQueue::new(context.clone(), work, consumer),
             log: log::JobLog::new(context.clone(), events),
             records: records::Records::new(jobs, requests),
             audio,
+            inputs,
             context,
+            connected,
         })
     }
 }
@@ -210,6 +248,26 @@ async fn ensure_stream(
         .get_stream(&name)
         .await
         .map_err(|e| unavailable(&what, e))
+}
+
+/// The object store `name` (on disk, each object kept `max_age`), created if missing.
+async fn ensure_object_store(
+    context: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<object_store::ObjectStore, EngineError> {
+    if let Ok(store) = context.get_object_store(name).await {
+        return Ok(store);
+    }
+    context
+        .create_object_store(object_store::Config {
+            bucket: name.into(),
+            max_age,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&format!("cannot set up {name}"), e))
 }
 
 /// Creates the key-value bucket `name` (one value a key, on disk, each kept `max_age`), or

@@ -20,6 +20,8 @@ pub const JOBS_BUCKET: &str = "son1k_jobs";
 pub const REQUESTS_BUCKET: &str = "son1k_requests";
 /// Finished audio files, named by job id.
 pub const AUDIO_STORE: &str = "son1k_audio";
+/// Covers' songs, decoded, named by job id, until the job ends.
+pub const INPUTS_STORE: &str = "son1k_inputs";
 
 /// 32 hex digits of the SHA-256 of `text`.
 fn digest(text: &str) -> String {

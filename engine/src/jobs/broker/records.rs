@@ -8,6 +8,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::inputs::CoverSpec;
 use super::names::{record_key, request_key, tenant_prefix};
 use super::unavailable;
 use crate::audio::AudioFormat;
@@ -33,6 +34,9 @@ pub struct Record {
     pub request: GenerateRequest,
     /// The final file's container.
     pub format: AudioFormat,
+    /// A cover's settings (its song is in the inputs store).
+    #[serde(default)]
+    pub cover: Option<CoverSpec>,
 }
 
 /// What a request's idempotency key answers.

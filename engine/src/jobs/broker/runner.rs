@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::cluster::RACES;
+use super::inputs;
 use super::log::Appended;
 use super::queue::Lease;
 use super::records::Record;
@@ -131,12 +132,21 @@ impl Runner {
             Taken::Run(record) => record,
             Taken::Done(outcome) => return Ok(outcome),
         };
-        let (mut expected, mut next, mut percent) = self.tail(id).await?;
+        let (mut expected, mut next, mut percent) = self.patiently(|| self.tail(id)).await?;
+        let writer = format!("{}.{}", self.node, record.attempt);
+        let mut request = record.request.clone();
+        if let Some(spec) = &record.cover {
+            let limits = self.engine.limits();
+            let cover = self
+                .patiently(|| inputs::get_cover(&self.broker.inputs, id, spec, limits))
+                .await?;
+            request.cover = Some(cover);
+        }
         let submission = Submission {
             tenant: tenant.to_string(),
             kind: record.info.kind,
             model: Some(record.info.model.clone()),
-            request: record.request.clone(),
+            request,
             format: record.format,
             request_id: None,
             fingerprint: record.info.fingerprint,
@@ -165,12 +175,15 @@ impl Runner {
                     }
                     EventBody::AudioPiece(mut piece) => {
                         if piece.offset == 0 {
-                            if !self.still_owner(tenant, id, record.attempt).await? {
+                            let owner = self
+                                .patiently(|| self.still_owner(tenant, id, record.attempt))
+                                .await?;
+                            if !owner {
                                 let reason = "another node took the job over";
                                 let _ = self.engine.local_cancel(tenant, id, reason).await;
                                 return Ok(Outcome::Lost);
                             }
-                            self.upload_audio(tenant, id).await?;
+                            self.patiently(|| self.upload_audio(tenant, id)).await?;
                         }
                         piece.data = Vec::new();
                         EventBody::AudioPiece(piece)
@@ -183,7 +196,10 @@ impl Runner {
                     time_unix_ms: event.time_unix_ms,
                     body,
                 };
-                match self.broker.log.append(id, expected, &event).await? {
+                let appended = self
+                    .patiently(|| self.broker.log.append(id, expected, &event, &writer))
+                    .await?;
+                match appended {
                     Appended::Stored(at) => (expected, next) = (at, next + 1),
                     Appended::Fenced => {
                         let reason = "another node took the job over";
@@ -192,7 +208,8 @@ impl Runner {
                     }
                 }
                 if terminal {
-                    self.write_end(tenant, id, &event).await?;
+                    self.patiently(|| self.write_end(tenant, id, &event))
+                        .await?;
                     return Ok(Outcome::Done);
                 }
             }
@@ -297,7 +314,13 @@ impl Runner {
             body,
         };
         let (tenant, id) = (&record.info.tenant, &record.info.id);
-        match self.broker.log.append(id, expected, &event).await? {
+        let writer = format!("{}.end", self.node);
+        match self
+            .broker
+            .log
+            .append(id, expected, &event, &writer)
+            .await?
+        {
             Appended::Stored(_) => {
                 self.write_end(tenant, id, &event).await?;
                 Ok(Outcome::Done)
@@ -324,12 +347,35 @@ impl Runner {
             }
             if records.update(&record, revision).await?.is_some() {
                 tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");
+                if record.cover.is_some() {
+                    inputs::remove_song(&self.broker.inputs, id).await;
+                }
                 return Ok(());
             }
         }
         Err(EngineError::Unavailable(
             "the job's record kept changing".into(),
         ))
+    }
+
+    /// `op` until it does not fail for want of the broker, or until twice the lease has
+    /// passed: a run goes on through a broker restart (its events wait here, in order),
+    /// and its writes stay fenced, so one that lost its lease meanwhile stops at the next.
+    async fn patiently<T, F, Fut>(&self, mut op: F) -> Result<T, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.ack_wait * 2;
+        loop {
+            match op().await {
+                Err(EngineError::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(node = %self.node, "waiting for the broker: {why}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Whether this node's run is still the job's latest: checked before its audio goes

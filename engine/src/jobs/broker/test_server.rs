@@ -13,40 +13,80 @@ pub const VERSION: &str = "2.15.1";
 
 /// A running server; killed when dropped.
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts a server with JetStream on a free loopback port and waits until it listens.
     pub fn start() -> Self {
-        let binary = binary();
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(dir.path().join("store"))
-            .arg("--ports_file_dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let url = wait_for_port(dir.path(), child.id());
+        let (child, url) = spawn(dir.path(), None);
         Self {
-            child,
+            child: Some(child),
             url,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Kills the server at once (SIGKILL, as a crash would); its store stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("a port in the server's url");
+        let (child, url) = spawn(self.dir.path(), Some(port));
+        assert_eq!(url, self.url, "the server came back on another address");
+        self.child = Some(child);
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// Starts the server on `port` (a free one when `None`) with its store under `dir`, and
+/// waits until it listens.
+fn spawn(dir: &Path, port: Option<u16>) -> (Child, String) {
+    let binary = binary();
+    let port = port.map_or("-1".to_string(), |p| p.to_string());
+    // The ports file of an earlier run on the same directory must not be read as this one's.
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".ports") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    // The server's log, kept beside its store (appended to across restarts).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("nats-server.log"))
+        .expect("a log file");
+    let child = Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+        .arg(dir.join("store"))
+        .arg("--ports_file_dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let url = wait_for_port(dir, child.id());
+    (child, url)
 }
 
 /// The client URL from the ports file the server writes once it listens.

@@ -58,24 +58,34 @@ async fn a_stale_writer_is_fenced_and_a_replay_gives_each_event_once_to_the_end(
             model: "m".into(),
         },
     );
-    let Appended::Stored(first) = log.append(JOB, 0, &accepted).await.unwrap() else {
+    let Appended::Stored(first) = log.append(JOB, 0, &accepted, "node-a.1").await.unwrap() else {
         panic!("the first event of an empty log is stored");
     };
     // Two writers both believe they own the job after `first`: one wins, the other is
     // refused, and the refused one's event is not in the log.
     let Appended::Stored(second) = log
-        .append(JOB, first, &event(2, progress(10.0)))
+        .append(JOB, first, &event(2, progress(10.0)), "node-b.2")
         .await
         .unwrap()
     else {
         panic!("the owner's event is stored");
     };
     let zombie = log
-        .append(JOB, first, &event(2, progress(99.0)))
+        .append(JOB, first, &event(2, progress(99.0)), "node-a.1")
         .await
         .unwrap();
     assert_eq!(zombie, Appended::Fenced);
-    let stale_empty = log.append(JOB, 0, &event(2, progress(99.0))).await.unwrap();
+    let stale_empty = log
+        .append(JOB, 0, &event(2, progress(99.0)), "node-c.1")
+        .await
+        .unwrap();
+    // The owner repeating its append (its answer lost, say) hears where it was stored,
+    // and nothing is stored twice.
+    let repeated = log
+        .append(JOB, first, &event(2, progress(10.0)), "node-b.2")
+        .await
+        .unwrap();
+    assert_eq!(repeated, Appended::Stored(second));
     assert_eq!(stale_empty, Appended::Fenced);
     assert_eq!(
         log.last(JOB).await.unwrap(),
@@ -95,7 +105,7 @@ async fn a_stale_writer_is_fenced_and_a_replay_gives_each_event_once_to_the_end(
         },
     );
     let writer = log.clone();
-    let appended = tokio::spawn(async move { writer.append(JOB, second, &done).await });
+    let appended = tokio::spawn(async move { writer.append(JOB, second, &done, "node-b.2").await });
     let live = tokio::time::timeout(Duration::from_secs(10), replay.next()).await;
     assert!(matches!(
         live.unwrap().unwrap().unwrap().body,
@@ -276,6 +286,7 @@ fn record(tenant: &str, id: &str) -> Record {
         cancel_requested: false,
         request: crate::request::GenerateRequest::new("p", crate::request::Length::Seconds(1.0)),
         format: crate::audio::AudioFormat::Wav,
+        cover: None,
     }
 }
 
@@ -415,7 +426,10 @@ async fn a_submit_is_idempotent_admitted_by_the_clusters_limits_and_cancelled_in
     let server = NatsServer::start();
     let broker = broker(&server, &config()).await;
     let cluster = Cluster::new(broker, Duration::from_secs(3));
-    let first = cluster.submit(new_job("a", 1, Some("k"), 1)).await.unwrap();
+    let first = cluster
+        .submit(new_job("a", 1, Some("k"), 1), None)
+        .await
+        .unwrap();
     assert_eq!((first.id.as_str(), first.existing), (id(1).as_str(), false));
     let opening: Vec<EventBody> = cluster
         .events("a", &id(1), 0)
@@ -439,10 +453,13 @@ async fn a_submit_is_idempotent_admitted_by_the_clusters_limits_and_cancelled_in
     assert_eq!(cluster.get("a", &id(1)).await.unwrap().last_sequence, 2);
 
     // The same key answers for its job; with other parameters it is refused.
-    let again = cluster.submit(new_job("a", 2, Some("k"), 1)).await.unwrap();
+    let again = cluster
+        .submit(new_job("a", 2, Some("k"), 1), None)
+        .await
+        .unwrap();
     assert_eq!((again.id.as_str(), again.existing), (id(1).as_str(), true));
     let other = cluster
-        .submit(new_job("a", 3, Some("k"), 2))
+        .submit(new_job("a", 3, Some("k"), 2), None)
         .await
         .unwrap_err();
     assert!(matches!(other, EngineError::AlreadyExists(_)), "{other}");
@@ -450,11 +467,11 @@ async fn a_submit_is_idempotent_admitted_by_the_clusters_limits_and_cancelled_in
     // The tenant's limit of 2 holds across the cluster: the third is refused with a hint,
     // and leaves nothing behind (no record, no log, its key free).
     cluster
-        .submit(new_job("a", 4, Some("k4"), 1))
+        .submit(new_job("a", 4, Some("k4"), 1), None)
         .await
         .unwrap();
     let refused = cluster
-        .submit(new_job("a", 5, Some("k5"), 1))
+        .submit(new_job("a", 5, Some("k5"), 1), None)
         .await
         .unwrap_err();
     let EngineError::ResourceExhausted { retry_after, .. } = refused else {
@@ -503,7 +520,10 @@ async fn a_submit_is_idempotent_admitted_by_the_clusters_limits_and_cancelled_in
         cluster.cancel("a", &id(1), "again").await.unwrap(),
         JobState::Cancelled
     );
-    let retried = cluster.submit(new_job("a", 6, Some("k"), 1)).await.unwrap();
+    let retried = cluster
+        .submit(new_job("a", 6, Some("k"), 1), None)
+        .await
+        .unwrap();
     assert_eq!(
         (retried.id.as_str(), retried.existing),
         (id(6).as_str(), false)
@@ -520,7 +540,10 @@ async fn cancelling_a_running_job_flags_it_and_answers_once_its_node_stopped_it(
     let server = NatsServer::start();
     let broker = broker(&server, &config()).await;
     let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
-    cluster.submit(new_job("a", 1, None, 1)).await.unwrap();
+    cluster
+        .submit(new_job("a", 1, None, 1), None)
+        .await
+        .unwrap();
     // A node takes it and runs it, watching its record for a cancel.
     let lease = take_as_owner(&broker, "a", &id(1)).await;
     let node = tokio::spawn({
@@ -535,7 +558,7 @@ async fn cancelling_a_running_job_flags_it_and_answers_once_its_node_stopped_it(
                         reason: "stopped".into(),
                     };
                     let event = event(last.sequence + 1, body);
-                    broker.log.append(&id(1), at, &event).await.unwrap();
+                    broker.log.append(&id(1), at, &event, "test").await.unwrap();
                     record.info.state = JobState::Cancelled;
                     broker
                         .records
@@ -573,7 +596,10 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
     };
     let broker = broker(&server, &config).await;
     let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
-    cluster.submit(new_job("a", 1, None, 1)).await.unwrap();
+    cluster
+        .submit(new_job("a", 1, None, 1), None)
+        .await
+        .unwrap();
     // An owner took it, wrote its end, and stopped before its record and its ack.
     let lease = take_as_owner(&broker, "a", &id(1)).await;
     let (at, last) = broker.log.last(&id(1)).await.unwrap().unwrap();
@@ -583,7 +609,7 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
     };
     broker
         .log
-        .append(&id(1), at, &event(last.sequence + 1, failed))
+        .append(&id(1), at, &event(last.sequence + 1, failed), "test")
         .await
         .unwrap();
     drop(lease);
@@ -624,6 +650,9 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
     );
     // Its work is taken back: the tenant's two places are free.
     for n in 2..4 {
-        cluster.submit(new_job("a", n, None, 1)).await.unwrap();
+        cluster
+            .submit(new_job("a", n, None, 1), None)
+            .await
+            .unwrap();
     }
 }
