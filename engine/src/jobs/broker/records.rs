@@ -3,7 +3,7 @@
 //! a completion, an old owner and a new one) cannot both win; an idempotency key is created
 //! once, and every later request with it finds the first one's job.
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{consumer, kv};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,11 @@ use crate::audio::AudioFormat;
 use crate::error::EngineError;
 use crate::jobs::job::JobInfo;
 use crate::request::GenerateRequest;
+
+/// Records a listing reads at once.
+const LIST_BATCH: i64 = 64;
+/// The header that marks a key-value message as a put, a delete or a purge.
+const KV_OPERATION: &str = "KV-Operation";
 
 /// A job as the cluster keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,20 +129,38 @@ impl Records {
 
     /// Every record of `tenant` (unordered).
     pub async fn list(&self, tenant: &str) -> Result<Vec<Record>, EngineError> {
-        let prefix = format!("{}.", tenant_prefix(tenant));
-        let mut keys = self
+        let failed = |e: &dyn std::fmt::Display| unavailable("cannot list jobs", e);
+        // Only this tenant's keys, each at its last value: the other tenants' records are
+        // not read, however many there are.
+        let consumer = self
             .jobs
-            .keys()
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}{}.*", self.jobs.prefix, tenant_prefix(tenant)),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                max_batch: LIST_BATCH,
+                ..Default::default()
+            })
             .await
-            .map_err(|e| unavailable("cannot list jobs", e))?;
+            .map_err(|e| failed(&e))?;
+        let pending = consumer.cached_info().num_pending;
         let mut records = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| unavailable("cannot list jobs", e))?;
-            let Some(job) = key.strip_prefix(&prefix) else {
-                continue;
+        if pending == 0 {
+            return Ok(records);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        for _ in 0..pending {
+            let Some(message) = messages.next().await else {
+                break;
             };
-            if let Some((record, _)) = self.read(tenant, job).await? {
-                records.push(record);
+            let message = message.map_err(|e| failed(&e))?;
+            // A removed record leaves a marker with no value.
+            let removed = message.headers.as_ref().is_some_and(|h| {
+                h.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT")
+                    || h.get(async_nats::header::NATS_MARKER_REASON).is_some()
+            });
+            if !removed && !message.payload.is_empty() {
+                records.push(decode(&message.payload)?);
             }
         }
         Ok(records)

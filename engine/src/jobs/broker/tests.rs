@@ -335,6 +335,11 @@ async fn records_change_by_revision_and_a_request_key_answers_for_its_first_job(
         .collect();
     listed.sort();
     assert_eq!(listed, [JOB.to_string(), "other".to_string()]);
+    // A removed record is not listed; the tenant's last value of each other one is.
+    records.remove("a", "other").await.unwrap();
+    let listed: Vec<Record> = records.list("a").await.unwrap();
+    assert_eq!(listed, std::slice::from_ref(&running));
+    assert_eq!(records.list("c").await.unwrap(), []);
 
     let claim = RequestClaim {
         job: JOB.into(),
