@@ -190,9 +190,11 @@ pub async fn serve_on(
         .is_err()
     {
         tracing::warn!(
-            "jobs still running after the drain timeout; they will be reported interrupted"
+            "jobs still running after the drain timeout; they will be reported interrupted \
+             (on a cluster's node: handed to other nodes)"
         );
     }
+    engine.hand_back_cluster_jobs().await;
     engine.flush().await;
     let _ = stop_tx.send(true);
     // Streams of finished jobs end by themselves; give the rest a moment.

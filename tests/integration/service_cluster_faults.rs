@@ -361,3 +361,69 @@ async fn a_job_that_keeps_killing_its_nodes_fails_interrupted_and_frees_its_plac
     let next = generate_when_admitted(client, generate("short", 1.0, 8)).await;
     completed(&collect(next).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_hands_its_job_to_another_at_once() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A lease far longer than the test: the job can only move on by being handed back.
+    let lease = "120";
+    let mut nodes = Vec::new();
+    for n in 1..=2 {
+        let node = format!("node-{n}");
+        let flags = [
+            "--broker",
+            &nats.url,
+            "--node-id",
+            &node,
+            "--max-running",
+            "1",
+            "--max-duration",
+            "600",
+            "--lease-seconds",
+            lease,
+            "--drain-timeout",
+            "0.5",
+        ];
+        nodes.push(Server::start_process(&dir.path().join(&node), &flags).await);
+    }
+    let mut clients = clients(&nodes).await;
+    let mut submitted = clients[0]
+        .generate(generate("long drone", LONG, 11))
+        .await
+        .unwrap()
+        .into_inner();
+    let opening = read_until(&mut submitted, |e| is_stage(e, pb::Stage::Generating)).await;
+    drop(submitted);
+    let id = opening[0].generation_id.clone();
+    let owner = running_on(&nodes, &[0, 1]).await;
+    let other = 1 - owner;
+    let watcher = follow(&clients[other], &id, 0);
+
+    nodes[owner].terminate();
+    let status = nodes[owner].exit_status(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}: {}", nodes[owner].log());
+    assert!(
+        nodes[owner]
+            .log()
+            .contains("handed the job back to the cluster"),
+        "{}",
+        nodes[owner].log()
+    );
+    // The other node runs it to the end, long before the lease would have passed.
+    let events = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the job moved on before its lease")
+        .unwrap();
+    let sequences = check_log(&events);
+    assert_eq!(
+        check_log(&watch(&mut clients[other], &id, 0).await),
+        sequences
+    );
+    let ran = metric(
+        &nodes[other],
+        "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"",
+    )
+    .await;
+    assert_eq!(ran, 1.0);
+}

@@ -68,8 +68,8 @@ pub struct Engine {
 struct ClusterSide {
     cluster: Cluster,
     broker: Broker,
-    /// Set when the node drains: its runner takes no more work.
-    stopping: Arc<AtomicBool>,
+    /// What takes the cluster's jobs onto this node.
+    runner: Box<Runner>,
 }
 
 /// Sets its flag when dropped: an abandoned request stops the work it started.
@@ -226,19 +226,12 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let node = self.node.clone();
         let broker = Broker::connect(url, &node, &config).await?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let runner = Runner {
-            broker: broker.clone(),
-            config,
-            engine: self.clone(),
-            node,
-            stopping: Arc::clone(&stopping),
-        };
-        tokio::spawn(runner.run(self.slots));
+        let runner = Runner::new(broker.clone(), config, self.clone(), &node);
+        tokio::spawn(runner.clone().run(self.slots));
         self.cluster = Some(ClusterSide {
             cluster: Cluster::new(broker.clone(), self.retry_after),
             broker,
-            stopping,
+            runner: Box::new(runner),
         });
         Ok(self)
     }
@@ -525,9 +518,18 @@ impl Engine {
     /// for running ones to end.
     pub async fn drain(&self) {
         if let Some(side) = &self.cluster {
-            side.stopping.store(true, Ordering::Relaxed);
+            side.runner.stopping.store(true, Ordering::Relaxed);
         }
         let _ = self.ask(|reply| Command::Drain { reply }).await;
+    }
+
+    /// On a cluster's node that stops: gives the jobs it still runs back to the queue, so
+    /// other nodes run them at once rather than after their lease. Nothing to do without
+    /// a broker.
+    pub async fn hand_back_cluster_jobs(&self) {
+        if let Some(side) = &self.cluster {
+            side.runner.hand_back_all().await;
+        }
     }
 
     /// Waits until every event and record so far is on disk (before the process exits).

@@ -184,6 +184,14 @@ impl Lease {
             .map_err(|e| unavailable("did not extend a lease", e))
     }
 
+    /// Gives the lease up: the message is redelivered (to another node) at once.
+    pub async fn hand_back(&self) -> Result<(), EngineError> {
+        self.message
+            .ack_with(AckKind::Nak(None))
+            .await
+            .map_err(|e| unavailable("did not take a job back", e))
+    }
+
     /// Ends the lease: the job is done with, and its message leaves the queue (freeing its
     /// tenant's place).
     pub async fn finish(&self) -> Result<(), EngineError> {

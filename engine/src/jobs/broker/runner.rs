@@ -6,7 +6,9 @@
 //! a cancel another node sets on its record stops it here. Its audio goes to the object
 //! store before the events that announce it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -26,6 +28,8 @@ use crate::jobs::job::{now_unix_ms, state_after};
 
 /// How long one wait for work lasts before the runner asks again.
 const TAKE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping node waits for its runs to give their jobs back.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(5);
 /// The pause after the broker failed to hand out work.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -38,7 +42,12 @@ pub(crate) struct Runner {
     pub(crate) engine: Engine,
     pub(crate) node: String,
     /// Set when the node drains: no more work is taken.
-    pub(crate) stopping: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) stopping: Arc<AtomicBool>,
+    /// Set when the node hands its unfinished jobs back as it stops: runs write nothing
+    /// more and give their job back to the queue.
+    pub(crate) handing_back: Arc<AtomicBool>,
+    /// The jobs this node runs now, by id, with their tenants.
+    pub(crate) held: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// What a node may do with a job it took from the queue.
@@ -55,9 +64,26 @@ enum Outcome {
     Done,
     /// Another node owns the job now: its message is not this node's to ack.
     Lost,
+    /// The node stops before the job ended: the job goes back to the queue at once, for
+    /// another node, without counting this run.
+    HandBack,
 }
 
 impl Runner {
+    /// The runner of node `node`, running the cluster's jobs on `engine` (the node's own,
+    /// without a cluster side).
+    pub(crate) fn new(broker: Broker, config: BrokerConfig, engine: Engine, node: &str) -> Self {
+        Self {
+            broker,
+            config,
+            engine,
+            node: node.to_string(),
+            stopping: Arc::default(),
+            handing_back: Arc::default(),
+            held: Arc::default(),
+        }
+    }
+
     /// Takes and runs jobs, at most `slots` at once, until the process ends.
     pub(crate) async fn run(self, slots: usize) {
         let slots = Arc::new(Semaphore::new(slots.max(1)));
@@ -65,7 +91,7 @@ impl Runner {
             let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
                 return;
             };
-            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            if self.stopping.load(Ordering::Relaxed) {
                 return;
             }
             match self.broker.queue.take(TAKE_WAIT).await {
@@ -100,11 +126,14 @@ impl Runner {
             }
         });
         let order = &lease.order;
+        self.held_jobs()
+            .insert(order.job.clone(), order.tenant.clone());
         let outcome = self
             .drive(&order.tenant, &order.job, lease.stream_sequence)
             .await;
         heartbeat.abort();
         match outcome {
+            Ok(Outcome::HandBack) => self.hand_back(&lease).await,
             Ok(Outcome::Done) => {
                 if let Err(e) = lease.finish().await {
                     tracing::warn!(job = %order.job, node = %self.node, "{e}");
@@ -124,6 +153,88 @@ impl Runner {
                     .await;
             }
         }
+        self.held_jobs().remove(&order.job);
+    }
+
+    /// The jobs this node runs now (a poisoned lock is taken as it is: the map stays
+    /// whole, each change being one insert or remove).
+    fn held_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives every job this node runs back to the queue, at once, for other nodes: for a
+    /// node that stops before its runs ended (its drain timed out). Waits up to
+    /// [`HAND_BACK_WAIT`] for the runs to let go.
+    pub(crate) async fn hand_back_all(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.handing_back.store(true, Ordering::Relaxed);
+        let held: Vec<(String, String)> = self.held_jobs().clone().into_iter().collect();
+        for (job, tenant) in &held {
+            let reason = "this node is stopping; another node runs the job";
+            let _ = self.engine.local_cancel(tenant, job, reason).await;
+        }
+        let deadline = tokio::time::Instant::now() + HAND_BACK_WAIT;
+        while !self.held_jobs().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Gives one job back: its record forgets this run, and its message is redelivered to
+    /// another node now rather than after the lease.
+    async fn hand_back(&self, lease: &Lease) {
+        let order = &lease.order;
+        if let Err(e) = self.forget_run(&order.tenant, &order.job).await {
+            tracing::warn!(job = %order.job, node = %self.node, "{e}");
+        }
+        match lease.hand_back().await {
+            Ok(()) => {
+                tracing::info!(job = %order.job, node = %self.node, "handed the job back to the cluster")
+            }
+            Err(e) => tracing::warn!(job = %order.job, node = %self.node, "{e}"),
+        }
+    }
+
+    /// Whether `body` ends the run only because this node stops (its drain cancelled a
+    /// job it had not started), not because a client cancelled the job.
+    async fn stopped_here(
+        &self,
+        tenant: &str,
+        id: &str,
+        body: &EventBody,
+    ) -> Result<bool, EngineError> {
+        if !matches!(body, EventBody::Cancelled { .. }) || !self.stopping.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let record = self
+            .patiently(|| self.broker.records.read(tenant, id))
+            .await?;
+        Ok(record.is_some_and(|(record, _)| !record.cancel_requested))
+    }
+
+    /// Takes this node's run out of the job's record (its owner, and the attempt it
+    /// counted), unless another node owns it now or it ended.
+    async fn forget_run(&self, tenant: &str, id: &str) -> Result<(), EngineError> {
+        let records = &self.broker.records;
+        for _ in 0..RACES {
+            let Some((mut record, revision)) = records.read(tenant, id).await? else {
+                return Ok(());
+            };
+            if record.owner.as_deref() != Some(self.node.as_str())
+                || record.info.state.is_terminal()
+            {
+                return Ok(());
+            }
+            record.owner = None;
+            record.attempt = record.attempt.saturating_sub(1);
+            if records.update(&record, revision).await?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(EngineError::Unavailable(
+            "the job's record kept changing".into(),
+        ))
     }
 
     /// Takes the job's record, runs it here and writes how it ended.
@@ -153,9 +264,15 @@ impl Runner {
             reservation: None,
             cluster_id: Some(id.to_string()),
         };
-        // A refusal here (draining, a full disk, a run of it still going) is this node's,
-        // not the job's: the job goes to a node after the lease, counting this attempt.
-        self.engine.submit(submission).await?;
+        // A refusal here (a full disk, a run of it still going) is this node's, not the
+        // job's: the job goes to a node after the lease, counting this attempt; while the
+        // node stops, it goes back at once.
+        if let Err(e) = self.engine.submit(submission).await {
+            if self.stopping.load(Ordering::Relaxed) {
+                return Ok(Outcome::HandBack);
+            }
+            return Err(e);
+        }
         let mut local = self.engine.watch(tenant, id, 0).await?;
         let cancels = tokio::spawn(
             self.clone()
@@ -190,6 +307,11 @@ impl Runner {
                     }
                     other => other,
                 };
+                if self.handing_back.load(Ordering::Relaxed)
+                    || self.stopped_here(tenant, id, &body).await?
+                {
+                    return Ok(Outcome::HandBack);
+                }
                 let terminal = body.is_terminal();
                 let event = JobEvent {
                     sequence: next,

@@ -625,13 +625,8 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
         vec![std::sync::Arc::new(crate::synth::SynthModel::default())];
     let engine =
         crate::jobs::Engine::start(crate::jobs::EngineConfig::new(dir.path()), models).unwrap();
-    let runner = super::runner::Runner {
-        broker: broker.clone(),
-        config: config.clone(),
-        engine: engine.clone(),
-        node: "node-2".into(),
-        stopping: Default::default(),
-    };
+    let runner =
+        super::runner::Runner::new(broker.clone(), config.clone(), engine.clone(), "node-2");
     let running = tokio::spawn(runner.run(1));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
