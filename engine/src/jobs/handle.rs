@@ -10,6 +10,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::broker::cluster::Cluster;
+use super::broker::fetched::FetchedAudio;
 use super::broker::inputs::CoverSpec;
 use super::broker::records::Record;
 use super::broker::runner::Runner;
@@ -22,7 +23,7 @@ use super::job::{check_container, new_job_id, now_unix_ms, pick_model, queued_pr
 use super::metrics::JobMetrics;
 use super::registry::Registry;
 use super::restore::restore;
-use super::store::{kept_after_end, Store, StoreHealth};
+use super::store::{kept_after_end, read_range, Store, StoreHealth};
 use super::tenants::ListCursor;
 use super::worker::{ReportTo, Workers};
 use crate::audio::AudioFormat;
@@ -70,6 +71,21 @@ struct ClusterSide {
     broker: Broker,
     /// What takes the cluster's jobs onto this node.
     runner: Box<Runner>,
+    /// Other nodes' audio this node serves, fetched once.
+    fetched: Arc<FetchedAudio>,
+}
+
+/// How often a node removes the fetched copies older than the retention.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes old fetched copies now and then, off the async threads, for the life of the
+/// process.
+async fn sweep_fetched(fetched: Arc<FetchedAudio>) {
+    loop {
+        let sweeping = Arc::clone(&fetched);
+        let _ = tokio::task::spawn_blocking(move || sweeping.sweep()).await;
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
 }
 
 /// Sets its flag when dropped: an abandoned request stops the work it started.
@@ -226,12 +242,18 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let node = self.node.clone();
         let broker = Broker::connect(url, &node, &config).await?;
+        let fetched = Arc::new(FetchedAudio::new(
+            self.store.fetched_audio_dir(),
+            config.retention,
+        ));
+        tokio::spawn(sweep_fetched(Arc::clone(&fetched)));
         let runner = Runner::new(broker.clone(), config, self.clone(), &node);
         tokio::spawn(runner.clone().run(self.slots));
         self.cluster = Some(ClusterSide {
             cluster: Cluster::new(broker.clone(), self.retry_after),
             broker,
             runner: Box::new(runner),
+            fetched,
         });
         Ok(self)
     }
@@ -561,7 +583,27 @@ impl Engine {
         len: usize,
     ) -> Result<Vec<u8>, EngineError> {
         if let Some(side) = &self.cluster {
-            self.fetch_audio(side, audio).await?;
+            let path = side
+                .fetched
+                .local_copy(
+                    &side.broker.audio,
+                    &audio.id,
+                    audio.format,
+                    audio.total_bytes,
+                )
+                .await?;
+            let len = len.min(self.audio_piece_bytes);
+            let read = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || read_range(&path, offset, len)
+            });
+            return read
+                .await
+                .map_err(|e| EngineError::Internal(format!("reading audio stopped: {e}")))?
+                .map_err(|e| EngineError::Output {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                });
         }
         let store = self.store.clone();
         let (id, format) = (audio.id.clone(), audio.format);
@@ -581,40 +623,6 @@ impl Engine {
         })
         .await
         .map_err(|e| EngineError::Internal(format!("reading audio stopped: {e}")))?
-    }
-}
-
-impl Engine {
-    /// Copies a cluster job's audio from the broker's object store into this node's store,
-    /// once, so its pieces are read from disk like a local job's.
-    async fn fetch_audio(
-        &self,
-        side: &ClusterSide,
-        audio: &StoredAudio,
-    ) -> Result<(), EngineError> {
-        let path = self.store.audio_path(&audio.id, audio.format);
-        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Ok(());
-        }
-        let mut object = side.broker.audio.get(&audio.id).await.map_err(|e| {
-            EngineError::NotFound(format!(
-                "the audio of generation `{}` is gone: {e}",
-                audio.id
-            ))
-        })?;
-        let mut bytes = Vec::with_capacity(audio.total_bytes as usize);
-        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("the broker did not send audio: {e}")))?;
-        let store = self.store.clone();
-        let (id, format) = (audio.id.clone(), audio.format);
-        tokio::task::spawn_blocking(move || store.write_audio(&id, format, &bytes))
-            .await
-            .map_err(|e| EngineError::Internal(format!("storing audio stopped: {e}")))?
-            .map_err(|e| EngineError::Output {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })
     }
 }
 

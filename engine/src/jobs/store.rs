@@ -112,11 +112,13 @@ impl Store {
         offset: u64,
         len: usize,
     ) -> io::Result<Vec<u8>> {
-        let mut file = File::open(self.audio_path(id, format))?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut data = vec![0; len];
-        file.read_exact(&mut data)?;
-        Ok(data)
+        read_range(&self.audio_path(id, format), offset, len)
+    }
+
+    /// Where a cluster's node keeps the audio of other nodes' jobs it fetched (see
+    /// [`FetchedAudio`](super::broker::fetched::FetchedAudio)).
+    pub(super) fn fetched_audio_dir(&self) -> PathBuf {
+        self.jobs_dir.with_file_name("cluster-audio")
     }
 
     /// Every stored job with its log. Unreadable entries are skipped with a warning (a
@@ -486,6 +488,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written
+}
+
+/// Reads `len` bytes at `offset` of the file at `path`.
+pub(super) fn read_range(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut data = vec![0; len];
+    file.read_exact(&mut data)?;
+    Ok(data)
 }
 
 /// Whether an event is kept in a finished job's log (previews are not).

@@ -24,6 +24,7 @@
 //! behind them.
 
 pub mod cluster;
+pub(crate) mod fetched;
 pub mod inputs;
 pub mod log;
 pub mod names;
