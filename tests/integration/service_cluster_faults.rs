@@ -274,9 +274,10 @@ async fn a_broker_restart_mid_job_loses_nothing_and_the_nodes_come_back_by_thems
     }
 
     nats.kill();
-    // Each node says it is not serving and refuses new work at once.
+    // Each node says it is not serving (health and metrics) and refuses new work at once.
     for node in &nodes {
         node.wait_health(false).await;
+        assert_eq!(metric(node, "son1k_broker_connected").await, 0.0);
     }
     let refused = clients[1]
         .generate(generate("short", 1.0, 9))
@@ -288,6 +289,7 @@ async fn a_broker_restart_mid_job_loses_nothing_and_the_nodes_come_back_by_thems
     nats.restart();
     for node in &nodes {
         node.wait_health(true).await;
+        assert_eq!(metric(node, "son1k_broker_connected").await, 1.0);
     }
     // Every accepted job ends completed, its stream going on over the restart.
     for stream in streams {

@@ -334,7 +334,22 @@ impl Engine {
     /// ended, step latency, real-time factor and first-audio latency since it started.
     pub async fn metrics(&self) -> Result<Exposition, EngineError> {
         let gauges = self.ask(|reply| Command::Gauges { reply }).await?;
-        Ok(self.metrics.render(&gauges))
+        let mut doc = self.metrics.render(&gauges);
+        if let Some(side) = &self.cluster {
+            doc.family(
+                "son1k_broker_connected",
+                "1 while this node reaches its broker (0 while it reconnects: it refuses \
+                 submissions and its health says NOT_SERVING).",
+                crate::metrics::Kind::Gauge,
+            );
+            let connected = if *side.broker.connected.borrow() {
+                1.0
+            } else {
+                0.0
+            };
+            doc.sample("son1k_broker_connected", &[], connected);
+        }
+        Ok(doc)
     }
 
     /// Admits a job (or finds the one its idempotency key already made).
