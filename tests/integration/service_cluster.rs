@@ -267,3 +267,29 @@ async fn admission_and_idempotency_hold_across_the_cluster() {
     let next = generate_when_admitted(&mut second, generate("short", 1.0, 5)).await;
     completed(&collect(next).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_submission_rate_holds_across_the_cluster() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nodes(&nats, dir.path(), 2, &["--max-submits-per-minute", "2"]).await;
+    let mut first = nodes[0].client().await;
+    let mut second = nodes[1].client().await;
+    for (client, seed) in [(&mut first, 1), (&mut second, 2)] {
+        let stream = client.generate(generate("short", 1.0, seed)).await.unwrap();
+        completed(&collect(stream.into_inner()).await.unwrap());
+    }
+    // The third within the minute is refused on either node.
+    for client in [&mut first, &mut second] {
+        let refused = client
+            .generate(generate("one more", 1.0, 3))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("max_submits_per_minute"),
+            "{refused:?}"
+        );
+        assert!(retry_after_secs(&refused) >= 1);
+    }
+}

@@ -79,26 +79,38 @@ impl Cluster {
         if let Some(existing) = self.claim(&record).await? {
             return Ok(existing);
         }
-        let records = &self.broker.records;
+        // A retry of a request that made its job spent nothing: only a new job is counted.
+        if let Err(e) = self.broker.quotas.admit(&record.info.tenant).await {
+            self.undo_submit(&record).await;
+            return Err(e);
+        }
+        let admitted = self.store_and_queue(&mut record, song).await;
+        if admitted.is_err() {
+            // Nothing was submitted: the allowance spent on it comes back.
+            self.undo_submit(&record).await;
+            self.broker.quotas.refund(&record.info.tenant).await;
+        }
+        admitted
+    }
+
+    /// Stores an admitted submission (a cover's song first, before any node can take its
+    /// job), opens its log and queues it.
+    async fn store_and_queue(
+        &self,
+        record: &mut Record,
+        song: Option<&Song>,
+    ) -> Result<Admitted, EngineError> {
         let id = record.info.id.clone();
-        // A cover's song is in place before any node can take its job.
         if let Some(song) = song {
-            if let Err(e) = inputs::put_song(&self.broker.inputs, &id, song).await {
-                self.undo_submit(&record).await;
-                return Err(e);
-            }
+            inputs::put_song(&self.broker.inputs, &id, song).await?;
         }
         let position = self.broker.queue.waiting().await? + 1;
         record.info.progress = queued_progress(position);
         record.info.last_sequence = 2;
-        let Some(revision) = records.create(&record).await? else {
+        let Some(revision) = self.broker.records.create(record).await? else {
             return Err(EngineError::Internal(format!("job id {id} is taken")));
         };
-        let admitted = self.open_and_queue(&mut record, revision).await;
-        if admitted.is_err() {
-            self.undo_submit(&record).await;
-        }
-        admitted
+        self.open_and_queue(record, revision).await
     }
 
     /// Takes back what a refused submit stored (or a submit the broker failed half-way),

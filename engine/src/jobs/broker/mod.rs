@@ -29,6 +29,7 @@ pub mod inputs;
 pub mod log;
 pub mod names;
 pub mod queue;
+pub mod quotas;
 pub mod records;
 pub(crate) mod runner;
 
@@ -65,6 +66,10 @@ pub struct BrokerConfig {
     pub retention: Duration,
     /// How long an idempotency key answers for its job (default 24 h).
     pub request_key_ttl: Duration,
+    /// Submissions one tenant may make a minute across the cluster (default 120).
+    pub max_submits_per_minute: u32,
+    /// Jobs one tenant may keep across the cluster, finished ones included (default 1000).
+    pub max_stored_jobs_per_tenant: usize,
 }
 
 impl BrokerConfig {
@@ -77,6 +82,8 @@ impl BrokerConfig {
             max_attempts: 3,
             retention,
             request_key_ttl: Duration::from_secs(24 * 3600),
+            max_submits_per_minute: 120,
+            max_stored_jobs_per_tenant: 1000,
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct Broker {
     pub log: log::JobLog,
     /// Records and idempotency keys.
     pub records: records::Records,
+    /// Each tenant's rate and stored jobs.
+    pub quotas: quotas::Quotas,
     /// Finished audio.
     pub audio: object_store::ObjectStore,
     /// Covers' songs while their jobs are unfinished.
@@ -219,12 +228,23 @@ impl Broker {
         let jobs = ensure_bucket(&context, names::JOBS_BUCKET, config.retention).await?;
         let requests =
             ensure_bucket(&context, names::REQUESTS_BUCKET, config.request_key_ttl).await?;
+        // An allowance left alone a minute is full again: no need to keep it longer.
+        let allowances =
+            ensure_bucket(&context, names::QUOTAS_BUCKET, Duration::from_secs(120)).await?;
+        let records = records::Records::new(jobs, requests);
+        let quotas = quotas::Quotas::new(
+            allowances,
+            records.clone(),
+            config.max_submits_per_minute.max(1),
+            config.max_stored_jobs_per_tenant.max(1),
+        );
         let audio = ensure_object_store(&context, names::AUDIO_STORE, config.retention).await?;
         let inputs = ensure_object_store(&context, names::INPUTS_STORE, config.retention).await?;
         Ok(Self {
             queue: queue::WorkQueue::new(context.clone(), work, consumer),
             log: log::JobLog::new(context.clone(), events),
-            records: records::Records::new(jobs, requests),
+            records,
+            quotas,
             audio,
             inputs,
             context,

@@ -18,6 +18,8 @@ pub const EVENTS_SUBJECTS: &str = "son1k.ev.*";
 pub const JOBS_BUCKET: &str = "son1k_jobs";
 /// Idempotency keys, keyed `<tenant digest>.<request id digest>`.
 pub const REQUESTS_BUCKET: &str = "son1k_requests";
+/// Each tenant's submission allowance, keyed `<tenant digest>`.
+pub const QUOTAS_BUCKET: &str = "son1k_quotas";
 /// Finished audio files, named by job id.
 pub const AUDIO_STORE: &str = "son1k_audio";
 /// Covers' songs, decoded, named by job id, until the job ends.

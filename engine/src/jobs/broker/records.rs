@@ -129,24 +129,40 @@ impl Records {
 
     /// Every record of `tenant` (unordered).
     pub async fn list(&self, tenant: &str) -> Result<Vec<Record>, EngineError> {
+        let messages = self.latest(tenant, false).await?;
+        messages.iter().map(|m| decode(&m.payload)).collect()
+    }
+
+    /// How many records `tenant` has (their values are not read).
+    pub async fn count(&self, tenant: &str) -> Result<usize, EngineError> {
+        Ok(self.latest(tenant, true).await?.len())
+    }
+
+    /// The last message of each of `tenant`'s records that is still there (of its headers
+    /// alone with `headers_only`): only this tenant's keys are read, however many other
+    /// tenants' there are.
+    async fn latest(
+        &self,
+        tenant: &str,
+        headers_only: bool,
+    ) -> Result<Vec<async_nats::jetstream::Message>, EngineError> {
         let failed = |e: &dyn std::fmt::Display| unavailable("cannot list jobs", e);
-        // Only this tenant's keys, each at its last value: the other tenants' records are
-        // not read, however many there are.
         let consumer = self
             .jobs
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{}{}.*", self.jobs.prefix, tenant_prefix(tenant)),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                headers_only,
                 max_batch: LIST_BATCH,
                 ..Default::default()
             })
             .await
             .map_err(|e| failed(&e))?;
         let pending = consumer.cached_info().num_pending;
-        let mut records = Vec::new();
+        let mut latest = Vec::new();
         if pending == 0 {
-            return Ok(records);
+            return Ok(latest);
         }
         let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
         for _ in 0..pending {
@@ -154,16 +170,16 @@ impl Records {
                 break;
             };
             let message = message.map_err(|e| failed(&e))?;
-            // A removed record leaves a marker with no value.
+            // A removed record leaves a marker.
             let removed = message.headers.as_ref().is_some_and(|h| {
                 h.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT")
                     || h.get(async_nats::header::NATS_MARKER_REASON).is_some()
             });
-            if !removed && !message.payload.is_empty() {
-                records.push(decode(&message.payload)?);
+            if !removed {
+                latest.push(message);
             }
         }
-        Ok(records)
+        Ok(latest)
     }
 
     /// Claims `tenant`'s `request_id` for `claim.job`: `None` when this call created the

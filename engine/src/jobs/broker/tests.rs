@@ -656,3 +656,59 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
+    let server = NatsServer::start();
+    let mut config = config();
+    config.max_submits_per_minute = 5;
+    config.max_stored_jobs_per_tenant = 2;
+    // Two nodes spend from one allowance at once: five submissions pass, no more.
+    let nodes = [
+        broker(&server, &config).await,
+        broker(&server, &config).await,
+    ];
+    let mut tries = Vec::new();
+    for n in 0..12 {
+        let quotas = nodes[n % 2].quotas.clone();
+        tries.push(tokio::spawn(async move { quotas.admit("a").await }));
+    }
+    let mut passed = 0;
+    for attempt in tries {
+        match attempt.await.unwrap() {
+            Ok(()) => passed += 1,
+            Err(EngineError::ResourceExhausted {
+                message,
+                retry_after,
+            }) => {
+                assert!(message.contains("max_submits_per_minute"), "{message}");
+                assert!(retry_after >= Duration::from_secs(1));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(passed, 5);
+    // A submission refused later on (its queue full) gives its place in the rate back.
+    nodes[0].quotas.refund("a").await;
+    nodes[1].quotas.admit("a").await.unwrap();
+    assert!(nodes[0].quotas.admit("a").await.is_err());
+    // Another tenant has its own allowance.
+    nodes[1].quotas.admit("b").await.unwrap();
+
+    // Stored jobs count whatever their state.
+    for n in 1..=2 {
+        nodes[0]
+            .records
+            .create(&record("c", &id(n)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let Err(EngineError::ResourceExhausted { message, .. }) = nodes[1].quotas.admit("c").await
+    else {
+        panic!("a tenant with its limit of stored jobs was admitted");
+    };
+    assert!(message.contains("max_stored_jobs_per_tenant"), "{message}");
+    nodes[0].records.remove("c", &id(1)).await.unwrap();
+    nodes[1].quotas.admit("c").await.unwrap();
+}
