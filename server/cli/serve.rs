@@ -355,6 +355,7 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
             broker.max_attempts = count("max-attempts", args.max_attempts)?;
             broker.max_submits_per_minute = engine.max_submits_per_minute;
             broker.max_stored_jobs_per_tenant = engine.max_stored_jobs_per_tenant;
+            broker.max_stored_bytes_per_tenant = engine.max_stored_bytes_per_tenant;
             Some((url.clone(), broker))
         }
         None => None,

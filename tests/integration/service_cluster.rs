@@ -293,3 +293,31 @@ async fn a_tenants_submission_rate_holds_across_the_cluster() {
         assert!(retry_after_secs(&refused) >= 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_stored_audio_counts_on_every_node() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nodes(
+        &nats,
+        dir.path(),
+        2,
+        &["--max-stored-bytes-per-tenant", "100000"],
+    )
+    .await;
+    let mut first = nodes[0].client().await;
+    let mut second = nodes[1].client().await;
+    let stream = first.generate(generate("short", 1.0, 1)).await.unwrap();
+    let done = completed(&collect(stream.into_inner()).await.unwrap());
+    assert!(done.audio_bytes > 100_000, "{}", done.audio_bytes);
+    // Whichever node ran it counted its file; the other node refuses the next.
+    let refused = second
+        .generate(generate("one more", 1.0, 2))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("max_stored_bytes_per_tenant"),
+        "{refused:?}"
+    );
+}

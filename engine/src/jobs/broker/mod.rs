@@ -70,6 +70,8 @@ pub struct BrokerConfig {
     pub max_submits_per_minute: u32,
     /// Jobs one tenant may keep across the cluster, finished ones included (default 1000).
     pub max_stored_jobs_per_tenant: usize,
+    /// Audio bytes one tenant may keep across the cluster (default 1 GiB).
+    pub max_stored_bytes_per_tenant: u64,
 }
 
 impl BrokerConfig {
@@ -84,6 +86,7 @@ impl BrokerConfig {
             request_key_ttl: Duration::from_secs(24 * 3600),
             max_submits_per_minute: 120,
             max_stored_jobs_per_tenant: 1000,
+            max_stored_bytes_per_tenant: 1 << 30,
         }
     }
 }
@@ -232,11 +235,17 @@ impl Broker {
         let allowances =
             ensure_bucket(&context, names::QUOTAS_BUCKET, Duration::from_secs(120)).await?;
         let records = records::Records::new(jobs, requests);
+        let usage = ensure_bucket(&context, names::USAGE_BUCKET, config.retention).await?;
         let quotas = quotas::Quotas::new(
             allowances,
+            usage,
             records.clone(),
-            config.max_submits_per_minute.max(1),
-            config.max_stored_jobs_per_tenant.max(1),
+            quotas::QuotaLimits {
+                per_minute: config.max_submits_per_minute.max(1),
+                max_stored: config.max_stored_jobs_per_tenant.max(1),
+                max_stored_bytes: config.max_stored_bytes_per_tenant,
+                retention: config.retention,
+            },
         );
         let audio = ensure_object_store(&context, names::AUDIO_STORE, config.retention).await?;
         let inputs = ensure_object_store(&context, names::INPUTS_STORE, config.retention).await?;

@@ -20,6 +20,8 @@ pub const JOBS_BUCKET: &str = "son1k_jobs";
 pub const REQUESTS_BUCKET: &str = "son1k_requests";
 /// Each tenant's submission allowance, keyed `<tenant digest>`.
 pub const QUOTAS_BUCKET: &str = "son1k_quotas";
+/// Each tenant's stored audio (its completed jobs' sizes), keyed `<tenant digest>`.
+pub const USAGE_BUCKET: &str = "son1k_usage";
 /// Finished audio files, named by job id.
 pub const AUDIO_STORE: &str = "son1k_audio";
 /// Covers' songs, decoded, named by job id, until the job ends.

@@ -469,6 +469,10 @@ impl Runner {
             }
             if records.update(&record, revision).await?.is_some() {
                 tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");
+                if let Some(result) = &record.info.result {
+                    let quotas = &self.broker.quotas;
+                    quotas.add_stored(tenant, id, result.audio_bytes).await?;
+                }
                 if record.cover.is_some() {
                     inputs::remove_song(&self.broker.inputs, id).await;
                 }

@@ -663,6 +663,7 @@ async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
     let mut config = config();
     config.max_submits_per_minute = 5;
     config.max_stored_jobs_per_tenant = 2;
+    config.max_stored_bytes_per_tenant = 1000;
     // Two nodes spend from one allowance at once: five submissions pass, no more.
     let nodes = [
         broker(&server, &config).await,
@@ -711,4 +712,20 @@ async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
     assert!(message.contains("max_stored_jobs_per_tenant"), "{message}");
     nodes[0].records.remove("c", &id(1)).await.unwrap();
     nodes[1].quotas.admit("c").await.unwrap();
+
+    // Stored audio counts each completed job once, whichever node completed it.
+    nodes[0].quotas.add_stored("d", &id(1), 600).await.unwrap();
+    nodes[1].quotas.add_stored("d", &id(1), 600).await.unwrap();
+    nodes[1].quotas.admit("d").await.unwrap();
+    nodes[1].quotas.add_stored("d", &id(2), 600).await.unwrap();
+    let Err(EngineError::ResourceExhausted {
+        message,
+        retry_after,
+    }) = nodes[0].quotas.admit("d").await
+    else {
+        panic!("a tenant storing its limit of audio was admitted");
+    };
+    assert!(message.contains("max_stored_bytes_per_tenant"), "{message}");
+    // The hint is when its oldest audio expires (the retention, an hour here).
+    assert!(retry_after > Duration::from_secs(3500), "{retry_after:?}");
 }
