@@ -469,9 +469,13 @@ impl Runner {
             }
             if records.update(&record, revision).await?.is_some() {
                 tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");
+                // The job has ended whatever the accounting does: a failure here only
+                // leaves its bytes uncounted, and says so.
                 if let Some(result) = &record.info.result {
                     let quotas = &self.broker.quotas;
-                    quotas.add_stored(tenant, id, result.audio_bytes).await?;
+                    if let Err(e) = quotas.add_stored(tenant, id, result.audio_bytes).await {
+                        tracing::warn!(job = %id, tenant, "its audio was not counted: {e}");
+                    }
                 }
                 if record.cover.is_some() {
                     inputs::remove_song(&self.broker.inputs, id).await;
