@@ -80,15 +80,18 @@ impl Cluster {
             return Ok(existing);
         }
         // A retry of a request that made its job spent nothing: only a new job is counted.
-        if let Err(e) = self.broker.quotas.admit(&record.info.tenant).await {
-            self.undo_submit(&record).await;
-            return Err(e);
-        }
+        let spent = match self.broker.quotas.admit(&record.info.tenant).await {
+            Ok(spent) => spent,
+            Err(e) => {
+                self.undo_submit(&record).await;
+                return Err(e);
+            }
+        };
         let admitted = self.store_and_queue(&mut record, song).await;
         if admitted.is_err() {
-            // Nothing was submitted: the allowance spent on it comes back.
+            // Nothing was submitted: it does not count against the tenant's rate.
             self.undo_submit(&record).await;
-            self.broker.quotas.refund(&record.info.tenant).await;
+            self.broker.quotas.refund(spent).await;
         }
         admitted
     }

@@ -231,13 +231,27 @@ impl Broker {
         let jobs = ensure_bucket(&context, names::JOBS_BUCKET, config.retention).await?;
         let requests =
             ensure_bucket(&context, names::REQUESTS_BUCKET, config.request_key_ttl).await?;
-        // An allowance left alone a minute is full again: no need to keep it longer.
-        let allowances =
-            ensure_bucket(&context, names::QUOTAS_BUCKET, Duration::from_secs(120)).await?;
         let records = records::Records::new(jobs, requests);
         let usage = ensure_bucket(&context, names::USAGE_BUCKET, config.retention).await?;
+        let submits = ensure_stream(
+            &context,
+            stream::Config {
+                name: names::SUBMITS_STREAM.into(),
+                subjects: vec![names::SUBMITS_SUBJECTS.into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: true,
+                max_messages_per_subject: i64::from(config.max_submits_per_minute.max(1)),
+                max_age: Duration::from_millis(quotas::SUBMIT_WINDOW_MS),
+                allow_direct: true,
+                ..Default::default()
+            },
+        )
+        .await?;
         let quotas = quotas::Quotas::new(
-            allowances,
+            context.clone(),
+            submits,
             usage,
             records.clone(),
             quotas::QuotaLimits {

@@ -8,6 +8,10 @@ use sha2::{Digest, Sha256};
 pub const WORK_STREAM: &str = "SON1K_WORK";
 /// Its subjects: `son1k.work.<tenant digest>`.
 pub const WORK_SUBJECTS: &str = "son1k.work.*";
+/// A minute of submissions, one subject per tenant (its rate limit).
+pub const SUBMITS_STREAM: &str = "SON1K_SUBMITS";
+/// Its subjects: `son1k.submits.<tenant digest>`.
+pub const SUBMITS_SUBJECTS: &str = "son1k.submits.*";
 /// The durable pull consumer every node takes work from.
 pub const WORKERS: &str = "workers";
 /// Every job's event log, one subject per job.
@@ -18,8 +22,6 @@ pub const EVENTS_SUBJECTS: &str = "son1k.ev.*";
 pub const JOBS_BUCKET: &str = "son1k_jobs";
 /// Idempotency keys, keyed `<tenant digest>.<request id digest>`.
 pub const REQUESTS_BUCKET: &str = "son1k_requests";
-/// Each tenant's submission allowance, keyed `<tenant digest>`.
-pub const QUOTAS_BUCKET: &str = "son1k_quotas";
 /// Each tenant's stored audio (its completed jobs' sizes), keyed `<tenant digest>`.
 pub const USAGE_BUCKET: &str = "son1k_usage";
 /// Finished audio files, named by job id.
@@ -39,6 +41,12 @@ fn digest(text: &str) -> String {
 /// tenant's limit of unfinished jobs.
 pub fn work_subject(tenant: &str) -> String {
     format!("son1k.work.{}", digest(tenant))
+}
+
+/// The subject a tenant's submissions are counted on; the stream's per-subject limit is
+/// the tenant's submissions a minute.
+pub fn submits_subject(tenant: &str) -> String {
+    format!("son1k.submits.{}", digest(tenant))
 }
 
 /// The subject of a job's events (`job` is a checked 32-hex-digit id).

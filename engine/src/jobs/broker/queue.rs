@@ -76,11 +76,10 @@ impl WorkQueue {
             .map_err(|e| unavailable("refused a job", e))?;
         match sent.await {
             Ok(ack) => Ok(Offer::Queued(ack.sequence)),
-            Err(e) if e.kind() == PublishErrorKind::Other => match limit_refusal(&e) {
+            Err(e) => match limit_refusal(&e) {
                 Some(offer) => Ok(offer),
                 None => Err(unavailable("did not queue a job", e)),
             },
-            Err(e) => Err(unavailable("did not queue a job", e)),
         }
     }
 
@@ -149,16 +148,34 @@ impl WorkQueue {
 /// Which limit refused a publish, from the server's error (10077, "maximum messages per
 /// subject exceeded" or "maximum messages exceeded").
 fn limit_refusal(error: &jetstream::context::PublishError) -> Option<Offer> {
+    Some(match limit_reached(error)? {
+        Limit::PerSubject => Offer::TenantFull,
+        Limit::Stream => Offer::QueueFull,
+    })
+}
+
+/// Which of a stream's limits refused a publish (discard-new streams).
+pub(super) enum Limit {
+    /// Its messages per subject.
+    PerSubject,
+    /// Its messages in all.
+    Stream,
+}
+
+/// The limit that refused a publish; `None` for any other error.
+pub(super) fn limit_reached(error: &jetstream::context::PublishError) -> Option<Limit> {
+    if error.kind() != PublishErrorKind::Other {
+        return None;
+    }
     let source = std::error::Error::source(error)?;
     let server = source.downcast_ref::<jetstream::Error>()?;
     if server.error_code().0 != LIMIT_REACHED {
         return None;
     }
-    let text = server.to_string();
-    Some(if text.contains("per subject") {
-        Offer::TenantFull
+    Some(if server.to_string().contains("per subject") {
+        Limit::PerSubject
     } else {
-        Offer::QueueFull
+        Limit::Stream
     })
 }
 

@@ -1,31 +1,27 @@
 //! A tenant's quotas across the cluster, checked by whichever node takes a submission:
-//! its rate (a token bucket per tenant in the key-value bucket [`QUOTAS_BUCKET`], changed
-//! only by compare-and-set, so two nodes cannot both spend its last token), the jobs it
-//! stores (its records, counted) and the audio bytes it stores (its completed jobs' sizes
-//! and expiry times in [`USAGE_BUCKET`], added by the node that completes each job). Its
-//! unfinished jobs are the work queue's own limit.
+//! its rate (one message per submission on the tenant's subject of the stream
+//! [`SUBMITS_STREAM`], which keeps a minute of them and refuses, atomically on the server,
+//! one past the tenant's limit: no node reads and writes a shared counter, so a burst from
+//! many nodes neither races nor retries), the jobs it stores (its records, counted) and the
+//! audio bytes it stores (its completed jobs' sizes and expiry times in [`USAGE_BUCKET`],
+//! added by the node that completes each job). Its unfinished jobs are the work queue's
+//! own limit.
 //!
-//! [`QUOTAS_BUCKET`]: super::names::QUOTAS_BUCKET
+//! [`SUBMITS_STREAM`]: super::names::SUBMITS_STREAM
 //! [`USAGE_BUCKET`]: super::names::USAGE_BUCKET
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::RACES;
-use super::names::tenant_prefix;
+use super::names::{submits_subject, tenant_prefix};
+use super::queue::limit_reached;
 use super::records::Records;
 use super::unavailable;
 use crate::error::EngineError;
 use crate::jobs::job::now_unix_ms;
-
-/// A tenant's submissions left, as of a time.
-#[derive(Debug, Serialize, Deserialize)]
-struct Allowance {
-    tokens: f64,
-    at_unix_ms: i64,
-}
 
 /// A tenant's stored audio: each completed job's size and when it expires.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -54,7 +50,8 @@ impl Usage {
 /// The cluster's per-tenant quotas.
 #[derive(Clone)]
 pub struct Quotas {
-    bucket: kv::Store,
+    context: jetstream::Context,
+    submits: stream::Stream,
     usage: kv::Store,
     records: Records,
     limits: QuotaLimits,
@@ -72,13 +69,15 @@ pub(super) struct QuotaLimits {
 
 impl Quotas {
     pub(super) fn new(
-        bucket: kv::Store,
+        context: jetstream::Context,
+        submits: stream::Stream,
         usage: kv::Store,
         records: Records,
         limits: QuotaLimits,
     ) -> Self {
         Self {
-            bucket,
+            context,
+            submits,
             usage,
             records,
             limits,
@@ -163,10 +162,10 @@ impl Quotas {
         })
     }
 
-    /// Whether `tenant` may submit one more job: under its stored jobs and its rate, one
-    /// submission taken from its allowance when it may; a refusal is `ResourceExhausted`
-    /// naming the limit, with a retry hint.
-    pub async fn admit(&self, tenant: &str) -> Result<(), EngineError> {
+    /// Whether `tenant` may submit one more job: under its stored jobs, its stored audio
+    /// and its rate, one submission counted when it may (what [`Quotas::refund`] takes
+    /// back); a refusal is `ResourceExhausted` naming the limit, with a retry hint.
+    pub async fn admit(&self, tenant: &str) -> Result<Spent, EngineError> {
         let stored = self.records.count(tenant).await?;
         if stored >= self.limits.max_stored {
             return Err(EngineError::ResourceExhausted {
@@ -178,92 +177,50 @@ impl Quotas {
             });
         }
         self.check_stored_bytes(tenant).await?;
-        let key = tenant_prefix(tenant);
-        let per_minute = f64::from(self.limits.per_minute);
-        let rate = per_minute / 60_000.0;
-        for _ in 0..RACES {
-            let entry = self
-                .bucket
-                .entry(&key)
-                .await
-                .map_err(|e| unavailable("cannot read a quota", e))?;
-            let now = now_unix_ms();
-            let (mut allowance, revision) = match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => (
-                    serde_json::from_slice(&entry.value).unwrap_or(Allowance {
-                        tokens: per_minute,
-                        at_unix_ms: now,
-                    }),
-                    Some(entry.revision),
-                ),
-                _ => (
-                    Allowance {
-                        tokens: per_minute,
-                        at_unix_ms: now,
-                    },
-                    None,
-                ),
-            };
-            let elapsed = (now - allowance.at_unix_ms).max(0) as f64;
-            allowance.tokens = (allowance.tokens + elapsed * rate).min(per_minute);
-            allowance.at_unix_ms = now;
-            if allowance.tokens < 1.0 {
-                let wait_ms = (1.0 - allowance.tokens) / rate;
-                return Err(EngineError::ResourceExhausted {
+        let subject = submits_subject(tenant);
+        let sent = self
+            .context
+            .send_publish(subject.clone(), jetstream::message::PublishMessage::build())
+            .await
+            .map_err(|e| unavailable("refused a submission", e))?;
+        match sent.await {
+            Ok(ack) => Ok(Spent(ack.sequence)),
+            Err(e) if limit_reached(&e).is_some() => {
+                // The oldest submission of the minute leaves the window first.
+                let oldest = self.submits.direct_get_first_for_subject(subject).await;
+                let wait = oldest.ok().map_or(Duration::from_secs(60), |message| {
+                    let sent = message.time.unix_timestamp_nanos() / 1_000_000;
+                    let leaves = sent + i128::from(SUBMIT_WINDOW_MS);
+                    let left = leaves - i128::from(now_unix_ms());
+                    Duration::from_millis(u64::try_from(left).unwrap_or(0))
+                });
+                Err(EngineError::ResourceExhausted {
                     message: format!(
-                        "this token submitted more than {} generations a minute across the \
-                         cluster (max_submits_per_minute)",
+                        "this token submitted {} generations in the last minute across the \
+                         cluster, the limit (max_submits_per_minute)",
                         self.limits.per_minute
                     ),
-                    retry_after: Duration::from_millis(wait_ms.ceil() as u64)
-                        .max(Duration::from_secs(1)),
-                });
+                    retry_after: wait.max(Duration::from_secs(1)),
+                })
             }
-            allowance.tokens -= 1.0;
-            let value = serde_json::to_vec(&allowance)
-                .map_err(|e| EngineError::Internal(format!("cannot encode a quota: {e}")))?;
-            // Another node spent from the same allowance since it was read: read again.
-            let stored = match revision {
-                Some(revision) => self
-                    .bucket
-                    .update(&key, value.into(), revision)
-                    .await
-                    .is_ok(),
-                None => self.bucket.create(&key, value.into()).await.is_ok(),
-            };
-            if stored {
-                return Ok(());
-            }
+            Err(e) => Err(unavailable("did not count a submission", e)),
         }
-        Err(EngineError::Unavailable(format!(
-            "the tenant's quota changed under {RACES} attempts to spend from it; retry"
-        )))
     }
 
-    /// Gives back the submission [`Quotas::admit`] took for a job that was then refused
+    /// Takes back a submission [`Quotas::admit`] counted for a job that was then refused
     /// (the cluster's queue was full) or failed to be stored. Best effort: a broker out of
-    /// reach keeps it spent.
-    pub async fn refund(&self, tenant: &str) {
-        let key = tenant_prefix(tenant);
-        for _ in 0..RACES {
-            let Ok(Some(entry)) = self.bucket.entry(&key).await else {
-                return;
-            };
-            let Ok(mut allowance) = serde_json::from_slice::<Allowance>(&entry.value) else {
-                return;
-            };
-            allowance.tokens = (allowance.tokens + 1.0).min(f64::from(self.limits.per_minute));
-            let Ok(value) = serde_json::to_vec(&allowance) else {
-                return;
-            };
-            if self
-                .bucket
-                .update(&key, value.into(), entry.revision)
-                .await
-                .is_ok()
-            {
-                return;
-            }
+    /// reach leaves it counted for its minute.
+    pub async fn refund(&self, spent: Spent) {
+        if let Err(e) = self.submits.delete_message(spent.0).await {
+            tracing::debug!("a refused submission stays counted: {e}");
         }
     }
 }
+
+/// A submission [`Quotas::admit`] counted.
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct Spent(u64);
+
+/// How long a submission counts against its tenant's rate.
+pub(super) const SUBMIT_WINDOW_MS: u64 = 60_000;

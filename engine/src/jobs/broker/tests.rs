@@ -674,10 +674,10 @@ async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
         let quotas = nodes[n % 2].quotas.clone();
         tries.push(tokio::spawn(async move { quotas.admit("a").await }));
     }
-    let mut passed = 0;
+    let mut passed = Vec::new();
     for attempt in tries {
         match attempt.await.unwrap() {
-            Ok(()) => passed += 1,
+            Ok(spent) => passed.push(spent),
             Err(EngineError::ResourceExhausted {
                 message,
                 retry_after,
@@ -688,13 +688,13 @@ async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
             Err(e) => panic!("{e:?}"),
         }
     }
-    assert_eq!(passed, 5);
+    assert_eq!(passed.len(), 5);
     // A submission refused later on (its queue full) gives its place in the rate back.
-    nodes[0].quotas.refund("a").await;
-    nodes[1].quotas.admit("a").await.unwrap();
+    nodes[0].quotas.refund(passed[0]).await;
+    let _ = nodes[1].quotas.admit("a").await.unwrap();
     assert!(nodes[0].quotas.admit("a").await.is_err());
     // Another tenant has its own allowance.
-    nodes[1].quotas.admit("b").await.unwrap();
+    let _ = nodes[1].quotas.admit("b").await.unwrap();
 
     // Stored jobs count whatever their state.
     for n in 1..=2 {
@@ -711,12 +711,12 @@ async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
     };
     assert!(message.contains("max_stored_jobs_per_tenant"), "{message}");
     nodes[0].records.remove("c", &id(1)).await.unwrap();
-    nodes[1].quotas.admit("c").await.unwrap();
+    let _ = nodes[1].quotas.admit("c").await.unwrap();
 
     // Stored audio counts each completed job once, whichever node completed it.
     nodes[0].quotas.add_stored("d", &id(1), 600).await.unwrap();
     nodes[1].quotas.add_stored("d", &id(1), 600).await.unwrap();
-    nodes[1].quotas.admit("d").await.unwrap();
+    let _ = nodes[1].quotas.admit("d").await.unwrap();
     nodes[1].quotas.add_stored("d", &id(2), 600).await.unwrap();
     let Err(EngineError::ResourceExhausted {
         message,
