@@ -96,23 +96,24 @@ impl Cluster {
         admitted
     }
 
-    /// Stores an admitted submission (a cover's song first, before any node can take its
-    /// job), opens its log and queues it.
+    /// Stores an admitted submission, opens its log and queues it. Its record comes
+    /// first, so a retry with its request id finds its job at once, however long a cover's
+    /// song takes to store; the song is in place before any node can take the job.
     async fn store_and_queue(
         &self,
         record: &mut Record,
         song: Option<&Song>,
     ) -> Result<Admitted, EngineError> {
         let id = record.info.id.clone();
-        if let Some(song) = song {
-            inputs::put_song(&self.broker.inputs, &id, song).await?;
-        }
         let position = self.broker.queue.waiting().await? + 1;
         record.info.progress = queued_progress(position);
         record.info.last_sequence = 2;
         let Some(revision) = self.broker.records.create(record).await? else {
             return Err(EngineError::Internal(format!("job id {id} is taken")));
         };
+        if let Some(song) = song {
+            inputs::put_song(&self.broker.inputs, &id, song).await?;
+        }
         self.open_and_queue(record, revision).await
     }
 
@@ -325,6 +326,9 @@ impl Cluster {
                     record.info.finished_unix_ms = Some(now_unix_ms());
                     // A node that took it meanwhile writes the record from the log's end.
                     let _ = records.update(&record, revision).await?;
+                    if record.cover.is_some() {
+                        inputs::remove_song(&self.broker.inputs, id).await;
+                    }
                     if let Some(sequence) = record.work_sequence {
                         self.broker.queue.remove(sequence).await?;
                     }

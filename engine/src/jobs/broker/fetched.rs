@@ -18,6 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::audio::AudioFormat;
 use crate::error::EngineError;
 
+/// Numbers each download's temporary file.
+static NEXT_DOWNLOAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Bytes read from the broker at a time.
 const CHUNK: usize = 128 * 1024;
 
@@ -97,7 +100,10 @@ impl FetchedAudio {
             message: e.to_string(),
         };
         tokio::fs::create_dir_all(&self.dir).await.map_err(output)?;
-        let tmp = path.with_extension(format!("part-{}", std::process::id()));
+        // A name of its own: a download that starts while another of the same file still
+        // runs (its waiter gave up) never writes into the other's file.
+        let unique = NEXT_DOWNLOAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("part-{}-{unique}", std::process::id()));
         let written = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(output)?;
             let mut buffer = vec![0; CHUNK];

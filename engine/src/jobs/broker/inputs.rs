@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::object_store::ObjectStore;
+use async_nats::jetstream::object_store::{GetErrorKind, ObjectStore};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
@@ -76,10 +76,12 @@ pub async fn get_cover(
             ),
         ));
     }
-    let mut object = store
-        .get(job)
-        .await
-        .map_err(|e| unavailable(&format!("has no song for cover {job}"), e))?;
+    let mut object = store.get(job).await.map_err(|e| match e.kind() {
+        GetErrorKind::NotFound => {
+            EngineError::invalid("song", format!("the song of cover {job} is gone: {e}"))
+        }
+        _ => unavailable(&format!("did not give the song of cover {job}"), e),
+    })?;
     let expected = spec.samples * 4;
     let mut bytes = Vec::with_capacity(expected as usize);
     // One byte over what the record says is enough to tell a wrong object.

@@ -38,6 +38,7 @@ pub mod test_server;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, object_store, stream};
@@ -91,6 +92,9 @@ impl BrokerConfig {
     }
 }
 
+/// How often a node checks its connection's state, beside the client's events.
+const CONNECTION_CHECK: Duration = Duration::from_millis(500);
+
 /// The longest pause between two attempts to reach a lost broker.
 pub const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
@@ -132,6 +136,8 @@ impl Broker {
         config: &BrokerConfig,
     ) -> Result<Self, EngineError> {
         let (up, connected) = watch::channel(true);
+        let up = Arc::new(up);
+        let on_event = Arc::clone(&up);
         let node_name = node.to_string();
         let client = async_nats::ConnectOptions::new()
             .name(format!("son1k {node}"))
@@ -144,11 +150,11 @@ impl Broker {
                 match &event {
                     Event::Disconnected => {
                         tracing::warn!(node = %node_name, "lost the broker; reconnecting");
-                        up.send_replace(false);
+                        on_event.send_replace(false);
                     }
                     Event::Connected => {
                         tracing::info!(node = %node_name, "connected to the broker");
-                        up.send_replace(true);
+                        on_event.send_replace(true);
                     }
                     _ => {}
                 }
@@ -157,6 +163,7 @@ impl Broker {
             .connect(url)
             .await
             .map_err(|e| unavailable(&format!("at {url} cannot be reached"), e))?;
+        tokio::spawn(follow_connection(client.clone(), up));
         Self::set_up(jetstream::new(client), config, connected).await
     }
 
@@ -273,6 +280,18 @@ impl Broker {
             context,
             connected,
         })
+    }
+}
+
+/// Keeps `up` true exactly while `client` is connected, checking every
+/// [`CONNECTION_CHECK`]: the client's events say so at once, but it drops events when a
+/// slow reader fills their queue, and a lost one must not leave a node refusing work (or
+/// taking it) for good. Ends once nothing reads `up`.
+async fn follow_connection(client: async_nats::Client, up: Arc<watch::Sender<bool>>) {
+    while !up.is_closed() {
+        tokio::time::sleep(CONNECTION_CHECK).await;
+        let now = client.connection_state() == async_nats::connection::State::Connected;
+        up.send_if_modified(|was| std::mem::replace(was, now) != now);
     }
 }
 

@@ -18,6 +18,8 @@ use crate::request::GenerateRequest;
 
 /// Records a listing reads at once.
 const LIST_BATCH: i64 = 64;
+/// How long a listing waits for its next record.
+const LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The header that marks a key-value message as a put, a delete or a purge.
 const KV_OPERATION: &str = "KV-Operation";
 
@@ -166,10 +168,15 @@ impl Records {
         }
         let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
         for _ in 0..pending {
-            let Some(message) = messages.next().await else {
-                break;
+            // A record that expired since the count was taken never comes: each message
+            // says how many are left, and a broker that stops answering is an error.
+            let next = tokio::time::timeout(LIST_WAIT, messages.next()).await;
+            let message = match next {
+                Ok(Some(message)) => message.map_err(|e| failed(&e))?,
+                Ok(None) => break,
+                Err(_) => return Err(failed(&"it did not answer in time")),
             };
-            let message = message.map_err(|e| failed(&e))?;
+            let last = message.info().is_ok_and(|info| info.pending == 0);
             // A removed record leaves a marker.
             let removed = message.headers.as_ref().is_some_and(|h| {
                 h.get(KV_OPERATION).is_some_and(|op| op.as_str() != "PUT")
@@ -177,6 +184,9 @@ impl Records {
             });
             if !removed {
                 latest.push(message);
+            }
+            if last {
+                break;
             }
         }
         Ok(latest)
@@ -237,10 +247,16 @@ impl Records {
     }
 
     /// Removes the record of a job that was refused before any client saw it.
+    /// The key's messages are purged from the bucket's stream, leaving no marker behind
+    /// (a key-value purge would leave one until the retention, for every refused
+    /// submission, and every listing would read them).
     pub async fn remove(&self, tenant: &str, job: &str) -> Result<(), EngineError> {
         self.jobs
-            .purge(record_key(tenant, job))
+            .stream
+            .purge()
+            .filter(format!("{}{}", self.jobs.prefix, record_key(tenant, job)))
             .await
+            .map(|_| ())
             .map_err(|e| unavailable("cannot remove a job", e))
     }
 }

@@ -250,8 +250,19 @@ impl Runner {
             let limits = self.engine.limits();
             let cover = self
                 .patiently(|| inputs::get_cover(&self.broker.inputs, id, spec, limits))
-                .await?;
-            request.cover = Some(cover);
+                .await;
+            match cover {
+                Ok(cover) => request.cover = Some(cover),
+                Err(e @ EngineError::Unavailable(_)) => return Err(e),
+                // Gone, or over this node's limits: no run of it can do better.
+                Err(e) => {
+                    let body = EventBody::Failed {
+                        code: FailureCode::InvalidArgument,
+                        message: e.to_string(),
+                    };
+                    return self.end(&record, expected, next, body).await;
+                }
+            }
         }
         let submission = Submission {
             tenant: tenant.to_string(),
@@ -359,6 +370,10 @@ impl Runner {
                 return Ok(Taken::Done(Outcome::Done));
             };
             if record.info.state.is_terminal() {
+                // Ended where no run could clean up after it (cancelled while queued, say).
+                if record.cover.is_some() {
+                    inputs::remove_song(&self.broker.inputs, id).await;
+                }
                 return Ok(Taken::Done(Outcome::Done));
             }
             // An owner that wrote the end and stopped before its record: the log says how

@@ -729,3 +729,53 @@ async fn a_tenants_rate_and_stored_jobs_hold_across_nodes_atomically() {
     // The hint is when its oldest audio expires (the retention, an hour here).
     assert!(retry_after > Duration::from_secs(3500), "{retry_after:?}");
 }
+
+#[tokio::test]
+async fn a_cover_whose_song_is_gone_fails_naming_it_and_is_not_run_again() {
+    let server = NatsServer::start();
+    let broker = broker(&server, &config()).await;
+    let cluster = Cluster::new(broker.clone(), Duration::from_secs(3));
+    let mut cover = new_job("a", 1, None, 1);
+    cover.info.kind = JobKind::Cover;
+    cover.cover = Some(super::inputs::CoverSpec {
+        mode: Some(crate::cover::CoverMode::Melody),
+        clip_start_s: None,
+        clip_end_s: None,
+        sample_rate: 22_050,
+        digest: 7,
+        samples: 22_050 * 6,
+    });
+    let song = crate::cover::Song {
+        sample_rate: 22_050,
+        mono: vec![0.0; 22_050 * 6],
+        digest: 7,
+    };
+    cluster.submit(cover, Some(&song)).await.unwrap();
+    // The song went missing before any node ran the job.
+    broker.inputs.delete(id(1)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models: Vec<std::sync::Arc<dyn crate::model::MusicModel>> =
+        vec![std::sync::Arc::new(crate::synth::SynthModel::default())];
+    let engine =
+        crate::jobs::Engine::start(crate::jobs::EngineConfig::new(dir.path()), models).unwrap();
+    let runner = super::runner::Runner::new(broker.clone(), config(), engine, "node-1");
+    let running = tokio::spawn(runner.run(1));
+    let log = tokio::time::timeout(Duration::from_secs(10), ended_log(&cluster, "a", &id(1)))
+        .await
+        .expect("the job ended");
+    running.abort();
+    match &log.last().unwrap().body {
+        EventBody::Failed { code, message } => {
+            assert_eq!(*code, crate::jobs::event::FailureCode::InvalidArgument);
+            assert!(
+                message.contains("song") && message.contains("gone"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        cluster.get("a", &id(1)).await.unwrap().state,
+        JobState::Failed
+    );
+}
