@@ -2,7 +2,6 @@
 //! task; event streams re-subscribe by themselves when they fall behind, so a client sees
 //! every event exactly once however slow it reads.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,12 +17,13 @@ use super::broker::{Broker, BrokerConfig};
 use super::command::{Admitted, Command, Feed, ReservationId, Submission};
 use super::config::EngineConfig;
 use super::decode_slots::DecodeSlots;
-use super::event::{EventBody, JobEvent, JobKind, JobState};
+use super::event::{JobEvent, JobState};
+use super::event_stream::{EventStream, Source};
 use super::job::{check_container, new_job_id, now_unix_ms, pick_model, queued_progress, JobInfo};
 use super::metrics::JobMetrics;
 use super::registry::Registry;
 use super::restore::restore;
-use super::store::{kept_after_end, read_range, Store, StoreHealth};
+use super::store::{read_range, Store, StoreHealth};
 use super::tenants::ListCursor;
 use super::worker::{ReportTo, Workers};
 use crate::audio::AudioFormat;
@@ -41,7 +41,7 @@ const INBOX: usize = 1024;
 #[derive(Clone)]
 pub struct Engine {
     commands: mpsc::Sender<Command>,
-    store: Store,
+    pub(super) store: Store,
     models: Arc<Vec<ModelInfo>>,
     /// The configured default model's id.
     default_model: Option<String>,
@@ -74,6 +74,9 @@ struct ClusterSide {
     /// Other nodes' audio this node serves, fetched once.
     fetched: Arc<FetchedAudio>,
 }
+
+/// How long a read of another node's audio waits for its copy from the broker.
+const FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How often a node removes the fetched copies older than the retention.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -135,7 +138,7 @@ pub struct StoredAudio {
     pub format: AudioFormat,
     /// Its size.
     pub total_bytes: u64,
-    id: String,
+    pub(super) id: String,
 }
 
 impl Engine {
@@ -441,18 +444,22 @@ impl Engine {
                 )
             }
         };
-        Ok(EventStream {
-            engine: self.clone(),
-            tenant: tenant.to_string(),
-            id: id.to_string(),
+        Ok(EventStream::new(
+            self.clone(),
+            tenant,
+            id,
             kind,
             source,
-            cursor: after,
-            ended: false,
-        })
+            after,
+        ))
     }
 
-    async fn subscribe(&self, tenant: &str, id: &str, after: u64) -> Result<Feed, EngineError> {
+    pub(super) async fn subscribe(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+    ) -> Result<Feed, EngineError> {
         self.ask(|reply| Command::Subscribe {
             tenant: tenant.to_string(),
             id: id.to_string(),
@@ -598,15 +605,21 @@ impl Engine {
         len: usize,
     ) -> Result<Vec<u8>, EngineError> {
         if let Some(side) = &self.cluster {
-            let path = side
-                .fetched
-                .local_copy(
-                    &side.broker.audio,
-                    &audio.id,
-                    audio.format,
-                    audio.total_bytes,
-                )
-                .await?;
+            let fetching = side.fetched.local_copy(
+                &side.broker.audio,
+                &audio.id,
+                audio.format,
+                audio.total_bytes,
+            );
+            let path = tokio::time::timeout(FETCH_WAIT, fetching)
+                .await
+                .map_err(|_| {
+                    EngineError::Unavailable(format!(
+                        "the broker did not give the audio of generation `{}` within {} s",
+                        audio.id,
+                        FETCH_WAIT.as_secs()
+                    ))
+                })??;
             let len = len.min(self.audio_piece_bytes);
             let read = tokio::task::spawn_blocking({
                 let path = path.clone();
@@ -648,7 +661,7 @@ const RESUME_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 impl Engine {
     /// A cluster job's events after `after`, read again once the broker answers, within
     /// [`RESUME_WINDOW`]; `why` is what stopped the last reading.
-    async fn resume_cluster_events(
+    pub(super) async fn resume_cluster_events(
         &self,
         tenant: &str,
         id: &str,
@@ -670,207 +683,4 @@ impl Engine {
             }
         }
     }
-}
-
-/// Where a stream's events come from.
-enum Source {
-    /// This node's registry (and a finished job's log on its disk).
-    Local {
-        feed: Feed,
-        /// A finished job's remaining events, read from its stored log.
-        from_disk: Option<VecDeque<JobEvent>>,
-    },
-    /// The cluster's log of the job on the broker, read again after the last event
-    /// delivered whenever the connection comes back.
-    Cluster {
-        events: BoxStream<'static, Result<JobEvent, EngineError>>,
-        connection: watch::Receiver<bool>,
-    },
-}
-
-/// A job's events in order, each exactly once, ending after the terminal event.
-pub struct EventStream {
-    engine: Engine,
-    tenant: String,
-    id: String,
-    kind: JobKind,
-    source: Source,
-    cursor: u64,
-    ended: bool,
-}
-
-impl EventStream {
-    /// The job this stream follows.
-    pub fn job_id(&self) -> &str {
-        &self.id
-    }
-
-    /// Whether the job is a generation or a cover.
-    pub fn kind(&self) -> JobKind {
-        self.kind
-    }
-
-    /// The next event; `None` after the terminal event. Audio pieces come with their
-    /// bytes.
-    pub async fn next(&mut self) -> Option<Result<JobEvent, EngineError>> {
-        loop {
-            if self.ended {
-                return None;
-            }
-            let (feed, from_disk) = match &mut self.source {
-                Source::Cluster { events, connection } => {
-                    let next = tokio::select! {
-                        next = futures_util::StreamExt::next(events) => next,
-                        // A lost connection can lose what was on the way (the broker
-                        // restarted, or cut off a slow reader): once it is back, the
-                        // stream reads again after the last event it delivered.
-                        Ok(()) = connection.changed() => {
-                            if *connection.borrow_and_update() {
-                                let why = "the connection was lost".to_string();
-                                match self.engine.resume_cluster_events(&self.tenant, &self.id, self.cursor, why).await {
-                                    Ok(resumed) => *events = resumed,
-                                    Err(e) => {
-                                        self.ended = true;
-                                        return Some(Err(e));
-                                    }
-                                }
-                            }
-                            continue;
-                        }
-                    };
-                    let event = match next {
-                        Some(Ok(event)) => event,
-                        // The broker went away (restarted, say): the log is still there
-                        // once it is back, so the stream goes on after the last event
-                        // it delivered.
-                        Some(Err(EngineError::Unavailable(why))) => {
-                            match self
-                                .engine
-                                .resume_cluster_events(&self.tenant, &self.id, self.cursor, why)
-                                .await
-                            {
-                                Ok(resumed) => *events = resumed,
-                                Err(e) => {
-                                    self.ended = true;
-                                    return Some(Err(e));
-                                }
-                            }
-                            continue;
-                        }
-                        Some(Err(e)) => {
-                            self.ended = true;
-                            return Some(Err(e));
-                        }
-                        None => {
-                            self.ended = true;
-                            return None;
-                        }
-                    };
-                    if event.sequence <= self.cursor {
-                        continue;
-                    }
-                    self.cursor = event.sequence;
-                    self.ended = event.body.is_terminal();
-                    return Some(fill(&self.engine, &self.id, &event).await);
-                }
-                Source::Local { feed, from_disk } => (feed, from_disk),
-            };
-            if feed.from_disk {
-                return self.next_from_disk().await;
-            }
-            let _ = from_disk;
-            match feed.events.recv().await {
-                Some(event) if event.sequence <= self.cursor => continue,
-                Some(event) => {
-                    self.cursor = event.sequence;
-                    self.ended = event.body.is_terminal();
-                    return Some(fill(&self.engine, &self.id, &event).await);
-                }
-                None if feed.to_the_end => {
-                    self.ended = true;
-                    return None;
-                }
-                // Fell behind (or the log was longer than one channel): catch up from
-                // the last event delivered.
-                None => match self
-                    .engine
-                    .subscribe(&self.tenant, &self.id, self.cursor)
-                    .await
-                {
-                    Ok(next) => {
-                        self.source = Source::Local {
-                            feed: next,
-                            from_disk: None,
-                        }
-                    }
-                    Err(e) => {
-                        self.ended = true;
-                        return Some(Err(e));
-                    }
-                },
-            }
-        }
-    }
-
-    /// The next event of a finished job whose log is on disk.
-    async fn next_from_disk(&mut self) -> Option<Result<JobEvent, EngineError>> {
-        let Source::Local { from_disk, .. } = &mut self.source else {
-            return None;
-        };
-        if from_disk.is_none() {
-            let store = self.engine.store.clone();
-            let (id, after) = (self.id.clone(), self.cursor);
-            let read = tokio::task::spawn_blocking(move || store.read_events(&id)).await;
-            match read {
-                Ok(Ok(events)) => {
-                    let rest = events
-                        .into_iter()
-                        .filter(|e| e.sequence > after && kept_after_end(e));
-                    if let Source::Local { from_disk, .. } = &mut self.source {
-                        *from_disk = Some(rest.collect());
-                    }
-                }
-                Ok(Err(e)) => {
-                    self.ended = true;
-                    return Some(Err(EngineError::Output {
-                        path: format!("the event log of generation {}", self.id),
-                        message: e.to_string(),
-                    }));
-                }
-                Err(e) => {
-                    self.ended = true;
-                    return Some(Err(EngineError::Internal(format!(
-                        "reading the event log stopped: {e}"
-                    ))));
-                }
-            }
-        }
-        let Source::Local { from_disk, .. } = &mut self.source else {
-            return None;
-        };
-        let event = from_disk.as_mut()?.pop_front();
-        let Some(event) = event else {
-            self.ended = true;
-            return None;
-        };
-        self.cursor = event.sequence;
-        self.ended = event.body.is_terminal();
-        Some(fill(&self.engine, &self.id, &event).await)
-    }
-}
-
-/// An event as a client gets it: an audio piece with its bytes.
-async fn fill(engine: &Engine, id: &str, event: &JobEvent) -> Result<JobEvent, EngineError> {
-    let mut event = event.clone();
-    if let EventBody::AudioPiece(piece) = &mut event.body {
-        let audio = StoredAudio {
-            format: piece.format,
-            total_bytes: piece.total_bytes,
-            id: id.to_string(),
-        };
-        piece.data = engine
-            .read_audio(&audio, piece.offset, piece.len as usize)
-            .await?;
-    }
-    Ok(event)
 }

@@ -8,6 +8,7 @@ mod command;
 mod config;
 mod decode_slots;
 mod event;
+mod event_stream;
 mod handle;
 mod job;
 mod metrics;
@@ -23,7 +24,8 @@ pub use event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobKind, JobResult, JobStage, JobState, PcmChunk,
     ProgressReport, ResolvedParams,
 };
-pub use handle::{Engine, EventStream, Reservation, StoredAudio};
+pub use event_stream::EventStream;
+pub use handle::{Engine, Reservation, StoredAudio};
 pub use job::{check_job_id, JobInfo};
 pub use store::StoreHealth;
 pub use tenants::ListCursor;
