@@ -77,6 +77,21 @@ pub enum AudioFormat {
 }
 
 impl AudioFormat {
+    /// Every format Son1k writes.
+    pub const ALL: [AudioFormat; 2] = [AudioFormat::Wav, AudioFormat::Flac];
+
+    /// The format whose name or file extension is `name` (any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.extension().eq_ignore_ascii_case(name))
+    }
+
+    /// The names of every format, for messages: `wav, flac`.
+    pub fn names() -> String {
+        Self::ALL.map(Self::extension).join(", ")
+    }
+
     /// The file name extension.
     pub fn extension(self) -> &'static str {
         match self {

@@ -26,7 +26,7 @@ pub struct GenerateArgs {
     /// Output file, WAV or FLAC.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Container of the output: wav or flac (default: FLAC for a .flac --out, else WAV).
+    /// Container of the output: wav or flac (default: the one --out names, else WAV; they must agree).
     #[arg(long, value_name = "wav|flac", value_parser = parse_format)]
     pub format: Option<AudioFormat>,
     /// The model and how it runs.
@@ -48,7 +48,7 @@ pub struct GenerateArgs {
 
 /// Runs the command.
 pub(super) fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let format = format_for(args.format, &args.out);
+    let format = format_for(args.format, &args.out)?;
     if let Some(server) = args.remote.server.clone() {
         return run_on_server(args, &server, format);
     }

@@ -53,27 +53,71 @@ pub(crate) fn summary(out: &Path, to_stderr: bool, made: &Made<'_>) {
     }
 }
 
-/// Parses `--format`: `wav` or `flac`.
+/// Parses `--format`: one of [`AudioFormat::ALL`] by name.
 pub(crate) fn parse_format(text: &str) -> Result<AudioFormat, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "wav" => Ok(AudioFormat::Wav),
-        "flac" => Ok(AudioFormat::Flac),
-        other => Err(format!("`{other}` is not one of wav, flac")),
+    AudioFormat::from_name(text)
+        .ok_or_else(|| format!("`{text}` is not one of {}", AudioFormat::names()))
+}
+
+/// The container of the output file: the one its name's extension says (`--format`, when
+/// given, must agree), `--format` for a name without one, else WAV. An extension that is
+/// no format Son1k writes is an error listing those it does, rather than a file whose
+/// name says what it is not.
+pub(crate) fn format_for(flag: Option<AudioFormat>, out: &Path) -> anyhow::Result<AudioFormat> {
+    let Some(extension) = out.extension() else {
+        return Ok(flag.unwrap_or_default());
+    };
+    let extension = extension.to_string_lossy();
+    let Some(named) = AudioFormat::from_name(&extension) else {
+        anyhow::bail!(
+            "--out {}: `.{extension}` is not a format son1k writes; name the file .{} \
+             (or give --format)",
+            out.display(),
+            AudioFormat::ALL.map(AudioFormat::extension).join(" or .")
+        );
+    };
+    match flag {
+        Some(flag) if flag != named => anyhow::bail!(
+            "--out {} names a {} file but --format is {}; make them agree",
+            out.display(),
+            named.extension(),
+            flag.extension()
+        ),
+        _ => Ok(named),
     }
 }
 
-/// The container of the output file: `--format` when given, else FLAC for a `.flac` name
-/// and WAV for anything else.
-pub(crate) fn format_for(flag: Option<AudioFormat>, out: &Path) -> AudioFormat {
-    flag.unwrap_or_else(|| {
-        let flac = out
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("flac"));
-        if flac {
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_name_and_format_agree_or_the_command_says_why() {
+        let format = |flag, name: &str| format_for(flag, Path::new(name));
+        assert_eq!(format(None, "a.wav").unwrap(), AudioFormat::Wav);
+        assert_eq!(format(None, "a.FLAC").unwrap(), AudioFormat::Flac);
+        assert_eq!(format(None, "noext").unwrap(), AudioFormat::Wav);
+        assert_eq!(
+            format(Some(AudioFormat::Flac), "noext").unwrap(),
             AudioFormat::Flac
-        } else {
-            AudioFormat::Wav
-        }
-    })
+        );
+        assert_eq!(
+            format(Some(AudioFormat::Flac), "a.flac").unwrap(),
+            AudioFormat::Flac
+        );
+        let mp3 = format(None, "song.mp3").unwrap_err().to_string();
+        assert!(
+            mp3.contains("song.mp3") && mp3.contains(".wav or .flac"),
+            "{mp3}"
+        );
+        let disagree = format(Some(AudioFormat::Flac), "a.wav")
+            .unwrap_err()
+            .to_string();
+        assert!(disagree.contains("--format is flac"), "{disagree}");
+        assert_eq!(parse_format("FLAC"), Ok(AudioFormat::Flac));
+        assert_eq!(
+            parse_format("mp3"),
+            Err("`mp3` is not one of wav, flac".to_string())
+        );
+    }
 }
