@@ -9,6 +9,7 @@ pub mod cover;
 pub mod device;
 pub mod digest;
 pub mod error;
+pub mod hub;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;

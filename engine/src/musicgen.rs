@@ -49,20 +49,20 @@ pub struct MusicGenModel {
 impl MusicGenModel {
     /// Loads a Hugging Face checkpoint directory onto a device in a precision, with its
     /// self-attention cache stored as `kv_cache` says.
+    /// `model` is a directory, or a Hub id found in the Hugging Face cache
+    /// ([`hub::locate`](crate::hub::locate)); the model is listed under the directory's
+    /// name, or the repository's.
     pub fn load(
-        dir: &Path,
+        model: &Path,
         device: DeviceChoice,
         precision: Precision,
         kv_cache: KvCache,
     ) -> Result<Self, EngineError> {
+        let (dir, id) = crate::hub::locate(model)?;
         let candle_device = device.open()?;
         let dtype = precision.dtype_on(&candle_device)?;
-        let mut model = MusicGen::load(dir, &candle_device, dtype, precision.weight_format())?;
+        let mut model = MusicGen::load(&dir, &candle_device, dtype, precision.weight_format())?;
         model.set_kv_cache_dtype(kv_cache.dtype(dtype))?;
-        let id = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.display().to_string());
         let device = match kv_cache {
             KvCache::Compute => format!("{device} {precision}"),
             KvCache::F16 => format!("{device} {precision}, f16 KV cache"),

@@ -16,9 +16,10 @@ use crate::proto::v1 as pb;
 /// Which model runs a job, and how it is loaded.
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
-    /// A MusicGen checkpoint directory in the Hugging Face layout; without it the
-    /// built-in synth plays (no weights needed).
-    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    /// A MusicGen checkpoint: a directory in the Hugging Face layout, or a Hub id
+    /// (`facebook/musicgen-small`, `@revision` optional) already in the Hugging Face cache
+    /// (HF_HUB_CACHE, HF_HOME); without it the built-in synth plays (no weights needed).
+    #[arg(long, value_name = "DIR|ID", conflicts_with = "server")]
     pub model: Option<PathBuf>,
     /// With --server: the id of the server's model to run (default: the server's default).
     #[arg(long, value_name = "ID", requires = "server")]

@@ -40,9 +40,10 @@ pub struct ServeArgs {
     /// clear text. Prefer --tls-cert/--tls-key or a TLS reverse proxy.
     #[arg(long)]
     pub insecure_listen: bool,
-    /// A MusicGen checkpoint directory (Hugging Face layout) to serve; repeatable. The
-    /// built-in synth is always served.
-    #[arg(long = "model", value_name = "DIR")]
+    /// A MusicGen checkpoint to serve, a directory (Hugging Face layout) or a Hub id
+    /// already in the Hugging Face cache (`facebook/musicgen-small[@revision]`);
+    /// repeatable. The built-in synth is always served.
+    #[arg(long = "model", value_name = "DIR|ID")]
     pub models: Vec<PathBuf>,
     /// The model used when a request names none (default: the built-in synth).
     #[arg(long, value_name = "ID")]

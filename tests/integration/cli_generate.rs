@@ -379,3 +379,55 @@ fn cli_generate_writes_the_reference_waveform() {
         .fold(0.0, f32::max);
     assert!(diff <= 1e-4, "CLI waveform differs by {diff}");
 }
+
+#[test]
+fn a_model_named_by_its_hub_id_is_found_in_the_hugging_face_cache() {
+    // A cache as huggingface_hub lays it out: the checkpoint in a snapshot named by its
+    // commit, and the branch pointing at it.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hf").join("hub");
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let repo = cache.join("models--acme--musicgen-tiny");
+    tiny_model(&repo.join("snapshots").join(commit), false);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), commit).unwrap();
+    let run = |model: &str, out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_son1k"))
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--duration",
+                "0.5",
+                "--seed",
+                "1",
+            ])
+            .arg("--out")
+            .arg(out)
+            .arg("rock")
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", dir.path().join("hf"))
+            .output()
+            .unwrap()
+    };
+    let by_branch = dir.path().join("branch.wav");
+    let output = run("acme/musicgen-tiny", &by_branch);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let by_commit = dir.path().join("commit.wav");
+    let output = run(&format!("acme/musicgen-tiny@{commit}"), &by_commit);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(read_wav(&by_branch).1, read_wav(&by_commit).1);
+
+    // What is missing is named, with where it was looked for.
+    let absent = run("acme/musicgen-huge", &dir.path().join("x.wav"));
+    assert_clean_failure(
+        &absent,
+        &[
+            "acme/musicgen-huge",
+            "models--acme--musicgen-huge",
+            "huggingface-cli download",
+        ],
+    );
+    let tag = run("acme/musicgen-tiny@v9", &dir.path().join("x.wav"));
+    assert_clean_failure(&tag, &["revision `v9`", "refs"]);
+}

@@ -188,7 +188,10 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     bar.set_message("loading");
     let start = Instant::now();
     let mut model = match &args.model {
-        Some(dir) => MusicGen::load(dir, &device, dtype, format)?,
+        Some(model) => {
+            let (dir, _) = son1k_engine::hub::locate(model)?;
+            MusicGen::load(&dir, &device, dtype, format)?
+        }
         None => {
             let config = preset(&args.preset).with_context(|| {
                 format!(

@@ -18,8 +18,8 @@ pub use measure::{measure, BenchReport};
 /// Arguments of `son1k bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A checkpoint directory (else `--preset`).
-    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    /// A checkpoint directory, or a Hub id in the Hugging Face cache (else `--preset`).
+    #[arg(long, value_name = "DIR|ID", conflicts_with = "preset")]
     pub model: Option<PathBuf>,
     /// A preset shape with random weights: musicgen-small, -medium, -large, -stereo-*.
     #[arg(long, default_value = "musicgen-small")]
