@@ -136,6 +136,122 @@ pub fn locate(argument: &Path) -> Result<(PathBuf, String), EngineError> {
     }
 }
 
+/// A checkpoint in the cache, as `son1k models` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedModel {
+    /// `owner/name`.
+    pub repo: String,
+    /// Its refs (branches, tags) and the commit each points at.
+    pub refs: Vec<(String, String)>,
+    /// Its snapshots' commits.
+    pub snapshots: Vec<String>,
+    /// What its config says it is: `musicgen`, `musicgen_melody`, with `stereo` for two
+    /// channels; `unknown` without a readable config.
+    pub kind: String,
+    /// Bytes on disk (its blobs, or its snapshots' files where it has no blobs).
+    pub bytes: u64,
+}
+
+/// Every model repository in `cache`, by name; a cache that does not exist has none.
+pub fn cached_models(cache: &Path) -> Vec<CachedModel> {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    let mut models: Vec<CachedModel> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let repo = name.strip_prefix("models--")?.replacen("--", "/", 1);
+            Some(describe(repo, &entry.path()))
+        })
+        .collect();
+    models.sort_by(|a, b| a.repo.cmp(&b.repo));
+    models
+}
+
+/// One repository's refs, snapshots, kind and size.
+fn describe(repo: String, folder: &Path) -> CachedModel {
+    let names = |dir: PathBuf| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let refs: Vec<(String, String)> = names(folder.join("refs"))
+        .into_iter()
+        .filter_map(|name| {
+            let commit = std::fs::read_to_string(folder.join("refs").join(&name)).ok()?;
+            Some((name, commit.trim().to_string()))
+        })
+        .collect();
+    let snapshots = names(folder.join("snapshots"));
+    // The kind of what `main` points at, else of any snapshot.
+    let main = refs
+        .iter()
+        .find(|(name, _)| name == "main")
+        .map(|(_, commit)| commit.clone());
+    let config = main
+        .iter()
+        .chain(snapshots.iter())
+        .map(|commit| folder.join("snapshots").join(commit).join("config.json"))
+        .find_map(|path| std::fs::read(path).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let kind = config.map_or_else(
+        || "unknown".to_string(),
+        |config| {
+            let kind = config["model_type"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string();
+            let channels = config["audio_encoder"]["audio_channels"]
+                .as_u64()
+                .or_else(|| config["decoder"]["audio_channels"].as_u64());
+            if channels == Some(2) {
+                format!("{kind}, stereo")
+            } else {
+                kind
+            }
+        },
+    );
+    let blobs = folder.join("blobs");
+    let bytes = if blobs.is_dir() {
+        size_of(&blobs)
+    } else {
+        size_of(&folder.join("snapshots"))
+    };
+    CachedModel {
+        repo,
+        refs,
+        snapshots,
+        kind,
+        bytes,
+    }
+}
+
+/// Bytes of the files under `dir` (links followed), at most a few levels deep.
+fn size_of(dir: &Path) -> u64 {
+    fn walk(dir: &Path, depth: usize) -> u64 {
+        if depth > 4 {
+            return 0;
+        }
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| match std::fs::metadata(entry.path()) {
+                Ok(meta) if meta.is_dir() => walk(&entry.path(), depth + 1),
+                Ok(meta) => meta.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    walk(dir, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

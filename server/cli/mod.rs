@@ -5,6 +5,7 @@ pub mod bench;
 mod cover;
 mod generate;
 mod job_args;
+mod models;
 pub(crate) mod output;
 mod play_to;
 mod progress;
@@ -48,6 +49,8 @@ pub enum Command {
     Cover(cover::CoverArgs),
     /// Measure MusicGen's speed on this machine (a checkpoint or a preset shape).
     Bench(bench::BenchArgs),
+    /// List the checkpoints in the Hugging Face cache that --model finds by their Hub id.
+    Models(models::ModelsArgs),
     /// Write a tiny random MusicGen checkpoint in the Hugging Face layout (for tests and
     /// for trying the engine without downloading weights).
     TinyModel(TinyModelArgs),
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Models(args) => models::run(args),
         Command::TinyModel(args) => tiny_model::run(args),
         Command::Bench(mut args) => {
             args.threads = cli.threads;

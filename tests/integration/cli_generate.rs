@@ -430,4 +430,40 @@ fn a_model_named_by_its_hub_id_is_found_in_the_hugging_face_cache() {
     );
     let tag = run("acme/musicgen-tiny@v9", &dir.path().join("x.wav"));
     assert_clean_failure(&tag, &["revision `v9`", "refs"]);
+
+    // `son1k models` lists what is there: its id, kind, size and branch.
+    tiny_model(
+        &cache
+            .join("models--acme--musicgen-stereo-tiny")
+            .join("snapshots")
+            .join(commit),
+        true,
+    );
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_son1k"))
+        .arg("models")
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let line = |repo: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(repo))
+            .unwrap_or_else(|| panic!("{repo} not listed: {text}"))
+            .to_string()
+    };
+    let mono = line("acme/musicgen-tiny");
+    assert!(mono.contains("musicgen") && mono.contains(" MB"), "{mono}");
+    assert!(mono.contains(&format!("main {}", &commit[..10])), "{mono}");
+    assert!(
+        line("acme/musicgen-stereo-tiny").contains("stereo"),
+        "{text}"
+    );
+    let empty = std::process::Command::new(env!("CARGO_BIN_EXE_son1k"))
+        .args(["models", "--cache"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("no checkpoints"));
 }
