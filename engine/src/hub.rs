@@ -32,8 +32,11 @@ impl HubId {
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
+        // A revision becomes a path under the repository's `refs/`: nothing that leaves it.
         let revision_ok = !revision.is_empty()
+            && !revision.starts_with('/')
             && !revision.contains("..")
+            && !revision.contains("//")
             && revision
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
@@ -103,7 +106,14 @@ pub fn snapshot(id: &HubId, cache: &Path) -> Result<PathBuf, EngineError> {
                 reference.display()
             ))
         })?;
-        text.trim().to_string()
+        let commit = text.trim();
+        if commit.is_empty() || !commit.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(missing(format!(
+                "{} does not hold a commit id",
+                reference.display()
+            )));
+        }
+        commit.to_string()
     };
     let snapshot = folder.join("snapshots").join(&commit);
     if !snapshot.join("config.json").is_file() {
@@ -278,6 +288,7 @@ mod tests {
             "./x",
             "a/b@",
             "a/b@../../etc",
+            "a/b@/etc/passwd",
             "a b/c",
         ] {
             assert_eq!(HubId::parse(not_an_id), None, "{not_an_id}");
@@ -318,6 +329,8 @@ mod tests {
             tag.contains("revision `v2`") && tag.contains("refs"),
             "{tag}"
         );
+        std::fs::write(folder.join("refs").join("bad"), "../../x\n").unwrap();
+        assert!(message("acme/tiny@bad").contains("does not hold a commit id"));
         std::fs::remove_file(snapshot_dir.join("config.json")).unwrap();
         assert!(message("acme/tiny").contains("no config.json"));
     }
