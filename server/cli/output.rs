@@ -70,8 +70,7 @@ pub(crate) fn format_for(flag: Option<AudioFormat>, out: &Path) -> anyhow::Resul
     let extension = extension.to_string_lossy();
     let Some(named) = AudioFormat::from_name(&extension) else {
         anyhow::bail!(
-            "--out {}: `.{extension}` is not a format son1k writes; name the file .{} \
-             (or give --format)",
+            "--out {}: `.{extension}` is not a format son1k writes; name the file .{}",
             out.display(),
             AudioFormat::ALL.map(AudioFormat::extension).join(" or .")
         );
