@@ -21,12 +21,22 @@ const LONG: f64 = 200.0;
 /// The lease: a stopped node's job passes to another this long after its last heartbeat.
 const LEASE: &str = "1.5";
 
-/// `count` process nodes on `nats`, each running one job at a time.
-async fn nodes(nats: &NatsServer, dir: &std::path::Path, count: usize, lease: &str) -> Vec<Server> {
+/// The prefix of a node's count of jobs it completed.
+const COMPLETED: &str = "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"";
+
+/// `count` process nodes on `nats`, each running one job at a time, holding a job
+/// `lease` seconds without a heartbeat, with `extra` flags.
+async fn nodes(
+    nats: &NatsServer,
+    dir: &std::path::Path,
+    count: usize,
+    lease: &str,
+    extra: &[&str],
+) -> Vec<Server> {
     let mut nodes = Vec::new();
     for n in 1..=count {
         let node = format!("node-{n}");
-        let flags = [
+        let mut flags = vec![
             "--broker",
             &nats.url,
             "--node-id",
@@ -38,6 +48,7 @@ async fn nodes(nats: &NatsServer, dir: &std::path::Path, count: usize, lease: &s
             "--lease-seconds",
             lease,
         ];
+        flags.extend_from_slice(extra);
         nodes.push(Server::start_process(&dir.join(&node), &flags).await);
     }
     nodes
@@ -130,7 +141,7 @@ async fn logged(node: &Server, text: &str) {
 async fn a_job_whose_node_is_killed_completes_on_another_and_its_watchers_see_it_go_on() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = nodes(&nats, dir.path(), 3, LEASE).await;
+    let mut nodes = nodes(&nats, dir.path(), 3, LEASE, &[]).await;
     let mut clients = clients(&nodes).await;
     let mut submitted = clients[0]
         .generate(generate("long drone", LONG, 1))
@@ -182,11 +193,7 @@ async fn a_job_whose_node_is_killed_completes_on_another_and_its_watchers_see_it
     // file its events carried.
     let mut ended = 0.0;
     for &n in &survivors {
-        ended += metric(
-            &nodes[n],
-            "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"",
-        )
-        .await;
+        ended += metric(&nodes[n], COMPLETED).await;
     }
     assert_eq!(ended, 1.0);
     let audio = get_audio(&mut clients[survivors[0]], &id).await;
@@ -198,7 +205,7 @@ async fn a_job_whose_node_is_killed_completes_on_another_and_its_watchers_see_it
 async fn a_node_paused_past_its_lease_is_fenced_when_it_wakes() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let nodes = nodes(&nats, dir.path(), 3, LEASE).await;
+    let nodes = nodes(&nats, dir.path(), 3, LEASE, &[]).await;
     let mut clients = clients(&nodes).await;
     let mut submitted = clients[0]
         .generate(generate("long drone", LONG, 2))
@@ -228,22 +235,10 @@ async fn a_node_paused_past_its_lease_is_fenced_when_it_wakes() {
         assert_eq!(names(&events), names(&full));
         assert_eq!(get_audio(client, &id).await, audio);
     }
-    let ended = metric(
-        &nodes[others[0]],
-        "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"",
-    )
-    .await
-        + metric(
-            &nodes[others[1]],
-            "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"",
-        )
-        .await;
+    let ended =
+        metric(&nodes[others[0]], COMPLETED).await + metric(&nodes[others[1]], COMPLETED).await;
     assert_eq!(ended, 1.0);
-    let zombie_completed = metric(
-        &nodes[zombie],
-        "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"",
-    )
-    .await;
+    let zombie_completed = metric(&nodes[zombie], COMPLETED).await;
     assert_eq!(zombie_completed, 0.0, "the zombie completed the job too");
 }
 
@@ -251,7 +246,7 @@ async fn a_node_paused_past_its_lease_is_fenced_when_it_wakes() {
 async fn a_broker_restart_mid_job_loses_nothing_and_the_nodes_come_back_by_themselves() {
     let mut nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let nodes = nodes(&nats, dir.path(), 2, "10").await;
+    let nodes = nodes(&nats, dir.path(), 2, "10", &[]).await;
     let mut clients = clients(&nodes).await;
     // Two jobs run (one a node) and a third waits in line.
     let mut first = clients[0]
@@ -315,27 +310,8 @@ async fn a_broker_restart_mid_job_loses_nothing_and_the_nodes_come_back_by_thems
 async fn a_job_that_keeps_killing_its_nodes_fails_interrupted_and_frees_its_place() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for n in 1..=3 {
-        let node = format!("node-{n}");
-        let flags = [
-            "--broker",
-            &nats.url,
-            "--node-id",
-            &node,
-            "--max-running",
-            "1",
-            "--max-duration",
-            "600",
-            "--lease-seconds",
-            LEASE,
-            "--max-attempts",
-            "2",
-            "--max-jobs-per-tenant",
-            "1",
-        ];
-        nodes.push(Server::start_process(&dir.path().join(&node), &flags).await);
-    }
+    let extra = ["--max-attempts", "2", "--max-jobs-per-tenant", "1"];
+    let mut nodes = nodes(&nats, dir.path(), 3, LEASE, &extra).await;
     let mut clients = clients(&nodes).await;
     let mut submitted = clients[0]
         .generate(generate("long drone", LONG, 7))
@@ -370,25 +346,7 @@ async fn a_node_stopped_with_sigterm_hands_its_job_to_another_at_once() {
     let dir = tempfile::tempdir().unwrap();
     // A lease far longer than the test: the job can only move on by being handed back.
     let lease = "120";
-    let mut nodes = Vec::new();
-    for n in 1..=2 {
-        let node = format!("node-{n}");
-        let flags = [
-            "--broker",
-            &nats.url,
-            "--node-id",
-            &node,
-            "--max-running",
-            "1",
-            "--max-duration",
-            "600",
-            "--lease-seconds",
-            lease,
-            "--drain-timeout",
-            "0.5",
-        ];
-        nodes.push(Server::start_process(&dir.path().join(&node), &flags).await);
-    }
+    let mut nodes = nodes(&nats, dir.path(), 2, lease, &["--drain-timeout", "0.5"]).await;
     let mut clients = clients(&nodes).await;
     let mut submitted = clients[0]
         .generate(generate("long drone", LONG, 11))
@@ -422,10 +380,6 @@ async fn a_node_stopped_with_sigterm_hands_its_job_to_another_at_once() {
         check_log(&watch(&mut clients[other], &id, 0).await),
         sequences
     );
-    let ran = metric(
-        &nodes[other],
-        "son1k_jobs_ended_total{model=\"son1k-synth\",state=\"completed\"",
-    )
-    .await;
+    let ran = metric(&nodes[other], COMPLETED).await;
     assert_eq!(ran, 1.0);
 }

@@ -12,7 +12,7 @@ use super::inputs;
 use super::log::Appended;
 use super::queue::{Offer, WorkOrder};
 use super::records::{Record, RequestClaim};
-use super::Broker;
+use super::{Broker, RACES};
 use crate::cover::Song;
 use crate::error::EngineError;
 use crate::jobs::command::Admitted;
@@ -28,9 +28,6 @@ const CANCEL_WAIT: Duration = Duration::from_secs(60);
 /// taking over a key whose job never appeared (its submit stopped half-way).
 const CLAIM_WAITS: usize = 20;
 const CLAIM_PAUSE: Duration = Duration::from_millis(50);
-
-/// Attempts at a compare-and-set that other nodes keep winning before giving up.
-pub(super) const RACES: usize = 16;
 
 /// The cluster's job operations.
 #[derive(Clone)]

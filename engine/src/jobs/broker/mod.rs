@@ -92,6 +92,9 @@ impl BrokerConfig {
     }
 }
 
+/// Attempts at a compare-and-set that other nodes keep winning before giving up.
+pub(super) const RACES: usize = 16;
+
 /// How often a node checks its connection's state, beside the client's events.
 const CONNECTION_CHECK: Duration = Duration::from_millis(500);
 

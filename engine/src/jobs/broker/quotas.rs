@@ -15,11 +15,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
 
-use super::cluster::RACES;
 use super::names::{submits_subject, tenant_prefix};
 use super::queue::limit_reached;
 use super::records::Records;
 use super::unavailable;
+use super::RACES;
 use crate::error::EngineError;
 use crate::jobs::job::now_unix_ms;
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::inputs::CoverSpec;
 use super::names::{record_key, request_key, tenant_prefix};
-use super::unavailable;
+use super::{unavailable, RACES};
 use crate::audio::AudioFormat;
 use crate::error::EngineError;
 use crate::jobs::job::JobInfo;
@@ -105,6 +105,32 @@ impl Records {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(unavailable("cannot update a job", e)),
         }
+    }
+
+    /// Changes `tenant`'s job `job` by `edit` and compare-and-set, reading it again each
+    /// time another writer won, a bounded number of times. `edit` returns whether there is
+    /// anything to write; the record as written, or `None` when there was no record or
+    /// nothing to write.
+    pub async fn change(
+        &self,
+        tenant: &str,
+        job: &str,
+        mut edit: impl FnMut(&mut Record) -> bool,
+    ) -> Result<Option<Record>, EngineError> {
+        for _ in 0..RACES {
+            let Some((mut record, revision)) = self.read(tenant, job).await? else {
+                return Ok(None);
+            };
+            if !edit(&mut record) {
+                return Ok(None);
+            }
+            if self.update(&record, revision).await?.is_some() {
+                return Ok(Some(record));
+            }
+        }
+        Err(EngineError::Unavailable(format!(
+            "job {job}'s record changed under {RACES} attempts to write it; retry"
+        )))
     }
 
     /// `tenant`'s job `job` each time it changes from now on (a node follows the job it

@@ -14,11 +14,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
-use super::cluster::RACES;
 use super::inputs;
 use super::log::Appended;
 use super::queue::Lease;
 use super::records::Record;
+use super::RACES;
 use super::{Broker, BrokerConfig};
 use crate::error::EngineError;
 use crate::jobs::command::Submission;
@@ -216,25 +216,16 @@ impl Runner {
     /// Takes this node's run out of the job's record (its owner, and the attempt it
     /// counted), unless another node owns it now or it ended.
     async fn forget_run(&self, tenant: &str, id: &str) -> Result<(), EngineError> {
-        let records = &self.broker.records;
-        for _ in 0..RACES {
-            let Some((mut record, revision)) = records.read(tenant, id).await? else {
-                return Ok(());
-            };
-            if record.owner.as_deref() != Some(self.node.as_str())
-                || record.info.state.is_terminal()
-            {
-                return Ok(());
+        let node = self.node.as_str();
+        let forgotten = self.broker.records.change(tenant, id, |record| {
+            let ours = record.owner.as_deref() == Some(node) && !record.info.state.is_terminal();
+            if ours {
+                record.owner = None;
+                record.attempt = record.attempt.saturating_sub(1);
             }
-            record.owner = None;
-            record.attempt = record.attempt.saturating_sub(1);
-            if records.update(&record, revision).await?.is_some() {
-                return Ok(());
-            }
-        }
-        Err(EngineError::Unavailable(
-            "the job's record kept changing".into(),
-        ))
+            ours
+        });
+        forgotten.await.map(|_| ())
     }
 
     /// Takes the job's record, runs it here and writes how it ended.
@@ -471,36 +462,31 @@ impl Runner {
         let Some(state) = state_after(&last.body) else {
             return Ok(());
         };
-        let records = &self.broker.records;
-        for _ in 0..RACES {
-            let Some((mut record, revision)) = records.read(tenant, id).await? else {
-                return Ok(());
-            };
+        let ended = self.broker.records.change(tenant, id, |record| {
             record.info.take_end(&last.body, now_unix_ms());
             record.info.last_sequence = last.sequence;
             record.work_sequence = None;
             if state == JobState::Completed {
                 record.info.progress.percent = 100.0;
             }
-            if records.update(&record, revision).await?.is_some() {
-                tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");
-                // The job has ended whatever the accounting does: a failure here only
-                // leaves its bytes uncounted, and says so.
-                if let Some(result) = &record.info.result {
-                    let quotas = &self.broker.quotas;
-                    if let Err(e) = quotas.add_stored(tenant, id, result.audio_bytes).await {
-                        tracing::warn!(job = %id, tenant, "its audio was not counted: {e}");
-                    }
-                }
-                if record.cover.is_some() {
-                    inputs::remove_song(&self.broker.inputs, id).await;
-                }
-                return Ok(());
+            true
+        });
+        let Some(record) = ended.await? else {
+            return Ok(());
+        };
+        tracing::info!(job = %id, tenant, node = %self.node, state = ?state, "ended");
+        // The job has ended whatever the accounting does: a failure here only leaves its
+        // bytes uncounted, and says so.
+        if let Some(result) = &record.info.result {
+            let quotas = &self.broker.quotas;
+            if let Err(e) = quotas.add_stored(tenant, id, result.audio_bytes).await {
+                tracing::warn!(job = %id, tenant, "its audio was not counted: {e}");
             }
         }
-        Err(EngineError::Unavailable(
-            "the job's record kept changing".into(),
-        ))
+        if record.cover.is_some() {
+            inputs::remove_song(&self.broker.inputs, id).await;
+        }
+        Ok(())
     }
 
     /// `op` until it does not fail for want of the broker, or until twice the lease has

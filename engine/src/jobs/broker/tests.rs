@@ -392,6 +392,13 @@ fn new_job(tenant: &str, n: u8, request_id: Option<&str>, fingerprint: u64) -> R
     job
 }
 
+/// A node's own engine with the synth, its store in `dir`.
+fn synth_engine(dir: &std::path::Path) -> crate::jobs::Engine {
+    let models: Vec<std::sync::Arc<dyn crate::model::MusicModel>> =
+        vec![std::sync::Arc::new(crate::synth::SynthModel::default())];
+    crate::jobs::Engine::start(crate::jobs::EngineConfig::new(dir), models).unwrap()
+}
+
 fn id(n: u8) -> String {
     format!("{n:032x}")
 }
@@ -621,10 +628,7 @@ async fn a_job_whose_owner_ended_its_log_but_not_its_record_is_not_run_again() {
     // A node's runner takes it after the lease: it writes the log's end into the record and
     // takes the work back, running nothing.
     let dir = tempfile::tempdir().unwrap();
-    let models: Vec<std::sync::Arc<dyn crate::model::MusicModel>> =
-        vec![std::sync::Arc::new(crate::synth::SynthModel::default())];
-    let engine =
-        crate::jobs::Engine::start(crate::jobs::EngineConfig::new(dir.path()), models).unwrap();
+    let engine = synth_engine(dir.path());
     let runner =
         super::runner::Runner::new(broker.clone(), config.clone(), engine.clone(), "node-2");
     let running = tokio::spawn(runner.run(1));
@@ -754,10 +758,7 @@ async fn a_cover_whose_song_is_gone_fails_naming_it_and_is_not_run_again() {
     // The song went missing before any node ran the job.
     broker.inputs.delete(id(1)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let models: Vec<std::sync::Arc<dyn crate::model::MusicModel>> =
-        vec![std::sync::Arc::new(crate::synth::SynthModel::default())];
-    let engine =
-        crate::jobs::Engine::start(crate::jobs::EngineConfig::new(dir.path()), models).unwrap();
+    let engine = synth_engine(dir.path());
     let runner = super::runner::Runner::new(broker.clone(), config(), engine, "node-1");
     let running = tokio::spawn(runner.run(1));
     let log = tokio::time::timeout(Duration::from_secs(10), ended_log(&cluster, "a", &id(1)))
