@@ -1,11 +1,15 @@
-//! Audio buffers and their file formats: WAV as 16-bit PCM (default) or 32-bit float, and
-//! FLAC (16-bit).
+//! Audio buffers and their file formats: WAV as 16-bit PCM (default) or 32-bit float, FLAC
+//! (16-bit), MP3 and Ogg Opus.
 
 pub mod decode;
 pub mod flac;
+pub mod mp3;
+pub mod opus;
 pub mod resample;
 
 pub use flac::encode_flac;
+pub use mp3::encode_mp3;
+pub use opus::encode_opus;
 
 use std::io::Cursor;
 
@@ -74,11 +78,21 @@ pub enum AudioFormat {
     Wav,
     /// FLAC, lossless and about half the size; 16-bit samples only.
     Flac,
+    /// MP3 (MPEG-1/2 Layer III) by LAME, 160 kbit/s per channel, at the audio's own rate
+    /// where MP3 has it.
+    Mp3,
+    /// Opus in Ogg, 128 kbit/s per channel, at 48 kHz (the header keeps the audio's rate).
+    Opus,
 }
 
 impl AudioFormat {
     /// Every format Son1k writes.
-    pub const ALL: [AudioFormat; 2] = [AudioFormat::Wav, AudioFormat::Flac];
+    pub const ALL: [AudioFormat; 4] = [
+        AudioFormat::Wav,
+        AudioFormat::Flac,
+        AudioFormat::Mp3,
+        AudioFormat::Opus,
+    ];
 
     /// The format whose name or file extension is `name` (any case).
     pub fn from_name(name: &str) -> Option<Self> {
@@ -87,7 +101,7 @@ impl AudioFormat {
             .find(|format| format.extension().eq_ignore_ascii_case(name))
     }
 
-    /// The names of every format, for messages: `wav, flac`.
+    /// The names of every format, for messages: `wav, flac, mp3, opus`.
     pub fn names() -> String {
         Self::ALL.map(Self::extension).join(", ")
     }
@@ -97,25 +111,53 @@ impl AudioFormat {
         match self {
             Self::Wav => "wav",
             Self::Flac => "flac",
+            Self::Mp3 => "mp3",
+            Self::Opus => "opus",
+        }
+    }
+
+    /// The file's media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Self::Wav => "audio/wav",
+            Self::Flac => "audio/flac",
+            Self::Mp3 => "audio/mpeg",
+            Self::Opus => "audio/ogg; codecs=opus",
         }
     }
 }
 
-/// Encodes audio as a file in `format`; FLAC stores 16-bit samples, so `F32` is refused
-/// for it.
+/// Encodes audio as a file in `format`. Only WAV stores 32-bit float samples, so `F32` is
+/// refused for the others.
 pub fn encode_audio(
     audio: &Audio,
     format: AudioFormat,
     sample_format: SampleFormat,
 ) -> Result<Vec<u8>, EngineError> {
-    match (format, sample_format) {
-        (AudioFormat::Wav, _) => encode_wav(audio, sample_format),
-        (AudioFormat::Flac, SampleFormat::S16) => flac::encode_flac(audio),
-        (AudioFormat::Flac, SampleFormat::F32) => Err(EngineError::invalid(
-            "sample_format",
-            "32-bit float is available in WAV only; FLAC stores 16-bit",
-        )),
+    check_sample_format(format, sample_format)?;
+    match format {
+        AudioFormat::Wav => encode_wav(audio, sample_format),
+        AudioFormat::Flac => flac::encode_flac(audio),
+        AudioFormat::Mp3 => mp3::encode_mp3(audio),
+        AudioFormat::Opus => opus::encode_opus(audio),
     }
+}
+
+/// Refuses a sample format the file format cannot store: 32-bit float is WAV's alone.
+pub fn check_sample_format(
+    format: AudioFormat,
+    sample_format: SampleFormat,
+) -> Result<(), EngineError> {
+    if sample_format == SampleFormat::F32 && format != AudioFormat::Wav {
+        return Err(EngineError::invalid(
+            "sample_format",
+            format!(
+                "32-bit float is available in WAV only, not {}",
+                format.extension().to_uppercase()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A sample as 16-bit PCM: clipped to [-1, 1], scaled by `i16::MAX`, rounded.

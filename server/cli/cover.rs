@@ -27,11 +27,12 @@ pub struct CoverArgs {
     /// The song to cover: WAV, FLAC, MP3, Ogg Vorbis or AAC/M4A.
     #[arg(long, value_name = "SONG")]
     pub input: PathBuf,
-    /// Output file, WAV or FLAC.
+    /// Output file: WAV, FLAC, MP3 or Opus.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Container of the output: wav or flac (default: the one --out names, else WAV; they must agree).
-    #[arg(long, value_name = "wav|flac", value_parser = parse_format)]
+    /// Container of the output: wav, flac, mp3 or opus (default: the one --out names, else
+    /// WAV; they must agree).
+    #[arg(long, value_name = "wav|flac|mp3|opus", value_parser = parse_format)]
     pub format: Option<AudioFormat>,
     /// How to cover: melody (the synth, MusicGen-Melody) or continuation (any MusicGen);
     /// default: the model's first.

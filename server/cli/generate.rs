@@ -1,5 +1,5 @@
 //! `son1k generate`: one text-to-music job in this process (or on a server with
-//! `--server`), written to a WAV or FLAC file.
+//! `--server`), written to a WAV, FLAC, MP3 or Opus file.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -23,11 +23,12 @@ const DEFAULT_SECONDS: f64 = 10.0;
 pub struct GenerateArgs {
     /// What to generate, e.g. "lofi hip hop with a mellow piano".
     pub prompt: String,
-    /// Output file, WAV or FLAC.
+    /// Output file: WAV, FLAC, MP3 or Opus.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Container of the output: wav or flac (default: the one --out names, else WAV; they must agree).
-    #[arg(long, value_name = "wav|flac", value_parser = parse_format)]
+    /// Container of the output: wav, flac, mp3 or opus (default: the one --out names, else
+    /// WAV; they must agree).
+    #[arg(long, value_name = "wav|flac|mp3|opus", value_parser = parse_format)]
     pub format: Option<AudioFormat>,
     /// The model and how it runs.
     #[command(flatten)]

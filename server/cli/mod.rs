@@ -39,8 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve generations over gRPC and grpc-web, with a page for browsers.
     Serve(serve::ServeArgs),
-    /// Generate music from a text prompt into a WAV or FLAC file (here, or on a server with
-    /// --server).
+    /// Generate music from a text prompt into a WAV, FLAC, MP3 or Opus file (here, or on a
+    /// server with --server).
     Generate(GenerateArgs),
     /// Show the tempo, key, chords, melody and loudness the analysis hears in a song.
     Analyse(analyse::AnalyseArgs),

@@ -59,6 +59,15 @@ pub(crate) fn parse_format(text: &str) -> Result<AudioFormat, String> {
         .ok_or_else(|| format!("`{text}` is not one of {}", AudioFormat::names()))
 }
 
+/// The extensions of the formats Son1k writes, for messages: `.wav, .flac, .mp3 or .opus`.
+fn extensions() -> String {
+    let names = AudioFormat::ALL.map(|format| format!(".{}", format.extension()));
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
+
 /// The container of the output file: the one its name's extension says (`--format`, when
 /// given, must agree), `--format` for a name without one, else WAV. An extension that is
 /// no format Son1k writes is an error listing those it does, rather than a file whose
@@ -70,9 +79,9 @@ pub(crate) fn format_for(flag: Option<AudioFormat>, out: &Path) -> anyhow::Resul
     let extension = extension.to_string_lossy();
     let Some(named) = AudioFormat::from_name(&extension) else {
         anyhow::bail!(
-            "--out {}: `.{extension}` is not a format son1k writes; name the file .{}",
+            "--out {}: `.{extension}` is not a format son1k writes; name the file {}",
             out.display(),
-            AudioFormat::ALL.map(AudioFormat::extension).join(" or .")
+            extensions()
         );
     };
     match flag {
@@ -104,19 +113,22 @@ mod tests {
             format(Some(AudioFormat::Flac), "a.flac").unwrap(),
             AudioFormat::Flac
         );
-        let mp3 = format(None, "song.mp3").unwrap_err().to_string();
+        assert_eq!(format(None, "a.mp3").unwrap(), AudioFormat::Mp3);
+        assert_eq!(format(None, "a.Opus").unwrap(), AudioFormat::Opus);
+        let aac = format(None, "song.aac").unwrap_err().to_string();
         assert!(
-            mp3.contains("song.mp3") && mp3.contains(".wav or .flac"),
-            "{mp3}"
+            aac.contains("song.aac") && aac.contains(".wav, .flac, .mp3 or .opus"),
+            "{aac}"
         );
         let disagree = format(Some(AudioFormat::Flac), "a.wav")
             .unwrap_err()
             .to_string();
         assert!(disagree.contains("--format is flac"), "{disagree}");
         assert_eq!(parse_format("FLAC"), Ok(AudioFormat::Flac));
+        assert_eq!(parse_format("mp3"), Ok(AudioFormat::Mp3));
         assert_eq!(
-            parse_format("mp3"),
-            Err("`mp3` is not one of wav, flac".to_string())
+            parse_format("aac"),
+            Err("`aac` is not one of wav, flac, mp3, opus".to_string())
         );
     }
 }

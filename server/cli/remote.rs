@@ -122,10 +122,7 @@ pub(super) fn sampling(
 
 /// An audio container on the wire.
 pub(super) fn audio_format(format: AudioFormat) -> i32 {
-    match format {
-        AudioFormat::Wav => pb::AudioFormat::Wav as i32,
-        AudioFormat::Flac => pb::AudioFormat::Flac as i32,
-    }
+    crate::service::convert::format(format) as i32
 }
 
 /// A sample format on the wire.

@@ -4,7 +4,7 @@ use son1k_engine::jobs::{
     EventBody, FailureCode, JobEvent, JobInfo, JobKind, JobResult, JobStage, JobState,
     ProgressReport,
 };
-use son1k_engine::{AudioFormat, CoverMode, EngineError, ModelInfo, ModelKind};
+use son1k_engine::{AudioFormat, CoverMode, EngineError, Limits, ModelInfo, ModelKind};
 
 use crate::proto::v1 as pb;
 
@@ -119,11 +119,25 @@ pub(super) fn state(state: JobState) -> pb::GenerationState {
     }
 }
 
+/// The limits a client checks requests against.
+pub(super) fn request_limits(limits: &Limits) -> pb::RequestLimits {
+    pb::RequestLimits {
+        max_prompt_chars: u32::try_from(limits.max_prompt_chars).unwrap_or(u32::MAX),
+        max_duration_seconds: limits.max_duration_s,
+        max_song_bytes: limits.max_song_bytes as u64,
+        max_song_seconds: limits.max_song_seconds,
+        max_temperature: limits.max_temperature,
+        max_guidance_scale: limits.max_guidance_scale,
+    }
+}
+
 /// An audio container on the wire.
-pub(super) fn format(format: AudioFormat) -> pb::AudioFormat {
+pub(crate) fn format(format: AudioFormat) -> pb::AudioFormat {
     match format {
         AudioFormat::Wav => pb::AudioFormat::Wav,
         AudioFormat::Flac => pb::AudioFormat::Flac,
+        AudioFormat::Mp3 => pb::AudioFormat::Mp3,
+        AudioFormat::Opus => pb::AudioFormat::Opus,
     }
 }
 

@@ -2,7 +2,7 @@
 //! converts requests, hands jobs to the engine and forwards each job's events as a server
 //! stream. Async tasks only route messages; models run on the engine's worker threads.
 
-mod convert;
+pub(crate) mod convert;
 mod requests;
 mod stream_slots;
 
@@ -321,13 +321,15 @@ impl GenerationService for GenerationApi {
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let engine = self.engine()?;
-        let max = engine.limits().max_duration_s;
+        let limits = engine.limits();
+        let max = limits.max_duration_s;
         Ok(Response::new(pb::ListModelsResponse {
             models: engine
                 .models()
                 .iter()
                 .map(|m| convert::model(m, max))
                 .collect(),
+            limits: Some(convert::request_limits(limits)),
         }))
     }
 }

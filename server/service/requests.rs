@@ -106,11 +106,13 @@ fn submission(
     let format = match pb::AudioFormat::try_from(fields.audio_format) {
         Ok(pb::AudioFormat::Unspecified | pb::AudioFormat::Wav) => AudioFormat::Wav,
         Ok(pb::AudioFormat::Flac) => AudioFormat::Flac,
+        Ok(pb::AudioFormat::Mp3) => AudioFormat::Mp3,
+        Ok(pb::AudioFormat::Opus) => AudioFormat::Opus,
         Err(_) => {
             return Err(EngineError::invalid(
                 "audio_format",
                 format!(
-                    "{} is not a known format (WAV = 1, FLAC = 2)",
+                    "{} is not a known format (WAV = 1, FLAC = 2, MP3 = 3, Opus = 4)",
                     fields.audio_format
                 ),
             ))

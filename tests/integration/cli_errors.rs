@@ -141,10 +141,13 @@ fn bad_request_fields_are_named() {
 #[test]
 fn an_output_name_of_a_format_son1k_does_not_write_is_refused_naming_those_it_does() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("song.mp3");
+    let out = dir.path().join("song.m4a");
     let output = son1k(&["generate", "--out", out.to_str().unwrap(), "rock"]);
-    assert_clean_failure(&output, &["song.mp3", "`.mp3`", ".wav or .flac"]);
-    assert!(!out.exists(), "a WAV was written under an .mp3 name");
+    assert_clean_failure(
+        &output,
+        &["song.m4a", "`.m4a`", ".wav, .flac, .mp3 or .opus"],
+    );
+    assert!(!out.exists(), "a WAV was written under an .m4a name");
     let wav = dir.path().join("song.wav");
     let output = son1k(&[
         "generate",

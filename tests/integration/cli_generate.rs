@@ -407,6 +407,7 @@ fn a_model_named_by_its_hub_id_is_found_in_the_hugging_face_cache() {
             .arg("rock")
             .env_remove("HF_HUB_CACHE")
             .env("HF_HOME", dir.path().join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
             .output()
             .unwrap()
     };
@@ -426,6 +427,7 @@ fn a_model_named_by_its_hub_id_is_found_in_the_hugging_face_cache() {
             "acme/musicgen-huge",
             "models--acme--musicgen-huge",
             "huggingface-cli download",
+            "HF_HUB_OFFLINE",
         ],
     );
     let tag = run("acme/musicgen-tiny@v9", &dir.path().join("x.wav"));

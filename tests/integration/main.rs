@@ -9,6 +9,8 @@ mod common;
 mod cli_errors;
 mod cli_generate;
 mod cli_remote;
+mod formats;
+mod hub_download;
 mod service;
 mod service_access;
 mod service_cluster;

@@ -337,7 +337,11 @@ async fn health_is_serving_and_reflection_lists_the_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]).await;
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--max-song-bytes", "1000000", "--max-prompt-chars", "500"],
+    )
+    .await;
     // `Server::start` waited for SERVING; the overall status agrees.
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     let overall = health
@@ -374,15 +378,20 @@ async fn health_is_serving_and_reflection_lists_the_service() {
         "{services:?}"
     );
 
-    let models = server
+    let listed = server
         .client()
         .await
         .list_models(authed(pb::ListModelsRequest {}, None))
         .await
         .unwrap()
-        .into_inner()
-        .models;
+        .into_inner();
+    let models = listed.models;
     assert_eq!(models[0].id, "son1k-synth");
+    // The server's limits, as configured, for clients to check before they send.
+    let limits = listed.limits.expect("the request limits");
+    assert_eq!(limits.max_song_bytes, 1_000_000);
+    assert_eq!(limits.max_prompt_chars, 500);
+    assert_eq!(limits.max_duration_seconds, models[0].max_duration_seconds);
     assert!(models[0]
         .capabilities
         .contains(&(pb::Capability::Cover as i32)));

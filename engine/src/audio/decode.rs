@@ -2,7 +2,8 @@
 //! packet, under limits on size, length, decoded samples, sample rate and channels. A cover
 //! takes the song mixed to mono and resampled as each packet arrives ([`decode_mono`]), so
 //! memory follows the output, never what the file expands to. Samples are clamped to
-//! [-1, 1] (non-finite ones are 0). Garbage input gives an error, never a panic.
+//! [-1, 1] (non-finite ones are 0); symphonia drops the encoder delay and padding a
+//! container marks (a LAME info frame, say). Garbage input gives an error, never a panic.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -19,7 +19,7 @@ use super::config::EngineConfig;
 use super::decode_slots::DecodeSlots;
 use super::event::{JobEvent, JobState};
 use super::event_stream::{EventStream, Source};
-use super::job::{check_container, new_job_id, now_unix_ms, pick_model, queued_progress, JobInfo};
+use super::job::{new_job_id, now_unix_ms, pick_model, queued_progress, JobInfo};
 use super::metrics::JobMetrics;
 use super::registry::Registry;
 use super::restore::restore;
@@ -385,7 +385,7 @@ impl Engine {
         )?;
         let model = &self.models[model];
         let validated = submission.request.validate(&self.limits, model)?;
-        check_container(submission.format, validated.sample_format)?;
+        crate::audio::check_sample_format(submission.format, validated.sample_format)?;
         let mut request = submission.request;
         request.seed = Some(validated.seed);
         let cover = request.cover.take().as_ref().map(CoverSpec::of);

@@ -280,18 +280,3 @@ pub(crate) fn cut_short(value: &str) -> String {
         None => value.to_string(),
     }
 }
-
-/// Refuses a container that cannot store the sample format (FLAC stores 16-bit only).
-pub(crate) fn check_container(
-    format: crate::audio::AudioFormat,
-    sample_format: crate::audio::SampleFormat,
-) -> Result<(), EngineError> {
-    if format == crate::audio::AudioFormat::Flac && sample_format == crate::audio::SampleFormat::F32
-    {
-        return Err(EngineError::invalid(
-            "sample_format",
-            "32-bit float is available in WAV only; FLAC stores 16-bit",
-        ));
-    }
-    Ok(())
-}

@@ -15,8 +15,8 @@ use super::event::{
     AudioPiece, EventBody, FailureCode, JobEvent, JobStage, JobState, ProgressReport,
 };
 use super::job::{
-    check_container, new_job_id, now_unix_ms, pick_model, queued_progress, state_after, Job,
-    JobInfo, WRITING_PERCENT,
+    new_job_id, now_unix_ms, pick_model, queued_progress, state_after, Job, JobInfo,
+    WRITING_PERCENT,
 };
 use super::metrics::{state_label, Gauges, JobMetrics, LaneSlots};
 use super::store::{kept_after_end, StoreHealth, StoreOp, StoreReport};
@@ -314,7 +314,7 @@ impl Registry {
         let request = submission
             .request
             .validate(&self.config.limits, model.info())?;
-        check_container(submission.format, request.sample_format)?;
+        crate::audio::check_sample_format(submission.format, request.sample_format)?;
         let id = match &submission.cluster_id {
             Some(id) => {
                 self.forget_ended_run(id)?;

@@ -3,7 +3,10 @@
 //! Python tools share: `<cache>/models--facebook--musicgen-small/refs/<revision>` holds the
 //! commit, and `snapshots/<commit>/` the files. The cache is `$HF_HUB_CACHE`, else
 //! `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
-//! `~/.cache/huggingface/hub`.
+//! `~/.cache/huggingface/hub`. What the cache lacks is downloaded ([`download`]) unless
+//! `HF_HUB_OFFLINE` forbids it.
+
+pub mod download;
 
 use std::path::{Path, PathBuf};
 
@@ -79,8 +82,8 @@ pub fn snapshot(id: &HubId, cache: &Path) -> Result<PathBuf, EngineError> {
     let folder = id.folder(cache);
     let missing = |what: String| {
         EngineError::NotFound(format!(
-            "{what}; son1k does not download checkpoints yet: fetch it with \
-             `huggingface-cli download {}` (into {}) or pass a checkpoint directory",
+            "{what}; fetch it with `huggingface-cli download {}` (into {}) or pass a \
+             checkpoint directory",
             id.repo,
             cache.display()
         ))
@@ -127,23 +130,48 @@ pub fn snapshot(id: &HubId, cache: &Path) -> Result<PathBuf, EngineError> {
 }
 
 /// Where a `--model` argument points: an existing directory as it is, else a Hub id's
-/// snapshot in the cache; and the id the model is listed under (the directory's name, or
+/// snapshot in the cache, downloaded first where the cache lacks any of its files (unless
+/// `HF_HUB_OFFLINE` is set); and the id the model is listed under (the directory's name, or
 /// the repository's).
 pub fn locate(argument: &Path) -> Result<(PathBuf, String), EngineError> {
     let hub = argument
         .to_str()
         .filter(|_| !argument.exists())
         .and_then(HubId::parse);
-    match hub {
-        Some(id) => Ok((snapshot(&id, &cache_dir())?, id.name().to_string())),
-        None => {
-            let name = argument
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| argument.display().to_string());
-            Ok((argument.to_path_buf(), name))
+    let Some(id) = hub else {
+        let name = argument
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| argument.display().to_string());
+        return Ok((argument.to_path_buf(), name));
+    };
+    let cache = cache_dir();
+    let dir = match snapshot(&id, &cache) {
+        Ok(dir) if complete(&dir) => dir,
+        Ok(dir) if download::offline() => {
+            return Err(EngineError::NotFound(format!(
+                "the snapshot of `{}` in the cache ({}) lacks tokenizer.json or the weights, \
+                 and HF_HUB_OFFLINE forbids downloading them",
+                id.repo,
+                dir.display()
+            )))
         }
-    }
+        Err(error) if download::offline() => {
+            return Err(EngineError::NotFound(format!(
+                "{error} (HF_HUB_OFFLINE is set: nothing is downloaded)"
+            )))
+        }
+        _ => download::fetch(&id, &cache)?,
+    };
+    Ok((dir, id.name().to_string()))
+}
+
+/// Whether a snapshot holds a whole checkpoint: its configuration, tokenizer and weights.
+fn complete(dir: &Path) -> bool {
+    let has = |file: &str| dir.join(file).is_file();
+    has("config.json")
+        && has("tokenizer.json")
+        && (has("model.safetensors") || has("model.safetensors.index.json"))
 }
 
 /// A checkpoint in the cache, as `son1k models` lists it.
