@@ -11,4 +11,4 @@ pub mod proto;
 pub mod service;
 pub mod status;
 pub mod transport;
-mod web;
+pub mod web;

@@ -31,6 +31,7 @@ use crate::transport::activity;
 use crate::transport::host::{is_local_origin, loopback_only};
 use crate::transport::incoming::incoming;
 use crate::transport::{self, TransportLimits};
+use crate::web::WebRoot;
 
 /// The name health checks ask about.
 const SERVICE_NAME: &str = <GenerationServiceServer<GenerationApi> as NamedService>::NAME;
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     /// A NATS JetStream server this node shares its jobs through with other nodes, and
     /// how the shared queue is set up; `None` runs the jobs of this node alone.
     pub broker: Option<(String, BrokerConfig)>,
+    /// Where the studio's files come from.
+    pub web: WebRoot,
 }
 
 impl ServeConfig {
@@ -251,7 +254,7 @@ fn routes(
             count_rpcs,
         ))
         .layer(tonic_web::GrpcWebLayer::new())
-        .route("/", get(crate::web::index))
+        .merge(crate::web::routes(config.web.clone()))
         .route(
             "/metrics",
             get(crate::metrics::metrics).with_state(Scrape {

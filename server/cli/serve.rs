@@ -16,12 +16,13 @@ use son1k_engine::musicgen::{
 use son1k_engine::synth::SynthModel;
 use son1k_engine::{DeviceChoice, EngineError, KvCache, Limits, MusicModel, Precision};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tonic::transport::Identity;
 
 use crate::auth::Tokens;
 use crate::node::{bind, serve_on, shutdown_signal, ModelLoader, ServeConfig};
 use crate::transport::TransportLimits;
+use crate::web::WebRoot;
 
 /// Arguments of `son1k serve`.
 #[derive(Debug, Args)]
@@ -176,6 +177,11 @@ pub struct ServeArgs {
     /// with the job's span: id, tenant, model, node) for log collectors.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serves the studio's files (`index.html`, `app.js`, `app.css`) from this directory,
+    /// read on every request, instead of the bundle built in: for working on the page
+    /// (`--web-dir server/web/dist`).
+    #[arg(long, value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
 }
 
 /// How `son1k serve` writes its logs.
@@ -370,6 +376,13 @@ pub fn plan(args: ServeArgs) -> anyhow::Result<(ServeConfig, ModelLoader)> {
         tls,
         insecure_listen: args.insecure_listen,
         broker,
+        web: match &args.web_dir {
+            Some(dir) if !dir.join("index.html").is_file() => {
+                bail!("--web-dir: {} holds no index.html", dir.display())
+            }
+            Some(dir) => WebRoot::Directory(dir.clone()),
+            None => WebRoot::Embedded,
+        },
     };
     let (dirs, device, dtype, kv_cache) = (args.models, args.device, args.dtype, args.kv_cache);
     let (extend_stride, preview_after) = (args.extend_stride, args.preview_after);

@@ -22,3 +22,4 @@ mod service_load;
 mod service_metrics;
 mod service_quotas;
 mod service_web;
+mod studio_browser;

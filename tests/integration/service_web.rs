@@ -66,7 +66,21 @@ async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
     .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("content-type: text/html"), "{head}");
-    assert!(String::from_utf8_lossy(&body).contains("son1k.v1.GenerationService"));
+    assert!(String::from_utf8_lossy(&body).contains("src=\"/app.js\""));
+    // Its script, embedded in the binary: the grpc-web client.
+    let (head, body) = http1(
+        &server.addr,
+        format!(
+            "GET /app.js HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.addr
+        )
+        .into_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(head.contains("script-src 'self'"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("application/grpc-web+proto"));
 
     // A CORS preflight from another origin, asking to send a bearer token.
     let (head, _) = http1(
