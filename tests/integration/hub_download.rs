@@ -262,6 +262,7 @@ fn offline_or_unreachable_with_nothing_cached_is_a_clear_error_naming_what_and_w
         "cannot download config.json",
         "acme/musicgen-absent",
         &endpoint,
+        cache_text,
     ] {
         assert!(err.contains(needle), "`{needle}` not in: {err}");
     }

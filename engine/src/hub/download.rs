@@ -51,13 +51,14 @@ pub fn fetch(id: &HubId, cache: &Path) -> Result<PathBuf, EngineError> {
     if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
         builder = builder.with_token(Some(token));
     }
-    let api = builder.build().map_err(|e| failed(id, &endpoint, "", &e))?;
+    let failed = |file: &str, error: &ApiError| failed(id, &endpoint, cache, file, error);
+    let api = builder.build().map_err(|e| failed("", &e))?;
     let repo = api.repo(Repo::with_revision(
         id.repo.clone(),
         RepoType::Model,
         id.revision.clone(),
     ));
-    let get = |file: &str| get(&repo, id, &endpoint, file);
+    let get = |file: &str| get(&repo, file, &failed);
     let mut snapshot = None;
     for file in REQUIRED {
         let path = get(file)?.ok_or_else(|| {
@@ -95,16 +96,15 @@ pub fn fetch(id: &HubId, cache: &Path) -> Result<PathBuf, EngineError> {
 /// One file from the cache or the Hub; `None` when the Hub has no such file.
 fn get(
     repo: &ApiRepo,
-    id: &HubId,
-    endpoint: &str,
     file: &str,
+    failed: &dyn Fn(&str, &ApiError) -> EngineError,
 ) -> Result<Option<PathBuf>, EngineError> {
     match repo.get(file) {
         Ok(path) => Ok(Some(path)),
         Err(ApiError::RequestError(error)) if matches!(*error, ureq::Error::StatusCode(404)) => {
             Ok(None)
         }
-        Err(error) => Err(failed(id, endpoint, file, &error)),
+        Err(error) => Err(failed(file, &error)),
     }
 }
 
@@ -131,11 +131,14 @@ fn shards(index: &Path) -> Result<Vec<String>, EngineError> {
 }
 
 /// The error of a download that failed: what, from where, and how to do without.
-fn failed(id: &HubId, endpoint: &str, file: &str, error: &ApiError) -> EngineError {
+fn failed(id: &HubId, endpoint: &str, cache: &Path, file: &str, error: &ApiError) -> EngineError {
     EngineError::NotFound(format!(
         "cannot download {file} of `{}`@{} from {endpoint}: {error}; with no network, fetch \
-         it elsewhere (`huggingface-cli download {}`) into the Hugging Face cache, or pass a \
-         checkpoint directory",
-        id.repo, id.revision, id.repo
+         it elsewhere (`huggingface-cli download {}`) into the Hugging Face cache ({}), or \
+         pass a checkpoint directory",
+        id.repo,
+        id.revision,
+        id.repo,
+        cache.display()
     ))
 }
