@@ -16,15 +16,36 @@ export function storedToken(): string {
   }
 }
 
-let currentToken = storedToken();
+/** Whether `token` can go in an HTTP header: visible ASCII only (no spaces, no accents). */
+export function validToken(token: string): boolean {
+  return /^[\x21-\x7e]*$/.test(token);
+}
 
+let currentToken = validToken(storedToken().trim()) ? storedToken().trim() : "";
+
+/** Uses `token` from now on (the caller has checked it with validToken). */
 export function setToken(token: string): void {
-  currentToken = token.trim();
+  const v = token.trim();
+  if (!validToken(v)) return;
+  currentToken = v;
   try {
     localStorage.setItem(TOKEN_KEY, currentToken);
   } catch {
     /* private mode: the token lives as long as the page */
   }
+}
+
+/**
+ * A short fingerprint of the token in use (32-bit FNV-1a, hex): not a secret, just enough to
+ * tell whether a job saved by this tab was started with the same token.
+ */
+export function tokenHash(token = currentToken): string {
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(token)) {
+    h ^= b;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
 }
 
 const auth: Interceptor = (next) => async (req) => {
@@ -42,7 +63,11 @@ export const api = createClient(
 
 /** What went wrong with a call, in the page's terms. */
 export interface Fault {
-  kind: "auth" | "field" | "busy" | "network" | "gone" | "cancelled" | "other";
+  /**
+   * unavailable: the server is up but not serving (models loading, draining); client: this
+   * page could not build or send the request (nothing reached the server).
+   */
+  kind: "auth" | "field" | "busy" | "network" | "unavailable" | "gone" | "cancelled" | "client" | "other";
   code: Code;
   /** The server's message, without the "[code]" prefix. */
   message: string;
@@ -102,9 +127,25 @@ function retryInfoSeconds(value: Uint8Array): number | undefined {
   return undefined;
 }
 
+/**
+ * Whether `err` failed in this page before anything was sent: the request did not serialise
+ * (a value out of its type's range), or the browser refused to build the call (a header it
+ * cannot carry). A fetch that failed on the network is not one: its TypeError names no header.
+ */
+function clientSide(err: ConnectError): boolean {
+  if (err.isWireError) return false;
+  if (/^serialize (binary|json):/.test(err.rawMessage)) return true;
+  const cause: unknown = err.cause;
+  if (!(cause instanceof Error) || cause instanceof ConnectError) return false;
+  if (cause.name === "AbortError" || cause.name === "TimeoutError") return false;
+  if (cause instanceof TypeError) return /header/i.test(cause.message);
+  return true; // RangeError and the like: the page's own doing
+}
+
 export function fault(e: unknown): Fault {
   const err = ConnectError.from(e);
   const message = err.rawMessage || Code[err.code] || String(err.code);
+  if (clientSide(err)) return { kind: "client", code: err.code, message };
   switch (err.code) {
     case Code.Unauthenticated:
     case Code.PermissionDenied:
@@ -134,8 +175,10 @@ export function fault(e: unknown): Fault {
       return { kind: "gone", code: err.code, message };
     case Code.Canceled:
       return { kind: "cancelled", code: err.code, message };
-    case Code.Unknown:
     case Code.Unavailable:
+      // Models loading or the server draining: worth trying again, but not a lost connection.
+      return { kind: "unavailable", code: err.code, message };
+    case Code.Unknown:
     case Code.Internal:
     case Code.DeadlineExceeded:
     case Code.Aborted:
@@ -148,7 +191,7 @@ export function fault(e: unknown): Fault {
 
 /** Whether trying the same stream again later may work. */
 export function retryable(f: Fault): boolean {
-  return f.kind === "network" || f.kind === "busy";
+  return f.kind === "network" || f.kind === "unavailable" || f.kind === "busy";
 }
 
 export { Code, ConnectError };

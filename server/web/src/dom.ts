@@ -44,14 +44,17 @@ function describedBy(el: HTMLElement, id: string, on: boolean): void {
 }
 
 /**
- * Shows `message` in the error line that belongs to `control` (#<id>-err), and marks the
- * control invalid for screen readers (aria-invalid, aria-describedby).
+ * Shows `message` (text, or nodes) in the error line that belongs to `control` (#<id>-err)
+ * (rewritten only when it changes: the line is an alert, read out at each change), and marks the
+ * control invalid for screen readers (aria-invalid, aria-describedby). A button only gets
+ * aria-describedby: aria-invalid belongs to things that take a value.
  */
-export function showError(control: HTMLElement, message: string, focus = false): void {
+export function showError(control: HTMLElement, message: string | Node[], focus = false): void {
   const err = $(`${control.id}-err`);
-  err.textContent = message;
+  if (typeof message !== "string") err.replaceChildren(...message);
+  else if (err.textContent !== message) err.textContent = message;
   err.hidden = false;
-  control.setAttribute("aria-invalid", "true");
+  if (control.tagName !== "BUTTON") control.setAttribute("aria-invalid", "true");
   describedBy(control, err.id, true);
   control.closest(".field, .token-field")?.classList.add("invalid");
   if (focus) control.focus({ preventScroll: false });

@@ -1,12 +1,14 @@
 // The caller's jobs from ListGenerations, newest first, each with its state; a finished one
 // plays again (its audio fetched on demand). While a listed job is not finished, the list
-// is refreshed every few seconds, so no finished job keeps reading "running".
+// is refreshed every few seconds, so no finished job keeps reading "running": the first page
+// is merged into the rows shown (updated in place, new jobs on top), so pages loaded with
+// "Show more" and the players open in them stay.
 
 import { $, FORMATS, h, slug } from "./dom";
 import { api, fault } from "./client";
 import { fetchAudio } from "./job";
 import { Player } from "./view";
-import { bytes, exactSeconds, fmtTime, t, type Key } from "./i18n";
+import { bytes, exactSeconds, fmtTime, has, t } from "./i18n";
 import { GenerationKind, GenerationState, type Generation } from "./gen/son1k/v1/son1k_pb";
 
 const PAGE = 20;
@@ -37,8 +39,15 @@ export class History {
   private readonly empty = $("history-empty");
   private readonly more = $<HTMLButtonElement>("history-more");
   private readonly err = $("history-err");
+  /** The rows shown, in the list's order. */
   private rows = new Map<string, Row>();
   private next = "";
+  /** Whether "Show more" loaded pages past the first (whose token then stays). */
+  private extended = false;
+  /** Bumped by clear(): an answer to a call made before is dropped. */
+  private epoch = 0;
+  /** The ids the last first page listed: the rows a refresh can update. */
+  private firstPage = new Set<string>();
   private timer: number | undefined;
   private loading: Promise<void> | null = null;
   private again = false;
@@ -72,12 +81,14 @@ export class History {
 
   private async load(): Promise<void> {
     clearTimeout(this.timer);
+    const epoch = this.epoch;
     try {
       const res = await api.listGenerations({ pageSize: PAGE });
+      if (epoch !== this.epoch) return; // the token changed meanwhile; a new load follows
       this.err.hidden = true;
-      this.render(res.generations, false);
-      this.next = res.nextPageToken;
+      this.merge(res.generations, res.nextPageToken);
     } catch (e) {
+      if (epoch !== this.epoch) return;
       const f = fault(e);
       if (f.kind === "auth") {
         this.onUnauthenticated();
@@ -85,8 +96,7 @@ export class History {
         this.empty.textContent = t("history.locked");
         this.empty.hidden = false;
       } else {
-        this.err.textContent = t("err.history", { message: f.message });
-        this.err.hidden = false;
+        this.showError(t("err.history", { message: f.message }));
       }
     }
     this.more.hidden = !this.next;
@@ -95,21 +105,32 @@ export class History {
 
   private async loadMore(): Promise<void> {
     if (!this.next) return;
+    const epoch = this.epoch;
     try {
       const res = await api.listGenerations({ pageSize: PAGE, pageToken: this.next });
-      this.render(res.generations, true);
+      if (epoch !== this.epoch) return;
+      this.append(res.generations);
       this.next = res.nextPageToken;
     } catch (e) {
-      this.err.textContent = t("err.history", { message: fault(e).message });
-      this.err.hidden = false;
+      if (epoch !== this.epoch) return;
+      this.showError(t("err.history", { message: fault(e).message }));
     }
     this.more.hidden = !this.next;
   }
 
-  /** While something listed is unfinished, look again in a few seconds. */
+  /** The error line, rewritten only when its text changes (it is an alert: each write is read out). */
+  private showError(text: string): void {
+    if (this.err.textContent !== text) this.err.textContent = text;
+    this.err.hidden = false;
+  }
+
+  /** While something on the first page is unfinished, look again in a few seconds. */
   private schedule(): void {
     clearTimeout(this.timer);
-    const pending = [...this.rows.values()].some((r) => !TERMINAL.has(this.stateOf(r.gen)));
+    const pending = [...this.firstPage].some((id) => {
+      const r = this.rows.get(id);
+      return r !== undefined && !TERMINAL.has(this.stateOf(r.gen));
+    });
     if (pending) this.timer = window.setTimeout(() => void this.refresh(), POLL_MS);
   }
 
@@ -133,10 +154,22 @@ export class History {
     void this.refresh();
   }
 
+  /** Empties the list (the token changed): its players and their files are released. */
   clear(): void {
+    this.epoch++;
+    for (const row of this.rows.values()) row.player?.dispose();
     this.rows.clear();
+    this.firstPage.clear();
     this.list.replaceChildren();
     this.next = "";
+    this.extended = false;
+    this.more.hidden = true;
+  }
+
+  private remove(id: string, row: Row): void {
+    row.player?.dispose();
+    row.li.remove();
+    this.rows.delete(id);
   }
 
   private stateOf(g: Generation): GenerationState {
@@ -144,20 +177,62 @@ export class History {
     return this.ended.get(g.generationId) ?? g.state;
   }
 
-  private render(gens: Generation[], append: boolean): void {
-    const keep = new Map(this.rows);
-    if (!append) this.rows = new Map();
-    const items: HTMLLIElement[] = [];
-    for (const g of gens) {
-      let row = keep.get(g.generationId);
-      if (row) row.gen = g;
-      else row = this.build(g);
-      this.rows.set(g.generationId, row);
-      this.paint(row);
-      items.push(row.li);
+  /** The row of `g`, updated, or a new one. */
+  private rowOf(g: Generation): Row {
+    let row = this.rows.get(g.generationId);
+    if (row) row.gen = g;
+    else row = this.build(g);
+    this.paint(row);
+    return row;
+  }
+
+  /**
+   * The first page, merged into the rows shown: listed rows are updated in place (their
+   * players keep playing), new ones go on top, older rows (later pages) stay below. A row the
+   * first page should have listed but did not is gone from the server and is removed.
+   */
+  private merge(gens: Generation[], next: string): void {
+    const fresh = this.rows.size === 0; // first load, or after clear() (a new token)
+    const listed = new Set(gens.map((g) => g.generationId));
+    this.firstPage = listed;
+    const oldest = gens.length ? gens[gens.length - 1].createdUnixMs : null;
+    for (const [id, row] of [...this.rows]) {
+      if (listed.has(id)) continue;
+      // With no further page, the first page is everything; else it covers down to `oldest`.
+      if (!next || (oldest !== null && row.gen.createdUnixMs > oldest)) this.remove(id, row);
     }
-    if (append) this.list.append(...items);
-    else this.list.replaceChildren(...items);
+    const top = gens.map((g) => this.rowOf(g));
+    const tail = [...this.rows.values()].filter((r) => !listed.has(r.gen.generationId));
+    const order = [...top, ...tail];
+    this.rows = new Map(order.map((r) => [r.gen.generationId, r]));
+    this.place(order.map((r) => r.li));
+    if (fresh || !this.extended) this.next = next;
+    this.showEmpty();
+  }
+
+  /** A further page ("Show more"): new rows at the end; one already shown is updated. */
+  private append(gens: Generation[]): void {
+    for (const g of gens) {
+      const known = this.rows.has(g.generationId);
+      const row = this.rowOf(g);
+      if (known) continue;
+      this.rows.set(g.generationId, row);
+      this.list.append(row.li);
+    }
+    this.extended = true;
+    this.showEmpty();
+  }
+
+  /** Puts `items` in the list in this order, moving only those out of place. */
+  private place(items: HTMLLIElement[]): void {
+    items.forEach((li, i) => {
+      const at = this.list.children[i] ?? null;
+      if (at !== li) this.list.insertBefore(li, at);
+    });
+    while (this.list.children.length > items.length) this.list.lastElementChild!.remove();
+  }
+
+  private showEmpty(): void {
     this.empty.textContent = t("history.empty");
     this.empty.hidden = this.rows.size > 0;
   }
@@ -184,7 +259,9 @@ export class History {
     row.li.dataset.state = name;
     const pct = Math.floor(Math.max(this.percent.get(g.generationId) ?? 0, g.progress?.percent ?? 0));
     row.badge.className = `badge ${name}`;
-    row.badge.textContent = state === GenerationState.RUNNING ? t("state.2p", { percent: pct }) : t(`state.${state}` as Key);
+    // (A state this page does not know, from a newer server, reads "Unknown".)
+    const key = `state.${state}`;
+    row.badge.textContent = state === GenerationState.RUNNING ? t("state.2p", { percent: pct }) : t(has(key) ? key : "state.0");
     row.bar.hidden = TERMINAL.has(state);
     (row.bar.firstElementChild as HTMLElement).style.width = `${state === GenerationState.QUEUED ? 0 : pct}%`;
     const bits: string[] = [];
@@ -206,24 +283,43 @@ export class History {
     row.opened = holder;
     row.li.append(holder);
     button.addEventListener("click", async () => {
+      const hadFocus = document.activeElement === button;
       button.disabled = true;
       button.textContent = t("history.loading");
+      let got: Awaited<ReturnType<typeof fetchAudio>>;
       try {
-        const { file, format: no } = await fetchAudio(id);
-        const format = FORMATS[no] ?? FORMATS[0];
-        const player = new Player(`h-${id}`);
-        player.caption(label);
-        const link = h("a", { className: "h-download", text: t("job.download", { format: format.name, size: bytes(file.length) }), attrs: { download: `${slug(row.gen.prompt)}.${format.ext}` } });
-        holder.replaceChildren(player.el, link);
-        row.player = player;
-        const url = await player.load(new Blob([file as BlobPart], { type: format.mime }));
-        link.href = url;
-        player.audio.play().catch(() => {});
+        got = await fetchAudio(id, undefined, Number(row.gen.result?.audioBytes ?? 0n));
       } catch (e) {
         button.disabled = false;
         button.textContent = t("history.play");
-        holder.append(h("p", { className: "err", text: t("job.audioFailed", { message: fault(e).message }), attrs: { role: "alert" } }));
+        const text = t("job.audioFailed", { message: fault(e).message });
+        const err = holder.querySelector(".err");
+        if (!err) holder.append(h("p", { className: "err", text, attrs: { role: "alert" } }));
+        else if (err.textContent !== text) err.textContent = text;
+        if (hadFocus && (document.activeElement === document.body || !document.activeElement)) button.focus();
+        return;
       }
+      if (this.rows.get(id) !== row) return; // the row went away meanwhile
+      const format = FORMATS[got.format] ?? FORMATS[0];
+      const blob = new Blob([got.file as BlobPart], { type: format.mime });
+      const player = new Player(`h-${id}`);
+      player.caption(label);
+      const url = player.setFile(blob);
+      const link = h("a", {
+        className: "h-download",
+        text: t("job.download", { format: format.name, size: bytes(got.file.length) }),
+        attrs: { download: `${slug(row.gen.prompt)}.${format.ext}`, href: url },
+      });
+      const focusLost = hadFocus && (document.activeElement === button || document.activeElement === document.body || !document.activeElement);
+      holder.replaceChildren(player.el, link);
+      row.player = player;
+      if (focusLost) {
+        // The button the focus was on is gone: on to the player that took its place.
+        player.audio.focus();
+        if (document.activeElement !== player.audio) link.focus();
+      }
+      player.audio.play().catch(() => {});
+      await player.drawPeaks(blob);
     });
   }
 }

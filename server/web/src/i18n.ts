@@ -9,6 +9,7 @@ const en = {
   "token.show": "Show the token",
   "token.needed": "This server needs an access token. Enter yours here; it stays in this browser.",
   "token.wrong": "This token was not accepted. Check it and try again.",
+  "token.invalid": "A token has only visible ASCII characters: no spaces, accents or symbols outside A–Z, 0–9 and punctuation.",
   "tabs.label": "Studio",
   "tab.generate": "Generator",
   "tab.cover": "Ghost Studio",
@@ -30,6 +31,8 @@ const en = {
   "cover.file.length": "{name} · {size} · {duration}",
   "cover.file.tooBig": "This file is {size}; the upload limit is {limit}.",
   "cover.file.missing": "Choose a song first.",
+  "cover.file.unreadable": "This file could not be read. Choose it again, or another one.",
+  "cover.file.tooLong": "This song lasts {duration}; this server takes songs of up to {limit}.",
   "cover.prompt": "Style",
   "cover.prompt.placeholder": "As a bossa nova with nylon guitar and soft brushes",
   "cover.mode": "Cover mode",
@@ -105,6 +108,8 @@ const en = {
   "job.audio": "Audio",
   "job.waveform": "Waveform of {name}",
   "job.lost": "Lost the connection: {message}",
+  "job.retryAudio": "Try again",
+  "job.retryIn": "Trying again in {seconds} s…",
 
   "stage.0": "Working",
   "stage.1": "Waiting in line",
@@ -158,6 +163,10 @@ const en = {
   "err.number": "Enter a number.",
   "err.seed": "Use a whole number (0 to 2⁶⁴ − 1), or leave it empty.",
   "err.clip": "Enter a time in seconds (0 or more).",
+  "err.topK": "Enter a whole number from 0 to 4294967295, or leave it empty.",
+  "err.client": "The request could not be sent: {message}",
+  "err.audioIncomplete": "the audio file arrived incomplete",
+  "err.streamEnded": "the stream ended early",
 
   "unit.s": "{n} s",
   "unit.min": "{m} min {s} s",
@@ -174,6 +183,7 @@ const es: Dict = {
   "token.show": "Mostrar el token",
   "token.needed": "Este servidor necesita un token de acceso. Escríbelo aquí; se guarda en este navegador.",
   "token.wrong": "El servidor no aceptó este token. Revísalo y vuelve a intentarlo.",
+  "token.invalid": "Un token solo lleva caracteres ASCII visibles: sin espacios, tildes ni símbolos fuera de A–Z, 0–9 y la puntuación.",
   "tabs.label": "Estudio",
   "tab.generate": "Generador",
   "tab.cover": "Ghost Studio",
@@ -195,6 +205,8 @@ const es: Dict = {
   "cover.file.length": "{name} · {size} · {duration}",
   "cover.file.tooBig": "Este archivo ocupa {size}; el límite de subida es {limit}.",
   "cover.file.missing": "Primero elige una canción.",
+  "cover.file.unreadable": "No se pudo leer este archivo. Vuelve a elegirlo, o elige otro.",
+  "cover.file.tooLong": "Esta canción dura {duration}; este servidor acepta canciones de hasta {limit}.",
   "cover.prompt": "Estilo",
   "cover.prompt.placeholder": "Como una bossa nova con guitarra de nailon y escobillas suaves",
   "cover.mode": "Modo de versión",
@@ -270,6 +282,8 @@ const es: Dict = {
   "job.audio": "Audio",
   "job.waveform": "Forma de onda de {name}",
   "job.lost": "Se perdió la conexión: {message}",
+  "job.retryAudio": "Reintentar",
+  "job.retryIn": "Reintentando en {seconds} s…",
 
   "stage.0": "Trabajando",
   "stage.1": "Esperando en la cola",
@@ -323,6 +337,10 @@ const es: Dict = {
   "err.number": "Escribe un número.",
   "err.seed": "Usa un número entero (de 0 a 2⁶⁴ − 1) o déjalo vacío.",
   "err.clip": "Escribe un tiempo en segundos (0 o más).",
+  "err.topK": "Escribe un número entero de 0 a 4294967295, o déjalo vacío.",
+  "err.client": "No se pudo enviar la petición: {message}",
+  "err.audioIncomplete": "el archivo de audio llegó incompleto",
+  "err.streamEnded": "la transmisión terminó antes de tiempo",
 
   "unit.s": "{n} s",
   "unit.min": "{m} min {s} s",
@@ -346,12 +364,16 @@ export const lang: Lang = pickLang(
 const dict: Dict = lang === "es" ? es : en;
 
 export function has(key: string): key is Key {
-  return key in dict;
+  return Object.hasOwn(dict, key) || Object.hasOwn(en, key);
 }
 
-/** The text for `key`, with `{name}` replaced by values[name]. */
+/**
+ * The text for `key`, with `{name}` replaced by values[name]. A key this build lacks (say, a
+ * newer server's enum value) falls back to English, then to the key itself: it never throws.
+ */
 export function t(key: Key, values: Record<string, string | number> = {}): string {
-  return dict[key].replace(/\{(\w+)\}/g, (_, name: string) => (name in values ? String(values[name]) : `{${name}}`));
+  const text: string = Object.hasOwn(dict, key) ? dict[key] : Object.hasOwn(en, key) ? en[key] : String(key);
+  return text.replace(/\{(\w+)\}/g, (_, name: string) => (name in values ? String(values[name]) : `{${name}}`));
 }
 
 /** Fills the static page: data-i18n (text), data-i18n-placeholder, data-i18n-label (aria-label). */

@@ -1,10 +1,11 @@
 // Following one job to its end: its events from Generate, Cover or Watch; re-attaching
 // with Watch(after_sequence = last seen) with backoff when the stream breaks; polling
 // GetGeneration when streaming keeps failing; the final file through GetAudio. Where the
-// job is ({id, last sequence}) is kept in localStorage as events arrive, so a reloaded page
-// can carry on.
+// job is ({id, last sequence}) is kept in sessionStorage as events arrive: per tab, so a
+// reloaded page carries on with its own job and another tab never picks it up.
 
-import { api, fault, retryable, type Fault } from "./client";
+import { Code, ConnectError, api, fault, retryable, tokenHash, type Fault } from "./client";
+import { t } from "./i18n";
 import { create } from "@bufbuild/protobuf";
 import {
   AudioFormat,
@@ -21,16 +22,30 @@ import {
 /** What a page remembers of a job it follows. */
 export interface Saved {
   id: string;
+  /** The last sequence seen, in decimal (a uint64). */
   seq: string;
   done: boolean;
   prompt: string;
   percent: number;
+  /** tokenHash() of the token the job was started with: another token cannot Watch it. */
+  token: string;
 }
 
+/** This tab's record of the job under `key`, when it is well formed. */
 export function loadSaved(key: string): Saved | null {
   try {
-    const s = JSON.parse(localStorage.getItem(key) ?? "null") as Saved | null;
-    return s && typeof s.id === "string" && s.id && typeof s.seq === "string" ? s : null;
+    const s = JSON.parse(sessionStorage.getItem(key) ?? "null") as Partial<Saved> | null;
+    if (!s || typeof s !== "object" || typeof s.id !== "string" || !s.id) return null;
+    if (typeof s.seq !== "string" || !/^\d{1,20}$/.test(s.seq) || BigInt(s.seq) >= 2n ** 64n) return null;
+    const percent = typeof s.percent === "number" && Number.isFinite(s.percent) ? Math.min(100, Math.max(0, s.percent)) : 0;
+    return {
+      id: s.id,
+      seq: s.seq,
+      done: s.done === true,
+      prompt: typeof s.prompt === "string" ? s.prompt : "",
+      percent,
+      token: typeof s.token === "string" ? s.token : "",
+    };
   } catch {
     return null;
   }
@@ -41,19 +56,26 @@ export interface JobHooks {
   accepted(queuePosition: number, model: string): void;
   progress(p: Progress | undefined, percent: number): void;
   chunk(c: AudioChunk): void;
-  completed(c: Completed): void;
-  audio(file: Uint8Array, format: AudioFormat): void;
+  /** The job completed (null: GetGeneration said so without the details). */
+  completed(c: Completed | null): void;
+  /** The finished file; the job ends once it is shown. */
+  audio(file: Uint8Array, format: AudioFormat): Promise<void> | void;
+  /** The job completed but its file could not be fetched (Job.retryAudio tries again). */
+  audioFailed(f: Fault): void;
   failed(f: Failed): void;
   cancelled(reason: string): void;
-  /** How the connection is doing: "reconnecting", "polling", "offline", "fetching", or "" when fine. */
-  link(state: LinkState, seconds?: number): void;
+  /**
+   * How the connection is doing: "reconnecting" (in `seconds`), "polling", "offline",
+   * "fetching", or "" when fine; `why`: the error that made it so.
+   */
+  link(state: LinkState, seconds?: number, why?: Fault): void;
   /** The job could not be started or followed (the page says why next to the right control). */
   error(f: Fault, started: boolean): void;
   /** Called once, however the following ended. */
   ended(): void;
 }
 
-export type LinkState = "" | "reconnecting" | "polling" | "offline" | "fetching" | "audioFailed";
+export type LinkState = "" | "reconnecting" | "polling" | "offline" | "fetching";
 
 type Opener = (signal: AbortSignal) => AsyncIterable<GenerationEvent>;
 
@@ -61,6 +83,10 @@ const BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
 /** Failed stream attempts in a row (with nothing received) before polling instead. */
 const STREAM_TRIES = BACKOFF_MS.length;
 const POLL_MS = 1500;
+/** Progress and audio events update the saved record at most this often. */
+const PERSIST_MS = 1000;
+/** No audio file is larger than this when Completed does not say its size. */
+const MAX_AUDIO_BYTES = 2 ** 31;
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -72,8 +98,11 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** A finished job's file from GetAudio, put together by offset. */
-export async function fetchAudio(id: string, signal?: AbortSignal): Promise<{ file: Uint8Array; format: AudioFormat }> {
+/**
+ * A finished job's file from GetAudio, put together by offset. `expected`: its size from
+ * Completed.audio_bytes (0 when unknown).
+ */
+export async function fetchAudio(id: string, signal?: AbortSignal, expected = 0): Promise<{ file: Uint8Array; format: AudioFormat }> {
   const pieces: { offset: number; data: Uint8Array }[] = [];
   let total = -1;
   let format = AudioFormat.UNSPECIFIED;
@@ -82,17 +111,25 @@ export async function fetchAudio(id: string, signal?: AbortSignal): Promise<{ fi
     total = Number(p.totalBytes);
     if (p.format) format = p.format;
   }
-  const file = assemble(pieces, total);
-  if (!file) throw new Error("the audio file arrived incomplete");
+  const file = assemble(pieces, total, expected);
+  // (Aborted: a retry may well get it whole.)
+  if (!file) throw new ConnectError(t("err.audioIncomplete"), Code.Aborted);
   return { file, format };
 }
 
-function assemble(pieces: Iterable<{ offset: number; data: Uint8Array }>, total: number): Uint8Array | null {
-  if (total < 0) return null;
+/**
+ * The file from its pieces, or null when they do not cover it or `total` is not believable
+ * (larger than `expected` from Completed.audio_bytes, or than MAX_AUDIO_BYTES when that is 0).
+ * A piece past the end is skipped.
+ */
+function assemble(pieces: Iterable<{ offset: number; data: Uint8Array }>, total: number, expected: number): Uint8Array | null {
+  if (!Number.isSafeInteger(total) || total < 0 || total > (expected > 0 ? expected : MAX_AUDIO_BYTES)) return null;
   const file = new Uint8Array(total);
   const covered: [number, number][] = [];
   for (const { offset, data } of pieces) {
-    const len = Math.max(0, Math.min(data.length, total - offset));
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset >= total) continue;
+    const len = Math.min(data.length, total - offset);
+    if (len <= 0) continue;
     file.set(data.subarray(0, len), offset);
     covered.push([offset, offset + len]);
   }
@@ -111,21 +148,26 @@ export class Job {
   percent = 0;
   terminal: "completed" | "failed" | "cancelled" | null = null;
   format: AudioFormat = AudioFormat.UNSPECIFIED;
+  /** Completed.audio_bytes: the size the file must have (0 = not known). */
+  private expectedBytes = 0;
   private pieces = new Map<number, Uint8Array>();
   private total = -1;
   private readonly ctrl = new AbortController();
   private stopped = false;
   private endedOnce = false;
+  private persistedAt = 0;
 
   constructor(
     private readonly storeKey: string,
     readonly prompt: string,
     private readonly hooks: JobHooks,
+    /** tokenHash() of the token the job runs under. */
+    private readonly token = tokenHash(),
   ) {}
 
   /** A job this page followed before it was reloaded. */
   static resume(storeKey: string, saved: Saved, hooks: JobHooks): Job {
-    const j = new Job(storeKey, saved.prompt, hooks);
+    const j = new Job(storeKey, saved.prompt, hooks, saved.token);
     j.id = saved.id;
     j.lastSeq = BigInt(saved.seq);
     j.percent = saved.percent || 0;
@@ -154,6 +196,12 @@ export class Job {
     this.ctrl.abort();
   }
 
+  /** A completed job whose file could not be fetched: fetch it again. */
+  async retryAudio(): Promise<void> {
+    if (this.terminal !== "completed" || this.stopped) return;
+    await this.finishAudio();
+  }
+
   /** Asks the server to cancel; the stream then ends with Cancelled. */
   async cancel(): Promise<void> {
     if (!this.id || this.terminal) return;
@@ -164,25 +212,32 @@ export class Job {
     return (signal) => api.watch({ generationId: this.id, afterSequence: this.lastSeq }, { signal });
   }
 
-  private persist(): void {
+  /** Saves where the job is; `force` = now, else at most once every PERSIST_MS. */
+  private persist(force = true): void {
     if (!this.id) return;
+    const now = Date.now();
+    if (!force && now - this.persistedAt < PERSIST_MS) return;
+    this.persistedAt = now;
     const saved: Saved = {
       id: this.id,
       seq: this.lastSeq.toString(),
       done: this.terminal !== null,
       prompt: this.prompt,
       percent: this.percent,
+      token: this.token,
     };
     try {
-      localStorage.setItem(this.storeKey, JSON.stringify(saved));
+      sessionStorage.setItem(this.storeKey, JSON.stringify(saved));
     } catch {
       /* storage full or off: the job just cannot be picked up after a reload */
     }
   }
 
+  /** The job is gone: drop its record (unless the token changed, which hides it instead). */
   private forget(): void {
+    if (tokenHash() !== this.token) return;
     try {
-      localStorage.removeItem(this.storeKey);
+      sessionStorage.removeItem(this.storeKey);
     } catch {
       /* ignore */
     }
@@ -207,6 +262,15 @@ export class Job {
         return;
       }
       const started = this.id !== "";
+      if (error?.kind === "client") {
+        // Before anything came back, the request itself could not be sent: trying it again
+        // would fail the same way, so the form says why. Later, it is a stream like any other.
+        if (!started && this.lastSeq === 0n) {
+          this.hooks.error(error, false);
+          return;
+        }
+        error = { ...error, kind: "network" };
+      }
       if (started && error?.kind === "field") {
         // Watch refused the sequence (say, the server renumbered the log after a crash):
         // the job's state still tells how it ends.
@@ -222,12 +286,12 @@ export class Job {
       if (this.lastSeq > before) fails = 0;
       if (fails >= STREAM_TRIES) {
         if (started) await this.poll();
-        else this.hooks.error(error ?? { kind: "network", code: 14, message: "the stream ended early" }, false);
+        else this.hooks.error(error ?? { kind: "network", code: Code.Unknown, message: t("err.streamEnded") }, false);
         return;
       }
       const wait = error?.kind === "busy" ? (error.retryAfter ?? 5) * 1000 : BACKOFF_MS[fails];
       fails++;
-      this.hooks.link("reconnecting", Math.ceil(wait / 1000));
+      this.hooks.link("reconnecting", Math.ceil(wait / 1000), error ?? undefined);
       await sleep(wait, this.ctrl.signal);
       if (this.stopped) return;
       // Once the job has an id, Watch picks it up after the last event seen; before that the
@@ -273,12 +337,15 @@ export class Job {
         this.hooks.cancelled(e.value.reason);
         break;
     }
-    this.persist();
+    // A preview chunk changes nothing worth saving; progress and file pieces are saved now
+    // and then (a reload just replays a few more events).
+    if (e.case !== "audioChunk") this.persist(e.case !== "progress" && e.case !== "audio");
   }
 
-  private complete(c: Completed): void {
+  private complete(c: Completed | null): void {
     this.terminal = "completed";
-    if (c.format) this.format = c.format;
+    if (c?.format) this.format = c.format;
+    if (c && c.audioBytes > 0n) this.expectedBytes = Number(c.audioBytes);
     this.percent = 100;
     this.hooks.progress(undefined, 100);
     this.hooks.completed(c);
@@ -302,7 +369,7 @@ export class Job {
           return;
         }
         fails++;
-        this.hooks.link("offline");
+        this.hooks.link("offline", undefined, f);
       }
       if (g) {
         if (fails) this.hooks.link("polling");
@@ -322,8 +389,7 @@ export class Job {
     if (g.generationId && !this.id) this.id = g.generationId;
     switch (g.state) {
       case GenerationState.COMPLETED:
-        if (g.result) this.complete(g.result);
-        else this.terminal = "completed";
+        this.complete(g.result ?? null);
         break;
       case GenerationState.FAILED:
         this.terminal = "failed";
@@ -342,31 +408,38 @@ export class Job {
     }
   }
 
-  /** The final file: the pieces that came with the stream when all are here, else GetAudio. */
+  /**
+   * The final file: the pieces that came with the stream when all are here, else GetAudio.
+   * Returns once the page shows it (or says it could not be fetched).
+   */
   private async finishAudio(): Promise<void> {
-    const inline = this.total >= 0 ? assemble(Array.from(this.pieces, ([offset, data]) => ({ offset, data })), this.total) : null;
+    const inline = this.total >= 0 ? assemble(Array.from(this.pieces, ([offset, data]) => ({ offset, data })), this.total, this.expectedBytes) : null;
     this.pieces.clear();
+    this.total = -1;
     if (inline) {
-      this.hooks.audio(inline, this.format);
+      await this.hooks.audio(inline, this.format);
       return;
     }
     this.hooks.link("fetching");
     for (let attempt = 0; ; attempt++) {
+      let got: { file: Uint8Array; format: AudioFormat };
       try {
-        const { file, format } = await fetchAudio(this.id, this.ctrl.signal);
-        this.hooks.link("");
-        this.hooks.audio(file, format || this.format);
-        return;
+        got = await fetchAudio(this.id, this.ctrl.signal, this.expectedBytes);
       } catch (e) {
         if (this.stopped) return;
         const f = fault(e);
         if (!retryable(f) || attempt >= 4) {
-          this.hooks.link("audioFailed");
-          this.hooks.error(f, true);
+          this.hooks.audioFailed(f);
           return;
         }
         await sleep(1000 * 2 ** attempt, this.ctrl.signal);
+        if (this.stopped) return;
+        continue;
       }
+      if (this.stopped) return;
+      this.hooks.link("");
+      await this.hooks.audio(got.file, got.format || this.format);
+      return;
     }
   }
 }

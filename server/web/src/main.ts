@@ -3,9 +3,9 @@
 
 import "./app.css";
 import { create } from "@bufbuild/protobuf";
-import { api, fault, setToken, storedToken, type Fault } from "./client";
-import { $, clearError, clearErrors, instantiate, showError } from "./dom";
-import { bytes, exactSeconds, fmtNumber, t, translatePage, type Key } from "./i18n";
+import { api, fault, setToken, storedToken, tokenHash, validToken, type Fault } from "./client";
+import { $, clearError, clearErrors, h, instantiate, showError } from "./dom";
+import { bytes, exactSeconds, fmtNumber, has, t, translatePage, type Key } from "./i18n";
 import { loadSaved } from "./job";
 import { LivePlayer } from "./live";
 import { History } from "./history";
@@ -22,13 +22,20 @@ import {
   type Sampling,
 } from "./gen/son1k/v1/son1k_pb";
 
-/** The server's limits from ListModels; until it answers, its defaults. */
-const limits: Pick<RequestLimits, "maxPromptChars" | "maxSongBytes" | "maxTemperature" | "maxGuidanceScale"> = {
+/** The server's limits from ListModels; until it answers, its defaults (0 = not known). */
+const limits: Pick<
+  RequestLimits,
+  "maxPromptChars" | "maxSongBytes" | "maxTemperature" | "maxGuidanceScale" | "maxSongSeconds" | "maxDurationSeconds"
+> = {
   maxPromptChars: 2000,
   maxSongBytes: 50n * 1024n * 1024n,
   maxTemperature: 5,
   maxGuidanceScale: 20,
+  maxSongSeconds: 0,
+  maxDurationSeconds: 0,
 };
+/** Sampling.top_k is a uint32. */
+const MAX_TOP_K = 4294967295;
 const maxSongBytes = (): number => Number(limits.maxSongBytes);
 const TAB_KEY = "son1k.tab";
 
@@ -58,30 +65,32 @@ $("cover-duration").insertAdjacentElement(
 
 const history = new History();
 
-// ---- token ----
+// ---- token: used once typed (on change or Enter), never while it is being typed ----
 const tokenInput = $<HTMLInputElement>("token");
 tokenInput.value = storedToken();
-let tokenTimer: number | undefined;
-tokenInput.addEventListener("input", () => {
-  clearError(tokenInput);
-  clearTimeout(tokenTimer);
-  tokenTimer = window.setTimeout(applyToken, 600);
-});
-tokenInput.addEventListener("change", applyToken);
+tokenInput.addEventListener("input", () => clearError(tokenInput));
+tokenInput.addEventListener("change", () => void applyToken());
 $("token-field").addEventListener("submit", (e) => {
   e.preventDefault();
   applyToken();
 });
-let appliedToken = tokenInput.value.trim();
-function applyToken(): void {
-  clearTimeout(tokenTimer);
+let appliedToken = validToken(tokenInput.value.trim()) ? tokenInput.value.trim() : "";
+/** Uses the token in the field; false (saying why at the field) when no header can carry it. */
+function applyToken(): boolean {
   const v = tokenInput.value.trim();
+  if (!validToken(v)) {
+    showError(tokenInput, t("token.invalid"));
+    $("token-field").classList.add("attention");
+    return false;
+  }
   setToken(v);
-  if (v === appliedToken) return;
+  if (v === appliedToken) return true;
   appliedToken = v;
   history.clear();
   void loadModels();
   void history.refresh();
+  resumeSaved(); // a job this tab left under this token
+  return true;
 }
 function tokenProblem(): void {
   showError(tokenInput, tokenInput.value.trim() ? t("token.wrong") : t("token.needed"));
@@ -138,9 +147,11 @@ function modelInfo(m: Model): (string | HTMLElement)[] {
     m.maxDurationSeconds ? t("model.upTo", { seconds: fmtNumber(m.maxDurationSeconds) }) : "",
     m.device ? t("model.on", { device: m.device }) : "",
   ].filter(Boolean);
+  // (A capability this page has no words for, from a newer server, gets no chip.)
   const chips = m.capabilities
-    .filter((c) => c !== Capability.UNSPECIFIED)
-    .map((c) => Object.assign(document.createElement("span"), { className: "chip", textContent: t(`cap.${c}` as Key) }));
+    .map((c) => `cap.${c}`)
+    .filter((key): key is Key => key !== `cap.${Capability.UNSPECIFIED}` && has(key))
+    .map((key) => h("span", { className: "chip", text: t(key) }));
   return [facts.join(" · "), ...chips];
 }
 
@@ -152,7 +163,10 @@ function showModel(p: Prefix): void {
     info.replaceChildren(...modelInfo(m));
     if (m.maxDurationSeconds) dur.max = String(m.maxDurationSeconds);
     else dur.removeAttribute("max");
-  } else info.textContent = "";
+  } else {
+    info.textContent = "";
+    if (limits.maxDurationSeconds) dur.max = String(limits.maxDurationSeconds);
+  }
   if (p === "cover") showCoverModes();
 }
 
@@ -178,6 +192,8 @@ async function loadModels(): Promise<void> {
       if (l.maxSongBytes) limits.maxSongBytes = l.maxSongBytes;
       if (l.maxTemperature) limits.maxTemperature = l.maxTemperature;
       if (l.maxGuidanceScale) limits.maxGuidanceScale = l.maxGuidanceScale;
+      if (l.maxSongSeconds) limits.maxSongSeconds = l.maxSongSeconds;
+      if (l.maxDurationSeconds) limits.maxDurationSeconds = l.maxDurationSeconds;
       showLimits();
     }
     clearError(tokenInput);
@@ -197,7 +213,7 @@ async function loadModels(): Promise<void> {
   fill("gen", text.length ? text : models);
   const covers = models.filter((m) => m.capabilities.includes(Capability.COVER));
   fill("cover", covers);
-  $<HTMLButtonElement>("cover-submit").disabled = covers.length === 0 || views.cover.busy;
+  $<HTMLButtonElement>("cover-submit").disabled = covers.length === 0 || views.cover.busy || !!coolingDown.cover;
   if (!covers.length) showError($("cover-model"), t("cover.noModel"));
 }
 for (const p of ["gen", "cover"] as const) $(`${p}-model`).addEventListener("change", () => showModel(p));
@@ -263,7 +279,7 @@ function sampling(p: Prefix): Sampling | undefined {
       throw e;
     }
   };
-  const topK = openAdvanced(() => num(`${p}-top-k`, { min: 0, int: true }));
+  const topK = openAdvanced(() => num(`${p}-top-k`, { min: 0, max: MAX_TOP_K, int: true, message: t("err.topK") }));
   const topP = openAdvanced(() => num(`${p}-top-p`, { min: 0, max: 1 }));
   const temperature = openAdvanced(() => num(`${p}-temperature`, { min: 0, max: limits.maxTemperature }));
   const guidanceScale = openAdvanced(() => num(`${p}-guidance`, { min: 0, max: limits.maxGuidanceScale }));
@@ -280,7 +296,8 @@ function prompt(p: Prefix): string {
 
 function duration(p: Prefix): number {
   const m = modelOf(p);
-  const max = m?.maxDurationSeconds || 1e9;
+  // The model's own limit; with no model chosen, the longest any model here makes.
+  const max = m?.maxDurationSeconds || limits.maxDurationSeconds || 1e9;
   const cover = p === "cover";
   const message = cover
     ? t("err.duration.cover", { max: fmtNumber(max) })
@@ -327,6 +344,37 @@ const FIELD_CONTROLS: Record<string, string> = {
 };
 
 const busyTimers: Partial<Record<Prefix, number>> = {};
+/** While the queue-full countdown runs, the form's submit button stays disabled. */
+const coolingDown: Partial<Record<Prefix, boolean>> = {};
+
+/**
+ * "The queue is full; retry in N s", counting down. The error line is an alert: it is said
+ * once (with the first number); the number that then ticks is hidden from screen readers.
+ */
+function busyCountdown(p: Prefix, seconds: number): void {
+  const submit = $<HTMLButtonElement>(`${p}-submit`);
+  clearTimeout(busyTimers[p]);
+  let left = seconds;
+  const [before, after = ""] = t("err.busy", { seconds: "\u0000" }).split("\u0000");
+  const count = h("span", { text: String(left) });
+  const spoken = h("span", { className: "visually-hidden", text: t("err.busy", { seconds: left }) });
+  const shown = h("span", { attrs: { "aria-hidden": "true" } }, before, count, after);
+  showError(submit, [spoken, shown]);
+  coolingDown[p] = true;
+  setBusy(p, views[p].busy);
+  const tick = () => {
+    if (--left > 0) {
+      count.textContent = String(left);
+      busyTimers[p] = window.setTimeout(tick, 1000);
+      return;
+    }
+    // Over: said once more, since the button works again.
+    spoken.textContent = shown.textContent = t("err.busyNow");
+    coolingDown[p] = false;
+    setBusy(p, views[p].busy);
+  };
+  busyTimers[p] = window.setTimeout(tick, 1000);
+}
 
 function refused(p: Prefix, f: Fault): void {
   const submit = $<HTMLButtonElement>(`${p}-submit`);
@@ -351,20 +399,23 @@ function refused(p: Prefix, f: Fault): void {
     return;
   }
   if (f.kind === "busy") {
-    let left = f.retryAfter ?? 5;
-    const tick = () => {
-      showError(submit, left > 0 ? t("err.busy", { seconds: left }) : t("err.busyNow"));
-      if (left-- > 0) busyTimers[p] = window.setTimeout(tick, 1000);
-    };
-    clearTimeout(busyTimers[p]);
-    tick();
+    busyCountdown(p, f.retryAfter ?? 5);
     return;
   }
-  showError(submit, f.kind === "network" ? `${t("err.network")} (${f.message})` : f.message);
+  const text =
+    f.kind === "network"
+      ? `${t("err.network")} (${f.message})`
+      : f.kind === "unavailable"
+        ? t("err.unavailable", { message: f.message })
+        : f.kind === "client"
+          ? t("err.client", { message: f.message })
+          : f.message;
+  showError(submit, text);
 }
 
 function clearFormErrors(p: Prefix): void {
   clearTimeout(busyTimers[p]);
+  coolingDown[p] = false;
   clearErrors($(`${p}-form`));
   $("cover-drop").classList.remove("invalid");
 }
@@ -389,16 +440,25 @@ for (const p of ["gen", "cover"] as const) {
 
 function setBusy(p: Prefix, busy: boolean): void {
   const submit = $<HTMLButtonElement>(`${p}-submit`);
-  submit.disabled = busy || (p === "cover" && models.length > 0 && !models.some((m) => m.capabilities.includes(Capability.COVER)));
+  submit.disabled =
+    busy || !!coolingDown[p] || (p === "cover" && models.length > 0 && !models.some((m) => m.capabilities.includes(Capability.COVER)));
   submit.classList.toggle("working", busy);
 }
 
 // ---- Generator ----
+/** What an unexpected error at submit says (no English from the browser when avoidable). */
+function unexpected(err: unknown): string {
+  return t("err.client", { message: err instanceof Error ? err.message : String(err) });
+}
+
 $("gen-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  if (views.gen.busy) return;
+  if (views.gen.busy || coolingDown.gen) return;
   clearFormErrors("gen");
-  applyToken();
+  if (!applyToken()) {
+    tokenInput.focus();
+    return;
+  }
   try {
     const req = create(GenerateRequestSchema, {
       prompt: prompt("gen"),
@@ -413,7 +473,7 @@ $("gen-form").addEventListener("submit", (e) => {
     views.gen.start(req.prompt, (signal) => api.generate(req, { signal }), live);
   } catch (err) {
     if (err instanceof Invalid) showError(err.control, err.message, true);
-    else showError($("gen-submit"), String(err));
+    else showError($("gen-submit"), unexpected(err));
   }
 });
 
@@ -422,13 +482,29 @@ const fileInput = $<HTMLInputElement>("cover-file");
 const drop = $("cover-drop");
 let song: File | null = null;
 let songPeaks: Float32Array | null = null;
+/** The chosen song's length once this browser decoded it. */
+let songSeconds: number | null = null;
 let songInfo = "";
+
+/** Why the chosen song is longer than the server takes (max_song_seconds), or null. */
+function songTooLong(): string | null {
+  const max = limits.maxSongSeconds;
+  // (A little slack: decoders disagree on a file's length by a few milliseconds.)
+  if (!max || songSeconds === null || songSeconds <= max + 0.1) return null;
+  return t("cover.file.tooLong", { duration: exactSeconds(Math.round(songSeconds * 10) / 10), limit: exactSeconds(max) });
+}
+
+function fileProblem(message: string): void {
+  showError(fileInput, message);
+  drop.classList.add("invalid");
+}
 
 async function chooseSong(file: File | null): Promise<void> {
   clearError(fileInput);
   drop.classList.remove("invalid");
   song = file;
   songPeaks = null;
+  songSeconds = null;
   const info = $("cover-file-info");
   if (!file) {
     info.hidden = true;
@@ -440,16 +516,26 @@ async function chooseSong(file: File | null): Promise<void> {
   songInfo = t("cover.file.chosen", { name: file.name, size: bytes(file.size) });
   info.textContent = songInfo;
   if (file.size > maxSongBytes()) {
-    showError(fileInput, t("cover.file.tooBig", { size: bytes(file.size), limit: bytes(maxSongBytes()) }));
-    drop.classList.add("invalid");
+    fileProblem(t("cover.file.tooBig", { size: bytes(file.size), limit: bytes(maxSongBytes()) }));
     return;
   }
-  const decoded = await peaksOf(await file.arrayBuffer());
+  let data: ArrayBuffer;
+  try {
+    data = await file.arrayBuffer();
+  } catch {
+    // (Moved or deleted since it was chosen, or not readable at all.)
+    if (song === file) fileProblem(t("cover.file.unreadable"));
+    return;
+  }
+  const decoded = await peaksOf(data);
   if (song !== file) return;
   if (decoded) {
     songPeaks = decoded.peaks;
+    songSeconds = decoded.duration;
     songInfo = t("cover.file.length", { name: file.name, size: bytes(file.size), duration: exactSeconds(Math.round(decoded.duration * 10) / 10) });
     info.textContent = songInfo;
+    const long = songTooLong();
+    if (long) fileProblem(long);
   } else {
     info.textContent = `${songInfo} — ${t("cover.undecodable")}`;
   }
@@ -476,16 +562,30 @@ drop.addEventListener("drop", (e) => {
   }
   void chooseSong(file);
 });
+// A file dropped anywhere else would make the browser leave the page to open it.
+for (const ev of ["dragover", "drop"] as const) {
+  document.addEventListener(ev, (e) => {
+    const dt = e.dataTransfer;
+    if (!dt || !Array.from(dt.types).includes("Files") || drop.contains(e.target as Node)) return;
+    e.preventDefault();
+    dt.dropEffect = "none";
+  });
+}
 
 $("cover-form").addEventListener("submit", async (e) => {
   e.preventDefault();
-  if (views.cover.busy) return;
+  if (views.cover.busy || coolingDown.cover) return;
   clearFormErrors("cover");
-  applyToken();
+  if (!applyToken()) {
+    tokenInput.focus();
+    return;
+  }
   let live: LivePlayer | null = null;
   try {
     if (!song) throw new Invalid(fileInput, t("cover.file.missing"));
     if (song.size > maxSongBytes()) throw new Invalid(fileInput, t("cover.file.tooBig", { size: bytes(song.size), limit: bytes(maxSongBytes()) }));
+    const long = songTooLong();
+    if (long) throw new Invalid(fileInput, long);
     const text = prompt("cover");
     const modes = coverModes(modelOf("cover"));
     const mode = modes.length ? (Number(modeSelect.value) as CoverMode) : CoverMode.UNSPECIFIED;
@@ -506,7 +606,12 @@ $("cover-form").addEventListener("submit", async (e) => {
     live = liveFor("cover"); // before any await, while the click still counts
     setBusy("cover", true);
     const file = song;
-    const bytesOf = new Uint8Array(await file.arrayBuffer());
+    let bytesOf: Uint8Array;
+    try {
+      bytesOf = new Uint8Array(await file.arrayBuffer());
+    } catch {
+      throw new Invalid(fileInput, t("cover.file.unreadable"));
+    }
     const req = create(CoverRequestSchema, { ...fields, song: bytesOf });
     void views.cover.setOriginal(file, songPeaks, songInfo);
     views.cover.start(text, (signal) => api.cover(req, { signal }), live);
@@ -519,7 +624,7 @@ $("cover-form").addEventListener("submit", async (e) => {
         drop.classList.add("invalid");
         drop.scrollIntoView({ block: "center" });
       }
-    } else showError($("cover-submit"), String(err));
+    } else showError($("cover-submit"), unexpected(err));
   }
 });
 
@@ -532,11 +637,17 @@ for (const p of ["gen", "cover"] as const) {
 }
 
 // ---- start ----
-void loadModels();
-void history.refresh();
-for (const p of ["gen", "cover"] as const) {
-  const saved = loadSaved(`son1k.job.${p}`);
-  if (saved && !saved.done) {
+
+/**
+ * Picks up the jobs this tab followed before a reload. One started with another token stays
+ * saved but is not followed (Watch would answer NOT_FOUND): it is picked up once that token
+ * is back.
+ */
+function resumeSaved(): void {
+  for (const p of ["gen", "cover"] as const) {
+    if (views[p].busy) continue;
+    const saved = loadSaved(`son1k.job.${p}`);
+    if (!saved || saved.done || saved.token !== tokenHash()) continue;
     const box = $<HTMLTextAreaElement>(`${p}-prompt`);
     if (!box.value) box.value = saved.prompt;
     setBusy(p, true);
@@ -544,3 +655,8 @@ for (const p of ["gen", "cover"] as const) {
     if (p === "cover" && !views.gen.busy) selectTab(tabs[1]);
   }
 }
+
+if (!validToken(tokenInput.value.trim())) showError(tokenInput, t("token.invalid"));
+void loadModels();
+void history.refresh();
+resumeSaved();

@@ -5,7 +5,7 @@ import { $, FORMATS, clearErrors, h, instantiate, slug } from "./dom";
 import { Job, type JobHooks, type LinkState, type Saved } from "./job";
 import { LivePlayer } from "./live";
 import { Waveform, peaksOf } from "./wave";
-import { bytes, exactSeconds, fmtNumber, has, ordinal, seconds, t, type Key } from "./i18n";
+import { bytes, exactSeconds, fmtNumber, has, ordinal, seconds, t, translatePage, type Key } from "./i18n";
 import { fault, type Fault } from "./client";
 import { ErrorCode, Stage, type AudioChunk, type Completed, type Progress } from "./gen/son1k/v1/son1k_pb";
 
@@ -40,23 +40,49 @@ export class Player {
     this.audio.setAttribute("aria-label", title);
   }
 
-  /** Plays `file`; returns its object URL. Peaks are drawn once decoded. */
-  async load(file: Blob, peaks?: Float32Array | null): Promise<string> {
+  /** Plays `file` (from now on); returns its object URL. */
+  setFile(file: Blob): string {
     this.clear();
     this.url = URL.createObjectURL(file);
     this.audio.src = this.url;
-    this.wave.set(null);
-    const p = peaks !== undefined ? peaks : (await peaksOf(await file.arrayBuffer()))?.peaks ?? null;
-    if (this.audio.src === this.url) this.wave.set(p);
     return this.url;
+  }
+
+  /** Draws the waveform of `file` (given the file set last), decoding it unless `peaks` are known. */
+  async drawPeaks(file: Blob, peaks?: Float32Array | null): Promise<void> {
+    const url = this.url;
+    let p = peaks ?? null;
+    if (peaks === undefined) {
+      try {
+        p = (await peaksOf(await file.arrayBuffer()))?.peaks ?? null;
+      } catch {
+        p = null;
+      }
+    }
+    if (url && this.url === url) this.wave.set(p); // not if another file (or none) took its place
+  }
+
+  /** Plays `file`; returns its object URL once its peaks are drawn. */
+  async load(file: Blob, peaks?: Float32Array | null): Promise<string> {
+    const url = this.setFile(file);
+    await this.drawPeaks(file, peaks);
+    return url;
   }
 
   clear(): void {
     if (this.url) URL.revokeObjectURL(this.url);
     this.url = "";
-    this.audio.removeAttribute("src");
-    this.audio.load();
+    if (this.audio.hasAttribute("src")) {
+      this.audio.removeAttribute("src");
+      this.audio.load();
+    }
     this.wave.set(null);
+  }
+
+  /** Releases the file and the waveform's observers: the player is going away for good. */
+  dispose(): void {
+    this.clear();
+    this.wave.dispose();
   }
 }
 
@@ -94,8 +120,10 @@ export class JobView {
   ) {
     this.storeKey = `son1k.job.${prefix}`;
     this.card = $(`${prefix}-job`);
-    this.card.append(instantiate("job-tpl", prefix));
-    for (const name of ["job-title", "job-prompt", "live-badge", "progress", "progress-fill", "pct", "stage", "eta", "queue", "status", "cancel", "result", "players", "download", "understood", "understood-title", "facts"]) {
+    const frag = instantiate("job-tpl", prefix);
+    translatePage(frag);
+    this.card.append(frag);
+    for (const name of ["job-title", "job-prompt", "live-badge", "progress", "progress-fill", "pct", "stage", "eta", "queue", "status", "cancel", "retry", "result", "players", "download", "understood", "understood-title", "facts"]) {
       this.el[name] = $(`${prefix}-${name}`);
     }
     this.el["job-title"].textContent = t(kind === "gen" ? "job.title" : "job.coverTitle");
@@ -109,6 +137,7 @@ export class JobView {
     this.output.el.classList.toggle("bare", kind === "gen");
     this.el.players.append(this.output.el);
     this.el.cancel.addEventListener("click", () => void this.cancel());
+    this.el.retry.addEventListener("click", () => void this.retryAudio());
     this.output.audio.addEventListener("play", () => this.stopLive());
     this.original?.audio.addEventListener("play", () => {
       this.stopLive();
@@ -150,19 +179,52 @@ export class JobView {
     ref.job = this.job = job;
     this.following = true;
     this.setProgress(job.percent, undefined);
-    (this.el.cancel as HTMLButtonElement).disabled = false;
+    this.cancelButton.disabled = false;
     this.card.dataset.id = saved.id;
     this.setStatus(t("job.resumed"));
     void job.run();
   }
 
+  private get cancelButton(): HTMLButtonElement {
+    return this.el.cancel as HTMLButtonElement;
+  }
+
+  /**
+   * Hides `button` for good; if it had the focus, the focus goes to the download link when
+   * the file is shown, else to the status line (so it is not lost to the page's top).
+   */
+  private hideButton(button: HTMLButtonElement): void {
+    const had = document.activeElement === button;
+    button.disabled = true;
+    button.hidden = true;
+    if (had) this.focusResult();
+  }
+
+  private focusResult(): void {
+    const a = this.el.download as HTMLAnchorElement;
+    if (!this.el.result.hidden && a.getAttribute("href")) a.focus();
+    else this.el.status.focus();
+  }
+
+  private showRetry(on: boolean): void {
+    const b = this.el.retry as HTMLButtonElement;
+    if (on) {
+      b.hidden = false;
+      b.disabled = false;
+    } else this.hideButton(b);
+  }
+
   private reset(prompt: string): void {
     this.prompt = prompt;
+    this.completedInfo = null;
     this.card.hidden = false;
+    delete this.card.dataset.id;
     this.el["job-prompt"].textContent = prompt;
     this.el.result.hidden = true;
+    (this.el.download as HTMLAnchorElement).removeAttribute("href");
     this.el.cancel.hidden = false;
-    (this.el.cancel as HTMLButtonElement).disabled = true;
+    this.cancelButton.disabled = true;
+    this.showRetry(false);
     this.el.queue.textContent = this.el.eta.textContent = this.el.stage.textContent = "";
     this.card.classList.remove("done", "failed");
     this.card.classList.add("running");
@@ -220,15 +282,26 @@ export class JobView {
   private async cancel(): Promise<void> {
     const job = this.job;
     if (!job) return;
-    (this.el.cancel as HTMLButtonElement).disabled = true;
+    const had = document.activeElement === this.cancelButton;
+    this.cancelButton.disabled = true;
     this.setStatus(t("job.cancelling"), "warn");
+    if (had) this.el.status.focus(); // a disabled button drops the focus
     try {
       await job.cancel();
     } catch (e) {
+      if (this.job !== job) return;
       const f = fault(e);
       this.setStatus(t("err.other", { message: f.message }), "bad");
-      (this.el.cancel as HTMLButtonElement).disabled = job.terminal !== null;
+      this.cancelButton.disabled = job.terminal !== null;
     }
+  }
+
+  /** "Try again" after the file of a completed job could not be fetched. */
+  private async retryAudio(): Promise<void> {
+    const job = this.job;
+    if (!job || job.terminal !== "completed") return;
+    this.showRetry(false);
+    await job.retryAudio();
   }
 
   private hooks(ref: { job: Job | null }): JobHooks {
@@ -237,7 +310,7 @@ export class JobView {
     return {
       id(id) {
         if (!mine()) return;
-        (view.el.cancel as HTMLButtonElement).disabled = false;
+        view.cancelButton.disabled = false;
         view.card.dataset.id = id;
         view.events.created(id);
       },
@@ -255,13 +328,25 @@ export class JobView {
         if (!mine()) return;
         view.live?.push(c);
       },
-      completed(c: Completed) {
+      completed(c: Completed | null) {
         if (!mine()) return;
+        // Nothing left to cancel while the file is fetched.
+        view.hideButton(view.cancelButton);
         view.showCompleted(c);
       },
       audio(file, format) {
         if (!mine()) return;
-        void view.showAudio(file, format);
+        return view.showAudio(ref.job!, file, format).catch(() => {
+          /* a file this browser cannot show: the download link is there anyway */
+        });
+      },
+      audioFailed(f: Fault) {
+        if (!mine()) return;
+        view.stopLive();
+        if (f.kind === "auth") view.events.unauthenticated();
+        // The job did complete: not a failure, just a file still to fetch.
+        view.setStatus(t("job.audioFailed", { message: f.message }), "warn");
+        view.showRetry(true);
       },
       failed(f) {
         if (!mine()) return;
@@ -275,9 +360,9 @@ export class JobView {
         view.setStatus(t("job.cancelled"), "warn");
         view.stopLive();
       },
-      link(state: LinkState, secs?: number) {
+      link(state: LinkState, secs?: number, why?: Fault) {
         if (!mine()) return;
-        view.showLink(state, secs);
+        view.showLink(state, secs, why);
       },
       error(f: Fault, started: boolean) {
         if (!mine()) return;
@@ -298,8 +383,7 @@ export class JobView {
         if (!mine()) return;
         view.following = false;
         view.card.classList.remove("running");
-        (view.el.cancel as HTMLButtonElement).disabled = true;
-        view.el.cancel.hidden = true;
+        view.hideButton(view.cancelButton);
         const j = view.job!;
         if (j.id) view.events.ended(j.id, j.terminal);
       },
@@ -309,18 +393,21 @@ export class JobView {
   /** Whether the status line shows a connection message (cleared once events flow again). */
   private linkShown = false;
 
-  private showLink(state: LinkState, secs?: number): void {
+  private showLink(state: LinkState, secs?: number, why?: Fault): void {
     if (state === "") {
       if (this.linkShown) this.setStatus("");
       this.linkShown = false;
       return;
     }
     const text = {
-      reconnecting: () => t("job.reconnecting", { seconds: secs ?? 1 }),
+      reconnecting: () =>
+        why?.kind === "unavailable"
+          ? `${t("err.unavailable", { message: why.message })} ${t("job.retryIn", { seconds: secs ?? 1 })}`
+          : t("job.reconnecting", { seconds: secs ?? 1 }),
       polling: () => t("job.polling"),
-      offline: () => t("job.offline"),
+      // (UNAVAILABLE: the server answers, it is just not serving yet.)
+      offline: () => (why?.kind === "unavailable" ? t("err.unavailable", { message: why.message }) : t("job.offline")),
       fetching: () => t("job.fetching"),
-      audioFailed: () => "",
     }[state]();
     if (!text) return;
     this.setStatus(text, state === "fetching" ? "" : "warn");
@@ -329,10 +416,11 @@ export class JobView {
 
   private completedInfo: Completed | null = null;
 
-  private showCompleted(c: Completed): void {
+  private showCompleted(c: Completed | null): void {
     this.completedInfo = c;
     this.setProgress(100, undefined);
     this.card.classList.add("done");
+    if (!c) return; // (GetGeneration said COMPLETED without the details)
     const rows: [string, string][] = [];
     const understood = Object.entries(c.parameters?.understood ?? {});
     const rank = (k: string) => {
@@ -359,30 +447,40 @@ export class JobView {
     this.el.facts.replaceChildren(...facts.map(kv));
   }
 
-  private async showAudio(file: Uint8Array, formatNo: number): Promise<void> {
+  /**
+   * Shows the finished file of `job`; resolves once its waveform is drawn. Everything that
+   * touches the card happens while the card still shows `job` (a new job may start meanwhile).
+   */
+  private async showAudio(job: Job, file: Uint8Array, formatNo: number): Promise<void> {
+    if (this.job !== job) return;
     const format = FORMATS[formatNo] ?? FORMATS[0];
     const blob = new Blob([file as BlobPart], { type: format.mime });
     const c = this.completedInfo;
     this.output.caption(this.kind === "cover" ? t("cover.cover") : t("job.title"), this.prompt);
-    this.el.result.hidden = false;
     const a = this.el.download as HTMLAnchorElement;
-    const url = await this.output.load(blob);
+    const url = this.output.setFile(blob);
     a.href = url;
     a.download = `${slug(this.prompt)}.${format.ext}`;
     a.textContent = t("job.download", { format: format.name, size: bytes(file.length) });
+    this.el.result.hidden = false;
     this.setStatus(t("job.done"), "ok");
+    if (document.activeElement === this.el.status) a.focus();
     // Hand over from the live preview to the file, at the same place.
     const at = this.live?.active ? this.live.position() : null;
     this.stopLive();
     if (at !== null && c && at < c.durationSeconds - 0.25) {
       const audio = this.output.audio;
       const go = () => {
+        if (this.job !== job) return;
         audio.currentTime = at;
         audio.play().catch(() => {});
       };
       if (audio.readyState >= 1) go();
       else audio.addEventListener("loadedmetadata", go, { once: true });
     }
+    // The last await: drawPeaks itself draws nothing once another file (another job's, or
+    // none after a reset) took this one's place.
+    await this.output.drawPeaks(blob);
   }
 
   /** The original song for a cover: plays beside the result. */

@@ -37,6 +37,8 @@ export class Waveform {
   private peaks: Float32Array | null = null;
   private frame = 0;
   private readonly observer: ResizeObserver;
+  private readonly scheme = matchMedia("(prefers-color-scheme: dark)");
+  private readonly redraw = (): void => this.draw();
 
   constructor(
     private readonly canvas: HTMLCanvasElement,
@@ -60,7 +62,15 @@ export class Waveform {
       const rect = canvas.getBoundingClientRect();
       audio.currentTime = ((e.clientX - rect.left) / rect.width) * audio.duration;
     });
-    matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => this.draw());
+    this.scheme.addEventListener("change", this.redraw);
+  }
+
+  /** Stops watching the canvas's size and the colour scheme (the player is going away). */
+  dispose(): void {
+    cancelAnimationFrame(this.frame);
+    this.observer.disconnect();
+    this.scheme.removeEventListener("change", this.redraw);
+    this.peaks = null;
   }
 
   set(peaks: Float32Array | null): void {

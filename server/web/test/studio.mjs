@@ -194,6 +194,23 @@ async function shot(page, opts) {
   await page.screenshot(opts);
 }
 
+// Every page of every context reports here: uncaught errors and console errors (which
+// include Content-Security-Policy violations).
+const pageErrors = [];
+function watchErrors(context) {
+  const attach = (page) => {
+    page.on("pageerror", (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+    page.on("console", (m) => {
+      // (The network-loss step cuts Watch calls on purpose; the browser logs each.)
+      if (m.type() === "error" && !/ERR_CONNECTION_RESET/.test(m.text())) pageErrors.push(`${page.url()}: ${m.text()}`);
+    });
+  };
+  context.on("page", attach);
+  for (const p of context.pages()) attach(p);
+  return context;
+}
+const newContext = async (opts) => watchErrors(await browser.newContext(opts));
+
 const LAUNCH = {
   executablePath: process.env.SON1K_CHROMIUM || "/usr/bin/chromium",
   args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -204,15 +221,9 @@ async function main() {
   const locked = await startServer("tokens", ["--tokens-file", writeTokens(), "--max-song-bytes", "100000"]);
   browser = await chromium.launch(LAUNCH);
 
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
+  const ctx = await newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
   const page = await ctx.newPage();
   lastPage = page;
-  const pageErrors = [];
-  page.on("pageerror", (e) => pageErrors.push(e.message));
-  page.on("console", (m) => {
-    // (The network-loss step cuts Watch calls on purpose; the browser logs each.)
-    if (m.type() === "error" && !/ERR_CONNECTION_RESET/.test(m.text())) pageErrors.push(m.text());
-  });
   await page.goto(open.url);
   await page.waitForSelector("#gen-model option", { state: "attached" });
   const dupes = await page.evaluate(() => {
@@ -235,7 +246,12 @@ async function main() {
     check(bar.role === "progressbar" && bar.now === "100", `the progress bar ends at ${bar.now}, not 100`);
     const seen = await page.evaluate(() => window.__seen);
     check(seen.includes(100), `the progress bar never showed 100 (saw ${seen.join(", ")})`);
-    for (let i = 1; i < seen.length; i++) check(seen[i] >= seen[i - 1] || seen[i] === 0, `progress went backwards: ${seen.join(", ")}`);
+    // 0 only until the job first moves; from then on it never goes back.
+    const moved = seen.findIndex((v) => v > 0);
+    for (let i = 1; i < seen.length; i++) {
+      if (seen[i] === 0) check(moved < 0 || i < moved, `progress fell back to 0: ${seen.join(", ")}`);
+      else check(seen[i] >= seen[i - 1], `progress went backwards: ${seen.join(", ")}`);
+    }
     const info = await page.evaluate(() => ({
       understood: [...document.querySelectorAll("#gen-understood dt")].map((dt) => dt.textContent),
       facts: Object.fromEntries([...document.querySelectorAll("#gen-facts .kv")].map((kv) => [kv.querySelector("dt").textContent, kv.querySelector("dd").textContent])),
@@ -258,7 +274,7 @@ async function main() {
     await page.waitForFunction(
       () => {
         const v = Number(document.getElementById("gen-progress").getAttribute("aria-valuenow"));
-        const saved = JSON.parse(localStorage.getItem("son1k.job.gen") || "null");
+        const saved = JSON.parse(sessionStorage.getItem("son1k.job.gen") || "null");
         return v > 0 && v < 100 && saved && saved.id && Number(saved.seq) > 0;
       },
       null,
@@ -266,7 +282,7 @@ async function main() {
     );
     const before = await page.evaluate(() => ({
       pct: Number(document.getElementById("gen-progress").getAttribute("aria-valuenow")),
-      saved: JSON.parse(localStorage.getItem("son1k.job.gen")),
+      saved: JSON.parse(sessionStorage.getItem("son1k.job.gen")),
     }));
     console.log(`  reloading at ${before.pct} % (job ${before.saved.id}, after sequence ${before.saved.seq})`);
     await page.reload();
@@ -277,9 +293,13 @@ async function main() {
     check(Math.abs(d - 600) < 0.05, `the resumed job's audio lasts ${d} s, not 600 s`);
     const now = await page.$eval("#gen-progress", (b) => b.getAttribute("aria-valuenow"));
     check(now === "100", `the resumed job's progress ends at ${now}`);
-    const saved = await page.evaluate(() => JSON.parse(localStorage.getItem("son1k.job.gen")));
+    const saved = await page.evaluate(() => JSON.parse(sessionStorage.getItem("son1k.job.gen")));
     check(saved.id === before.saved.id && saved.done === true, `after the reload the page followed ${saved.id} (done: ${saved.done}), not ${before.saved.id}`);
-    check(!jobId || jobId === before.saved.id, `the card shows job ${jobId}`);
+    check(jobId === before.saved.id, `the card shows job ${jobId}, not ${before.saved.id}`);
+    // The record is this tab's alone (sessionStorage), with the token's fingerprint, not the token.
+    check(/^[0-9a-f]{8}$/.test(saved.token || ""), `the saved job has no token fingerprint: ${JSON.stringify(saved)}`);
+    const shared = await page.evaluate(() => localStorage.getItem("son1k.job.gen"));
+    check(shared === null, `the job is saved where every tab sees it: ${shared}`);
     await page.check("#gen-live");
   });
 
@@ -291,7 +311,7 @@ async function main() {
     await page.waitForFunction(
       () => {
         const v = Number(document.getElementById("gen-progress").getAttribute("aria-valuenow"));
-        return v > 0 && v < 100 && JSON.parse(localStorage.getItem("son1k.job.gen") || "{}").done === false;
+        return v > 0 && v < 100 && JSON.parse(sessionStorage.getItem("son1k.job.gen") || "{}").done === false;
       },
       null,
       { timeout: 30_000, polling: 20 },
@@ -382,7 +402,7 @@ async function main() {
     check(stacked, "at phone width the original and the cover are not stacked");
     await shot(page, { path: join(SHOTS, "studio-phone.png"), fullPage: true });
     // A fresh page at phone width too (the forms alone).
-    const phone = await browser.newContext({ viewport: { width: 375, height: 740 }, locale: "en-US", isMobile: true, hasTouch: true });
+    const phone = await newContext({ viewport: { width: 375, height: 740 }, locale: "en-US", isMobile: true, hasTouch: true });
     const p = await phone.newPage();
     await p.goto(open.url);
     await p.waitForSelector("#gen-model option", { state: "attached" });
@@ -410,7 +430,7 @@ async function main() {
   });
 
   await step("Tokens: a wrong token shows the error next to the token field", async () => {
-    const c = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
+    const c = await newContext({ viewport: { width: 1280, height: 900 }, locale: "en-US" });
     const p = await c.newPage();
     lastPage = p;
     await p.goto(locked.url);
@@ -457,7 +477,7 @@ async function main() {
   });
 
   await step("Spanish: with locale es-ES the page speaks Spanish", async () => {
-    const c = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: "es-ES" });
+    const c = await newContext({ viewport: { width: 1280, height: 900 }, locale: "es-ES" });
     const p = await c.newPage();
     lastPage = p;
     await p.goto(open.url);
@@ -484,6 +504,97 @@ async function main() {
     await p.click("#tab-cover");
     await noSidewaysScroll(p, "Ghost Studio (es)");
     await c.close();
+  });
+
+  await step("Injection: a prompt of HTML is shown as text and never runs", async () => {
+    lastPage = page;
+    const evil = '<img src=x onerror="window.__x=1">';
+    await page.setViewportSize({ width: 1280, height: 900 });
+    await page.click("#tab-gen");
+    await page.fill("#gen-prompt", evil);
+    await page.fill("#gen-duration", "1");
+    await page.click("#gen-submit");
+    await audioDuration(page, "#gen-out-audio", 30_000);
+    await page.waitForFunction(
+      (evil) => [...document.querySelectorAll("#history-list .h-prompt")].some((p) => p.textContent === evil),
+      evil,
+      { timeout: 10_000 },
+    );
+    await page.waitForTimeout(300); // (time for an injected <img> to fail to load)
+    const s = await page.evaluate((evil) => ({
+      x: typeof window.__x,
+      card: document.getElementById("gen-job-prompt").textContent,
+      caption: document.querySelector("#gen-out .player-sub").textContent,
+      history: [...document.querySelectorAll("#history-list .h-prompt")].filter((p) => p.textContent === evil).length,
+      imgs: document.querySelectorAll("#gen-job img, #history-list img").length,
+    }), evil);
+    check(s.card === evil && s.caption === evil, `the card does not show the prompt as text: ${JSON.stringify(s)}`);
+    check(s.history === 1, `the history does not show the prompt as text: ${JSON.stringify(s)}`);
+    check(s.imgs === 0 && s.x === "undefined", `the prompt became markup: ${JSON.stringify(s)}`);
+  });
+
+  await step("Cancel: a 600 s job cancelled mid-run ends cancelled in the card and the history", async () => {
+    lastPage = page;
+    await page.fill("#gen-prompt", "A long drone that is cancelled halfway");
+    await page.fill("#gen-duration", "600");
+    await page.uncheck("#gen-live");
+    await page.click("#gen-submit");
+    await page.waitForFunction(
+      () => {
+        const v = Number(document.getElementById("gen-progress").getAttribute("aria-valuenow"));
+        const cancel = document.getElementById("gen-cancel");
+        return v > 0 && v < 100 && !cancel.hidden && !cancel.disabled && document.getElementById("gen-job").dataset.id;
+      },
+      null,
+      { timeout: 30_000, polling: 20 },
+    );
+    const id = await page.$eval("#gen-job", (el) => el.dataset.id);
+    // From the click on, every change to the page notes what the card and the job's row say.
+    await page.evaluate((id) => {
+      const card = document.getElementById("gen-job");
+      const status = document.getElementById("gen-status");
+      window.__after = [];
+      const note = () => {
+        const li = document.querySelector(`#history-list > li[data-id="${CSS.escape(id)}"]`);
+        window.__after.push({ running: card.classList.contains("running"), status: status.textContent, row: li ? li.dataset.state : null });
+      };
+      window.__noter = new MutationObserver(note);
+      window.__noter.observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
+    }, id);
+    await page.click("#gen-cancel");
+    await page.waitForFunction(
+      () => document.getElementById("gen-status").textContent === "Cancelled." && !document.getElementById("gen-job").classList.contains("running"),
+      null,
+      { timeout: 15_000 },
+    );
+    await page.waitForFunction(
+      (id) => document.querySelector(`#history-list > li[data-id="${CSS.escape(id)}"]`)?.dataset.state === "cancelled",
+      id,
+      { timeout: 15_000 },
+    );
+    await page.waitForTimeout(3500); // past one more automatic refresh of the history
+    const s = await page.evaluate(() => {
+      window.__noter.disconnect();
+      const card = document.getElementById("gen-job");
+      return {
+        after: window.__after,
+        classes: card.className,
+        status: document.getElementById("gen-status").textContent,
+        pct: Number(document.getElementById("gen-progress").getAttribute("aria-valuenow")),
+        audio: document.getElementById("gen-out-audio").getAttribute("src"),
+        result: document.getElementById("gen-result").hidden,
+        cancel: document.getElementById("gen-cancel").hidden,
+        focus: document.activeElement && document.activeElement.id,
+      };
+    });
+    check(s.status === "Cancelled." && !/\b(running|failed|done)\b/.test(s.classes), `the card does not end cancelled: ${JSON.stringify({ ...s, after: undefined })}`);
+    check(s.pct < 100 && s.audio === null && s.result && s.cancel, `the cancelled job shows a result: ${JSON.stringify({ ...s, after: undefined })}`);
+    check(s.focus === "gen-status", `the focus was lost when Cancel went away (on #${s.focus})`);
+    const ended = s.after.findIndex((a) => a.status === "Cancelled." && !a.running);
+    check(ended >= 0, "the card never read cancelled while it was watched");
+    const later = s.after.slice(ended).filter((a) => a.running || a.status !== "Cancelled." || a.row === "running");
+    check(later.length === 0, `after it was cancelled the job read running again: ${JSON.stringify(later.slice(0, 3))}`);
+    await page.check("#gen-live");
   });
 
   await step("The page logged no errors", async () => {
