@@ -90,11 +90,15 @@ const MAX_AUDIO_BYTES = 2 ** 31;
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+    const abort = (): void => {
       clearTimeout(timer);
       resolve();
-    });
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", abort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", abort, { once: true });
   });
 }
 
@@ -318,7 +322,13 @@ export class Job {
         this.hooks.progress(e.value, this.percent);
         break;
       case "audioChunk":
-        this.hooks.chunk(e.value);
+        // A preview the browser cannot play (an odd rate or layout) is skipped; it must not
+        // end the stream that carries the job.
+        try {
+          this.hooks.chunk(e.value);
+        } catch {
+          /* the final file still comes */
+        }
         break;
       case "audio":
         this.pieces.set(Number(e.value.offset), e.value.data);

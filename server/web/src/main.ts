@@ -3,7 +3,7 @@
 
 import "./app.css";
 import { create } from "@bufbuild/protobuf";
-import { api, fault, setToken, storedToken, tokenHash, validToken, type Fault } from "./client";
+import { api, Code, fault, setToken, storedToken, tokenHash, validToken, type Fault } from "./client";
 import { $, clearError, clearErrors, h, instantiate, showError } from "./dom";
 import { bytes, exactSeconds, fmtNumber, has, t, translatePage, type Key } from "./i18n";
 import { loadSaved } from "./job";
@@ -400,6 +400,12 @@ function refused(p: Prefix, f: Fault): void {
   }
   if (f.kind === "busy") {
     busyCountdown(p, f.retryAfter ?? 5);
+    return;
+  }
+  if (p === "cover" && f.code === Code.FailedPrecondition) {
+    // A model that cannot cover, or not in the mode asked: said at the mode, else the model.
+    const mode = $("cover-mode");
+    showError(mode.closest("[hidden]") ? $("cover-model") : mode, f.message, true);
     return;
   }
   const text =
