@@ -117,13 +117,14 @@ mod tests {
         assert!(!html.contains("<script>"), "an inline script");
         assert!(!html.contains("<style"), "an inline style");
         assert!(!html.contains(" style="), "an inline style attribute");
+        // Relative, so the studio also works behind a proxy that serves it under a prefix.
         assert!(
-            html.contains("src=\"/app.js\""),
-            "the page does not load /app.js"
+            html.contains("src=\"app.js\""),
+            "the page does not load app.js"
         );
         assert!(
-            html.contains("href=\"/app.css\""),
-            "the page does not load /app.css"
+            html.contains("href=\"app.css\""),
+            "the page does not load app.css"
         );
         assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));
         assert!(CONTENT_SECURITY_POLICY.contains("frame-ancestors 'none'"));

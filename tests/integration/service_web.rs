@@ -66,7 +66,7 @@ async fn grpc_web_over_http1_streams_the_same_events_as_grpc() {
     .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("content-type: text/html"), "{head}");
-    assert!(String::from_utf8_lossy(&body).contains("src=\"/app.js\""));
+    assert!(String::from_utf8_lossy(&body).contains("src=\"app.js\""));
     // Its script, embedded in the binary: the grpc-web client.
     let (head, body) = http1(
         &server.addr,

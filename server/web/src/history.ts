@@ -49,6 +49,8 @@ export class History {
   /** The ids the last first page listed: the rows a refresh can update. */
   private firstPage = new Set<string>();
   private timer: number | undefined;
+  /** Failed loads in a row: the next look waits longer. */
+  private failures = 0;
   private loading: Promise<void> | null = null;
   private again = false;
   /** Jobs this page saw end, and how: they never read "running" again. */
@@ -60,6 +62,10 @@ export class History {
   constructor() {
     $("history-refresh").addEventListener("click", () => void this.refresh());
     this.more.addEventListener("click", () => void this.loadMore());
+    // A hidden tab does not poll; it looks again when it is shown.
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && this.timer === undefined && this.pending()) void this.refresh();
+    });
   }
 
   /** Loads the first page again (coalescing calls made while one is under way). */
@@ -85,10 +91,12 @@ export class History {
     try {
       const res = await api.listGenerations({ pageSize: PAGE });
       if (epoch !== this.epoch) return; // the token changed meanwhile; a new load follows
+      this.failures = 0;
       this.err.hidden = true;
       this.merge(res.generations, res.nextPageToken);
     } catch (e) {
       if (epoch !== this.epoch) return;
+      this.failures++;
       const f = fault(e);
       if (f.kind === "auth") {
         this.onUnauthenticated();
@@ -124,14 +132,25 @@ export class History {
     this.err.hidden = false;
   }
 
-  /** While something on the first page is unfinished, look again in a few seconds. */
-  private schedule(): void {
-    clearTimeout(this.timer);
-    const pending = [...this.firstPage].some((id) => {
+  /** Whether something on the first page is unfinished. */
+  private pending(): boolean {
+    return [...this.firstPage].some((id) => {
       const r = this.rows.get(id);
       return r !== undefined && !TERMINAL.has(this.stateOf(r.gen));
     });
-    if (pending) this.timer = window.setTimeout(() => void this.refresh(), POLL_MS);
+  }
+
+  /** While something on the first page is unfinished and the tab is shown, look again in a
+   * few seconds (longer after failures, up to 30 s). */
+  private schedule(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (document.hidden || !this.pending()) return;
+    const wait = Math.min(POLL_MS * 2 ** this.failures, 30_000);
+    this.timer = window.setTimeout(() => {
+      this.timer = undefined;
+      void this.refresh();
+    }, wait);
   }
 
   /** A job this page follows moved on. */
