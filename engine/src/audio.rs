@@ -115,16 +115,6 @@ impl AudioFormat {
             Self::Opus => "opus",
         }
     }
-
-    /// The file's media type.
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Self::Wav => "audio/wav",
-            Self::Flac => "audio/flac",
-            Self::Mp3 => "audio/mpeg",
-            Self::Opus => "audio/ogg; codecs=opus",
-        }
-    }
 }
 
 /// Encodes audio as a file in `format`. Only WAV stores 32-bit float samples, so `F32` is

@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
+use son1k_models::musicgen::model::{CONFIG_FILE, GENERATION_CONFIG_FILE, TOKENIZER_FILE};
+use son1k_models::weights::{SHARD_INDEX, SINGLE_FILE as SINGLE_WEIGHTS};
 
 use super::HubId;
 use crate::error::EngineError;
 
 /// The files of a MusicGen checkpoint, in the order they are fetched. The weights come
 /// after: one `model.safetensors`, or the shards `model.safetensors.index.json` lists.
-const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
+const REQUIRED: [&str; 2] = [CONFIG_FILE, TOKENIZER_FILE];
 /// Files a checkpoint may lack (the defaults then apply).
-const OPTIONAL: [&str; 1] = ["generation_config.json"];
-const SINGLE_WEIGHTS: &str = "model.safetensors";
-const SHARD_INDEX: &str = "model.safetensors.index.json";
+const OPTIONAL: [&str; 1] = [GENERATION_CONFIG_FILE];
 
 /// Whether `HF_HUB_OFFLINE` forbids downloads (`1`, `true`, `yes` or `on`, as
 /// `huggingface_hub` reads it).

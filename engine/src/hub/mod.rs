@@ -10,6 +10,9 @@ pub mod download;
 
 use std::path::{Path, PathBuf};
 
+use son1k_models::musicgen::model::{CONFIG_FILE, TOKENIZER_FILE};
+use son1k_models::weights::{SHARD_INDEX, SINGLE_FILE};
+
 use crate::error::EngineError;
 
 /// A model repository on the Hub and the revision to use (a branch, a tag or a commit).
@@ -119,7 +122,7 @@ pub fn snapshot(id: &HubId, cache: &Path) -> Result<PathBuf, EngineError> {
         commit.to_string()
     };
     let snapshot = folder.join("snapshots").join(&commit);
-    if !snapshot.join("config.json").is_file() {
+    if !snapshot.join(CONFIG_FILE).is_file() {
         return Err(missing(format!(
             "the snapshot of `{}` at {commit} has no config.json ({})",
             id.repo,
@@ -169,9 +172,7 @@ pub fn locate(argument: &Path) -> Result<(PathBuf, String), EngineError> {
 /// Whether a snapshot holds a whole checkpoint: its configuration, tokenizer and weights.
 fn complete(dir: &Path) -> bool {
     let has = |file: &str| dir.join(file).is_file();
-    has("config.json")
-        && has("tokenizer.json")
-        && (has("model.safetensors") || has("model.safetensors.index.json"))
+    has(CONFIG_FILE) && has(TOKENIZER_FILE) && (has(SINGLE_FILE) || has(SHARD_INDEX))
 }
 
 /// A checkpoint in the cache, as `son1k models` lists it.
@@ -235,7 +236,7 @@ fn describe(repo: String, folder: &Path) -> CachedModel {
     let config = main
         .iter()
         .chain(snapshots.iter())
-        .map(|commit| folder.join("snapshots").join(commit).join("config.json"))
+        .map(|commit| folder.join("snapshots").join(commit).join(CONFIG_FILE))
         .find_map(|path| std::fs::read(path).ok())
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
     let kind = config.map_or_else(
